@@ -1,0 +1,231 @@
+"""``normalize``: data-based weight normalization (Diehl et al. 2015; Rueckauer et al. 2017).
+
+Calibration data run through the ANN; for every ReLU/Clip the scale ``lambda`` is the ``percentile``-th percentile
+of its positive activations (``percentile=100`` is the maximum), per layer or per channel. Every tensor then gets a
+scale ``s`` with ``ANN value = s * normalized value``, chosen so that each activation's scale is its ``lambda``:
+a layer feeding an activation with scale ``lambda_l`` from an input of scale ``s_in`` becomes
+
+    W'[o, i] = W[o, i] * s_in[i] / lambda_l[o],        b'[o] = b[o] / lambda_l[o]
+
+(Rueckauer et al. 2017, Eq. 6, with per-channel scales). Pooling, reshapes and ReLU keep scales (they are
+positively homogeneous); where two scales meet (Add, an activation not fed by a layer) an ``Affine`` rescales;
+graph outputs are rescaled to ``s = 1``. The normalized ANN computes the same function as before (a Clip bound
+becomes ``max / lambda``), and after conversion an IF neuron with threshold 1 saturates exactly where the
+normalized activation reaches 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from snncc.errors import PassError
+from snncc.ir import ANN, Graph, ops
+from snncc.passes.base import Pass, PassContext, register
+from snncc.runtime import run_analog
+
+GRANULARITIES = ("layer", "channel")
+_NORMALIZED_ACTIVATIONS = (ops.Relu, ops.Clip)
+
+
+def activation_scales(graph: Graph, x: np.ndarray, percentile: float, granularity: str,
+                      progress: bool = False) -> dict[str, np.ndarray]:
+    """``lambda`` of every ReLU/Clip node: a scalar (layer) or a per-channel array broadcastable to its shape."""
+    nodes = graph.find(_NORMALIZED_ACTIVATIONS)
+    collected: dict[str, list[np.ndarray]] = {n: [] for n in nodes}
+
+    def keep(values: dict[str, np.ndarray]) -> None:
+        for n, v in values.items():
+            collected[n].append(v.astype(np.float32, copy=False))
+
+    batch = 128
+    for start in tqdm(range(0, len(x), 1024), desc="calibrating", unit="chunk", disable=not progress, leave=False):
+        run_analog(graph, x[start:start + 1024], batch_size=batch, record=nodes, on_batch=keep)
+    types = graph.types()
+    scales = {}
+    for n in nodes:
+        acts = np.concatenate(collected.pop(n))
+        op = graph.op(n)
+        cap = op.max if isinstance(op, ops.Clip) else np.inf
+        # A Clip keeps scalar bounds, so its scale is per layer: max / lambda stays one number.
+        if granularity == "layer" or isinstance(op, ops.Clip):
+            lam = _positive_percentile(acts.reshape(-1), percentile)
+            scales[n] = np.array(min(lam, cap) if lam > 0 else 1.0, dtype=np.float64)
+        else:
+            channels = types[n].shape[0]
+            per_channel = np.moveaxis(acts, 1, 0).reshape(channels, -1)
+            lam = np.array([_positive_percentile(c, percentile) for c in per_channel])
+            fallback = lam[lam > 0].max() if np.any(lam > 0) else 1.0
+            lam = np.minimum(np.where(lam > 0, lam, fallback), cap)
+            scales[n] = lam.reshape((channels,) + (1,) * (len(types[n].shape) - 1))
+    return scales
+
+
+def _positive_percentile(values: np.ndarray, percentile: float) -> float:
+    positive = values[values > 0]
+    if positive.size == 0:
+        return 0.0
+    return float(np.percentile(positive, percentile)) if percentile < 100 else float(positive.max())
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        return False
+    return bool(np.allclose(np.broadcast_to(a, shape), np.broadcast_to(b, shape), rtol=1e-12, atol=0))
+
+
+def _channel_scale(scale: np.ndarray, shape: tuple[int, ...], node: str) -> np.ndarray:
+    """A scale as a per-channel vector; raises if it varies inside a channel."""
+    full = np.broadcast_to(scale, shape)
+    per_channel = full.reshape(shape[0], -1)
+    if not np.allclose(per_channel, per_channel[:, :1]):
+        raise PassError(f"node {node!r}: the input scale varies within channels and cannot be folded into weights")
+    return per_channel[:, 0]
+
+
+class _Rescaler:
+    """Walks the graph once in topological order, rewriting weights and tracking each node's scale."""
+
+    def __init__(self, graph: Graph, lambdas: dict[str, np.ndarray]) -> None:
+        self.graph, self.lambdas = graph, lambdas
+        self.types = graph.types()
+        self.scale: dict[str, np.ndarray] = {}
+
+    def target(self, node: str) -> np.ndarray | None:
+        """The scale a layer's output should have: its only user's lambda, if that user is an activation."""
+        users = self.graph.users(node)
+        if len(users) == 1 and node not in self.graph.outputs and users[0][0] in self.lambdas:
+            return self.lambdas[users[0][0]]
+        return None
+
+    def rescale_input(self, node: str, port: int, have: np.ndarray, want: np.ndarray) -> None:
+        """Insert an Affine so that operand ``port`` of ``node`` arrives in scale ``want`` instead of ``have``."""
+        operands = self.graph.inputs(node)
+        shape = self.types[operands[port]].shape
+        factor = np.broadcast_to(np.asarray(have, np.float64) / want, shape) if np.ndim(have) or np.ndim(want) \
+            else np.asarray(have / want)
+        fix = self.graph.add(ops.Affine(scale=_compact(factor), shift=np.zeros(())), [operands[port]],
+                             name=f"{node}.rescale", created_by="normalize")
+        operands[port] = fix
+        self.graph.set_inputs(node, operands)
+
+    def visit(self, node: str) -> None:
+        g, op = self.graph, self.graph.op(node)
+        operands = g.inputs(node)
+        s_in = [self.scale[u] for u in operands]
+        one = np.ones(())
+        if isinstance(op, ops.Input):
+            self.scale[node] = one
+        elif isinstance(op, (ops.Conv2d, ops.Linear)):
+            in_shape = self.types[operands[0]].shape
+            s_out = self.target(node)
+            s_out = one if s_out is None else s_out
+            out_vec = np.broadcast_to(np.asarray(s_out, np.float64).reshape(-1), (op.weight.shape[0],))
+            if isinstance(op, ops.Linear):
+                in_vec = np.broadcast_to(s_in[0], in_shape).astype(np.float64)
+                weight = op.weight * in_vec[None, :] / out_vec[:, None]
+                changes = {}
+            else:
+                in_vec = _channel_scale(s_in[0], in_shape, node)
+                out_ch, per_group, kh, kw = op.weight.shape
+                grouped = op.weight.astype(np.float64).reshape(op.groups, out_ch // op.groups, per_group, kh, kw)
+                grouped = grouped * in_vec.reshape(op.groups, 1, per_group, 1, 1)
+                weight = grouped.reshape(op.weight.shape) / out_vec[:, None, None, None]
+                changes = {} if op.pad_value is None else {"pad_value": op.pad_value / in_vec}
+            bias = None if op.bias is None else op.bias / out_vec
+            g.replace(node, op.replace(weight=weight, bias=bias, **changes))
+            self.scale[node] = np.asarray(s_out, np.float64)
+        elif isinstance(op, ops.Affine):
+            s_out = self.target(node)
+            s_out = s_in[0] if s_out is None else s_out
+            g.replace(node, ops.Affine(scale=_compact(op.scale * np.asarray(s_in[0]) / s_out),
+                                       shift=_compact(op.shift / np.asarray(s_out))))
+            self.scale[node] = np.asarray(s_out, np.float64)
+        elif node in self.lambdas:
+            lam = self.lambdas[node]
+            if not _same(s_in[0], lam):
+                self.rescale_input(node, 0, s_in[0], lam)
+            if isinstance(op, ops.Clip):
+                g.replace(node, ops.Clip(min=op.min / float(lam), max=op.max / float(lam)))
+            self.scale[node] = lam
+        elif isinstance(op, (ops.Relu, ops.LeakyRelu, ops.MaxPool2d, ops.AvgPool2d, ops.GlobalAvgPool,
+                             ops.Identity)):
+            self.scale[node] = s_in[0]
+        elif isinstance(op, ops.Pad2d):
+            if op.value and np.ndim(s_in[0]):
+                raise PassError(f"node {node!r}: non-zero padding after a per-channel scale is not supported")
+            g.replace(node, ops.Pad2d(padding=op.padding, value=op.value / float(s_in[0])))
+            self.scale[node] = s_in[0]
+        elif isinstance(op, (ops.Flatten, ops.Reshape)):
+            shape = self.types[node].shape
+            self.scale[node] = (s_in[0] if np.ndim(s_in[0]) == 0
+                                else np.broadcast_to(s_in[0], self.types[operands[0]].shape).reshape(shape))
+        elif isinstance(op, ops.Add):
+            if not _same(s_in[0], s_in[1]):
+                self.rescale_input(node, 1, s_in[1], s_in[0])
+            self.scale[node] = s_in[0]
+        elif isinstance(op, ops.Concat):
+            if all(np.ndim(s) == 0 for s in s_in) and all(_same(s, s_in[0]) for s in s_in):
+                self.scale[node] = s_in[0]
+            else:
+                parts = [np.broadcast_to(s, self.types[u].shape) for s, u in zip(s_in, operands)]
+                self.scale[node] = np.concatenate(parts, axis=op.axis)
+        elif isinstance(op, ops.Softmax):
+            if not _same(s_in[0], one):
+                self.rescale_input(node, 0, s_in[0], one)
+            self.scale[node] = one
+        else:
+            raise PassError(f"node {node!r}: normalize does not handle {op.kind}")
+
+    def finish_outputs(self) -> None:
+        for i, out in enumerate(list(self.graph.outputs)):
+            if not _same(self.scale[out], np.ones(())):
+                restore = self.graph.insert_after(out, ops.Affine(scale=_compact(self.scale[out]),
+                                                                  shift=np.zeros(())),
+                                                  name=f"{out}.rescale", created_by="normalize")
+                self.graph.outputs[i] = restore
+
+
+def _compact(value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value, dtype=np.float64)
+    flat = value.reshape(-1)
+    return np.asarray(flat[0]) if flat.size and np.all(flat == flat[0]) else value
+
+
+@register
+@dataclass(frozen=True)
+class Normalize(Pass):
+    """Data-based normalization: each activation's ``percentile`` on calibration data becomes threshold 1."""
+
+    name = "normalize"
+    requires_level = ANN
+    percentile: float = 99.99
+    granularity: str = "channel"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.percentile <= 100:
+            raise PassError(f"normalize: percentile must be in (0, 100], got {self.percentile}")
+        if self.granularity not in GRANULARITIES:
+            raise PassError(f"normalize: granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+
+    def run(self, graph: Graph, context: PassContext) -> bool:
+        if graph.attrs.get("normalization"):
+            return False  # already normalized: normalizing twice would re-measure scales of 1
+        if context.calibration is None or len(context.calibration) == 0:
+            raise PassError("normalize needs calibration data; pass --calib DATA (a few thousand training "
+                            "images are enough)")
+        lambdas = activation_scales(graph, context.calibration, self.percentile, self.granularity,
+                                    context.progress)
+        rescaler = _Rescaler(graph, lambdas)
+        for node in graph.topological_order():
+            rescaler.visit(node)
+            if node in lambdas:
+                graph.meta.setdefault(node, {})["lambda"] = np.asarray(lambdas[node]).reshape(-1).tolist()
+        rescaler.finish_outputs()
+        graph.attrs["normalization"] = {"percentile": self.percentile, "granularity": self.granularity,
+                                        "calibration_samples": int(len(context.calibration))}
+        return True

@@ -1,0 +1,183 @@
+"""Numpy kernels of the stateless ops, on batched arrays ``x`` of shape ``(N, *sample_shape)``.
+
+These define the arithmetic of every linear op and activation for the ANN executor and the reference simulator
+(which folds time into the batch axis). They look up by op class in :data:`KERNELS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from snncc.errors import SimulationError
+from snncc.ir import ops
+
+# im2col buffers larger than this many float32 values are built in slices of the batch, bounding peak memory.
+_IM2COL_BUDGET = 1 << 24
+
+
+def _pad_spatial(x: np.ndarray, padding: tuple[int, int, int, int], value: float | np.ndarray = 0.0) -> np.ndarray:
+    t, l, b, r = padding
+    if not (t or l or b or r):
+        return x
+    if np.ndim(value) == 0:
+        return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=float(value))
+    out = np.empty((x.shape[0], x.shape[1], x.shape[2] + t + b, x.shape[3] + l + r), dtype=x.dtype)
+    out[...] = np.asarray(value, dtype=x.dtype)[None, :, None, None]
+    out[:, :, t:t + x.shape[2], l:l + x.shape[3]] = x
+    return out
+
+
+def conv2d(op: ops.Conv2d, x: np.ndarray) -> np.ndarray:
+    """Cross-correlation by im2col: one matrix product per group over column blocks built slice by slice."""
+    pad_value = 0.0 if op.pad_value is None else op.pad_value
+    xp = _pad_spatial(x, op.padding, pad_value)
+    out_ch, in_per_group, kh, kw = op.weight.shape
+    (sh, sw), (dh, dw) = op.stride, op.dilation
+    n = x.shape[0]
+    ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = np.empty((n, out_ch, ho, wo), dtype=np.float32)
+    out_per_group = out_ch // op.groups
+    rows = max(1, _IM2COL_BUDGET // max(1, ho * wo * in_per_group * kh * kw))
+    for start in range(0, n, rows):
+        part = xp[start:start + rows]
+        m = part.shape[0]
+        for g in range(op.groups):
+            channels = part[:, g * in_per_group:(g + 1) * in_per_group]
+            cols = np.empty((in_per_group, kh, kw, m, ho, wo), dtype=np.float32)
+            for i in range(kh):
+                for j in range(kw):
+                    window = channels[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+                    cols[:, i, j] = window.transpose(1, 0, 2, 3)
+            w = op.weight[g * out_per_group:(g + 1) * out_per_group].reshape(out_per_group, -1)
+            y = w @ cols.reshape(in_per_group * kh * kw, m * ho * wo)
+            out[start:start + m, g * out_per_group:(g + 1) * out_per_group] = \
+                y.reshape(out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
+    if op.bias is not None:
+        out += op.bias[None, :, None, None]
+    return out
+
+
+def _pool_reduce(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], reduce: str) -> np.ndarray:
+    """Max or sum over every pooling window of an already padded input.
+
+    Accumulates the kh*kw strided views element-wise: far faster in numpy than reducing a window view.
+    """
+    (kh, kw), (sh, sw) = kernel, stride
+    ho, wo = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    combine = np.maximum if reduce == "max" else np.add
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            view = x[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            out = view.astype(np.float32, copy=True) if out is None else combine(out, view, out=out)
+    return out
+
+
+def linear(op: ops.Linear, x: np.ndarray) -> np.ndarray:
+    y = x @ op.weight.T
+    if op.bias is not None:
+        y += op.bias
+    return y
+
+
+def max_pool2d(op: ops.MaxPool2d, x: np.ndarray) -> np.ndarray:
+    return _pool_reduce(_pad_spatial(x, op.padding, -np.inf), op.kernel, op.stride, "max")
+
+
+def avg_pool2d(op: ops.AvgPool2d, x: np.ndarray) -> np.ndarray:
+    xp = _pad_spatial(x, op.padding, 0.0)
+    sums = _pool_reduce(xp, op.kernel, op.stride, "sum")
+    if op.count_include_pad or not any(op.padding):
+        return sums / np.float32(op.kernel[0] * op.kernel[1])
+    ones = _pad_spatial(np.ones((1, 1) + x.shape[2:], dtype=np.float32), op.padding, 0.0)
+    counts = _pool_reduce(ones, op.kernel, op.stride, "sum")
+    return sums / counts
+
+
+def global_avg_pool(op: ops.GlobalAvgPool, x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+
+
+def pad2d(op: ops.Pad2d, x: np.ndarray) -> np.ndarray:
+    return _pad_spatial(x, op.padding, op.value)
+
+
+def affine(op: ops.Affine, x: np.ndarray) -> np.ndarray:
+    return (x * op.scale + op.shift).astype(np.float32, copy=False)
+
+
+def softmax(op: ops.Softmax, x: np.ndarray) -> np.ndarray:
+    axis = op.axis + 1
+    shifted = x - x.max(axis=axis, keepdims=True)
+    z = np.exp(shifted)
+    total = z.sum(axis=axis, keepdims=True)
+    return shifted - np.log(total) if op.log else z / total
+
+
+def _reshape_to(shape: Callable[[ops.Op, np.ndarray], tuple[int, ...]]):
+    return lambda op, x: x.reshape((x.shape[0],) + shape(op, x))
+
+
+KERNELS: dict[type[ops.Op], Callable[..., np.ndarray]] = {
+    ops.Conv2d: conv2d,
+    ops.Linear: linear,
+    ops.MaxPool2d: max_pool2d,
+    ops.AvgPool2d: avg_pool2d,
+    ops.GlobalAvgPool: global_avg_pool,
+    ops.Pad2d: pad2d,
+    ops.Affine: affine,
+    ops.Flatten: _reshape_to(lambda op, x: (int(np.prod(x.shape[1:])),)),
+    ops.Reshape: _reshape_to(lambda op, x: tuple(op.shape)),
+    ops.Identity: lambda op, x: x,
+    ops.Add: lambda op, a, b: a + b,
+    ops.Concat: lambda op, *xs: np.concatenate(xs, axis=op.axis + 1),
+    ops.Relu: lambda op, x: np.maximum(x, np.float32(0)),
+    ops.Clip: lambda op, x: np.clip(x, np.float32(op.min), np.float32(op.max)),
+    ops.LeakyRelu: lambda op, x: np.where(x >= 0, x, x * np.float32(op.alpha)).astype(np.float32),
+    ops.Softmax: softmax,
+}
+
+
+def apply(op: ops.Op, *inputs: np.ndarray) -> np.ndarray:
+    """Evaluate stateless ``op`` on batched inputs."""
+    try:
+        kernel = KERNELS[type(op)]
+    except KeyError:
+        raise SimulationError(f"{op.kind} has no stateless kernel (it is a stateful SNN op)") from None
+    return kernel(op, *inputs)
+
+
+def fan_out(op: ops.Op, sample_shape: tuple[int, ...]) -> np.ndarray:
+    """Number of synapses leaving each input element of synaptic ``op`` (same shape as one input sample).
+
+    A spike on input element ``i`` costs ``fan_out[i]`` synaptic operations (accumulates).
+    """
+    if isinstance(op, ops.Linear):
+        return (op.weight != 0).sum(axis=0).astype(np.float64)
+    if isinstance(op, ops.GlobalAvgPool):
+        return np.ones(sample_shape)
+    if isinstance(op, (ops.Conv2d, ops.AvgPool2d)):
+        channels, h, w = sample_shape
+        if isinstance(op, ops.Conv2d):
+            out_ch, in_per_group, kh, kw = op.weight.shape
+            nonzero = (op.weight != 0).reshape(op.groups, out_ch // op.groups, in_per_group, kh, kw).sum(axis=1)
+            per_channel = nonzero.reshape(channels, kh, kw).astype(np.float64)
+            stride, dilation = op.stride, op.dilation
+        else:
+            kh, kw = op.kernel
+            per_channel = np.ones((channels, kh, kw))
+            stride, dilation = op.stride, (1, 1)
+        t, l, b, r = op.padding
+        ho = (h + t + b - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + l + r - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        padded = np.zeros((channels, h + t + b, w + l + r))
+        for i in range(kh):
+            for j in range(kw):
+                y0, x0 = i * dilation[0], j * dilation[1]
+                padded[:, y0:y0 + stride[0] * (ho - 1) + 1:stride[0], x0:x0 + stride[1] * (wo - 1) + 1:stride[1]] \
+                    += per_channel[:, i, j][:, None, None]
+        return padded[:, t:t + h, l:l + w]
+    raise SimulationError(f"{op.kind} is not a synaptic op")

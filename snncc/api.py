@@ -1,0 +1,199 @@
+"""The Python API behind the command line: compile an ONNX model into an SNN, evaluate it, describe it.
+
+>>> graph = compile_model("models/lenet5-mnist.onnx", calibration=x_train[:2000] / 255)
+>>> report = evaluate(graph, x_test, y_test, timesteps=[8, 16, 32], onnx_model="models/lenet5-mnist.onnx")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from snncc.data import InputScaling
+from snncc.errors import SnnccError
+from snncc.frontend.onnx import import_onnx, load_model
+from snncc.ir import Graph, ops
+from snncc.passes import PassContext, run_pipeline
+from snncc.runtime import Simulator
+
+METHODS = ("rate",)
+DEFAULT_PIPELINES = {"rate": "canonicalize,normalize,convert-rate"}
+REPORT_SCHEMA_VERSION = 1
+
+
+def default_pipeline(method: str) -> str:
+    if method not in DEFAULT_PIPELINES:
+        raise SnnccError(f"unknown conversion method {method!r}; available: {', '.join(METHODS)}")
+    return DEFAULT_PIPELINES[method]
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compile_model(model: str | Path, method: str = "rate", calibration: np.ndarray | None = None,
+                  pipeline: str | None = None, input_scaling: InputScaling | None = None,
+                  progress: bool = False, seed: int = 0) -> Graph:
+    """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here)."""
+    input_scaling = input_scaling or InputScaling()
+    graph = import_onnx(model)
+    calib = None if calibration is None else input_scaling.apply(calibration)
+    pipeline = pipeline or default_pipeline(method)
+    graph = run_pipeline(graph, pipeline, PassContext(calibration=calib, seed=seed, progress=progress))
+    graph.attrs["input_scaling"] = input_scaling.to_json()
+    graph.attrs["source_model"] = {"path": str(model), "sha256": sha256_file(model)}
+    return graph
+
+
+def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
+    """Top-1 accuracy of the original ONNX model under onnxruntime (``x`` already scaled)."""
+    import onnxruntime as ort
+
+    load_model(model)  # the same clear errors as compile for a bad file
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(2, os.cpu_count() or 1)
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    meta = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else -1 for d in meta.shape]
+    fixed_batch = shape[0] == 1
+    correct = 0
+    step = 1 if fixed_batch else batch_size
+    for start in range(0, len(x), step):
+        batch = x[start:start + step].reshape([-1] + shape[1:])
+        logits = session.run(None, {meta.name: batch})[0]
+        correct += int((logits.reshape(len(batch), -1).argmax(axis=1) == y[start:start + step]).sum())
+    return correct / len(x)
+
+
+def _synapses(graph: Graph) -> int:
+    return sum(int(np.count_nonzero(graph.op(n).weight)) for n in graph.find((ops.Conv2d, ops.Linear)))
+
+
+def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], onnx_model: str | Path | None = None,
+             backend: str = "reference", batch_size: int = 100, progress: bool = False) -> dict:
+    """Accuracy of the ANN (if ``onnx_model``) and of the SNN at every T in ``timesteps``, with spike and synop counts.
+
+    ``x`` holds raw inputs; the graph's recorded input scaling is applied here.
+    """
+    if not timesteps or min(timesteps) < 1:
+        raise SnnccError(f"timesteps must be positive integers, got {timesteps}")
+    scaling = InputScaling.from_json(graph.attrs.get("input_scaling", {}))
+    xs = scaling.apply(x)
+    report: dict = {"schema_version": REPORT_SCHEMA_VERSION, "images": int(len(x)),
+                    "pipeline": graph.attrs.get("pipeline"), "backend": backend}
+    if onnx_model is not None:
+        start = time.perf_counter()
+        report["ann"] = {"accuracy": ann_accuracy(onnx_model, xs, y), "model": str(onnx_model),
+                         "seconds": time.perf_counter() - start}
+    simulator = Simulator(graph, timesteps=max(timesteps), backend=backend, batch_size=batch_size)
+    start = time.perf_counter()
+    result = simulator.run(xs, progress=progress)
+    seconds = time.perf_counter() - start
+    neurons = result.total_neurons
+    report.update({"neurons": neurons, "synapses": _synapses(graph), "seconds": seconds,
+                   "images_per_second": len(x) / seconds if seconds > 0 else None,
+                   "simulated_timesteps": max(timesteps)})
+    report["snn"] = []
+    for t in sorted(set(timesteps)):
+        spikes = result.spikes_per_image(t)
+        report["snn"].append({"timesteps": t, "accuracy": result.accuracy(y, t), "spikes_per_image": spikes,
+                              "spikes_per_neuron": spikes / neurons if neurons else 0.0,
+                              "synops_per_image": result.synops_per_image(t)})
+    return report
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """PNG of SNN accuracy against T for one or more reports (label -> report), with each ANN accuracy dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, report) in enumerate(reports.items()):
+        color = f"C{i}"
+        ts = [e["timesteps"] for e in report["snn"]]
+        ax.plot(ts, [100 * e["accuracy"] for e in report["snn"]], "o-", color=color, label=f"{label} SNN")
+        if "ann" in report:
+            ax.axhline(100 * report["ann"]["accuracy"], color=color, linestyle="--", label=f"{label} ANN")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+    return path
+
+
+def format_table(report: dict) -> str:
+    """The evaluation report as a fixed-width text table."""
+    ann = report.get("ann", {}).get("accuracy")
+    lines = []
+    if ann is not None:
+        lines.append(f"ANN accuracy (onnxruntime): {100 * ann:.2f}%  on {report['images']} images")
+    lines.append(f"SNN: {report['neurons']} neurons, {report['synapses']} synapses, "
+                 f"{report['images_per_second']:.1f} images/s ({report['backend']})")
+    header = f"{'T':>6} {'accuracy':>9} {'vs ANN':>8} {'spikes/neuron':>14} {'spikes/image':>13} {'synops/image':>13}"
+    lines += [header, "-" * len(header)]
+    for e in report["snn"]:
+        gap = f"{100 * (e['accuracy'] - ann):+.2f}" if ann is not None else "-"
+        lines.append(f"{e['timesteps']:>6} {100 * e['accuracy']:>8.2f}% {gap:>8} {e['spikes_per_neuron']:>14.3f} "
+                     f"{e['spikes_per_image']:>13.0f} {e['synops_per_image']:>13.3g}")
+    return "\n".join(lines)
+
+
+def describe(graph: Graph) -> str:
+    """Layers, neurons, synapses and codings of a graph, one row per node."""
+    types = graph.types()
+    rows = [f"level={graph.level}  pipeline={graph.attrs.get('pipeline', '-')}",
+            f"{'node':<28} {'op':<17} {'shape':<14} {'coding':<7} {'neurons':>8} {'synapses':>9}"]
+    total_neurons = total_synapses = 0
+    for node in graph.topological_order():
+        op = graph.op(node)
+        neurons = types[node].size if isinstance(op, ops.Population) else 0
+        synapses = int(np.count_nonzero(op.weight)) if isinstance(op, (ops.Conv2d, ops.Linear)) else 0
+        detail = f" {op.neuron}" if isinstance(op, ops.Population) else ""
+        total_neurons += neurons
+        total_synapses += synapses
+        shape = "x".join(map(str, types[node].shape))
+        rows.append(f"{node[:28]:<28} {op.kind:<17} {shape:<14} {types[node].coding!s:<7} "
+                    f"{neurons or '':>8} {synapses or '':>9}{detail}")
+    rows.append(f"total: {len(graph)} nodes, {total_neurons} neurons, {total_synapses} synapses")
+    return "\n".join(rows)

@@ -1,0 +1,176 @@
+"""The ``snncc`` command line: compile, eval, inspect and demo.
+
+Errors reach stderr as one line ``snncc: error: ...`` with exit status 2 (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from snncc import __version__
+from snncc.data import InputScaling, load_dataset
+from snncc.errors import SnnccError
+
+DEFAULT_TIMESTEPS = "8,16,32,64,128"
+
+
+def _timesteps(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"time steps must be positive integers, got {text!r}")
+    return values
+
+
+def _scaling(text: str) -> InputScaling:
+    try:
+        return InputScaling.parse(text)
+    except SnnccError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sample(name: str) -> Path:
+    return Path(str(resources.files("snncc") / "sample" / name))
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from snncc.api import compile_model
+    from snncc.ir import save
+
+    calibration = None
+    if args.calib is not None:
+        calibration, _ = load_dataset(args.calib, split=args.calib_split, limit=args.calib_limit)
+    graph = compile_model(args.model, method=args.method, calibration=calibration, pipeline=args.pipeline,
+                          input_scaling=args.input_scaling, progress=not args.quiet)
+    save(graph, args.output)
+    print(f"wrote {args.output} ({graph.attrs['pipeline']})")
+    return 0
+
+
+def _run_eval(graph, args: argparse.Namespace, onnx_model) -> dict:
+    from snncc.api import evaluate, format_table, plot_accuracy, write_json
+
+    x, y = load_dataset(args.data, split=args.split, limit=args.limit)
+    report = evaluate(graph, x, y, args.timesteps, onnx_model=onnx_model, batch_size=args.batch_size,
+                      progress=not args.quiet)
+    report["data"] = {"path": str(args.data), "split": args.split}
+    print(format_table(report))
+    if args.report:
+        write_json(report, args.report)
+        print(f"wrote {args.report}")
+    if args.plot:
+        plot_accuracy({Path(str(onnx_model or "model")).stem: report}, args.plot, title=f"{args.data}")
+        print(f"wrote {args.plot}")
+    return report
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from snncc.ir import load
+
+    graph = load(args.snn)
+    if args.input_scaling is not None:
+        graph.attrs["input_scaling"] = args.input_scaling.to_json()
+    _run_eval(graph, args, args.onnx)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from snncc.api import describe
+    from snncc.frontend.onnx import import_onnx
+    from snncc.ir import load
+
+    path = Path(args.file)
+    graph = import_onnx(path) if path.suffix == ".onnx" else load(path)
+    print(describe(graph))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Compile the bundled LeNet-5 and evaluate it on the bundled 1,000 MNIST test images."""
+    from snncc.api import compile_model
+    from snncc.ir import save
+
+    model = _sample("lenet5-mnist.onnx")
+    calibration, _ = load_dataset(_sample("mnist-train-1000.npz"))
+    scaling = InputScaling(scale=1 / 255)
+    print(f"compiling {model.name} with rate coding (calibration: 1,000 MNIST training images)")
+    graph = compile_model(model, calibration=calibration, input_scaling=scaling, progress=not args.quiet)
+    out = Path(args.out)
+    save(graph, out / "lenet5-mnist.snn")
+    args.data, args.split, args.limit = _sample("mnist-test-1000.npz"), "test", None
+    args.report, args.plot = out / "report.json", out / "accuracy.png"
+    _run_eval(graph, args, model)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snncc", description="ANN-to-SNN conversion compiler")
+    parser.add_argument("--version", action="version", version=f"snncc {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", parents=[common], help="compile an ONNX model into a .snn file")
+    p.add_argument("model", type=Path, help="ONNX model")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .snn file")
+    p.add_argument("--method", default="rate", choices=["rate"], help="conversion method")
+    p.add_argument("--calib", type=Path, help="calibration data: a directory of IDX files or an .npz with x, y")
+    p.add_argument("--calib-split", default="train", help="split of an IDX directory used for calibration")
+    p.add_argument("--calib-limit", type=int, default=2000, help="number of calibration samples")
+    p.add_argument("--pipeline", help="pass pipeline, e.g. 'canonicalize,normalize{percentile=99.9},convert-rate'")
+    p.add_argument("--input-scaling", type=_scaling, default=InputScaling(),
+                   help="map stored pixels to model inputs: none, unit (x/255) or SCALE[,MEAN[,STD]]")
+    p.set_defaults(func=cmd_compile)
+
+    def eval_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--timesteps", type=_timesteps, default=_timesteps(DEFAULT_TIMESTEPS),
+                       help=f"comma-separated list of T (default {DEFAULT_TIMESTEPS})")
+        p.add_argument("--batch-size", type=int, default=100)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate ANN and SNN accuracy, spikes and synaptic operations")
+    p.add_argument("snn", type=Path, help=".snn file written by compile")
+    p.add_argument("--data", type=Path, required=True, help="a directory of IDX files or an .npz with x, y")
+    p.add_argument("--split", default="test")
+    p.add_argument("--onnx", type=Path, help="the original ONNX model, for the ANN accuracy")
+    p.add_argument("--limit", type=int, help="evaluate the first N samples only")
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--plot", type=Path, help="write a PNG of accuracy against T here")
+    p.add_argument("--input-scaling", type=_scaling, default=None,
+                   help="override the input scaling recorded in the .snn file")
+    eval_options(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", parents=[common], help="print layers, neurons, synapses and codings of a .snn or .onnx file")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", parents=[common], help="compile the bundled LeNet-5 and evaluate it on bundled MNIST images")
+    p.add_argument("--out", default="snncc-demo", help="directory for the .snn file, report and plot")
+    p.set_defaults(timesteps=_timesteps("8,16,32,64"), batch_size=100)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SnnccError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"snncc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("snncc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Codings: how the value of a tensor is carried in time. They are types on edges, not ops.
+
+- :class:`Analog`: a real value, the same at every time step (the ANN level, the input image, constant currents).
+- :class:`Rate`: the value is the mean over time of a per-step signal (spike trains of a rate-converted SNN, and the
+  graded currents that linear ops compute from them). After ``t`` steps the estimate of value ``a`` is
+  ``(1/t) * sum_{tau<=t} s(tau)``.
+
+Linear ops keep the coding of their input; a :class:`~snncc.ir.ops.Population` maps a coding to spikes; a
+:class:`~snncc.ir.ops.Readout` maps spikes back to an analog estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Coding:
+    """Base of all codings; subclasses are registered by ``kind`` for the text and file forms."""
+
+    kind = "coding"
+
+    @property
+    def is_temporal(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Analog(Coding):
+    """Real values constant in time (one evaluation per input)."""
+
+    kind = "analog"
+
+    @property
+    def is_temporal(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Rate(Coding):
+    """Rate coding: a value is the time average of a per-step signal (Rueckauer et al. 2017)."""
+
+    kind = "rate"
+
+
+CODINGS: dict[str, type[Coding]] = {c.kind: c for c in (Analog, Rate)}
+
+
+def coding_from_kind(kind: str) -> Coding:
+    return CODINGS[kind]()

@@ -1,0 +1,458 @@
+"""IR ops: frozen records of an operation's parameters, registered by ``kind`` in :data:`OPS`.
+
+Every table that handles ops (serializer, text printer, frontend, runtime kernels, target lowerings) is keyed by the
+op class or its ``kind``; nothing dispatches on names with if/elif chains. Numpy parameters are copied to float32 and
+made read-only, so an op can be shared between graphs. Shapes are per sample: the batch axis is never part of an IR
+shape.
+
+``infer`` computes the output type from the input types and raises :class:`~snncc.errors.IRError` naming the field
+and the shapes when they do not fit. Linear ops keep the coding of their input (:attr:`Op.keeps_coding`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import numpy as np
+
+from snncc.errors import IRError
+from snncc.ir.codings import Analog, Coding, Rate
+from snncc.ir.neurons import NeuronModel
+from snncc.ir.types import TensorType
+
+ANN, SNN = "ann", "snn"
+
+
+def _frozen_array(value: object) -> np.ndarray:
+    array = np.array(value, dtype=np.float32, copy=True)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Op:
+    """Base class. ``arity`` is the number of inputs (None: one or more); ``levels`` where the op is legal."""
+
+    kind: ClassVar[str] = "op"
+    arity: ClassVar[int | None] = 1
+    levels: ClassVar[frozenset[str]] = frozenset({ANN, SNN})
+    keeps_coding: ClassVar[bool] = True
+    # Synaptic ops are the ones whose inputs arrive through weights: their events are counted as synaptic operations.
+    synaptic: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                object.__setattr__(self, f.name, _frozen_array(value))
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the fields on their own; raise IRError naming the field."""
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        """Output type for the given input types."""
+        raise NotImplementedError
+
+    def output_coding(self, inputs: list[TensorType]) -> Coding:
+        codings = {t.coding for t in inputs}
+        if len(codings) > 1:
+            raise IRError(f"{self.kind}: inputs carry different codings {sorted(map(str, codings))}")
+        return inputs[0].coding
+
+    def params(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: object) -> Op:
+        return type(self)(**{**self.params(), **changes})
+
+    def same_as(self, other: Op) -> bool:
+        """Structural equality, comparing arrays by value."""
+        if type(self) is not type(other):
+            return False
+        for name, a in self.params().items():
+            b = getattr(other, name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                        and a.shape == b.shape and np.array_equal(a, b)):
+                    return False
+            elif a != b:
+                return False
+        return True
+
+
+def _pair(name: str, kind: str, value: tuple[int, ...], n: int = 2, minimum: int = 1) -> None:
+    if len(value) != n or any(int(v) != v or v < minimum for v in value):
+        raise IRError(f"{kind}: {name} must be {n} integers >= {minimum}, got {value}")
+
+
+def _spatial_out(kind: str, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                 padding: tuple[int, int, int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    out = []
+    for axis in range(2):
+        span = dilation[axis] * (kernel[axis] - 1) + 1
+        padded = size[axis] + padding[axis] + padding[axis + 2]
+        if padded < span:
+            raise IRError(f"{kind}: kernel extent {span} exceeds padded input size {padded} (input {size})")
+        out.append((padded - span) // stride[axis] + 1)
+    return out[0], out[1]
+
+
+def _expect_rank(kind: str, t: TensorType, rank: int) -> None:
+    if len(t.shape) != rank:
+        raise IRError(f"{kind}: expected an input of rank {rank} per sample, got shape {t.shape}")
+
+
+@dataclass(frozen=True, eq=False)
+class Input(Op):
+    """A graph input of per-sample ``shape``; its coding is always analog (the data enter as constant currents)."""
+
+    kind: ClassVar[str] = "Input"
+    arity: ClassVar[int | None] = 0
+    shape: tuple[int, ...] = ()
+    name: str = "input"
+
+    def validate(self) -> None:
+        if not self.shape or any(int(d) != d or d < 1 for d in self.shape):
+            raise IRError(f"Input {self.name!r}: shape must be positive integers, got {self.shape}")
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        return TensorType(tuple(self.shape), Analog())
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(Op):
+    """2-D convolution ``y[o] = b[o] + sum_{i,kh,kw} W[o,i,kh,kw] * pad(x)[i, s*y+d*kh, s*x+d*kw]`` (cross-correlation).
+
+    ``padding`` is (top, left, bottom, right). ``pad_value`` is the value padded in per input channel: 0 except after
+    an input normalization ``(x - mean) / std`` has been folded into the weights, where padding with ``mean`` keeps
+    the folded layer exact at the borders.
+    """
+
+    kind: ClassVar[str] = "Conv2d"
+    synaptic: ClassVar[bool] = True
+    weight: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 1, 1)))
+    bias: np.ndarray | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    pad_value: np.ndarray | None = None
+
+    def validate(self) -> None:
+        if self.weight.ndim != 4:
+            raise IRError(f"Conv2d: weight must be [out, in/groups, kh, kw], got shape {self.weight.shape}")
+        out_channels = self.weight.shape[0]
+        if self.groups < 1 or out_channels % self.groups:
+            raise IRError(f"Conv2d: groups={self.groups} must divide the {out_channels} output channels")
+        if self.bias is not None and self.bias.shape != (out_channels,):
+            raise IRError(f"Conv2d: bias shape {self.bias.shape} does not match {out_channels} output channels")
+        _pair("stride", self.kind, self.stride)
+        _pair("dilation", self.kind, self.dilation)
+        _pair("padding", self.kind, self.padding, n=4, minimum=0)
+        if self.pad_value is not None and self.pad_value.shape != (self.in_channels,):
+            raise IRError(f"Conv2d: pad_value must have one entry per input channel ({self.in_channels}), "
+                          f"got shape {self.pad_value.shape}")
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        _expect_rank(self.kind, x, 3)
+        if x.shape[0] != self.in_channels:
+            raise IRError(f"Conv2d: input has {x.shape[0]} channels, weight {self.weight.shape} with "
+                          f"groups={self.groups} expects {self.in_channels}")
+        h, w = _spatial_out(self.kind, x.shape[1:], self.weight.shape[2:], self.stride, self.padding, self.dilation)
+        return TensorType((self.weight.shape[0], h, w), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Linear(Op):
+    """Fully connected layer ``y = W x + b`` with ``W`` of shape [out, in] on a rank-1 input."""
+
+    kind: ClassVar[str] = "Linear"
+    synaptic: ClassVar[bool] = True
+    weight: np.ndarray = field(default_factory=lambda: np.zeros((1, 1)))
+    bias: np.ndarray | None = None
+
+    def validate(self) -> None:
+        if self.weight.ndim != 2:
+            raise IRError(f"Linear: weight must be [out, in], got shape {self.weight.shape}")
+        if self.bias is not None and self.bias.shape != (self.weight.shape[0],):
+            raise IRError(f"Linear: bias shape {self.bias.shape} does not match {self.weight.shape[0]} outputs")
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        if x.shape != (self.weight.shape[1],):
+            raise IRError(f"Linear: input shape {x.shape} does not match weight {self.weight.shape} "
+                          f"(expected ({self.weight.shape[1]},))")
+        return TensorType((self.weight.shape[0],), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class _Pool2d(Op):
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def validate(self) -> None:
+        _pair("kernel", self.kind, self.kernel)
+        _pair("stride", self.kind, self.stride)
+        _pair("padding", self.kind, self.padding, n=4, minimum=0)
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        _expect_rank(self.kind, x, 3)
+        h, w = _spatial_out(self.kind, x.shape[1:], self.kernel, self.stride, self.padding)
+        return TensorType((x.shape[0], h, w), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool2d(_Pool2d):
+    """Average pooling; with ``count_include_pad`` false the divisor counts only the real (unpadded) inputs."""
+
+    kind: ClassVar[str] = "AvgPool2d"
+    synaptic: ClassVar[bool] = True
+    count_include_pad: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool2d(_Pool2d):
+    """Max pooling of real values (padding acts as -inf). At the SNN level it is legal only on analog edges."""
+
+    kind: ClassVar[str] = "MaxPool2d"
+
+
+@dataclass(frozen=True, eq=False)
+class SpikingMaxPool2d(_Pool2d):
+    """Max pooling of spike trains by their running spike counts.
+
+    With ``N_j(t)`` the number of spikes input ``j`` of a window has emitted up to step ``t``, the output emits a
+    spike at ``t`` exactly when ``max_j N_j(t) > max_j N_j(t-1)``. Spike counts grow by at most one per step, so the
+    output is a binary spike train and its count equals ``max_j N_j(t)`` at every step: the max pooling of the
+    rates, without the approximation of gating by an online rate estimate (Rueckauer et al. 2017, Sec. 2.2.4).
+    """
+
+    kind: ClassVar[str] = "SpikingMaxPool2d"
+    levels: ClassVar[frozenset[str]] = frozenset({SNN})
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalAvgPool(Op):
+    """Mean over the spatial axes: [C, H, W] -> [C]. (ONNX keeps [C, 1, 1]; the frontend adds a Reshape if used.)"""
+
+    kind: ClassVar[str] = "GlobalAvgPool"
+    synaptic: ClassVar[bool] = True
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        _expect_rank(self.kind, x, 3)
+        return TensorType((x.shape[0], 1, 1), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Pad2d(Op):
+    """Constant padding of the two spatial axes, (top, left, bottom, right)."""
+
+    kind: ClassVar[str] = "Pad2d"
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    value: float = 0.0
+
+    def validate(self) -> None:
+        _pair("padding", self.kind, self.padding, n=4, minimum=0)
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        _expect_rank(self.kind, x, 3)
+        t, l, b, r = self.padding
+        return TensorType((x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten(Op):
+    """Flatten every per-sample axis into one (ONNX Flatten with axis=1)."""
+
+    kind: ClassVar[str] = "Flatten"
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        return TensorType((x.size,), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Reshape(Op):
+    """Reshape to the per-sample ``shape`` (row-major, like numpy)."""
+
+    kind: ClassVar[str] = "Reshape"
+    shape: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        if not self.shape or any(d < 1 for d in self.shape):
+            raise IRError(f"Reshape: target shape must be positive integers, got {self.shape}")
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        if math.prod(self.shape) != x.size:
+            raise IRError(f"Reshape: cannot reshape {x.shape} ({x.size} values) to {self.shape}")
+        return TensorType(tuple(self.shape), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Affine(Op):
+    """Element-wise ``y = x * scale + shift`` with arrays broadcastable to the per-sample shape.
+
+    It carries BatchNorm in inference form, input normalization and the Mul/Add/Sub/Div-by-constant nodes of
+    exporters until canonicalize folds it into a neighbouring Conv2d or Linear.
+    """
+
+    kind: ClassVar[str] = "Affine"
+    scale: np.ndarray = field(default_factory=lambda: np.ones(()))
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(()))
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        for name in ("scale", "shift"):
+            arr = getattr(self, name)
+            try:
+                out = np.broadcast_shapes(arr.shape, x.shape)
+            except ValueError:
+                out = None
+            if out != x.shape:
+                raise IRError(f"Affine: {name} of shape {arr.shape} does not broadcast to the input {x.shape}")
+        return TensorType(x.shape, self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Add(Op):
+    """Element-wise sum of two inputs of equal shape (residual connections)."""
+
+    kind: ClassVar[str] = "Add"
+    arity: ClassVar[int | None] = 2
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        a, b = inputs
+        if a.shape != b.shape:
+            raise IRError(f"Add: input shapes {a.shape} and {b.shape} differ (broadcasting Adds are not supported)")
+        return TensorType(a.shape, self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Concat(Op):
+    """Concatenation along per-sample ``axis`` (0 is the channel axis)."""
+
+    kind: ClassVar[str] = "Concat"
+    arity: ClassVar[int | None] = None
+    axis: int = 0
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        first = inputs[0].shape
+        if not 0 <= self.axis < len(first):
+            raise IRError(f"Concat: axis {self.axis} out of range for per-sample shape {first}")
+        for t in inputs[1:]:
+            if len(t.shape) != len(first) or any(a != b for i, (a, b) in enumerate(zip(t.shape, first))
+                                                 if i != self.axis):
+                raise IRError(f"Concat: shapes {[t.shape for t in inputs]} differ off axis {self.axis}")
+        shape = list(first)
+        shape[self.axis] = sum(t.shape[self.axis] for t in inputs)
+        return TensorType(tuple(shape), self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Identity(Op):
+    """Passes its input through (ONNX Identity and inference-mode Dropout); canonicalize removes it."""
+
+    kind: ClassVar[str] = "Identity"
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        return inputs[0]
+
+
+@dataclass(frozen=True, eq=False)
+class _Activation(Op):
+    levels: ClassVar[frozenset[str]] = frozenset({ANN})
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        return inputs[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Relu(_Activation):
+    """``max(x, 0)``."""
+
+    kind: ClassVar[str] = "Relu"
+
+
+@dataclass(frozen=True, eq=False)
+class Clip(_Activation):
+    """``min(max(x, min), max)``; ReLU6 is ``Clip(0, 6)``. A missing bound is +-inf."""
+
+    kind: ClassVar[str] = "Clip"
+    min: float = 0.0
+    max: float = math.inf
+
+    def validate(self) -> None:
+        if not self.min <= self.max:
+            raise IRError(f"Clip: min {self.min} is greater than max {self.max}")
+
+
+@dataclass(frozen=True, eq=False)
+class LeakyRelu(_Activation):
+    """``x if x >= 0 else alpha * x``."""
+
+    kind: ClassVar[str] = "LeakyRelu"
+    alpha: float = 0.01
+
+
+@dataclass(frozen=True, eq=False)
+class Softmax(_Activation):
+    """Softmax (or log-softmax) over per-sample ``axis``; argmax-invariant, so the SNN readout drops it at the output."""
+
+    kind: ClassVar[str] = "Softmax"
+    axis: int = 0
+    log: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Population(Op):
+    """A population of spiking neurons, one per element of its input current; it emits spikes (0 or 1 per step)."""
+
+    kind: ClassVar[str] = "Population"
+    levels: ClassVar[frozenset[str]] = frozenset({SNN})
+    keeps_coding: ClassVar[bool] = False
+    neuron: NeuronModel | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.neuron, NeuronModel):
+            raise IRError(f"Population: neuron must be a neuron model, got {self.neuron!r}")
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        return TensorType(inputs[0].shape, Rate())
+
+
+@dataclass(frozen=True, eq=False)
+class Readout(Op):
+    """Non-spiking output: integrates its input current and reports the running mean ``(1/t) sum_tau I(tau)``.
+
+    The class predicted after ``t`` steps is the argmax of that mean (a membrane without threshold, Rueckauer et al.
+    2017), so one run answers for every latency up to the number of steps simulated.
+    """
+
+    kind: ClassVar[str] = "Readout"
+    levels: ClassVar[frozenset[str]] = frozenset({SNN})
+    keeps_coding: ClassVar[bool] = False
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        return TensorType(inputs[0].shape, Analog())
+
+
+OPS: dict[str, type[Op]] = {cls.kind: cls for cls in (
+    Input, Conv2d, Linear, AvgPool2d, MaxPool2d, SpikingMaxPool2d, GlobalAvgPool, Pad2d, Flatten, Reshape, Affine,
+    Add, Concat, Identity, Relu, Clip, LeakyRelu, Softmax, Population, Readout)}
+
+ACTIVATIONS: tuple[type[Op], ...] = (Relu, Clip, LeakyRelu, Softmax)

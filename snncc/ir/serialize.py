@@ -1,0 +1,164 @@
+"""The ``.snn`` file form: a zip archive holding ``graph.json`` and one ``.npy`` file per array.
+
+``graph.json``::
+
+    {"format": "snncc.snn", "schema_version": 1, "snncc_version": "...", "level": "snn",
+     "attrs": {...}, "outputs": [...],
+     "nodes": [{"id": "conv1", "kind": "Conv2d", "inputs": ["input"], "params": {...}, "meta": {...}}, ...]}
+
+A parameter value is JSON, except ``{"array": "arrays/3.npy"}`` for a numpy array, ``{"neuron": {...}}`` for a neuron
+model and ``{"float": "inf"}`` for a non-finite float. Reading uses ``allow_pickle=False`` and validates everything
+(format, version, op kinds, parameter names, shapes via the op constructors, the level verifier); writing goes to a
+temporary file renamed into place, so a failure never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from snncc import __version__
+from snncc.errors import FormatError, IRError
+from snncc.ir.graph import Graph
+from snncc.ir.neurons import NeuronModel, neuron_from_json
+from snncc.ir.ops import OPS
+from snncc.ir.verify import verify
+
+FORMAT = "snncc.snn"
+SCHEMA_VERSION = 1
+
+
+def _encode(value: object, arrays: dict[str, np.ndarray]) -> object:
+    if isinstance(value, np.ndarray):
+        name = f"arrays/{len(arrays)}.npy"
+        arrays[name] = value
+        return {"array": name}
+    if isinstance(value, NeuronModel):
+        return {"neuron": value.to_json()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": str(value)}
+    if isinstance(value, tuple):
+        return [_encode(v, arrays) for v in value]
+    return value
+
+
+def _decode(value: object, archive: zipfile.ZipFile, where: str) -> object:
+    if isinstance(value, dict):
+        if set(value) == {"array"}:
+            name = value["array"]
+            try:
+                with archive.open(name) as fh:
+                    return np.load(io.BytesIO(fh.read()), allow_pickle=False)
+            except (KeyError, ValueError, OSError) as exc:
+                raise FormatError(f"{where}: array {name!r} is missing or unreadable: {exc}") from None
+        if set(value) == {"neuron"}:
+            return neuron_from_json(value["neuron"])
+        if set(value) == {"float"}:
+            return float(value["float"])
+        raise FormatError(f"{where}: unexpected object {sorted(value)}")
+    if isinstance(value, list):
+        return tuple(_decode(v, archive, where) for v in value)
+    return value
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in graph metadata")
+
+
+def graph_to_json(graph: Graph, arrays: dict[str, np.ndarray]) -> dict:
+    nodes = []
+    for node in graph.topological_order():
+        op = graph.op(node)
+        nodes.append({"id": node, "kind": op.kind, "inputs": graph.inputs(node),
+                      "params": {k: _encode(v, arrays) for k, v in op.params().items()},
+                      "meta": graph.meta.get(node, {})})
+    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "snncc_version": __version__,
+            "level": graph.level, "attrs": graph.attrs, "outputs": graph.outputs, "nodes": nodes}
+
+
+def save(graph: Graph, path: str | Path) -> Path:
+    """Write ``graph`` to ``path`` atomically (verified first: an invalid graph is never written)."""
+    verify(graph)
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    document = json.dumps(graph_to_json(graph, arrays), indent=1, default=_json_default, allow_nan=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("graph.json", document)
+            for name, array in arrays.items():
+                buffer = io.BytesIO()
+                np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+                archive.writestr(name, buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path) -> Graph:
+    """Read and validate a ``.snn`` file."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            try:
+                document = json.loads(archive.read("graph.json"))
+            except KeyError:
+                raise FormatError(f"{path}: not an .snn file (no graph.json)") from None
+            return _graph_from_json(document, archive, path)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, json.JSONDecodeError, EOFError, zipfile.LargeZipFile) as exc:
+        raise FormatError(f"{path}: corrupt or truncated .snn file ({exc})") from None
+
+
+def _graph_from_json(doc: dict, archive: zipfile.ZipFile, path: Path) -> Graph:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise FormatError(f"{path}: not an .snn file (format {doc.get('format') if isinstance(doc, dict) else doc!r})")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise FormatError(f"{path}: schema version {version} is not supported (this snncc reads version "
+                          f"{SCHEMA_VERSION}); re-compile the model with this snncc")
+    for key in ("level", "nodes", "outputs", "attrs"):
+        if key not in doc:
+            raise FormatError(f"{path}: graph.json lacks {key!r}")
+    graph = Graph(level=doc["level"])
+    graph.attrs = dict(doc["attrs"])
+    graph.attrs["level"] = doc["level"]
+    for entry in doc["nodes"]:
+        where = f"{path}: node {entry.get('id')!r}"
+        kind = entry.get("kind")
+        if kind not in OPS:
+            raise FormatError(f"{where}: unknown op kind {kind!r}")
+        cls = OPS[kind]
+        params = entry.get("params", {})
+        unknown = set(params) - {f.name for f in fields(cls)}
+        if unknown:
+            raise FormatError(f"{where}: unknown parameters {sorted(unknown)} for {kind}")
+        try:
+            op = cls(**{k: _decode(v, archive, where) for k, v in params.items()})
+            node = graph.add(op, entry.get("inputs", []), name=entry["id"], **entry.get("meta", {}))
+        except (IRError, TypeError, KeyError) as exc:
+            raise FormatError(f"{where}: {exc}") from None
+        if node != entry["id"]:
+            raise FormatError(f"{where}: duplicate node id")
+    graph.outputs = list(doc["outputs"])
+    try:
+        verify(graph)
+    except IRError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    return graph
