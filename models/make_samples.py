@@ -4,7 +4,8 @@ Usage (from the repository root)::
 
     python models/make_samples.py --mnist /path/to/mnist --fmnist /path/to/fashion-mnist [--count 1000]
 
-Each sample is the first ``count`` images (in file order) of the official ``t10k`` test set, stored with
+Each test sample is the first ``count`` images (in file order) of the official ``t10k`` test set; the MNIST
+calibration sample (used by ``snncc demo``) is the first ``count`` images of the training set. All are stored with
 ``np.savez_compressed`` as ``x`` (uint8, shape ``(count, 28, 28)``, raw pixels 0..255) and ``y`` (uint8 labels).
 """
 
@@ -25,9 +26,9 @@ from snncc.data import load_dataset  # noqa: E402
 SAMPLE_DIR = REPO_ROOT / "snncc" / "sample"
 
 
-def write_sample(data_dir: Path, out: Path, count: int) -> None:
-    """Save the first ``count`` test images of the IDX data set in ``data_dir`` to ``out``."""
-    x, y = load_dataset(data_dir, split="test", limit=count)
+def write_sample(data_dir: Path, out: Path, count: int, split: str = "test") -> None:
+    """Save the first ``count`` images of ``split`` of the IDX data set in ``data_dir`` to ``out``."""
+    x, y = load_dataset(data_dir, split=split, limit=count)
     pixels = x[:, 0]
     if not np.array_equal(pixels, np.round(pixels)) or pixels.min() < 0 or pixels.max() > 255:
         raise ValueError(f"{data_dir}: expected integer pixels in 0..255")
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_sample(args.mnist, args.out / f"mnist-test-{args.count}.npz", args.count)
     write_sample(args.fmnist, args.out / f"fmnist-test-{args.count}.npz", args.count)
+    write_sample(args.mnist, args.out / f"mnist-train-{args.count}.npz", args.count, split="train")
     return 0
 
 

@@ -42,7 +42,7 @@ def _encode(value: object, arrays: dict[str, np.ndarray]) -> object:
         arrays[name] = value
         return {"array": name}
     if isinstance(value, NeuronModel):
-        return {"neuron": value.to_json()}
+        return {"neuron": {k: _encode(v, arrays) for k, v in value.to_json().items()}}
     if isinstance(value, float) and not math.isfinite(value):
         return {"float": str(value)}
     if isinstance(value, tuple):
@@ -60,7 +60,8 @@ def _decode(value: object, archive: zipfile.ZipFile, where: str) -> object:
             except (KeyError, ValueError, OSError) as exc:
                 raise FormatError(f"{where}: array {name!r} is missing or unreadable: {exc}") from None
         if set(value) == {"neuron"}:
-            return neuron_from_json(value["neuron"])
+            fields_ = {k: _decode(v, archive, where) for k, v in value["neuron"].items()}
+            return neuron_from_json(fields_)
         if set(value) == {"float"}:
             return float(value["float"])
         raise FormatError(f"{where}: unexpected object {sorted(value)}")
@@ -101,7 +102,7 @@ def save(graph: Graph, path: str | Path) -> Path:
             archive.writestr("graph.json", document)
             for name, array in arrays.items():
                 buffer = io.BytesIO()
-                np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+                np.save(buffer, np.array(array, order="C"), allow_pickle=False)
                 archive.writestr(name, buffer.getvalue())
         os.replace(tmp, path)
     except BaseException:

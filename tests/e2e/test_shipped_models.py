@@ -1,0 +1,78 @@
+"""The shipped models on real data: conversion keeps accuracy, and both torch exporters give the same SNN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snncc.api import ann_accuracy, compile_model, evaluate
+from snncc.data import InputScaling, load_dataset
+from snncc.runtime import Simulator
+from tests.conftest import MODELS, data_dir
+
+UNIT = InputScaling(scale=1 / 255)
+CASES = [("lenet5-mnist", "mnist"), ("vgg-fmnist", "fashion-mnist")]
+
+
+def _model(name: str, exporter: str = ""):
+    path = MODELS / f"{name}{exporter}.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} is not built yet (python models/train.py {name})")
+    return path
+
+
+@pytest.mark.parametrize("name, dataset", CASES)
+def test_rate_conversion_keeps_accuracy_on_real_test_images(name, dataset):
+    model = _model(name)
+    calib, _ = load_dataset(data_dir(dataset), split="train", limit=1000)
+    x, y = load_dataset(data_dir(dataset), split="test", limit=300)
+    graph = compile_model(model, calibration=calib, input_scaling=UNIT)
+    report = evaluate(graph, x, y, timesteps=[8, 64], onnx_model=model)
+    ann = report["ann"]["accuracy"]
+    by_t = {e["timesteps"]: e["accuracy"] for e in report["snn"]}
+    assert ann > 0.85
+    assert by_t[64] >= ann - 0.01, report
+    assert by_t[8] >= ann - 0.05, report
+
+
+@pytest.mark.parametrize("name, dataset", CASES)
+def test_both_torch_exporters_compile_to_the_same_snn(name, dataset):
+    legacy, dynamo = _model(name), _model(name, ".dynamo")
+    calib, _ = load_dataset(data_dir(dataset), split="train", limit=500)
+    x, _ = load_dataset(data_dir(dataset), split="test", limit=100)
+    graphs = [compile_model(m, calibration=calib, input_scaling=UNIT) for m in (legacy, dynamo)]
+    kinds = [[g.op(n).kind for n in g.topological_order()] for g in graphs]
+    assert kinds[0] == kinds[1]
+    for a, b in zip(*(g.topological_order() for g in graphs)):
+        op_a, op_b = graphs[0].op(a), graphs[1].op(b)
+        for field, value in op_a.params().items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_allclose(value, getattr(op_b, field), rtol=1e-5, atol=1e-6)
+    results = [Simulator(g, timesteps=32).run(UNIT.apply(x)) for g in graphs]
+    np.testing.assert_array_equal(results[0].outputs[-1].argmax(1), results[1].outputs[-1].argmax(1))
+    np.testing.assert_allclose(results[0].outputs, results[1].outputs, rtol=1e-4, atol=1e-4)
+
+
+def test_ann_accuracy_of_the_shipped_lenet_on_the_full_test_set():
+    model = _model("lenet5-mnist")
+    x, y = load_dataset(data_dir("mnist"), split="test")
+    assert ann_accuracy(model, UNIT.apply(x), y) >= 0.99
+
+
+def test_bundled_demo_model_is_the_shipped_model():
+    from importlib import resources
+
+    bundled = resources.files("snncc") / "sample" / "lenet5-mnist.onnx"
+    assert bundled.read_bytes() == _model("lenet5-mnist").read_bytes()
+
+
+def test_demo_runs_on_the_bundled_sample(tmp_path, capsys):
+    from snncc.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+    import json
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["images"] == 1000 and report["ann"]["accuracy"] > 0.98
+    assert {e["timesteps"]: e["accuracy"] for e in report["snn"]}[32] >= report["ann"]["accuracy"] - 0.01
+    assert (tmp_path / "accuracy.png").is_file() and (tmp_path / "lenet5-mnist.snn").is_file()

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snncc.errors import IRError, VerificationError
+from snncc.ir import IF, LIF, SNN, Graph, ops, to_text, verify
+from snncc.ir.codings import Analog, Rate
+from snncc.ir.types import TensorType
+
+
+def test_op_arrays_are_copied_and_read_only():
+    w = np.ones((2, 3))
+    op = ops.Linear(weight=w)
+    w[0, 0] = 5
+    assert op.weight[0, 0] == 1
+    with pytest.raises(ValueError):
+        op.weight[0, 0] = 2
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ops.Conv2d(weight=np.ones((4, 2, 3))), "weight must be"),
+    (lambda: ops.Conv2d(weight=np.ones((4, 2, 3, 3)), bias=np.ones(3)), "bias shape"),
+    (lambda: ops.Conv2d(weight=np.ones((4, 2, 3, 3)), groups=3), "groups=3"),
+    (lambda: ops.Conv2d(weight=np.ones((4, 2, 3, 3)), stride=(0, 1)), "stride"),
+    (lambda: ops.Linear(weight=np.ones(3)), "weight must be"),
+    (lambda: ops.Clip(min=2.0, max=1.0), "min 2"),
+    (lambda: ops.Population(neuron=None), "neuron"),
+    (lambda: IF(threshold=0.0), "threshold"),
+    (lambda: IF(reset="bounce"), "reset"),
+    (lambda: LIF(tau_mem=-1.0), "tau_mem"),
+])
+def test_invalid_fields_raise_irerror_naming_the_field(make, message):
+    with pytest.raises(IRError, match=message):
+        make()
+
+
+def test_conv_shape_inference_and_mismatch():
+    conv = ops.Conv2d(weight=np.ones((8, 2, 3, 3)), stride=(2, 2), padding=(1, 1, 1, 1))
+    assert conv.infer([TensorType((2, 9, 9))]).shape == (8, 5, 5)
+    with pytest.raises(IRError, match="3 channels"):
+        conv.infer([TensorType((3, 9, 9))])
+
+
+def test_graph_queries_and_rewrites(cnn):
+    assert cnn.inputs("conv2") == ["pool1"]
+    assert cnn.users("relu1") == [("pool1", 0)]
+    order = cnn.topological_order()
+    assert order.index("conv1") < order.index("relu1") < order.index("fc2")
+    clone = cnn.clone()
+    clone.bypass("pool1")
+    assert clone.inputs("conv2") == ["relu1"]
+    assert cnn.inputs("conv2") == ["pool1"], "clone must not share structure"
+    with pytest.raises(IRError, match="still used"):
+        cnn.remove("conv1")
+
+
+def test_types_carry_codings(cnn):
+    g = cnn.clone()
+    g.replace("relu1", ops.Population(neuron=IF()))
+    types = g.types()
+    assert types["conv1"].coding == Analog()
+    assert types["relu1"].coding == Rate()
+    assert types["conv2"].coding == Rate(), "linear ops keep the coding of their input"
+
+
+def test_verifier_rejects_illegal_ops_per_level(cnn):
+    g = cnn.clone()
+    g.attrs["level"] = SNN
+    with pytest.raises(VerificationError, match="Relu is not legal at the snn level"):
+        verify(g)
+    g = cnn.clone()
+    g.replace("relu1", ops.Population(neuron=IF()))
+    with pytest.raises(VerificationError, match="Population is not legal at the ann level"):
+        verify(g)
+
+
+def test_verifier_requires_readout_and_spiking_maxpool(cnn):
+    g = cnn.clone()
+    g.attrs["level"] = SNN
+    for n in ("relu1", "relu2", "relu3"):
+        g.replace(n, ops.Population(neuron=IF()))
+    with pytest.raises(VerificationError) as info:
+        verify(g)
+    assert "SpikingMaxPool2d" in str(info.value) and "Readout" in str(info.value)
+
+
+def test_add_operands_must_share_coding():
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(4,)))
+    p = g.add(ops.Population(neuron=IF()), [x])
+    s = g.add(ops.Add(), [x, p])
+    g.outputs = [g.add(ops.Readout(), [s])]
+    with pytest.raises(VerificationError, match="different codings"):
+        verify(g)
+
+
+def test_text_form_lists_every_node_with_type(cnn):
+    text = to_text(cnn)
+    assert text.splitlines()[0] == "graph level=ann outputs=[fc2]"
+    assert "%conv1 = Conv2d(%input; weight=f32[4,1,3,3]" in text
+    assert text.count("\n") == len(cnn)
+    assert "[5] analog" in text

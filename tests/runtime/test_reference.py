@@ -1,0 +1,149 @@
+"""The reference simulator against closed forms and brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from snncc.ir import IF, LIF, SNN, Graph, ops
+from snncc.runtime import Simulator, kernels, reference
+
+
+def _population_graph(neuron, size=64):
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(size,)), name="x")
+    p = g.add(ops.Population(neuron=neuron), [x], name="pop")
+    lin = g.add(ops.Linear(weight=np.eye(size)), [p], name="identity")
+    g.outputs = [g.add(ops.Readout(), [lin], name="out")]
+    return g
+
+
+def test_if_subtract_spike_count_is_rounded_rate():
+    """With v(0) = theta/2 and reset by subtraction, N(T) = floor(T * I / theta + 1/2) for 0 <= I <= theta."""
+    rng = np.random.default_rng(0)
+    current = rng.uniform(0, 1, (4, 64)).astype(np.float32)
+    T = 50
+    result = Simulator(_population_graph(IF(threshold=1.0, v_init=0.5)), timesteps=T).run(current)
+    counts = result.outputs[-1] * T  # readout mean of the identity projection of the spikes
+    expected = np.floor(T * current.astype(np.float64) + 0.5)
+    fractional = T * current.astype(np.float64) + 0.5 - expected
+    safe = (fractional > 1e-4) & (fractional < 1 - 1e-4)  # away from float ties
+    np.testing.assert_allclose(counts[safe], expected[safe], atol=1e-3)
+    assert result.spikes["pop"].sum() == pytest.approx(expected[safe].sum() + counts[~safe].sum(), abs=1e-2)
+
+
+def _python_neuron(neuron, current, T):
+    v = np.float32(neuron.v_init * neuron.threshold)
+    decay = np.float32(neuron.beta) if isinstance(neuron, LIF) else None
+    spikes = []
+    for _ in range(T):
+        if decay is not None:
+            v = np.float32(v * decay)
+        v = np.float32(v + current)
+        s = v >= np.float32(neuron.threshold)
+        if s:
+            v = np.float32(v - np.float32(neuron.threshold)) if neuron.reset == "subtract" else np.float32(0)
+        spikes.append(float(s))
+    return spikes
+
+
+@pytest.mark.parametrize("neuron", [IF(threshold=0.7, reset="zero", v_init=0.0), IF(threshold=1.3, v_init=0.2),
+                                    LIF(threshold=1.0, tau_mem=5.0, reset="subtract", v_init=0.0),
+                                    LIF(threshold=0.5, tau_mem=2.0, reset="zero", v_init=0.5)])
+def test_neuron_dynamics_match_a_scalar_loop(neuron):
+    current = np.random.default_rng(1).uniform(-0.2, 1.5, (1, 16)).astype(np.float32)
+    T = 40
+    g = _population_graph(neuron, 16)
+    engine = reference.ReferenceSimulator(g, T)
+    spikes_per_step = []
+    batch = engine.run_batch(current)
+    totals = batch.outputs[0][-1][0] * T
+    for i in range(16):
+        expected = _python_neuron(neuron, current[0, i], T)
+        assert totals[i] == pytest.approx(sum(expected), abs=1e-3)
+        spikes_per_step.append(expected)
+    np.testing.assert_allclose(batch.spikes["pop"][:, 0], np.array(spikes_per_step).sum(axis=0))
+
+
+def test_spiking_maxpool_emits_the_running_max_of_counts():
+    rng = np.random.default_rng(2)
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(2, 6, 6)))
+    p = g.add(ops.Population(neuron=IF(v_init=0.0)), [x], name="pop")
+    m = g.add(ops.SpikingMaxPool2d(kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1)), [p], name="pool")
+    f = g.add(ops.Flatten(), [m])
+    g.outputs = [g.add(ops.Readout(), [f])]
+    T = 30
+    current = rng.uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
+    out = Simulator(g, timesteps=T).run(current).outputs  # running mean of the pooled spikes
+    pooled_counts = out * np.arange(1, T + 1)[:, None, None]
+    increments = np.diff(np.concatenate([np.zeros_like(pooled_counts[:1]), pooled_counts]), axis=0)
+    assert set(np.round(increments, 4).ravel()) <= {0.0, 1.0}, "the pooled output must be binary spikes"
+    # Reference: count input spikes with the scalar loop, then max-pool the counts at each step.
+    spikes = np.array([[_python_neuron(IF(v_init=0.0), c, T) for c in row] for row in current.reshape(3, -1)])
+    cumulative = np.cumsum(spikes, axis=2).transpose(2, 0, 1).reshape(T, 3, 2, 6, 6)
+    pool = ops.MaxPool2d(kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1))
+    expected = np.stack([kernels.apply(pool, c) for c in cumulative]).reshape(T, 3, -1)
+    np.testing.assert_allclose(pooled_counts, expected, atol=1e-3)
+
+
+def test_time_chunking_does_not_change_the_result(cnn, inputs, monkeypatch):
+    """Chunking time (and batching) changes only the row count of matrix products, so BLAS may round differently
+    in the last bit; spikes may flip only where a membrane sits within rounding of the threshold."""
+    from snncc.passes import PassContext, run_pipeline
+
+    snn = run_pipeline(cnn, "canonicalize,normalize,convert-rate", PassContext(calibration=inputs))
+    whole = Simulator(snn, timesteps=20, batch_size=16).run(inputs)
+    monkeypatch.setattr(reference, "_CHUNK_VALUES", 1)  # one time step per chunk
+    stepped = Simulator(snn, timesteps=20, batch_size=7).run(inputs)
+    np.testing.assert_allclose(whole.outputs, stepped.outputs, rtol=1e-5, atol=1e-6)
+    total = sum(s.sum() for s in whole.spikes.values())
+    flips = sum(np.abs(whole.spikes[n] - stepped.spikes[n]).sum() for n in whole.spikes)
+    assert total > 1000 and flips <= total * 1e-4
+
+
+@pytest.mark.parametrize("op, shape", [
+    (ops.Conv2d(weight=np.where(np.random.default_rng(3).random((5, 2, 3, 3)) > 0.3, 1.0, 0.0),
+                stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2)), (2, 7, 8)),
+    (ops.Conv2d(weight=np.ones((4, 1, 3, 3)), groups=2, padding=(1, 1, 1, 1)), (2, 5, 5)),
+    (ops.AvgPool2d(kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1)), (2, 7, 7)),
+    (ops.Linear(weight=np.where(np.random.default_rng(4).random((6, 9)) > 0.5, 2.0, 0.0)), (9,)),
+    (ops.GlobalAvgPool(), (3, 4, 4)),
+])
+def test_fan_out_matches_brute_force(op, shape):
+    """fan_out[i] = number of (output, nonzero weight) connections of input i, from one-hot probes."""
+    size = int(np.prod(shape))
+    probes = np.eye(size, dtype=np.float32).reshape((size,) + shape)
+    if isinstance(op, (ops.Conv2d, ops.Linear)):
+        op = op.replace(weight=(op.weight != 0).astype(np.float32))
+    responses = kernels.apply(op, probes).reshape(size, -1)
+    if isinstance(op, (ops.AvgPool2d, ops.GlobalAvgPool)):
+        responses = responses != 0
+    expected = responses.sum(axis=1)
+    np.testing.assert_allclose(kernels.fan_out(op, shape).ravel(), expected)
+
+
+def test_synops_count_spikes_times_fan_out():
+    rng = np.random.default_rng(5)
+    weight = np.where(rng.random((7, 10)) > 0.4, 1.0, 0.0)
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(10,)))
+    p = g.add(ops.Population(neuron=IF()), [x], name="pop")
+    lin = g.add(ops.Linear(weight=weight), [p])
+    g.outputs = [g.add(ops.Readout(), [lin])]
+    current = rng.uniform(0, 1, (4, 10)).astype(np.float32)
+    engine = reference.ReferenceSimulator(g, 12)
+    batch = engine.run_batch(current)
+    spikes_per_input = np.stack([_python_neuron(IF(), c, 12) for c in current.ravel()]).reshape(4, 10, 12)
+    expected = np.einsum("bit,i->tb", spikes_per_input, (weight != 0).sum(axis=0))
+    np.testing.assert_allclose(batch.synops, expected)
+
+
+def test_simulator_rejects_ann_graphs_and_bad_inputs(cnn):
+    from snncc.errors import SimulationError
+
+    with pytest.raises(SimulationError, match="convert it first"):
+        Simulator(cnn, timesteps=4)
+    snn = _population_graph(IF(), 8)
+    with pytest.raises(SimulationError, match="does not fit the model input"):
+        Simulator(snn, timesteps=4).run(np.zeros((2, 9), np.float32))

@@ -1,0 +1,100 @@
+"""The command line: compile, eval, inspect on a small ONNX model and .npz data; errors are one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from snncc.cli import main
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A 2-layer MLP on 1x4x4 inputs (Flatten, Gemm, Relu, Gemm, Softmax), weights fixed by a seed."""
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(0, 0.5, (16, 12)).astype(np.float32), rng.normal(0, 0.1, 12).astype(np.float32)
+    w2, b2 = rng.normal(0, 0.5, (12, 3)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["z"], name="fc2"),
+             helper.make_node("Softmax", ["z"], ["y"], name="softmax", axis=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    x = rng.integers(0, 256, (200, 1, 4, 4)).astype(np.uint8)
+    import onnxruntime as ort
+
+    logits = ort.InferenceSession(str(path)).run(None, {"x": x.astype(np.float32) / 255})[0]
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, y=logits.argmax(axis=1))  # labels = the ANN's own predictions
+    return path, data
+
+
+def test_compile_eval_inspect(tiny_model, tmp_path, capsys):
+    model, data = tiny_model
+    snn = tmp_path / "tiny.snn"
+    assert main(["compile", str(model), "-o", str(snn), "--calib", str(data), "--input-scaling", "unit",
+                 "--quiet"]) == 0
+    report, plot = tmp_path / "r.json", tmp_path / "acc.png"
+    assert main(["eval", str(snn), "--data", str(data), "--onnx", str(model), "--timesteps", "4,64",
+                 "--report", str(report), "--plot", str(plot), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "ANN accuracy (onnxruntime): 100.00%" in out
+    doc = json.loads(report.read_text())
+    assert doc["ann"]["accuracy"] == 1.0
+    assert [e["timesteps"] for e in doc["snn"]] == [4, 64]
+    assert doc["snn"][1]["accuracy"] >= 0.95
+    for key in ("accuracy", "spikes_per_neuron", "spikes_per_image", "synops_per_image"):
+        assert doc["snn"][0][key] >= 0
+    assert doc["snn"][1]["spikes_per_image"] > doc["snn"][0]["spikes_per_image"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["inspect", str(snn)]) == 0
+    text = capsys.readouterr().out
+    assert "Population" in text and "12 neurons" in text.replace(",", "") or "total:" in text
+    assert main(["inspect", str(model)]) == 0
+
+
+def test_recorded_input_scaling_is_used_by_eval(tiny_model, tmp_path, capsys):
+    model, data = tiny_model
+    snn = tmp_path / "tiny.snn"
+    main(["compile", str(model), "-o", str(snn), "--calib", str(data), "--input-scaling", "unit", "--quiet"])
+    main(["eval", str(snn), "--data", str(data), "--timesteps", "64", "--report", str(tmp_path / "a.json"),
+          "--quiet"])
+    main(["eval", str(snn), "--data", str(data), "--timesteps", "64", "--report", str(tmp_path / "b.json"),
+          "--input-scaling", "none", "--quiet"])
+    import snncc
+
+    assert snncc.load(snn).attrs["input_scaling"] == {"scale": 1 / 255, "mean": 0.0, "std": 1.0}
+    scaled = json.loads((tmp_path / "a.json").read_text())["snn"][0]["spikes_per_image"]
+    raw = json.loads((tmp_path / "b.json").read_text())["snn"][0]["spikes_per_image"]
+    assert raw > 2 * scaled, "unscaled 0..255 inputs must drive the neurons far harder"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compile", "{missing}", "-o", "{out}"], "no such ONNX file"),
+    (["compile", "{truncated}", "-o", "{out}"], "truncated or corrupt"),
+    (["compile", "{model}", "-o", "{out}"], "needs calibration data; pass --calib"),
+    (["compile", "{model}", "-o", "{out}", "--calib", "{missing}"], "does not exist"),
+    (["compile", "{model}", "-o", "{out}", "--pipeline", "canonicalize,bogus"], "unknown pass 'bogus'"),
+    (["eval", "{truncated}", "--data", "{data}"], "corrupt or truncated"),
+])
+def test_errors_are_one_line_on_stderr_and_write_nothing(tiny_model, tmp_path, capsys, args, message):
+    model, data = tiny_model
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(model.read_bytes()[:200])
+    out = tmp_path / "out" / "x.snn"
+    values = {"model": model, "data": data, "missing": tmp_path / "nope.onnx", "truncated": truncated, "out": out}
+    assert main([a.format(**values) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("snncc: error:") and message in err
+    assert "Traceback" not in err
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
