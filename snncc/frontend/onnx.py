@@ -264,6 +264,8 @@ def _global_max_pool(ctx: _Context, node: onnx.NodeProto) -> str:
 def _reshape_to(ctx: _Context, node: onnx.NodeProto, x: str, full: tuple[int, ...]) -> str:
     """Reshape ``x`` to the full (batch-first) shape ``full``; the batch axis must stay first and unchanged."""
     sample = ctx.shape(x)
+    if full == (-1,):
+        raise _Unsupported(f"reshape to {list(full)} merges the batch axis with the other axes")
     if full and full[0] in (BATCH, -1) or (full and full[0] == 1 and ctx.fixed_batch):
         target = list(full[1:])
     else:
@@ -477,12 +479,24 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
 
     used = {name for n in onnx_graph.node for name in n.input} | {o.name for o in onnx_graph.output}
     problems: list[str] = []
+    # Outputs of failed or skipped nodes that would have been constants (shape computations, failed folds).
+    unknown_constants: set[str] = set()
     for node in onnx_graph.node:
         label = f"{node.name or node.output[0]!r} ({node.op_type})"
+        constant_inputs = all(ctx.is_const(name) or name in unknown_constants for name in node.input)
         if any(name and name not in ctx.dynamic and name not in ctx.constants for name in node.input):
-            continue  # depends on a node that already failed; that one is reported
+            # It depends on a node that already failed (and is reported). Report it too when it could not be
+            # converted whatever that node produced: an unknown operator reading a computed tensor (the QLinearConv
+            # after a QuantizeLinear); a node that would have been folded or converted is not reported.
+            if node.op_type == "Shape" or constant_inputs:
+                unknown_constants.update(node.output)
+            elif (reason := _unknown_operator(node)) is not None:
+                problems.append(f"{label}: {reason}")
+            continue
         if node.domain not in ("", "ai.onnx"):
-            problems.append(f"{label}: operator of domain {node.domain!r} is not supported")
+            problems.append(f"{label}: {_unknown_operator(node)}")
+            if constant_inputs:
+                unknown_constants.update(node.output)
             continue
         try:
             if all(ctx.is_const(name) for name in node.input):
@@ -495,9 +509,11 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
                     raise _Unsupported(f"its extra outputs {extra} are used (training-mode or index outputs)")
                 ctx.dynamic[node.output[0]] = CONVERTERS[node.op_type](ctx, node)
             else:
-                raise _Unsupported("operator not supported")
-        except _Unsupported as exc:
+                raise _Unsupported(_unknown_operator(node))
+        except (_Unsupported, IRError) as exc:  # IRError: a converter built an op from invalid attribute values
             problems.append(f"{label}: {exc}")
+            if constant_inputs:
+                unknown_constants.update(node.output)
     if problems:
         raise UnsupportedModelError(
             f"{len(problems)} node(s) cannot be converted:\n  " + "\n  ".join(problems)
@@ -513,15 +529,30 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
     return graph
 
 
+def _unknown_operator(node: onnx.NodeProto) -> str | None:
+    """Why ``node`` cannot be converted whatever its inputs are, or None if it has a converter."""
+    if node.domain not in ("", "ai.onnx"):
+        return f"operator of domain {node.domain!r} is not supported"
+    if node.op_type not in CONVERTERS and node.op_type != "Shape":
+        return "operator not supported"
+    return None
+
+
 def _fold(ctx: _Context, node: onnx.NodeProto) -> None:
+    """Evaluate a node of constant inputs in the model's opset (the attribute forms of Unsqueeze, Slice, ... before
+    opset 13 differ); the node goes into a one-node graph because the evaluator ignores ``opsets`` for a bare node."""
+    inputs = list(dict.fromkeys(n for n in node.input if n))
+    outputs = [n for n in node.output if n]
+    untyped = onnx.TypeProto()
+    graph = onnx.helper.make_graph([node], "fold", [onnx.helper.make_value_info(n, untyped) for n in inputs],
+                                   [onnx.helper.make_value_info(n, untyped) for n in outputs])
     try:
-        evaluator = ReferenceEvaluator(node, opsets={"": ctx.opset})
-        results = evaluator.run(None, {n: ctx.constants[n] for n in node.input if n})
+        evaluator = ReferenceEvaluator(graph, opsets={"": ctx.opset})
+        results = evaluator.run(None, {n: ctx.constants[n] for n in inputs})
     except Exception as exc:
         raise _Unsupported(f"constant folding failed: {exc}") from None
-    for name, value in zip(node.output, results):
-        if name:
-            ctx.constants[name] = np.asarray(value)
+    for name, value in zip(outputs, results):
+        ctx.constants[name] = np.asarray(value)
 
 
 def _shape(ctx: _Context, node: onnx.NodeProto) -> None:

@@ -76,3 +76,24 @@ def test_demo_runs_on_the_bundled_sample(tmp_path, capsys):
     assert report["images"] == 1000 and report["ann"]["accuracy"] > 0.98
     assert {e["timesteps"]: e["accuracy"] for e in report["snn"]}[32] >= report["ann"]["accuracy"] - 0.01
     assert (tmp_path / "accuracy.png").is_file() and (tmp_path / "lenet5-mnist.snn").is_file()
+
+
+@pytest.mark.parametrize("exporter", ["", ".dynamo"])
+@pytest.mark.parametrize("name, dataset", CASES)
+def test_canonical_graph_agrees_with_onnxruntime(name, dataset, exporter):
+    import onnxruntime as ort
+
+    from snncc.frontend.onnx import import_onnx
+    from snncc.ir import ops
+    from snncc.passes import run_pipeline
+    from snncc.runtime import run_analog
+
+    model = _model(name, exporter)
+    x, _ = load_dataset(data_dir(dataset), split="test", limit=64)
+    x = UNIT.apply(x)
+    canonical = run_pipeline(import_onnx(model), "canonicalize")
+    assert not canonical.find((ops.Affine, ops.Identity)), "normalization and BatchNorm must fold into layers"
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {session.get_inputs()[0].name: x})[0]
+    ours = run_analog(canonical, x)[0]
+    assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()

@@ -1,0 +1,106 @@
+"""Measure rate conversion of the shipped models on the full test sets and write docs/results.md.
+
+For each model: ANN accuracy with onnxruntime; the SNN compiled with the default pipeline (calibrated on the first
+``--calib`` training images) simulated once for T = 128 steps, which gives the accuracy at every T up to 128;
+the same with max pooling replaced by average pooling (``convert-rate{maxpool=avg}``), to measure the spiking
+max-pool. Writes ``docs/results/<model>.json``, ``docs/results/<model>.png`` and ``docs/results.md``.
+
+    python docs/scripts/rate_results.py [--data ../shared/data] [--models lenet5-mnist,vgg-fmnist] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from snncc.api import compile_model, evaluate, plot_accuracy, write_json
+from snncc.data import InputScaling, load_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist"}
+TIMESTEPS = [1, 2, 4, 8, 16, 32, 64, 128]
+# Acceptance bounds of issue 2: the largest allowed ANN - SNN gap (points) at these T.
+BOUNDS = {"lenet5-mnist": {16: 0.3, 32: 0.1, 128: 0.1}, "vgg-fmnist": {32: 0.7, 64: 0.3, 128: 0.1}}
+VARIANTS = {"default": None, "maxpool=avg": "canonicalize,normalize,convert-rate{maxpool=avg}"}
+
+
+def run_model(name: str, data_root: Path, calib_count: int, limit: int | None) -> dict:
+    model = REPO / "models" / f"{name}.onnx"
+    data = data_root / DATASETS[name]
+    scaling = InputScaling.from_json(json.loads((REPO / "models" / f"{name}.json").read_text())["input_scaling"])
+    calibration, _ = load_dataset(data, split="train", limit=calib_count)
+    x, y = load_dataset(data, split="test", limit=limit)
+    reports = {}
+    for label, pipeline in VARIANTS.items():
+        start = time.perf_counter()
+        graph = compile_model(model, calibration=calibration, pipeline=pipeline, input_scaling=scaling,
+                              progress=True)
+        compile_seconds = time.perf_counter() - start
+        report = evaluate(graph, x, y, TIMESTEPS, onnx_model=model, progress=True)
+        report["compile_seconds"] = compile_seconds
+        report["calibration_images"] = calib_count
+        reports[label] = report
+        print(f"{name} [{label}] ANN {100 * report['ann']['accuracy']:.2f}% " + " ".join(
+            f"T={e['timesteps']}:{100 * e['accuracy']:.2f}" for e in report["snn"]), flush=True)
+    return reports
+
+
+def markdown(results: dict[str, dict]) -> str:
+    lines = ["# Rate conversion results", "",
+             "Measured by `python docs/scripts/rate_results.py` on the full 10,000-image test sets (MNIST for",
+             "LeNet-5, Fashion-MNIST for the VGG), reference simulator. Pipeline "
+             "`canonicalize,normalize,convert-rate`: per-channel",
+             "99.99th-percentile normalization on the first training images, IF neurons with reset by subtraction",
+             "and an initial membrane of half the threshold, analog input current, spiking max pooling by running",
+             "spike counts, membrane readout. One simulation of 128 steps gives every T.", ""]
+    for name, reports in results.items():
+        main = reports["default"]
+        ann = main["ann"]["accuracy"]
+        lines += [f"## {name}", "",
+                  f"ANN (onnxruntime): **{100 * ann:.2f}%**. SNN: {main['neurons']} neurons, {main['synapses']} "
+                  f"synapses; calibration on {main['calibration_images']} training images.", "",
+                  "| T | SNN accuracy | gap to ANN (points) | bound | max-pool as avg-pool: accuracy | "
+                  "spikes/neuron | spikes/image | synops/image |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        avg = {e["timesteps"]: e for e in reports["maxpool=avg"]["snn"]}
+        for e in main["snn"]:
+            t = e["timesteps"]
+            gap = 100 * (ann - e["accuracy"])
+            bound = BOUNDS[name].get(t)
+            verdict = "" if bound is None else (f"≤ {bound} ✓" if gap <= bound + 1e-9 else f"≤ {bound} ✗")
+            lines.append(f"| {t} | {100 * e['accuracy']:.2f}% | {gap:+.2f} | {verdict} | "
+                         f"{100 * avg[t]['accuracy']:.2f}% | {e['spikes_per_neuron']:.3f} | "
+                         f"{e['spikes_per_image']:.0f} | {e['synops_per_image']:.3g} |")
+        lines += ["", f"![accuracy against T](results/{name}.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--models", default=",".join(DATASETS))
+    parser.add_argument("--calib", type=int, default=5000, help="number of training images for calibration")
+    parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
+    args = parser.parse_args(argv)
+    results = {}
+    for name in args.models.split(","):
+        results[name] = run_model(name, args.data, args.calib, args.limit)
+        write_json(results[name], DOCS / "results" / f"{name}.json")
+        plot_accuracy({"spiking max-pool": results[name]["default"], "max-pool as avg-pool":
+                       results[name]["maxpool=avg"]}, DOCS / "results" / f"{name}.png", title=name)
+    if args.limit is None:
+        merged = {}
+        for name in DATASETS:
+            path = DOCS / "results" / f"{name}.json"
+            if path.is_file():
+                merged[name] = json.loads(path.read_text())
+        (DOCS / "results.md").write_text(markdown(merged))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
