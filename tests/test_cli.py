@@ -59,8 +59,10 @@ def test_compile_eval_inspect(tiny_model, tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["inspect", str(snn)]) == 0
     text = capsys.readouterr().out
-    assert "Population" in text and "12 neurons" in text.replace(",", "") or "total:" in text
+    assert "Population" in text and "IF(threshold=1" in text and "rate" in text
+    assert "12 neurons, 228 synapses" in text.splitlines()[-1]
     assert main(["inspect", str(model)]) == 0
+    assert "level=ann" in capsys.readouterr().out
 
 
 def test_recorded_input_scaling_is_used_by_eval(tiny_model, tmp_path, capsys):

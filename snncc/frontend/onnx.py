@@ -465,9 +465,6 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
     if opset < MIN_OPSET:
         raise UnsupportedModelError(f"opset {opset} is older than the oldest supported opset {MIN_OPSET}; "
                                     "upgrade the model with onnx.version_converter")
-    for entry in model.opset_import:
-        if entry.domain not in ("", "ai.onnx", "ai.onnx.ml", "com.microsoft") and entry.domain:
-            pass  # custom domains only matter if a node uses them; reported per node below
     onnx_graph = model.graph
     constants = {t.name: numpy_helper.to_array(t) for t in onnx_graph.initializer}
     input_name, sample_shape, fixed_batch = _graph_input(model, set(constants))
