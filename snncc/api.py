@@ -51,7 +51,7 @@ def compile_model(model: str | Path, method: str = "rate", calibration: np.ndarr
     pipeline = pipeline or default_pipeline(method)
     graph = run_pipeline(graph, pipeline, PassContext(calibration=calib, seed=seed, progress=progress))
     graph.attrs["input_scaling"] = input_scaling.to_json()
-    graph.attrs["source_model"] = {"path": str(model), "sha256": sha256_file(model)}
+    graph.attrs["source_model"] = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
     return graph
 
 

@@ -75,8 +75,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     graph = load(args.snn)
     if args.input_scaling is not None:
         graph.attrs["input_scaling"] = args.input_scaling.to_json()
-    _run_eval(graph, args, args.onnx)
+    _run_eval(graph, args, args.onnx or _recorded_source(graph))
     return 0
+
+
+def _recorded_source(graph) -> Path | None:
+    """The ONNX file the graph was compiled from, if it is still where compile found it, unchanged."""
+    from snncc.api import sha256_file
+
+    source = graph.attrs.get("source_model") or {}
+    path = Path(source.get("path", ""))
+    if path.is_file() and sha256_file(path) == source.get("sha256"):
+        return path
+    return None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -137,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("snn", type=Path, help=".snn file written by compile")
     p.add_argument("--data", type=Path, required=True, help="a directory of IDX files or an .npz with x, y")
     p.add_argument("--split", default="test")
-    p.add_argument("--onnx", type=Path, help="the original ONNX model, for the ANN accuracy")
+    p.add_argument("--onnx", type=Path, help="the original ONNX model, for the ANN accuracy (default: the model "
+                   "the .snn was compiled from, if it is unchanged at the recorded path)")
     p.add_argument("--limit", type=int, help="evaluate the first N samples only")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--plot", type=Path, help="write a PNG of accuracy against T here")

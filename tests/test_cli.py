@@ -75,6 +75,7 @@ def test_recorded_input_scaling_is_used_by_eval(tiny_model, tmp_path, capsys):
           "--input-scaling", "none", "--quiet"])
     import snncc
 
+    assert "ANN accuracy (onnxruntime)" in capsys.readouterr().out, "eval finds the recorded source model"
     assert snncc.load(snn).attrs["input_scaling"] == {"scale": 1 / 255, "mean": 0.0, "std": 1.0}
     scaled = json.loads((tmp_path / "a.json").read_text())["snn"][0]["spikes_per_image"]
     raw = json.loads((tmp_path / "b.json").read_text())["snn"][0]["spikes_per_image"]
