@@ -136,12 +136,15 @@ def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    drawn_ann = set()
     for i, (label, report) in enumerate(reports.items()):
         color = f"C{i}"
         ts = [e["timesteps"] for e in report["snn"]]
         ax.plot(ts, [100 * e["accuracy"] for e in report["snn"]], "o-", color=color, label=f"{label} SNN")
-        if "ann" in report:
-            ax.axhline(100 * report["ann"]["accuracy"], color=color, linestyle="--", label=f"{label} ANN")
+        ann = report.get("ann", {}).get("accuracy")
+        if ann is not None and ann not in drawn_ann:  # variants of one model share one ANN line
+            drawn_ann.add(ann)
+            ax.axhline(100 * ann, color=color, linestyle="--", label=f"ANN ({100 * ann:.2f}%)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("time steps T")
     ax.set_ylabel("test accuracy (%)")
