@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from models.architectures import LeNet5, VGGFashion, count_parameters  # noqa: E402
 from snncc.data import InputScaling, load_dataset  # noqa: E402
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 try:
     from tqdm import tqdm
@@ -222,7 +226,7 @@ def export_dynamo(model: nn.Module, path: Path) -> None:
         raise RuntimeError(f"{external} was written; the dynamo export must be a single file")
 
 
-def make_session(path: Path):
+def make_session(path: Path) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session for ``path`` (checked with ``onnx.checker`` first)."""
     import onnx
     import onnxruntime as ort
@@ -233,13 +237,13 @@ def make_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_predict(session, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def onnx_predict(session: onnxruntime.InferenceSession, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Logits of an onnxruntime session for all of ``x``."""
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
-def check_onnx(path: Path, model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor,
+def check_onnx(path: Path, x_test: torch.Tensor, y_test: torch.Tensor,
                torch_logits: torch.Tensor) -> dict[str, object]:
     """Check an exported file: checker, batch sizes 1 and 7 against torch, accuracy on the whole test set."""
     import onnx
@@ -329,13 +333,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for exporter, suffix, export in (("torchscript", ".onnx", export_legacy), ("dynamo", ".dynamo.onnx", export_dynamo)):
+    for suffix, dynamo, export in ((".onnx", False, export_legacy), (".dynamo.onnx", True, export_dynamo)):
         path = args.out / f"{config.name}{suffix}"
         export(model, path)
-        check = check_onnx(path, model, x_test, y_test, torch_logits)
+        check = check_onnx(path, x_test, y_test, torch_logits)
         write_card(path.with_name(path.name.removesuffix(".onnx") + ".json"), config,
-                   f"torch.onnx.export(dynamo={exporter == 'dynamo'})", check, torch_acc, model, history,
-                   train_seconds, command)
+                   f"torch.onnx.export(dynamo={dynamo})", check, torch_acc, model, history, train_seconds, command)
         results[path.name] = check
         print(f"[{config.name}] {path}: onnxruntime test accuracy {check['accuracy']:.2f}% "
               f"(opset {check['opset']}, {check['bytes']} bytes, max |logit diff| vs torch "
