@@ -8,6 +8,8 @@
 - average pooling and global average pooling stay linear ops on spike trains;
 - max pooling of spike trains becomes ``SpikingMaxPool2d`` (running max of spike counts; exact max of the rates),
   or average pooling with ``maxpool=avg`` (the common approximation, kept for comparison);
+- ``signed=true`` gives the neurons negative spikes that correct over-counting (signed neuron with memory, Wang
+  et al. IJCAI 2022; see :class:`~snncc.ir.neurons.IF`), for targets that carry signed spikes;
 - a softmax at the output is dropped (the readout's argmax is unchanged) and every output gets a non-spiking
   ``Readout`` that reports the mean of its input current.
 """
@@ -34,6 +36,7 @@ class ConvertRate(Pass):
     v_init: float = 0.5
     reset: str = "subtract"
     maxpool: str = "count"
+    signed: bool = False
 
     def __post_init__(self) -> None:
         if self.reset not in RESETS:
@@ -45,7 +48,7 @@ class ConvertRate(Pass):
         if not graph.attrs.get("normalization"):
             raise PassError("convert-rate needs a normalized graph; run normalize first "
                             "(pipeline: canonicalize,normalize,convert-rate)")
-        neuron = IF(threshold=1.0, reset=self.reset, v_init=self.v_init)
+        neuron = IF(threshold=1.0, reset=self.reset, v_init=self.v_init, signed=self.signed)
         problems = []
         for node in graph.topological_order():
             op = graph.op(node)

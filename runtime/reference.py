@@ -47,6 +47,8 @@ class _PopulationState:
         self.decay = np.float32(neuron.beta) if isinstance(neuron, LIF) else None
         self.subtract = neuron.reset == "subtract"
         self.v = np.full(shape, np.float32(neuron.v_init) * self.threshold, dtype=np.float32)
+        # Net spike count, kept only for signed neurons (a negative spike needs an earlier positive one).
+        self.count = np.zeros(shape, dtype=np.float32) if getattr(neuron, "signed", False) else None
 
     def step(self, current: np.ndarray) -> np.ndarray:
         if self.decay is not None:
@@ -57,7 +59,13 @@ class _PopulationState:
             self.v -= spikes * self.threshold
         else:
             self.v[spikes] = 0
-        return spikes.astype(np.float32)
+        if self.count is None:
+            return spikes.astype(np.float32)
+        negative = ~spikes & (self.v < 0) & (self.count > 0)
+        self.v += negative * self.threshold
+        out = spikes.astype(np.float32) - negative.astype(np.float32)
+        self.count += out
+        return out
 
 
 class _MaxCountState:
@@ -150,8 +158,8 @@ class ReferenceSimulator:
                     state = states[node]
                     steps = args[0].steps(tc)
                     out = _Signal(np.stack([state.step(steps[i]) for i in range(tc)]), False)
-                    if node in spikes:
-                        spikes[node][t0:t0 + tc] = out.data.reshape(tc, batch, -1).sum(axis=2)
+                    if node in spikes:  # spike events, negative spikes of signed neurons included
+                        spikes[node][t0:t0 + tc] = np.abs(out.data).reshape(tc, batch, -1).sum(axis=2)
                 elif all(a.constant for a in args):
                     out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
                 else:

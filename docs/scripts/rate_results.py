@@ -25,24 +25,29 @@ DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist"}
 TIMESTEPS = [1, 2, 4, 8, 16, 32, 64, 128]
 # Acceptance bounds of issue 2: the largest allowed ANN - SNN gap (points) at these T.
 BOUNDS = {"lenet5-mnist": {16: 0.3, 32: 0.1, 128: 0.1}, "vgg-fmnist": {32: 0.7, 64: 0.3, 128: 0.1}}
+PLOT_LABELS = {"default": "IF, spiking max-pool", "maxpool=avg": "IF, max-pool as avg-pool",
+               "signed": "signed IF, spiking max-pool"}
 # Peer losses (points) quoted in issue 2 for comparable models on this machine.
 PEER_GAPS = {"lenet5-mnist": {8: 5.5}, "vgg-fmnist": {8: 22, 16: 4.7}}
-VARIANTS = {"default": None, "maxpool=avg": "canonicalize,normalize,convert-rate{maxpool=avg}"}
+VARIANTS = {"default": None, "maxpool=avg": "canonicalize,normalize,convert-rate{maxpool=avg}",
+            "signed": "canonicalize,normalize,convert-rate{signed=true}"}
 
 
-def run_model(name: str, data_root: Path, calib_count: int, limit: int | None, compare_limit: int | None) -> dict:
+def run_model(name: str, data_root: Path, calib_count: int, limit: int | None, compare_limit: int | None,
+              variants: list[str]) -> dict:
     model = REPO / "models" / f"{name}.onnx"
     data = data_root / DATASETS[name]
     scaling = InputScaling.from_json(json.loads((REPO / "models" / f"{name}.json").read_text())["input_scaling"])
     calibration, _ = load_dataset(data, split="train", limit=calib_count)
     x, y = load_dataset(data, split="test", limit=limit)
     reports = {}
-    for label, pipeline in VARIANTS.items():
+    for label in variants:
+        pipeline = VARIANTS[label]
         start = time.perf_counter()
         graph = compile_model(model, calibration=calibration, pipeline=pipeline, input_scaling=scaling,
                               progress=True)
         compile_seconds = time.perf_counter() - start
-        n = len(x) if pipeline is None or compare_limit is None else min(compare_limit, len(x))
+        n = len(x) if label != "maxpool=avg" or compare_limit is None else min(compare_limit, len(x))
         report = evaluate(graph, x[:n], y[:n], TIMESTEPS, onnx_model=model, progress=True)
         report["compile_seconds"] = compile_seconds
         report["calibration_images"] = calib_count
@@ -65,13 +70,14 @@ def markdown(results: dict[str, dict]) -> str:
         ann = main["ann"]["accuracy"]
         avg = {e["timesteps"]: e for e in reports["maxpool=avg"]["snn"]}
         avg_images = reports["maxpool=avg"]["images"]
+        signed = {e["timesteps"]: e for e in reports.get("signed", {}).get("snn", [])}
         lines += [f"## {name}", "",
                   f"ANN (onnxruntime): **{100 * ann:.2f}%**. SNN: {main['neurons']} neurons, {main['synapses']} "
                   f"synapses; calibration on {main['calibration_images']} training images.", "",
                   "| T | SNN accuracy | loss vs ANN (points, ANN − SNN) | bound on the loss | max-pool as avg-pool: accuracy (on "
                   f"{avg_images} images, ANN {100 * reports['maxpool=avg']['ann']['accuracy']:.2f}%) | "
-                  "spikes/neuron | spikes/image | synops/image |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "spikes/neuron | spikes/image | synops/image | signed IF: accuracy (loss) | signed IF: spikes/neuron |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in main["snn"]:
             t = e["timesteps"]
             gap = 100 * (ann - e["accuracy"])
@@ -79,7 +85,9 @@ def markdown(results: dict[str, dict]) -> str:
             verdict = "" if bound is None else (f"≤ {bound} ✓" if gap <= bound + 1e-9 else f"≤ {bound} ✗")
             lines.append(f"| {t} | {100 * e['accuracy']:.2f}% | {gap:+.2f} | {verdict} | "
                          f"{100 * avg[t]['accuracy']:.2f}% | {e['spikes_per_neuron']:.3f} | "
-                         f"{e['spikes_per_image']:.0f} | {e['synops_per_image']:.3g} |")
+                         f"{e['spikes_per_image']:.0f} | {e['synops_per_image']:.3g} | "
+                         + (f"{100 * signed[t]['accuracy']:.2f}% ({100 * (ann - signed[t]['accuracy']):+.2f}) | "
+                            f"{signed[t]['spikes_per_neuron']:.3f} |" if t in signed else "– | – |"))
         gaps = {e["timesteps"]: 100 * (ann - e["accuracy"]) for e in main["snn"]}
         peer = PEER_GAPS[name]
         lines += ["", "Low latency against peers: " + "; ".join(
@@ -97,15 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
     parser.add_argument("--compare-limit", type=int, default=None,
                         help="test images for the max-pool-as-avg-pool comparison (default: as --limit)")
+    parser.add_argument("--variants", default="default,maxpool=avg,signed",
+                        help=f"comma-separated variants to run, of {', '.join(VARIANTS)}; others keep their "
+                        "earlier results in docs/results/<model>.json")
     parser.add_argument("--markdown-only", action="store_true",
                         help="only rewrite docs/results.md from the JSON files already in docs/results/")
     args = parser.parse_args(argv)
     results = {}
     for name in [] if args.markdown_only else args.models.split(","):
-        results[name] = run_model(name, args.data, args.calib, args.limit, args.compare_limit)
-        write_json(results[name], DOCS / "results" / f"{name}.json")
-        plot_accuracy({"spiking max-pool": results[name]["default"], "max-pool as avg-pool":
-                       results[name]["maxpool=avg"]}, DOCS / "results" / f"{name}.png", title=name)
+        path = DOCS / "results" / f"{name}.json"
+        measured = run_model(name, args.data, args.calib, args.limit, args.compare_limit, args.variants.split(","))
+        # Read the earlier variants only now: another run of this script may have written them meanwhile.
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        results[name] = {**earlier, **measured}
+        write_json(results[name], path)
+        plot_accuracy({PLOT_LABELS[k]: v for k, v in results[name].items()}, DOCS / "results" / f"{name}.png",
+                      title=name)
     if args.limit is None or args.markdown_only:
         merged = {}
         for name in DATASETS:

@@ -56,17 +56,28 @@ class IF(NeuronModel):
     ``I`` in ``[0, threshold]`` the spike count after ``T`` steps is ``floor(T*I/threshold + v_init)``; ``v_init = 0.5``
     turns that floor into rounding and removes the expected quantization error (Bu et al., "Optimal ANN-SNN
     conversion for high-accuracy and ultra-low-latency spiking neural networks", ICLR 2022).
+
+    ``signed=True`` adds negative spikes that take back earlier positive ones: with ``N(t)`` the net spike count,
+    ``s(t) = -1`` when ``v(t) < 0`` and ``N(t-1) > 0``, and then ``v(t) = v(t) + threshold``. The net count then
+    follows ``max(0, round(sum_tau I(tau) / threshold))`` at every step instead of over-counting when a positive
+    input is followed by a negative one (the "unevenness" error of rate conversion). This is the signed neuron with
+    memory of Wang et al., "Signed neuron with memory: towards simple, accurate and high-efficient ANN-SNN
+    conversion", IJCAI 2022. It needs a target that carries signed (or graded) spikes.
     """
 
     kind = "IF"
     threshold: float = 1.0
     reset: str = "subtract"
     v_init: float = 0.5
+    signed: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "v_init", float(self.v_init))
+        object.__setattr__(self, "signed", bool(self.signed))
         _check_common(self, self.threshold, self.reset)
+        if self.signed and self.reset != "subtract":
+            raise IRError("IF: signed spikes need reset='subtract' (a negative spike adds the threshold back)")
 
 
 @dataclass(frozen=True)

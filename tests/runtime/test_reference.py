@@ -147,3 +147,29 @@ def test_simulator_rejects_ann_graphs_and_bad_inputs(cnn):
     snn = _population_graph(IF(), 8)
     with pytest.raises(SimulationError, match="does not fit the model input"):
         Simulator(snn, timesteps=4).run(np.zeros((2, 9), np.float32))
+
+
+def test_signed_if_net_count_tracks_the_rounded_cumulative_input():
+    """Signed neuron with memory: N(t) = max(0, round(S(t))) with S(t) the cumulative input, at every step."""
+    rng = np.random.default_rng(6)
+    T, n = 60, 32
+    # Graph inputs are constant in time, so the population's state is driven directly with varying currents.
+    state = reference._PopulationState(ops.Population(neuron=IF(signed=True)), (1, n))
+    currents = rng.uniform(-1, 1, (T, 1, n)).astype(np.float32)
+    net = np.zeros((1, n))
+    for t in range(T):
+        out = state.step(currents[t])
+        assert set(np.unique(out)) <= {-1.0, 0.0, 1.0}
+        net += out
+        expected = np.maximum(0, np.floor(currents[: t + 1].astype(np.float64).sum(axis=0) + 0.5))
+        close_to_tie = np.abs(currents[: t + 1].astype(np.float64).sum(axis=0) + 0.5 - expected) < 1e-4
+        np.testing.assert_array_equal(net[~close_to_tie], expected[~close_to_tie])
+
+
+def test_signed_conversion_runs_and_counts_negative_spikes(cnn, inputs):
+    from snncc.passes import PassContext, run_pipeline
+
+    snn = run_pipeline(cnn, "canonicalize,normalize,convert-rate{signed=true}", PassContext(calibration=inputs))
+    assert all(snn.op(n).neuron.signed for n in snn.find(ops.Population))
+    result = Simulator(snn, timesteps=64).run(inputs)
+    assert sum(s.sum() for s in result.spikes.values()) > 0
