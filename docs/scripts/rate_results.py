@@ -47,7 +47,7 @@ def run_model(name: str, data_root: Path, calib_count: int, limit: int | None, c
         graph = compile_model(model, calibration=calibration, pipeline=pipeline, input_scaling=scaling,
                               progress=True)
         compile_seconds = time.perf_counter() - start
-        n = len(x) if label != "maxpool=avg" or compare_limit is None else min(compare_limit, len(x))
+        n = len(x) if label == "default" or compare_limit is None else min(compare_limit, len(x))
         report = evaluate(graph, x[:n], y[:n], TIMESTEPS, onnx_model=model, progress=True)
         report["compile_seconds"] = compile_seconds
         report["calibration_images"] = calib_count
@@ -71,12 +71,15 @@ def markdown(results: dict[str, dict]) -> str:
         avg = {e["timesteps"]: e for e in reports["maxpool=avg"]["snn"]}
         avg_images = reports["maxpool=avg"]["images"]
         signed = {e["timesteps"]: e for e in reports.get("signed", {}).get("snn", [])}
+        signed_images = reports.get("signed", {}).get("images", 0)
+        signed_ann = reports.get("signed", {}).get("ann", {}).get("accuracy", ann)
         lines += [f"## {name}", "",
                   f"ANN (onnxruntime): **{100 * ann:.2f}%**. SNN: {main['neurons']} neurons, {main['synapses']} "
                   f"synapses; calibration on {main['calibration_images']} training images.", "",
                   "| T | SNN accuracy | loss vs ANN (points, ANN − SNN) | bound on the loss | max-pool as avg-pool: accuracy (on "
                   f"{avg_images} images, ANN {100 * reports['maxpool=avg']['ann']['accuracy']:.2f}%) | "
-                  "spikes/neuron | spikes/image | synops/image | signed IF: accuracy (loss) | signed IF: spikes/neuron |",
+                  "spikes/neuron | spikes/image | synops/image | "
+                  f"signed IF: accuracy (loss) on {signed_images} images | signed IF: spikes/neuron |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in main["snn"]:
             t = e["timesteps"]
@@ -86,7 +89,7 @@ def markdown(results: dict[str, dict]) -> str:
             lines.append(f"| {t} | {100 * e['accuracy']:.2f}% | {gap:+.2f} | {verdict} | "
                          f"{100 * avg[t]['accuracy']:.2f}% | {e['spikes_per_neuron']:.3f} | "
                          f"{e['spikes_per_image']:.0f} | {e['synops_per_image']:.3g} | "
-                         + (f"{100 * signed[t]['accuracy']:.2f}% ({100 * (ann - signed[t]['accuracy']):+.2f}) | "
+                         + (f"{100 * signed[t]['accuracy']:.2f}% ({100 * (signed_ann - signed[t]['accuracy']):+.2f}) | "
                             f"{signed[t]['spikes_per_neuron']:.3f} |" if t in signed else "– | – |"))
         gaps = {e["timesteps"]: 100 * (ann - e["accuracy"]) for e in main["snn"]}
         peer = PEER_GAPS[name]
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", type=int, default=5000, help="number of training images for calibration")
     parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
     parser.add_argument("--compare-limit", type=int, default=None,
-                        help="test images for the max-pool-as-avg-pool comparison (default: as --limit)")
+                        help="test images for the comparison variants (maxpool=avg, signed); default: as --limit")
     parser.add_argument("--variants", default="default,maxpool=avg,signed",
                         help=f"comma-separated variants to run, of {', '.join(VARIANTS)}; others keep their "
                         "earlier results in docs/results/<model>.json")
