@@ -47,6 +47,10 @@ cdef extern from *:
     int snncc_max_threads() nogil
     int snncc_boundscheck() nogil
 
+    # Pointers the compiler may assume do not alias: the vector loops need no run-time overlap checks.
+    ctypedef float* float_rp "float * __restrict__"
+    ctypedef const float* cfloat_rp "const float * __restrict__"
+
 ctypedef fused spike_t:
     uint8_t
     float
@@ -77,24 +81,46 @@ def boundscheck_enabled() -> bool:
 
 cdef inline int _population_row(float* v, const float* current, spike_t* spikes, Py_ssize_t n, float threshold,
                                 float decay, bint leak, bint subtract) noexcept nogil:
-    """One step of ``n`` neurons of one sample; returns the number of spikes. The order of operations is the
-    reference's: decay, add the current, compare, reset."""
+    """One step of ``n`` neurons of one sample; returns the number of spikes.
+
+    The order of operations is the reference's: decay, add the current, compare, reset. Reset by subtraction is
+    ``v - s * threshold`` for every neuron, as in the reference (``v - 0`` is ``v`` exactly). The four variants are
+    separate branch-free loops: spikes are data-dependent, and branching on them costs more than the arithmetic.
+    """
     cdef Py_ssize_t i
-    cdef float x
-    cdef int s, count = 0
-    for i in range(n):
-        x = v[i]
-        if leak:
-            x = x * decay
-        x = x + current[i]
-        s = x >= threshold
-        if subtract:
-            x = x - threshold if s else x
-        else:
-            x = 0.0 if s else x
-        v[i] = x
-        spikes[i] = <spike_t> s
-        count = count + s
+    cdef float x, s
+    cdef int count = 0
+    # Branch-free bodies (the compiler turns the selects into blends): the loops vectorize.
+    if leak and subtract:
+        for i in range(n):
+            x = v[i] * decay
+            x = x + current[i]
+            s = <float> (x >= threshold)
+            v[i] = x - s * threshold
+            spikes[i] = <spike_t> s
+            count = count + <int> s
+    elif subtract:
+        for i in range(n):
+            x = v[i] + current[i]
+            s = <float> (x >= threshold)
+            v[i] = x - s * threshold
+            spikes[i] = <spike_t> s
+            count = count + <int> s
+    elif leak:
+        for i in range(n):
+            x = v[i] * decay
+            x = x + current[i]
+            s = <float> (x >= threshold)
+            v[i] = 0.0 if x >= threshold else x
+            spikes[i] = <spike_t> s
+            count = count + <int> s
+    else:
+        for i in range(n):
+            x = v[i] + current[i]
+            s = <float> (x >= threshold)
+            v[i] = 0.0 if x >= threshold else x
+            spikes[i] = <spike_t> s
+            count = count + <int> s
     return count
 
 
@@ -212,18 +238,14 @@ def to_float32(const uint8_t[::1] x, float[::1] out, int threads=1):
 cdef inline void _linear_row(const uint8_t* x, Py_ssize_t k, const float* weight_t, Py_ssize_t n_out,
                              const float* bias, const double* fan_out, float* out, double* synops,
                              int32_t* index) noexcept nogil:
-    cdef Py_ssize_t events = _nonzero(x, k, index), e, o
-    cdef const float* w
+    cdef Py_ssize_t events = _nonzero(x, k, index), e
     cdef double ops = 0.0
     memset(out, 0, n_out * sizeof(float))
     for e in range(events):
-        w = weight_t + <Py_ssize_t> index[e] * n_out
         ops = ops + fan_out[index[e]]
-        for o in range(n_out):
-            out[o] = out[o] + w[o]
+        _add(out, weight_t + <Py_ssize_t> index[e] * n_out, n_out)
     if bias != NULL:
-        for o in range(n_out):
-            out[o] = out[o] + bias[o]
+        _add(out, bias, n_out)
     synops[0] = synops[0] + ops
 
 
@@ -256,6 +278,15 @@ cdef struct ConvGeometry:
     Py_ssize_t channels, height, width      # input, per sample
     Py_ssize_t out_channels, out_height, out_width
     Py_ssize_t kh, kw, per_group_in, per_group_out
+    Py_ssize_t pad_left
+    bint row_blocks                         # weight columns reversed: one tap row is one contiguous block
+
+
+cdef inline void _add(float_rp dst, cfloat_rp src, Py_ssize_t n) noexcept nogil:
+    """``dst[:n] += src[:n]`` (float32, element by element)."""
+    cdef Py_ssize_t o
+    for o in range(n):
+        dst[o] = dst[o] + src[o]
 
 
 cdef inline void _conv_row(const uint8_t* x, ConvGeometry* g, const float* weight_t, const float* bias,
@@ -266,32 +297,45 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* g, const float* weigh
 
     ``acc`` is a (Ho, Wo, O) accumulator: each (input spike, kernel tap) adds one contiguous vector of the
     output channels of its group. Inputs are visited in (c, y, x) order, so each output receives its terms in
-    ascending (c, ky, kx) order, the order of the reference's im2col product.
+    ascending (c, ky, kx) order, the order of the reference's im2col product. Rows of the input are scanned for
+    spikes one at a time, which gives the coordinates without divisions.
     """
-    cdef Py_ssize_t plane = g.height * g.width, out_plane = g.out_height * g.out_width
-    cdef Py_ssize_t size = g.channels * plane, events = _nonzero(x, size, index)
-    cdef Py_ssize_t e, c, iy, ix, a, b, ky, kx, oy, ox, o, pos, o0, n = g.per_group_out, O = g.out_channels
-    cdef const float* w
-    cdef float* dst
+    cdef Py_ssize_t out_plane = g.out_height * g.out_width, O = g.out_channels, n = g.per_group_out
+    cdef Py_ssize_t events, e, c, iy, ix, a, b, ky, kx, oy, o, pos, o0, row, kx_lo, kx_hi
+    cdef const float* w_c
+    cdef float* acc_row
     cdef double ops = 0.0
     memset(acc, 0, out_plane * O * sizeof(float))
-    for e in range(events):
-        pos = index[e]
-        ops = ops + fan_out[pos]
-        c = pos // plane
-        iy = (pos - c * plane) // g.width
-        ix = pos - c * plane - iy * g.width
+    for c in range(g.channels):
         o0 = (c // g.per_group_in) * n
-        for a in range(row_start[iy], row_start[iy + 1]):
-            ky = row_taps[2 * a]
-            oy = row_taps[2 * a + 1]
-            for b in range(col_start[ix], col_start[ix + 1]):
-                kx = col_taps[2 * b]
-                ox = col_taps[2 * b + 1]
-                w = weight_t + ((c * g.kh + ky) * g.kw + kx) * n
-                dst = acc + (oy * g.out_width + ox) * O + o0
-                for o in range(n):
-                    dst[o] = dst[o] + w[o]
+        w_c = weight_t + c * g.kh * g.kw * n
+        for iy in range(g.height):
+            row = (c * g.height + iy) * g.width
+            events = _nonzero(x + row, g.width, index)
+            for e in range(events):
+                ix = index[e]
+                ops = ops + fan_out[row + ix]
+                if g.row_blocks:
+                    # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with the
+                    # kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the weights
+                    # and of the (Ho, Wo, O) accumulator.
+                    kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
+                    kx_hi = min(g.kw - 1, ix + g.pad_left)
+                    if kx_lo > kx_hi:
+                        continue
+                    for a in range(row_start[iy], row_start[iy + 1]):
+                        ky = row_taps[2 * a]
+                        oy = row_taps[2 * a + 1]
+                        _add(acc + (oy * g.out_width + ix + g.pad_left - kx_hi) * O,
+                             w_c + (ky * g.kw + g.kw - 1 - kx_hi) * n, (kx_hi - kx_lo + 1) * n)
+                    continue
+                for a in range(row_start[iy], row_start[iy + 1]):
+                    ky = row_taps[2 * a]
+                    oy = row_taps[2 * a + 1]
+                    acc_row = acc + oy * g.out_width * O + o0
+                    for b in range(col_start[ix], col_start[ix + 1]):
+                        kx = col_taps[2 * b]
+                        _add(acc_row + col_taps[2 * b + 1] * O, w_c + (ky * g.kw + kx) * n, n)
     # (Ho, Wo, O) -> (O, Ho, Wo), adding the bias last as the reference does.
     for o in range(O):
         for pos in range(out_plane):
@@ -322,11 +366,14 @@ def conv_taps(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_
 def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weight_t, const float[::1] bias,
                   const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
                   const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
-                  const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups, int threads=1):
+                  const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups,
+                  Py_ssize_t pad_left=0, bint row_blocks=False, int threads=1):
     """Event-driven convolution of binary ``x`` (rows, C, H, W) into ``out`` (rows, O, Ho, Wo).
 
     ``weight_t`` is the weight as (C, kh, kw, O / groups); ``row_*``/``col_*`` are :func:`conv_taps` of the two
-    spatial axes (they carry stride, padding and dilation). ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
+    spatial axes (they carry stride, padding and dilation). With ``row_blocks`` (only for one group and stride and
+    dilation 1 along x, padding ``pad_left``) ``weight_t`` holds the kernel columns in reverse order, (C, kh,
+    kw reversed, O), and each row of taps is added as one contiguous block. ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
     and taps reaching (oy, ox), ascending) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
     ``synops[r] += sum of fan_out over the spikes of row r``.
     """
@@ -340,6 +387,9 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
         raise ValueError(f"conv2d_events: {g.channels} input and {g.out_channels} output channels do not fit "
                          f"groups={groups} and a weight of {g.per_group_out} outputs per group")
     g.per_group_in = g.channels // groups
+    g.pad_left, g.row_blocks = pad_left, row_blocks
+    if row_blocks and groups != 1:
+        raise ValueError("conv2d_events: row_blocks needs groups=1")
     _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
     _check_shape("conv output rows", (rows,), (out.shape[0],))
     _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
@@ -355,7 +405,7 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
         raise ValueError("conv2d_events: tap tables must be non-empty (n, 2) arrays")
     threads = max(1, threads)
     cdef float[:, ::1] acc = np.empty((threads, g.out_channels * g.out_height * g.out_width), dtype=np.float32)
-    cdef int32_t[:, ::1] index = np.empty((threads, g.channels * g.height * g.width), dtype=np.int32)
+    cdef int32_t[:, ::1] index = np.empty((threads, g.width), dtype=np.int32)  # spikes of one input row
     cdef const int32_t* rt = &row_taps[0, 0]
     cdef const int32_t* ct = &col_taps[0, 0]
     for r in prange(rows, nogil=True, num_threads=threads, schedule="dynamic", chunksize=2):
@@ -367,63 +417,123 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
 # Spiking max pooling
 # --------------------------------------------------------------------------------------------------------------
 
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for b > 0, and 0 for a <= 0."""
+    return (a + b - 1) // b if a > 0 else 0
+
+
+cdef struct MaxPoolGeometry:
+    Py_ssize_t channels, height, width, out_height, out_width, kh, kw, sh, sw, pt, pl
+    bint padded
+
+
+cdef inline void _maxpool_separable(const int32_t* counts, int32_t* window_max, uint8_t* out, MaxPoolGeometry* g,
+                                    int32_t* column_max) noexcept nogil:
+    """Window max without padding, separably: the max over the kh rows of a window row (one contiguous pass over
+    the width), then over the kw columns of each window. Fewer, longer loops than tap by tap."""
+    cdef Py_ssize_t plane = g.height * g.width, width = g.width, c, oy, ky, ix, ox, kx, sw = g.sw, kw = g.kw
+    cdef const int32_t* crow
+    cdef int32_t* wmax
+    cdef uint8_t* orow
+    cdef int32_t m, value
+    for c in range(g.channels):
+        for oy in range(g.out_height):
+            crow = counts + c * plane + oy * g.sh * width
+            for ix in range(width):
+                column_max[ix] = crow[ix]
+            for ky in range(1, g.kh):
+                crow = crow + width
+                for ix in range(width):
+                    value = crow[ix]
+                    column_max[ix] = value if value > column_max[ix] else column_max[ix]
+            wmax = window_max + (c * g.out_height + oy) * g.out_width
+            orow = out + (c * g.out_height + oy) * g.out_width
+            for ox in range(g.out_width):
+                m = column_max[ox * sw]
+                for kx in range(1, kw):
+                    value = column_max[ox * sw + kx]
+                    m = value if value > m else m
+                orow[ox] = m > wmax[ox]
+                wmax[ox] = m
+
+
 cdef inline void _maxpool_step(const uint8_t* x, int32_t* counts, int32_t* window_max, uint8_t* out,
-                               Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
-                               Py_ssize_t out_height, Py_ssize_t out_width,
-                               const int32_t* row_start, const int32_t* row_taps,
-                               const int32_t* col_start, const int32_t* col_taps, int32_t* index) noexcept nogil:
-    cdef Py_ssize_t plane = height * width, out_plane = out_height * out_width
-    cdef Py_ssize_t events = _nonzero(x, channels * plane, index), e, pos, c, iy, ix, a, b, w
-    cdef int32_t count
-    memset(out, 0, channels * out_plane)
-    for e in range(events):
-        pos = index[e]
-        counts[pos] = counts[pos] + 1
-        count = counts[pos]
-        c = pos // plane
-        iy = (pos - c * plane) // width
-        ix = pos - c * plane - iy * width
-        for a in range(row_start[iy], row_start[iy + 1]):
-            for b in range(col_start[ix], col_start[ix + 1]):
-                w = c * out_plane + row_taps[2 * a + 1] * out_width + col_taps[2 * b + 1]
-                if count > window_max[w]:
-                    window_max[w] = count
-                    out[w] = 1
+                               MaxPoolGeometry* geometry, const Py_ssize_t* ox_range, int32_t* row_max) noexcept nogil:
+    """One step of one sample: add the spikes to the counts, then recompute every window's max of counts.
+
+    Branch-free and vectorizable: at the spike densities of converted networks (a few percent, scattered) a scan
+    for events mispredicts on almost every spike and costs more than this dense pass. ``ox_range[2*kx]``,
+    ``ox_range[2*kx+1]``: the outputs whose tap ``kx`` lies inside the row.
+    """
+    cdef MaxPoolGeometry g = geometry[0]  # a local copy: stores through int32 pointers cannot change it
+    cdef Py_ssize_t plane = g.height * g.width, c, oy, ky, iy, kx, ox, i, sw = g.sw, shift
+    cdef const int32_t* crow
+    cdef int32_t* wmax
+    cdef uint8_t* orow
+    cdef int32_t m
+    for i in range(g.channels * plane):
+        counts[i] = counts[i] + x[i]
+    if not g.padded:
+        _maxpool_separable(counts, window_max, out, &g, row_max)
+        return
+    for c in range(g.channels):
+        for oy in range(g.out_height):
+            for ox in range(g.out_width):
+                row_max[ox] = -1  # below every count: padding (-inf in the reference) never wins
+            for ky in range(g.kh):
+                iy = oy * g.sh - g.pt + ky
+                if iy < 0 or iy >= g.height:
+                    continue
+                crow = counts + c * plane + iy * g.width
+                for kx in range(g.kw):
+                    shift = kx - g.pl
+                    for ox in range(ox_range[2 * kx], ox_range[2 * kx + 1]):
+                        m = crow[ox * sw + shift]
+                        row_max[ox] = m if m > row_max[ox] else row_max[ox]
+            wmax = window_max + (c * g.out_height + oy) * g.out_width
+            orow = out + (c * g.out_height + oy) * g.out_width
+            for ox in range(g.out_width):
+                orow[ox] = row_max[ox] > wmax[ox]
+                wmax[ox] = row_max[ox]
 
 
-def maxpool_events(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts, int32_t[:, ::1] window_max,
-                   uint8_t[:, :, :, :, ::1] out, const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
-                   const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, int threads=1):
+def maxpool_steps(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts, int32_t[:, ::1] window_max,
+                  uint8_t[:, :, :, :, ::1] out, kernel, stride, padding, int threads=1):
     """Spiking max pooling of binary ``spikes`` (Tc, B, C, H, W) into ``out`` (Tc, B, C, Ho, Wo).
 
     State: ``counts`` (B, C*H*W) spike counts of the inputs and ``window_max`` (B, C*Ho*Wo) the running max of the
-    counts over each window, both starting at 0. A window emits a spike when its max grows. Counts grow by at
-    most one per step, so this is the reference's ``max_j N_j(t) - max_j N_j(t-1)`` (padding, -inf there, never
-    wins: every window holds at least one real input, which the engine checks). The row/col tables are
-    :func:`conv_taps` of the pooling geometry.
+    counts over each window, both starting at 0. ``out[t] = max_j N_j(t) > max_j N_j(t-1)``: counts grow by at most
+    one per step, so this is the reference's increment ``max_j N_j(t) - max_j N_j(t-1)``. ``kernel``/``stride``
+    are (h, w) and ``padding`` (top, left, bottom, right); padded positions never win, which requires every window
+    to hold a real input (the engine checks this).
     """
-    cdef Py_ssize_t tc = spikes.shape[0], batch = spikes.shape[1], channels = spikes.shape[2]
-    cdef Py_ssize_t height = spikes.shape[3], width = spikes.shape[4]
-    cdef Py_ssize_t out_height = out.shape[3], out_width = out.shape[4], b, t
-    _check_shape("max pool output", (tc, batch, channels), (out.shape[0], out.shape[1], out.shape[2]))
-    _check_shape("max pool counts", (batch, channels * height * width), (counts.shape[0], counts.shape[1]))
-    _check_shape("max pool state", (batch, channels * out_height * out_width),
+    cdef MaxPoolGeometry g
+    cdef Py_ssize_t tc = spikes.shape[0], batch = spikes.shape[1], b, t
+    g.channels, g.height, g.width = spikes.shape[2], spikes.shape[3], spikes.shape[4]
+    g.out_height, g.out_width = out.shape[3], out.shape[4]
+    g.kh, g.kw = kernel
+    g.sh, g.sw = stride
+    g.pt, g.pl = padding[0], padding[1]
+    g.padded = any(padding)
+    if g.kh < 1 or g.kw < 1 or g.sh < 1 or g.sw < 1 or g.pt < 0 or g.pl < 0:
+        raise ValueError(f"maxpool_steps: invalid kernel {kernel}, stride {stride} or padding {padding}")
+    _check_shape("max pool output", (tc, batch, g.channels), (out.shape[0], out.shape[1], out.shape[2]))
+    _check_shape("max pool counts", (batch, g.channels * g.height * g.width), (counts.shape[0], counts.shape[1]))
+    _check_shape("max pool state", (batch, g.channels * g.out_height * g.out_width),
                  (window_max.shape[0], window_max.shape[1]))
-    _check_shape("max pool row taps", (height + 1,), (row_start.shape[0],))
-    _check_shape("max pool column taps", (width + 1,), (col_start.shape[0],))
-    if tc == 0 or batch == 0 or channels * height * width == 0 or channels * out_height * out_width == 0:
-        raise ValueError("maxpool_events: empty operands")
-    if row_taps.shape[0] == 0 or col_taps.shape[0] == 0 or row_taps.shape[1] != 2 or col_taps.shape[1] != 2:
-        raise ValueError("maxpool_events: tap tables must be non-empty (n, 2) arrays")
+    if tc == 0 or batch == 0 or g.channels * g.height * g.width == 0 or g.out_height * g.out_width == 0:
+        raise ValueError("maxpool_steps: empty operands")
     threads = max(1, threads)
-    cdef int32_t[:, ::1] index = np.empty((threads, channels * height * width), dtype=np.int32)
-    cdef const int32_t* rt = &row_taps[0, 0]
-    cdef const int32_t* ct = &col_taps[0, 0]
+    cdef int32_t[:, ::1] row_max = np.empty((threads, max(g.out_width, g.width)), dtype=np.int32)
+    # For each kernel column kx, the outputs ox with 0 <= ox * sw - pl + kx < width.
+    cdef Py_ssize_t[::1] ox_range = np.array(
+        [bound for kx in range(g.kw) for bound in (_ceil_div(g.pl - kx, g.sw),
+                                                   min(g.out_width, _ceil_div(g.width + g.pl - kx, g.sw)))],
+        dtype=np.intp)
     for b in prange(batch, nogil=True, num_threads=threads, schedule="static"):
         for t in range(tc):
-            _maxpool_step(&spikes[t, b, 0, 0, 0], &counts[b, 0], &window_max[b, 0], &out[t, b, 0, 0, 0], channels,
-                          height, width, out_height, out_width, &row_start[0], rt, &col_start[0], ct,
-                          &index[threadid(), 0])
+            _maxpool_step(&spikes[t, b, 0, 0, 0], &counts[b, 0], &window_max[b, 0], &out[t, b, 0, 0, 0], &g,
+                          &ox_range[0], &row_max[threadid(), 0])
 
 
 def _check_shape(what: str, expected: tuple, actual: tuple) -> None:

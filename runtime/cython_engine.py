@@ -126,11 +126,7 @@ class _MaxPool:
 
     def __init__(self, op: ops.SpikingMaxPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
                  threads: int) -> None:
-        (kh, kw), (sh, sw) = op.kernel, op.stride
-        top, left = op.padding[0], op.padding[1]
-        self.in_shape, self.out_shape, self.threads = in_shape, out_shape, threads
-        self.rows = _taps(in_shape[1], out_shape[1], kh, sh, top)
-        self.cols = _taps(in_shape[2], out_shape[2], kw, sw, left)
+        self.op, self.in_shape, self.out_shape, self.threads = op, in_shape, out_shape, threads
 
     @staticmethod
     def supports(op: ops.SpikingMaxPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
@@ -149,7 +145,8 @@ class _MaxPool:
         counts, window_max = state
         spikes = np.ascontiguousarray(signal.data).reshape((tc, batch) + self.in_shape)
         out = np.empty((tc, batch) + self.out_shape, dtype=np.uint8)
-        _kernels.maxpool_events(spikes, counts, window_max, out, *self.rows, *self.cols, self.threads)
+        _kernels.maxpool_steps(spikes, counts, window_max, out, self.op.kernel, self.op.stride, self.op.padding,
+                               self.threads)
         return _Signal(out, False, True)
 
 
@@ -184,10 +181,14 @@ class _EventSynapse:
             out_ch, per_group_in, kh, kw = op.weight.shape
             groups = op.groups
             # (O, C/g, kh, kw) -> (C, kh, kw, O/g): the output channels of an input's group are contiguous.
-            self.weight_t = np.ascontiguousarray(
-                op.weight.reshape(groups, out_ch // groups, per_group_in, kh, kw).transpose(0, 2, 3, 4, 1)
-                .reshape(groups * per_group_in, kh, kw, out_ch // groups), dtype=np.float32)
             (sh, sw), (dh, dw) = op.stride, op.dilation
+            # Stride and dilation 1 along x with one group: kernel columns reversed, so that one input spike adds
+            # each row of taps as one contiguous block (see _kernels.conv2d_events).
+            self.row_blocks = groups == 1 and sw == 1 and dw == 1
+            weight = op.weight[:, :, :, ::-1] if self.row_blocks else op.weight
+            self.weight_t = np.ascontiguousarray(
+                weight.reshape(groups, out_ch // groups, per_group_in, kh, kw).transpose(0, 2, 3, 4, 1)
+                .reshape(groups * per_group_in, kh, kw, out_ch // groups), dtype=np.float32)
             self.rows = _taps(in_shape[1], out_shape[1], kh, sh, op.padding[0], dh)
             self.cols = _taps(in_shape[2], out_shape[2], kw, sw, op.padding[1], dw)
             # An input that reaches no output (cropped by the stride) still counts as an event, as in the
@@ -216,7 +217,8 @@ class _EventSynapse:
                 _kernels.linear_events(x, self.weight_t, self.bias, self.fan_out, out, synops, self.threads)
             else:
                 _kernels.conv2d_events(x, self.weight_t, self.bias, self.fan_out, out, synops, *self.rows,
-                                       *self.cols, self.op.groups, self.threads)
+                                       *self.cols, self.op.groups, self.op.padding[1], self.row_blocks,
+                                       self.threads)
         else:
             out = apply(self.op, x.astype(np.float32))
             _kernels.count_events(x.reshape(rows, -1), self.fan_out, synops, self.threads)
