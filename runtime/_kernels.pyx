@@ -151,7 +151,7 @@ def population_steps(const float[:, :, ::1] current, float[:, ::1] v, spike_t[:,
                                                    threshold, decay, leak, subtract)
 
 
-def _time_step(Py_ssize_t given, Py_ssize_t tc, what: str) -> Py_ssize_t:
+def _time_step(Py_ssize_t given, Py_ssize_t tc, what: str) -> int:
     """1 when an input has one entry per step, 0 when it is constant in time (a single entry)."""
     if given == tc:
         return 1
@@ -221,14 +221,6 @@ def count_events(const event_t[:, ::1] x, const double[::1] fan_out, double[::1]
             if x[r, i] != 0:
                 total = total + fan_out[i]
         synops[r] = synops[r] + total
-
-
-def to_float32(const uint8_t[::1] x, float[::1] out, int threads=1):
-    """``out[:] = x`` (spikes as float32 for a dense kernel), in parallel."""
-    cdef Py_ssize_t n = x.shape[0], i
-    _check_shape("conversion", (n,), (out.shape[0],))
-    for i in prange(n, nogil=True, num_threads=max(1, threads), schedule="static"):
-        out[i] = <float> x[i]
 
 
 # --------------------------------------------------------------------------------------------------------------
