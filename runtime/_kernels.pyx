@@ -270,7 +270,8 @@ cdef struct ConvGeometry:
     Py_ssize_t channels, height, width      # input, per sample
     Py_ssize_t out_channels, out_height, out_width
     Py_ssize_t kh, kw, per_group_in, per_group_out
-    Py_ssize_t pad_left
+    Py_ssize_t pad_left, pad_top, stride_h, dilation_h
+    Py_ssize_t tile_rows                    # output rows per accumulator tile
     bint row_blocks                         # weight columns reversed: one tap row is one contiguous block
 
 
@@ -281,60 +282,85 @@ cdef inline void _add(float_rp dst, cfloat_rp src, Py_ssize_t n) noexcept nogil:
         dst[o] = dst[o] + src[o]
 
 
-cdef inline void _conv_row(const uint8_t* x, ConvGeometry* g, const float* weight_t, const float* bias,
+cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float* weight_t, const float* bias,
                            const double* fan_out, const int32_t* row_start, const int32_t* row_taps,
                            const int32_t* col_start, const int32_t* col_taps, float* out, double* synops,
                            float* acc, int32_t* index) noexcept nogil:
     """One sample of an event-driven convolution.
 
-    ``acc`` is a (Ho, Wo, O) accumulator: each (input spike, kernel tap) adds one contiguous vector of the
-    output channels of its group. Inputs are visited in (c, y, x) order, so each output receives its terms in
-    ascending (c, ky, kx) order, the order of the reference's im2col product. Rows of the input are scanned for
-    spikes one at a time, which gives the coordinates without divisions.
+    The output is built in tiles of ``g.tile_rows`` output rows held in a (rows, Wo, O) accumulator small enough
+    for the L1 cache: each (input spike, kernel tap) adds one contiguous vector of the output channels of its
+    group. Within a tile, inputs are visited channel by channel, row by row, column by column, so each output
+    receives its terms in ascending (c, ky, kx) order, the order of the reference's im2col product. Input rows
+    that reach two tiles are scanned twice; their spikes are counted (synops) once.
     """
+    cdef ConvGeometry g = geometry[0]  # a local copy: stores through float pointers cannot change it
     cdef Py_ssize_t out_plane = g.out_height * g.out_width, O = g.out_channels, n = g.per_group_out
-    cdef Py_ssize_t events, e, c, iy, ix, a, b, ky, kx, oy, o, pos, o0, row, kx_lo, kx_hi
+    cdef Py_ssize_t row_size = g.out_width * O, tile, oy0, oy1, iy_lo, iy_hi, counted = -1
+    cdef Py_ssize_t events, e, c, iy, ix, a, b, ky, kx, oy, ox, o, pos, o0, row, kx_lo, kx_hi
     cdef const float* w_c
     cdef float* acc_row
+    cdef float* dst
     cdef double ops = 0.0
-    memset(acc, 0, out_plane * O * sizeof(float))
+    for tile in range((g.out_height + g.tile_rows - 1) // g.tile_rows):
+        oy0 = tile * g.tile_rows
+        oy1 = min(g.out_height, oy0 + g.tile_rows)
+        # input rows reaching output rows oy0 .. oy1-1
+        iy_lo = max(0, oy0 * g.stride_h - g.pad_top)
+        iy_hi = min(g.height - 1, (oy1 - 1) * g.stride_h - g.pad_top + (g.kh - 1) * g.dilation_h)
+        memset(acc, 0, (oy1 - oy0) * row_size * sizeof(float))
+        for c in range(g.channels):
+            o0 = (c // g.per_group_in) * n
+            w_c = weight_t + c * g.kh * g.kw * n
+            for iy in range(iy_lo, iy_hi + 1):
+                row = (c * g.height + iy) * g.width
+                events = _nonzero(x + row, g.width, index)
+                if iy > counted:
+                    for e in range(events):
+                        ops = ops + fan_out[row + index[e]]
+                for e in range(events):
+                    ix = index[e]
+                    if g.row_blocks:
+                        # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with
+                        # the kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the
+                        # weights and of the accumulator.
+                        kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
+                        kx_hi = min(g.kw - 1, ix + g.pad_left)
+                        if kx_lo > kx_hi:
+                            continue
+                        for a in range(row_start[iy], row_start[iy + 1]):
+                            oy = row_taps[2 * a + 1]
+                            if oy < oy0 or oy >= oy1:
+                                continue
+                            ky = row_taps[2 * a]
+                            _add(acc + (oy - oy0) * row_size + (ix + g.pad_left - kx_hi) * O,
+                                 w_c + (ky * g.kw + g.kw - 1 - kx_hi) * n, (kx_hi - kx_lo + 1) * n)
+                        continue
+                    for a in range(row_start[iy], row_start[iy + 1]):
+                        oy = row_taps[2 * a + 1]
+                        if oy < oy0 or oy >= oy1:
+                            continue
+                        ky = row_taps[2 * a]
+                        acc_row = acc + (oy - oy0) * row_size + o0
+                        for b in range(col_start[ix], col_start[ix + 1]):
+                            kx = col_taps[2 * b]
+                            _add(acc_row + col_taps[2 * b + 1] * O, w_c + (ky * g.kw + kx) * n, n)
+        counted = max(counted, iy_hi)
+        # (rows, Wo, O) -> (O, rows, Wo), adding the bias last as the reference does.
+        for o in range(O):
+            dst = out + o * out_plane + oy0 * g.out_width
+            for pos in range((oy1 - oy0) * g.out_width):
+                dst[pos] = acc[pos * O + o]
+            if bias != NULL:
+                for pos in range((oy1 - oy0) * g.out_width):
+                    dst[pos] = dst[pos] + bias[o]
+    # Input rows no output reaches (cropped by the stride) still count as events (with fan-out 0 in practice).
     for c in range(g.channels):
-        o0 = (c // g.per_group_in) * n
-        w_c = weight_t + c * g.kh * g.kw * n
-        for iy in range(g.height):
+        for iy in range(counted + 1, g.height):
             row = (c * g.height + iy) * g.width
             events = _nonzero(x + row, g.width, index)
             for e in range(events):
-                ix = index[e]
-                ops = ops + fan_out[row + ix]
-                if g.row_blocks:
-                    # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with the
-                    # kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the weights
-                    # and of the (Ho, Wo, O) accumulator.
-                    kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
-                    kx_hi = min(g.kw - 1, ix + g.pad_left)
-                    if kx_lo > kx_hi:
-                        continue
-                    for a in range(row_start[iy], row_start[iy + 1]):
-                        ky = row_taps[2 * a]
-                        oy = row_taps[2 * a + 1]
-                        _add(acc + (oy * g.out_width + ix + g.pad_left - kx_hi) * O,
-                             w_c + (ky * g.kw + g.kw - 1 - kx_hi) * n, (kx_hi - kx_lo + 1) * n)
-                    continue
-                for a in range(row_start[iy], row_start[iy + 1]):
-                    ky = row_taps[2 * a]
-                    oy = row_taps[2 * a + 1]
-                    acc_row = acc + oy * g.out_width * O + o0
-                    for b in range(col_start[ix], col_start[ix + 1]):
-                        kx = col_taps[2 * b]
-                        _add(acc_row + col_taps[2 * b + 1] * O, w_c + (ky * g.kw + kx) * n, n)
-    # (Ho, Wo, O) -> (O, Ho, Wo), adding the bias last as the reference does.
-    for o in range(O):
-        for pos in range(out_plane):
-            out[o * out_plane + pos] = acc[pos * O + o]
-        if bias != NULL:
-            for pos in range(out_plane):
-                out[o * out_plane + pos] = out[o * out_plane + pos] + bias[o]
+                ops = ops + fan_out[row + index[e]]
     synops[0] = synops[0] + ops
 
 
@@ -359,13 +385,13 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
                   const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
                   const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
                   const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups,
-                  Py_ssize_t pad_left=0, bint row_blocks=False, int threads=1):
+                  stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bint row_blocks=False, int threads=1):
     """Event-driven convolution of binary ``x`` (rows, C, H, W) into ``out`` (rows, O, Ho, Wo).
 
     ``weight_t`` is the weight as (C, kh, kw, O / groups); ``row_*``/``col_*`` are :func:`conv_taps` of the two
-    spatial axes (they carry stride, padding and dilation). With ``row_blocks`` (only for one group and stride and
-    dilation 1 along x, padding ``pad_left``) ``weight_t`` holds the kernel columns in reverse order, (C, kh,
-    kw reversed, O), and each row of taps is added as one contiguous block. ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
+    spatial axes for the op's ``stride``, ``padding`` (top, left, bottom, right) and ``dilation``, which are passed
+    too. With ``row_blocks`` (only for one group and stride and dilation 1 along x) ``weight_t`` holds the kernel
+    columns in reverse order, (C, kh, kw reversed, O), and each row of taps is added as one contiguous block. ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
     and taps reaching (oy, ox), ascending) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
     ``synops[r] += sum of fan_out over the spikes of row r``.
     """
@@ -379,9 +405,12 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
         raise ValueError(f"conv2d_events: {g.channels} input and {g.out_channels} output channels do not fit "
                          f"groups={groups} and a weight of {g.per_group_out} outputs per group")
     g.per_group_in = g.channels // groups
-    g.pad_left, g.row_blocks = pad_left, row_blocks
-    if row_blocks and groups != 1:
-        raise ValueError("conv2d_events: row_blocks needs groups=1")
+    g.stride_h, g.pad_top, g.pad_left, g.dilation_h = stride[0], padding[0], padding[1], dilation[0]
+    g.row_blocks = row_blocks
+    if row_blocks and (groups != 1 or stride[1] != 1 or dilation[1] != 1):
+        raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
+    # Accumulator tiles of about 16 KiB: they stay in the L1 cache while every input channel adds to them.
+    g.tile_rows = max(1, min(g.out_height, (16384 // sizeof(float)) // max(1, g.out_width * g.out_channels)))
     _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
     _check_shape("conv output rows", (rows,), (out.shape[0],))
     _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
@@ -396,7 +425,7 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
     if row_taps.shape[0] == 0 or col_taps.shape[0] == 0 or row_taps.shape[1] != 2 or col_taps.shape[1] != 2:
         raise ValueError("conv2d_events: tap tables must be non-empty (n, 2) arrays")
     threads = max(1, threads)
-    cdef float[:, ::1] acc = np.empty((threads, g.out_channels * g.out_height * g.out_width), dtype=np.float32)
+    cdef float[:, ::1] acc = np.empty((threads, g.tile_rows * g.out_width * g.out_channels), dtype=np.float32)
     cdef int32_t[:, ::1] index = np.empty((threads, g.width), dtype=np.int32)  # spikes of one input row
     cdef const int32_t* rt = &row_taps[0, 0]
     cdef const int32_t* ct = &col_taps[0, 0]

@@ -37,9 +37,14 @@ from snncc.runtime.kernels import apply
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
 
 # Spike density (fraction of a synaptic op's inputs that are non-zero, over a chunk) above which the dense BLAS
-# product is faster than event-driven accumulation. Measured on a 2-core x86 machine with
-# docs/scripts/benchmark_runtime.py --crossover; the two paths give the same result, so this affects speed only.
-DENSE_ABOVE = {ops.Linear: 0.25, ops.Conv2d: 0.15}
+# product is faster than event-driven accumulation. Measured on a 2-core x86 machine (AMD EPYC, one thread each)
+# with docs/scripts/benchmark_runtime.py --crossover: convolutions cross over at 0.35-0.6, fully connected layers at
+# 0.2-0.3. Both paths give the same sums, so this affects speed only.
+DENSE_ABOVE = {ops.Linear: 0.2, ops.Conv2d: 0.35}
+
+# Kernel calls with fewer values than this run on one thread: starting and joining an OpenMP team costs more than
+# the work (and far more on a loaded machine, where a worker may wait for a time slice).
+PARALLEL_MIN_VALUES = 1 << 16
 
 # Ops that only relabel the axes of their input: spike trains pass through them as bytes.
 _VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
@@ -58,6 +63,27 @@ class _Signal:
         """(Tc, B, *shape) float32 (a broadcast view when constant), as the reference sees it."""
         data = self.data.astype(np.float32) if self.binary else self.data
         return np.broadcast_to(data, (tc,) + data.shape) if self.constant else data
+
+
+class _Buffers:
+    """Output arrays of one plan, reused from chunk to chunk: fresh large arrays cost page faults every chunk.
+
+    Safe because a node's value lives only within its chunk (the engine copies graph outputs out)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        key = (name, shape, np.dtype(dtype).str)
+        array = self._arrays.get(key)
+        if array is None:
+            self._arrays = {k: a for k, a in self._arrays.items() if k[0] != name}  # the last chunk is shorter
+            array = self._arrays[key] = np.empty(shape, dtype=dtype)
+        return array
+
+
+def _threads(threads: int, values: int) -> int:
+    return threads if values >= PARALLEL_MIN_VALUES else 1
 
 
 def default_threads() -> int:
@@ -85,6 +111,7 @@ class _Population:
         self.decay = np.float32(neuron.beta) if self.leak else np.float32(1)
         self.subtract = neuron.reset == "subtract"
         self.v_init = np.float32(neuron.v_init) * self.threshold
+        self.buffers = _Buffers()
 
     def start(self, batch: int) -> np.ndarray:
         return np.full((batch, self.size), self.v_init, dtype=np.float32)
@@ -92,10 +119,10 @@ class _Population:
     def run(self, v: np.ndarray, signal: _Signal, tc: int, batch: int, shape: tuple[int, ...]
             ) -> tuple[_Signal, np.ndarray]:
         current = _flat_steps(signal, tc, batch)
-        spikes = np.empty((tc, batch, self.size), dtype=np.uint8)
+        spikes = self.buffers.get("spikes", (tc, batch, self.size), np.uint8)
         counts = np.empty((tc, batch), dtype=np.float32)
         _kernels.population_steps(current, v, spikes, counts, self.threshold, self.decay, self.leak, self.subtract,
-                                  self.threads)
+                                  _threads(self.threads, spikes.size))
         return _Signal(spikes.reshape((tc, batch) + shape), False, True), counts
 
 
@@ -111,7 +138,7 @@ class _Readout:
     def run(self, total: np.ndarray, signal: _Signal, tc: int, batch: int, t0: int, shape: tuple[int, ...]
             ) -> _Signal:
         out = np.empty((tc, batch, self.size), dtype=np.float32)
-        _kernels.readout_steps(_flat_steps(signal, tc, batch), total, t0, out, self.threads)
+        _kernels.readout_steps(_flat_steps(signal, tc, batch), total, t0, out, _threads(self.threads, out.size))
         return _Signal(out.reshape((tc, batch) + shape), False)
 
 
@@ -127,6 +154,7 @@ class _MaxPool:
     def __init__(self, op: ops.SpikingMaxPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
                  threads: int) -> None:
         self.op, self.in_shape, self.out_shape, self.threads = op, in_shape, out_shape, threads
+        self.buffers = _Buffers()
 
     @staticmethod
     def supports(op: ops.SpikingMaxPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
@@ -144,9 +172,9 @@ class _MaxPool:
     def run(self, state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int) -> _Signal:
         counts, window_max = state
         spikes = np.ascontiguousarray(signal.data).reshape((tc, batch) + self.in_shape)
-        out = np.empty((tc, batch) + self.out_shape, dtype=np.uint8)
+        out = self.buffers.get("out", (tc, batch) + self.out_shape, np.uint8)
         _kernels.maxpool_steps(spikes, counts, window_max, out, self.op.kernel, self.op.stride, self.op.padding,
-                               self.threads)
+                               _threads(self.threads, spikes.size))
         return _Signal(out, False, True)
 
 
@@ -174,6 +202,7 @@ class _EventSynapse:
         self.bias = None if op.bias is None else np.ascontiguousarray(op.bias, dtype=np.float32)
         self.dense_above = DENSE_ABOVE[type(op)]
         self.chunks = {"sparse": 0, "dense": 0}
+        self.buffers = _Buffers()
         self.events = self.inputs = 0
         if isinstance(op, ops.Linear):
             self.weight_t = np.ascontiguousarray(op.weight.T, dtype=np.float32)
@@ -211,17 +240,18 @@ class _EventSynapse:
         self.inputs += x.size
         sparse = events <= self.dense_above * x.size and getattr(self, "reachable", True)
         self.chunks["sparse" if sparse else "dense"] += 1
+        threads = _threads(self.threads, x.size)
         if sparse:
-            out = np.empty((rows,) + self.out_shape, dtype=np.float32)
+            out = self.buffers.get("out", (rows,) + self.out_shape, np.float32)
             if isinstance(self.op, ops.Linear):
-                _kernels.linear_events(x, self.weight_t, self.bias, self.fan_out, out, synops, self.threads)
+                _kernels.linear_events(x, self.weight_t, self.bias, self.fan_out, out, synops, threads)
             else:
                 _kernels.conv2d_events(x, self.weight_t, self.bias, self.fan_out, out, synops, *self.rows,
-                                       *self.cols, self.op.groups, self.op.padding[1], self.row_blocks,
-                                       self.threads)
+                                       *self.cols, self.op.groups, self.op.stride, self.op.padding,
+                                       self.op.dilation, self.row_blocks, threads)
         else:
             out = apply(self.op, x.astype(np.float32))
-            _kernels.count_events(x.reshape(rows, -1), self.fan_out, synops, self.threads)
+            _kernels.count_events(x.reshape(rows, -1), self.fan_out, synops, threads)
         return _Signal(out.reshape((tc, batch) + self.out_shape), False)
 
 
@@ -327,8 +357,8 @@ class CythonSimulator(ReferenceSimulator):
         flat = [a.steps(tc).reshape((tc * batch,) + self.types[u].shape) for a, u in zip(args, srcs)]
         result = apply(op, *flat)
         if node in self.fan_outs:
-            _kernels.count_events(np.ascontiguousarray(args[0].data).reshape(tc * batch, -1),
-                                  self._fan_outs64[node], synops, self.threads)
+            events = np.ascontiguousarray(args[0].data).reshape(tc * batch, -1)
+            _kernels.count_events(events, self._fan_outs64[node], synops, _threads(self.threads, events.size))
         return _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
 
 
