@@ -25,6 +25,7 @@ how often (tests/runtime/test_cython_agreement.py).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,14 @@ import numpy as np
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF
-from snncc.runtime import _kernels
+
+# OpenMP threads that wait passively (sleep instead of spinning between parallel regions) cost a few microseconds
+# per region, but spinning workers take the cores from everything else: on a 2-core machine shared with other
+# work, two spinning threads ran LeNet-5 2.6x slower than two passive ones. Read by libgomp when the extension
+# loads it; a value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from snncc.runtime import _kernels  # noqa: E402  (after the OpenMP setting)
 from snncc.runtime.kernels import apply
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
 
