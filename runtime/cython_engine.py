@@ -17,15 +17,17 @@ it and keeps its constructor checks, chunk sizes and bookkeeping) and computes t
   data, so it is identical by construction.
 
 Exactness of the event-driven sums: for 0/1 inputs a BLAS product accumulates ``acc + W[o, k]`` over the spiking
-``k`` in ascending order, which the kernels reproduce term for term. A BLAS may split a long reduction axis into
-blocks summed separately (OpenBLAS does above a few hundred inputs per output), which rounds differently in the last
-bit; a spike can then flip where a membrane lies within that rounding of the threshold. The agreement tests bound
-how often (tests/runtime/test_cython_agreement.py).
+``k`` in ascending order, which the kernels reproduce term for term. A BLAS may order the sum differently: OpenBLAS
+splits reductions longer than a few hundred inputs into blocks summed separately, and multiplies small matrices
+with a kernel of its own order. The currents then differ in the last bit, and a spike can flip where a membrane lies
+within that rounding of the threshold; the agreement tests bound how often (tests/runtime/test_cython_agreement.py).
+
+A :class:`CythonSimulator` reuses its output buffers from chunk to chunk: one instance must not run two batches
+at the same time (from two threads).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,16 +35,11 @@ import numpy as np
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF
-
-# OpenMP threads that wait passively (sleep instead of spinning between parallel regions) cost a few microseconds
-# per region, but spinning workers take the cores from everything else: on a 2-core machine shared with other
-# work, two spinning threads ran LeNet-5 2.6x slower than two passive ones. Read by libgomp when the extension
-# loads it; a value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from snncc.runtime import _kernels  # noqa: E402  (after the OpenMP setting)
+from snncc.runtime import load_kernels
 from snncc.runtime.kernels import apply
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
+
+_kernels = load_kernels()  # sets the OpenMP wait policy first (see load_kernels)
 
 # Spike density (fraction of a synaptic op's inputs that are non-zero, over a chunk) above which the dense BLAS
 # product is faster than event-driven accumulation. Measured on a 2-core x86 machine (AMD EPYC, one thread each)
@@ -214,15 +211,16 @@ class _EventSynapse:
         self.events = self.inputs = 0
         if isinstance(op, ops.Linear):
             self.weight_t = np.ascontiguousarray(op.weight.T, dtype=np.float32)
+            self.reachable = True
         else:
             out_ch, per_group_in, kh, kw = op.weight.shape
             groups = op.groups
-            # (O, C/g, kh, kw) -> (C, kh, kw, O/g): the output channels of an input's group are contiguous.
             (sh, sw), (dh, dw) = op.stride, op.dilation
             # Stride and dilation 1 along x with one group: kernel columns reversed, so that one input spike adds
             # each row of taps as one contiguous block (see _kernels.conv2d_events).
             self.row_blocks = groups == 1 and sw == 1 and dw == 1
             weight = op.weight[:, :, :, ::-1] if self.row_blocks else op.weight
+            # (O, C/g, kh, kw) -> (C, kh, kw, O/g): the output channels of an input's group are contiguous.
             self.weight_t = np.ascontiguousarray(
                 weight.reshape(groups, out_ch // groups, per_group_in, kh, kw).transpose(0, 2, 3, 4, 1)
                 .reshape(groups * per_group_in, kh, kw, out_ch // groups), dtype=np.float32)
@@ -246,7 +244,7 @@ class _EventSynapse:
         events = int(np.count_nonzero(x))
         self.events += events
         self.inputs += x.size
-        sparse = events <= self.dense_above * x.size and getattr(self, "reachable", True)
+        sparse = events <= self.dense_above * x.size and self.reachable
         self.chunks["sparse" if sparse else "dense"] += 1
         threads = _threads(self.threads, x.size)
         if sparse:

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("snncc.runtime._kernels", reason="the Cython runtime is not built (python -m pip install -e .)")
+if not __import__("snncc.runtime", fromlist=["cython_available"]).cython_available()[0]:
+    pytest.skip("the Cython runtime is not built (python -m pip install -e .)", allow_module_level=True)
 
 from snncc.errors import IRError, SimulationError  # noqa: E402
 from snncc.ir import IF, LIF, SNN, Graph, ops  # noqa: E402
