@@ -7,7 +7,13 @@ the kernels run serially. Environment variables read at build time:
 - ``SNNCC_BOUNDSCHECK=1``: compile with Cython's bounds and wraparound checks (debugging; slower). The source's
   header comment would override ``cythonize``'s directives, so a copy with the header flipped is compiled.
 - ``SNNCC_NO_OPENMP=1``: do not try OpenMP.
-- ``SNNCC_NATIVE=1``: add ``-march=native`` (faster on this machine, not portable to older CPUs).
+- ``SNNCC_NATIVE=1``: add ``-march=native`` to every variant (not portable to other CPUs).
+- ``SNNCC_NO_VARIANTS=1``: build the portable module only.
+
+Besides the portable module, x86-64 builds compile the same source for AVX2 and for AVX-512 into
+``snncc.runtime._kernels_avx2`` / ``_kernels_avx512`` (when the compiler accepts the flags);
+``snncc.runtime.load_kernels`` imports the widest one the CPU supports. The arithmetic is the same element-wise IEEE
+float32 in every variant (no FMA: ``-ffp-contract=off``); wider vectors only process more neurons per instruction.
 
 ``-ffp-contract=off`` is always passed: fusing ``v * beta + I`` into one multiply-add would round differently from
 the numpy reference simulator and change spikes. ``-fno-trapping-math`` (the result of every operation is unchanged;
@@ -17,6 +23,7 @@ only floating-point exception flags are not preserved) lets GCC vectorize the br
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import tempfile
@@ -33,17 +40,25 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _source() -> str:
-    """The .pyx to compile: the checked-in file, or a copy with bounds checks switched on."""
-    if not _flag("SNNCC_BOUNDSCHECK"):
+# Instruction-set variants of the kernels (x86-64): module suffix -> compiler flags.
+VARIANTS = {"avx2": ["-mavx2"], "avx512": ["-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vl"]}
+
+
+def _source(variant: str = "") -> str:
+    """The .pyx to compile: the checked-in file, or a copy named after the variant's module, with bounds checks
+    switched on under SNNCC_BOUNDSCHECK=1 (a module's file name must match its name)."""
+    if not variant and not _flag("SNNCC_BOUNDSCHECK"):
         return str(SOURCE)
-    checked = Path("build") / "boundscheck" / "_kernels.pyx"
-    checked.parent.mkdir(parents=True, exist_ok=True)
+    name = f"_kernels_{variant}.pyx" if variant else "_kernels.pyx"
+    copy = Path("build") / ("boundscheck" if _flag("SNNCC_BOUNDSCHECK") else "variants") / name
+    copy.parent.mkdir(parents=True, exist_ok=True)
     text = (ROOT / SOURCE).read_text()
-    text = re.sub(r"boundscheck=False", "boundscheck=True", text, count=1)
-    text = re.sub(r"wraparound=False", "wraparound=True", text, count=1)
-    checked.write_text(text)
-    return str(checked)
+    if _flag("SNNCC_BOUNDSCHECK"):
+        text = re.sub(r"boundscheck=False", "boundscheck=True", text, count=1)
+        text = re.sub(r"wraparound=False", "wraparound=True", text, count=1)
+    if not copy.is_file() or copy.read_text() != text:  # keep the timestamp: no needless re-cythonizing
+        copy.write_text(text)
+    return str(copy)
 
 
 class BuildExt(build_ext):
@@ -62,24 +77,39 @@ class BuildExt(build_ext):
                 link_args += openmp if unix else []
             else:
                 print("snncc: the C compiler does not support OpenMP; the runtime kernels will run serially")
+        extensions = []
         for ext in self.extensions:
-            ext.extra_compile_args = list(ext.extra_compile_args or []) + compile_args
+            variant = ext.name.rpartition("_kernels_")[2] if "_kernels_" in ext.name else ""
+            if variant and not (unix and self._compiles(VARIANTS[variant], openmp=False)):
+                print(f"snncc: the C compiler does not accept {VARIANTS[variant]}; skipping {ext.name}")
+                continue
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + compile_args + VARIANTS.get(variant, [])
             ext.extra_link_args = list(ext.extra_link_args or []) + link_args
+            extensions.append(ext)
+        self.extensions = extensions
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1  # the variants compile independently
         super().build_extensions()
 
     def _compiles_openmp(self, flags: list[str]) -> bool:
-        """Compile and link a tiny OpenMP program with this build's compiler."""
+        return self._compiles(flags, openmp=True)
+
+    def _compiles(self, flags: list[str], openmp: bool) -> bool:
+        """Compile and link a tiny (OpenMP) program with this build's compiler and ``flags``."""
         from distutils.errors import CompileError, LinkError  # setuptools provides distutils
 
-        tmp = tempfile.mkdtemp(prefix="snncc-openmp-")
+        tmp = tempfile.mkdtemp(prefix="snncc-check-")
         try:
-            src = os.path.join(tmp, "check_openmp.c")
+            src = os.path.join(tmp, "check.c")
             with open(src, "w") as fh:
-                fh.write("#include <omp.h>\nint main(void) {\n  int n = 0;\n"
-                         "  #pragma omp parallel reduction(+:n)\n  n += omp_get_num_threads() > 0;\n"
-                         "  return n > 0 ? 0 : 1;\n}\n")
+                if openmp:
+                    fh.write("#include <omp.h>\nint main(void) {\n  int n = 0;\n"
+                             "  #pragma omp parallel reduction(+:n)\n  n += omp_get_num_threads() > 0;\n"
+                             "  return n > 0 ? 0 : 1;\n}\n")
+                else:
+                    fh.write("int main(void) { return 0; }\n")
             objects = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
-            self.compiler.link_executable(objects, "check_openmp", output_dir=tmp, extra_postargs=flags)
+            self.compiler.link_executable(objects, "check", output_dir=tmp, extra_postargs=flags)
             return True
         except (CompileError, LinkError, OSError):
             return False
@@ -94,9 +124,14 @@ def _extensions() -> list[Extension]:
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     if _flag("SNNCC_BOUNDSCHECK"):
         macros.append(("SNNCC_BOUNDSCHECK", "1"))
-    extension = Extension("snncc.runtime._kernels", [_source()], include_dirs=[numpy.get_include()],
-                          define_macros=macros)
-    return cythonize([extension], compiler_directives={"language_level": 3}, quiet=True)
+    variants = [""]
+    if platform.machine().lower() in ("x86_64", "amd64") and not _flag("SNNCC_NO_VARIANTS"):
+        variants += list(VARIANTS)
+    extensions = [Extension(f"snncc.runtime._kernels_{v}" if v else "snncc.runtime._kernels", [_source(v)],
+                            include_dirs=[numpy.get_include()],
+                            define_macros=macros + [("SNNCC_VARIANT", f'"{v or "portable"}"')])
+                  for v in variants]
+    return cythonize(extensions, compiler_directives={"language_level": 3}, quiet=True)
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

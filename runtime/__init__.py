@@ -38,17 +38,36 @@ class BackendFallbackWarning(UserWarning):
 _warned_fallback = False
 
 
+KERNEL_VARIANTS = ("avx512", "avx2", "portable")  # widest first
+
+
 def load_kernels():
-    """Import the compiled kernels (``snncc.runtime._kernels``); raises ImportError when they are not built.
+    """Import the compiled kernels; raises ImportError when they are not built.
+
+    The build compiles the same source for several instruction sets (see setup.py); this returns the widest variant
+    the CPU supports, or the one named by ``SNNCC_KERNELS=portable|avx2|avx512``. The spikes are the same in every
+    variant: the arithmetic is element-wise IEEE float32 everywhere.
 
     OpenMP threads that wait passively (sleep instead of spinning between parallel regions) cost a few microseconds
     per region, but spinning workers take the cores from everything else: on a 2-core machine shared with other
     work, two spinning threads ran LeNet-5 2.6x slower than two passive ones. libgomp reads the policy once, when
     the extension loads it, so it is set (unless the user set it) before the first import.
     """
+    import importlib
+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from snncc.runtime import _kernels
 
+    wanted = os.environ.get("SNNCC_KERNELS", "auto")
+    if wanted not in KERNEL_VARIANTS + ("auto",):
+        raise SimulationError(f"SNNCC_KERNELS={wanted!r}; choose one of auto, {', '.join(KERNEL_VARIANTS)}")
+    for name in KERNEL_VARIANTS[:-1]:
+        if wanted in ("auto", name) and _kernels.cpu_supports(name):
+            try:
+                return importlib.import_module(f"snncc.runtime._kernels_{name}")
+            except ImportError:
+                if wanted == name:
+                    raise
     return _kernels
 
 

@@ -42,10 +42,28 @@ cdef extern from *:
     #else
     static int snncc_boundscheck(void) { return 0; }
     #endif
+    #ifndef SNNCC_VARIANT
+    #define SNNCC_VARIANT "portable"
+    #endif
+    static const char* snncc_variant(void) { return SNNCC_VARIANT; }
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    static int snncc_cpu_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    static int snncc_cpu_avx512(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2");
+    }
+    #else
+    static int snncc_cpu_avx2(void) { return 0; }
+    static int snncc_cpu_avx512(void) { return 0; }
+    #endif
     """
     int snncc_openmp() nogil
     int snncc_max_threads() nogil
     int snncc_boundscheck() nogil
+    const char* snncc_variant() nogil
+    int snncc_cpu_avx2() nogil
+    int snncc_cpu_avx512() nogil
 
     # Pointers the compiler may assume do not alias: the vector loops need no run-time overlap checks.
     ctypedef float* float_rp "float * __restrict__"
@@ -68,6 +86,20 @@ def openmp_enabled() -> bool:
 def max_threads() -> int:
     """OpenMP's default number of threads (1 without OpenMP)."""
     return snncc_max_threads()
+
+
+def variant() -> str:
+    """The instruction-set variant this module was compiled for: "portable", "avx2" or "avx512"."""
+    return snncc_variant().decode()
+
+
+def cpu_supports(name: str) -> bool:
+    """Whether this CPU (and OS) runs the instruction-set variant ``name`` ("avx2", "avx512", "portable")."""
+    if name == "avx512":
+        return bool(snncc_cpu_avx512())
+    if name == "avx2":
+        return bool(snncc_cpu_avx2())
+    return name == "portable"
 
 
 def boundscheck_enabled() -> bool:

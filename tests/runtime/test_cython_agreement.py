@@ -28,6 +28,33 @@ from tests.conftest import MODELS, data_dir  # noqa: E402
 MAX_FLIP_RATE = 1e-5
 
 
+def _built_variants() -> list[str]:
+    import importlib
+
+    names = []
+    for name in ("portable", "avx2", "avx512"):
+        module = "snncc.runtime._kernels" + ("" if name == "portable" else f"_{name}")
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        if _kernels.cpu_supports(name):
+            names.append(name)
+    return names
+
+
+@pytest.fixture(params=_built_variants())
+def variant(request, monkeypatch):
+    """Run a test on each instruction-set variant of the kernels that is built and that this CPU runs."""
+    import importlib
+
+    module = importlib.import_module("snncc.runtime._kernels" + ("" if request.param == "portable"
+                                                                else f"_{request.param}"))
+    assert module.variant() == request.param
+    monkeypatch.setattr(cython_engine, "_kernels", module)
+    return module
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Tracing both engines
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,7 +158,8 @@ def _assert_agreement(graph, x, timesteps, threads=2, exact=True) -> dict:
             for a, b in zip(ref.outputs, cy.outputs):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(ref.synops, cy.synops, rtol=1e-6)
-    return {"flips": flips, "spikes": total}
+    predictions = [o[-1].reshape(len(x), -1).argmax(1) for o in (ref.outputs[0], cy.outputs[0])]
+    return {"flips": flips, "spikes": total, "predictions": predictions}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,10 +273,10 @@ def test_random_graphs_spike_for_spike(case, timesteps, path, small_chunks, thre
                                                                          v_init=0.5)])
 @pytest.mark.parametrize("constant", [True, False])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_population_kernel_matches_the_reference_state_bit_for_bit(neuron, constant, dtype):
+def test_population_kernel_matches_the_reference_state_bit_for_bit(neuron, constant, dtype, variant):
     """Currents in multiples of 1/4 put membranes exactly on the threshold: the comparison is >=, as specified."""
     rng = np.random.default_rng(0)
-    T, B, n = 23, 3, 37
+    T, B, n = 23, 3, 37 + 64  # longer than one vector of every variant, with a remainder
     current = (rng.integers(-1, 6, (1 if constant else T, B, n)) / 4).astype(np.float32)
     op = ops.Population(neuron=neuron)
     state = reference._PopulationState(op, (B, n))
@@ -256,7 +284,7 @@ def test_population_kernel_matches_the_reference_state_bit_for_bit(neuron, const
     pop = cython_engine._Population(op, n, threads=2)
     v = pop.start(B)
     spikes, counts = np.empty((T, B, n), dtype), np.empty((T, B), np.float32)
-    _kernels.population_steps(current, v, spikes, counts, pop.threshold, pop.decay, pop.leak, pop.subtract, 2)
+    variant.population_steps(current, v, spikes, counts, pop.threshold, pop.decay, pop.leak, pop.subtract, 2)
     np.testing.assert_array_equal(spikes, expected)
     np.testing.assert_array_equal(v, state.v)
     np.testing.assert_array_equal(counts, expected.sum(axis=2))
@@ -264,7 +292,7 @@ def test_population_kernel_matches_the_reference_state_bit_for_bit(neuron, const
 
 @pytest.mark.parametrize("kernel, stride, padding", [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1)),
                                                      ((3, 2), (1, 2), (0, 1, 2, 0)), ((2, 3), (3, 1), (1, 0, 0, 2))])
-def test_spiking_maxpool_kernel_matches_the_reference_state(kernel, stride, padding):
+def test_spiking_maxpool_kernel_matches_the_reference_state(kernel, stride, padding, variant):
     rng = np.random.default_rng(1)
     T, B, shape = 30, 2, (3, 7, 8)
     spikes = (rng.random((T, B) + shape) < 0.3).astype(np.uint8)
@@ -316,7 +344,7 @@ def _ascending_sum(op: ops.Conv2d | ops.Linear, x: np.ndarray) -> np.ndarray:
     (ops.Linear(weight=np.random.default_rng(6).normal(size=(13, 300)), bias=np.arange(13) / 3), (300,)),
 ])
 @pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
-def test_event_driven_synapses_sum_in_ascending_order(op, shape, density):
+def test_event_driven_synapses_sum_in_ascending_order(op, shape, density, variant):
     """Exactly the ascending-order float32 sum; the dense (BLAS) kernel agrees to rounding (its order is the
     BLAS's own: OpenBLAS sums small products in another order)."""
     rng = np.random.default_rng(7)
@@ -376,14 +404,15 @@ def test_shipped_models_on_real_images(name, dataset):
     graph = compile_model(model, calibration=calibration, input_scaling=scaling)
     xs = scaling.apply(x)
     flips = spikes = 0
+    correct = np.zeros(2, dtype=int)
     for start in range(0, len(xs), 100):
-        # VGG's fc1 sums 3136 inputs: the BLAS may split that sum, so outputs agree to rounding there.
+        # VGG's fc1 sums 3136 inputs and its convolutions 288 and 576: the BLAS may split or reorder those sums,
+        # so rare flips are possible there and the outputs agree to rounding.
         result = _assert_agreement(graph, xs[start:start + 100], 32, exact=name == "lenet5-mnist")
         flips, spikes = flips + result["flips"], spikes + result["spikes"]
-    assert spikes > 100_000 and flips <= MAX_FLIP_RATE * spikes
-    ref = Simulator(graph, 32, backend="reference").run(xs)
-    cy = Simulator(graph, 32, backend="cython").run(xs)
-    assert cy.accuracy(y, 32) == ref.accuracy(y, 32)
+        correct += [int((p == y[start:start + 100]).sum()) for p in result["predictions"]]
+    assert spikes > 100_000 and flips <= MAX_FLIP_RATE * spikes, (flips, spikes)
+    assert correct[0] == correct[1] and correct[0] > 0.8 * len(xs)  # the same accuracy, and a working SNN
 
 
 # ----------------------------------------------------------------------------------------------------------------
