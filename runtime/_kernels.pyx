@@ -320,17 +320,19 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
                            float* acc, int32_t* index) noexcept nogil:
     """One sample of an event-driven convolution.
 
-    The output is built in tiles of ``g.tile_rows`` output rows held in a (rows, Wo, O) accumulator small enough
-    for the L1 cache: each (input spike, kernel tap) adds one contiguous vector of the output channels of its
-    group. Within a tile, inputs are visited channel by channel, row by row, column by column, so each output
-    receives its terms in ascending (c, ky, kx) order, the order of the reference's im2col product. Input rows
-    that reach two tiles are scanned twice; their spikes are counted (synops) once.
+    The output is built in tiles of ``g.tile_rows`` output rows held in a (rows, Wo, O) accumulator that fits the
+    L2 cache (one tile for the layers of the shipped models): each (input spike, kernel tap) adds one contiguous
+    vector of the output channels of its group. Within a tile, inputs are visited channel by channel, row by row,
+    column by column, so each output receives its terms in ascending (c, ky, kx) order, the order of the
+    reference's im2col product. Input rows that reach two tiles are scanned twice; their spikes are counted
+    (synops) once.
     """
     cdef ConvGeometry g = geometry[0]  # a local copy: stores through float pointers cannot change it
     cdef Py_ssize_t out_plane = g.out_height * g.out_width, O = g.out_channels, n = g.per_group_out
     cdef Py_ssize_t row_size = g.out_width * O, tile, oy0, oy1, iy_lo, iy_hi, counted = -1
     cdef Py_ssize_t events, e, c, iy, ix, a, b, ky, kx, oy, ox, o, pos, o0, row, kx_lo, kx_hi
     cdef const float* w_c
+    cdef const float* w_row
     cdef float* acc_row
     cdef float* dst
     cdef double ops = 0.0
@@ -350,33 +352,33 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
                 if iy > counted:
                     for e in range(events):
                         ops = ops + fan_out[row + index[e]]
-                for e in range(events):
-                    ix = index[e]
+                if events == 0:
+                    continue
+                # Row taps outside, spikes inside: an output row receives from one input row through exactly one
+                # kernel row, so each output still gets its terms in ascending (c, ky, kx) order.
+                for a in range(row_start[iy], row_start[iy + 1]):
+                    oy = row_taps[2 * a + 1]
+                    if oy < oy0 or oy >= oy1:
+                        continue
+                    ky = row_taps[2 * a]
+                    acc_row = acc + (oy - oy0) * row_size
+                    w_row = w_c + ky * g.kw * n
                     if g.row_blocks:
                         # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with
                         # the kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the
                         # weights and of the accumulator.
-                        kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
-                        kx_hi = min(g.kw - 1, ix + g.pad_left)
-                        if kx_lo > kx_hi:
-                            continue
-                        for a in range(row_start[iy], row_start[iy + 1]):
-                            oy = row_taps[2 * a + 1]
-                            if oy < oy0 or oy >= oy1:
-                                continue
-                            ky = row_taps[2 * a]
-                            _add(acc + (oy - oy0) * row_size + (ix + g.pad_left - kx_hi) * O,
-                                 w_c + (ky * g.kw + g.kw - 1 - kx_hi) * n, (kx_hi - kx_lo + 1) * n)
-                        continue
-                    for a in range(row_start[iy], row_start[iy + 1]):
-                        oy = row_taps[2 * a + 1]
-                        if oy < oy0 or oy >= oy1:
-                            continue
-                        ky = row_taps[2 * a]
-                        acc_row = acc + (oy - oy0) * row_size + o0
-                        for b in range(col_start[ix], col_start[ix + 1]):
-                            kx = col_taps[2 * b]
-                            _add(acc_row + col_taps[2 * b + 1] * O, w_c + (ky * g.kw + kx) * n, n)
+                        for e in range(events):
+                            ix = index[e]
+                            kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
+                            kx_hi = min(g.kw - 1, ix + g.pad_left)
+                            if kx_lo <= kx_hi:
+                                _add(acc_row + (ix + g.pad_left - kx_hi) * O, w_row + (g.kw - 1 - kx_hi) * n,
+                                     (kx_hi - kx_lo + 1) * n)
+                    else:
+                        for e in range(events):
+                            ix = index[e]
+                            for b in range(col_start[ix], col_start[ix + 1]):
+                                _add(acc_row + col_taps[2 * b + 1] * O + o0, w_row + col_taps[2 * b] * n, n)
         counted = max(counted, iy_hi)
         # (rows, Wo, O) -> (O, rows, Wo), adding the bias last as the reference does.
         for o in range(O):
@@ -417,13 +419,16 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
                   const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
                   const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
                   const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups,
-                  stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bint row_blocks=False, int threads=1):
+                  stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bint row_blocks=False, int threads=1,
+                  Py_ssize_t tile_bytes=262144):
     """Event-driven convolution of binary ``x`` (rows, C, H, W) into ``out`` (rows, O, Ho, Wo).
 
     ``weight_t`` is the weight as (C, kh, kw, O / groups); ``row_*``/``col_*`` are :func:`conv_taps` of the two
     spatial axes for the op's ``stride``, ``padding`` (top, left, bottom, right) and ``dilation``, which are passed
     too. With ``row_blocks`` (only for one group and stride and dilation 1 along x) ``weight_t`` holds the kernel
-    columns in reverse order, (C, kh, kw reversed, O), and each row of taps is added as one contiguous block. ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
+    columns in reverse order, (C, kh, kw reversed, O), and each row of taps is added as one contiguous block.
+    ``tile_bytes`` bounds the accumulator of one tile of output rows (smaller tiles were not faster on the shipped
+    models: input rows reaching two tiles are scanned twice). ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
     and taps reaching (oy, ox), ascending) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
     ``synops[r] += sum of fan_out over the spikes of row r``.
     """
@@ -441,9 +446,8 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
     g.row_blocks = row_blocks
     if row_blocks and (groups != 1 or stride[1] != 1 or dilation[1] != 1):
         raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
-    # Accumulator tiles of at most 256 KiB, which stay in the L2 cache while every input channel adds to them.
-    # Smaller (L1-sized) tiles were not faster: input rows reaching two tiles are scanned twice.
-    g.tile_rows = max(1, min(g.out_height, (262144 // sizeof(float)) // max(1, g.out_width * g.out_channels)))
+    # Accumulator tiles of at most tile_bytes (256 KiB: the L2 cache) while every input channel adds to them.
+    g.tile_rows = max(1, min(g.out_height, (tile_bytes // sizeof(float)) // max(1, g.out_width * g.out_channels)))
     _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
     _check_shape("conv output rows", (rows,), (out.shape[0],))
     _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
