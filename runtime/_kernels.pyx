@@ -515,6 +515,29 @@ cdef inline void _maxpool_separable(const int32_t* counts, int32_t* window_max, 
                 wmax[ox] = m
 
 
+cdef inline void _maxpool_2x2(const int32_t* counts, int32_t* window_max, uint8_t* out,
+                              MaxPoolGeometry* g) noexcept nogil:
+    """2x2 windows with stride 2 and no padding (the common case): one pass over the window rows."""
+    cdef Py_ssize_t width = g.width, out_width = g.out_width, c, oy, ox
+    cdef const int32_t* r0
+    cdef const int32_t* r1
+    cdef int32_t* wmax
+    cdef uint8_t* orow
+    cdef int32_t a, b, m
+    for c in range(g.channels):
+        for oy in range(g.out_height):
+            r0 = counts + (c * g.height + 2 * oy) * width
+            r1 = r0 + width
+            wmax = window_max + (c * g.out_height + oy) * out_width
+            orow = out + (c * g.out_height + oy) * out_width
+            for ox in range(out_width):
+                a = r0[2 * ox] if r0[2 * ox] > r0[2 * ox + 1] else r0[2 * ox + 1]
+                b = r1[2 * ox] if r1[2 * ox] > r1[2 * ox + 1] else r1[2 * ox + 1]
+                m = a if a > b else b
+                orow[ox] = m > wmax[ox]
+                wmax[ox] = m
+
+
 cdef inline void _maxpool_step(const uint8_t* x, int32_t* counts, int32_t* window_max, uint8_t* out,
                                MaxPoolGeometry* geometry, const Py_ssize_t* ox_range, int32_t* row_max) noexcept nogil:
     """One step of one sample: add the spikes to the counts, then recompute every window's max of counts.
@@ -531,6 +554,9 @@ cdef inline void _maxpool_step(const uint8_t* x, int32_t* counts, int32_t* windo
     cdef int32_t m
     for i in range(g.channels * plane):
         counts[i] = counts[i] + x[i]
+    if g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and not g.padded:
+        _maxpool_2x2(counts, window_max, out, &g)
+        return
     if not g.padded:
         _maxpool_separable(counts, window_max, out, &g, row_max)
         return

@@ -16,10 +16,14 @@ can be faster with a single-threaded BLAS. Each backend is reported in its faste
 JSON). Timings on a shared machine are noisy: each figure is the best of ``--repeats`` runs over the images, and only
 ratios from one run should be compared.
 
+onnxruntime is measured right before and right after the runs of each T, and each ratio uses the faster of those
+two (the machine's load changes within minutes).
+
 Acceptance (issue 3): at T=32 the Cython time per image must be at most onnxruntime's ANN time per image times 32.
 
     python docs/scripts/benchmark_runtime.py [--data ../shared/data] [--models lenet5-mnist,vgg-fmnist]
-        [--model-dir models] [--images N] [--timesteps 16,32,64,128] [--threads 2] [--repeats 2]
+        [--model-dir models] [--images lenet5-mnist=1000,vgg-fmnist=300] [--timesteps 16,32,64,128]
+        [--threads 2] [--repeats 2]
     python docs/scripts/benchmark_runtime.py --crossover    # dense vs event-driven time per layer and density
 """
 
@@ -173,10 +177,17 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     graph = compile_model(model, calibration=calibration, input_scaling=InputScaling(scale=1 / 255))
     snn = workdir / f"{name}.snn"
     save(graph, snn)
-    common = {"data_dir": data_dir, "images": args.images, "repeats": args.repeats}
-    print(f"{name}: onnxruntime", flush=True)
-    result = {"model": str(model), "images": args.images, "timesteps": {},
-              "ort": _spawn("ort", args.threads, args.threads, model=model, **common)}
+    images = args.images.get(name, 1000)
+    common = {"data_dir": data_dir, "images": images, "repeats": args.repeats}
+    result = {"model": str(model), "model_sha256": _sha256(model), "images": images, "timesteps": {}, "ort_runs": []}
+
+    def ort() -> dict:
+        print(f"{name}: onnxruntime", flush=True)
+        run = _spawn("ort", args.threads, args.threads, model=model, **common)
+        result["ort_runs"].append(run)
+        return run
+
+    before = ort()
     for T in args.timesteps:
         row = {}
         for backend in ("reference", "cython"):
@@ -184,8 +195,18 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path) -> dict:
                 label = f"{backend}-blas{blas}"
                 print(f"{name}: T={T} {label}", flush=True)
                 row[label] = _spawn("snn", args.threads, blas, snn=snn, backend=backend, T=T, **common)
+        after = ort()
+        row["ort"] = min(before, after, key=lambda r: r["seconds"])  # the faster of the two adjacent runs
         result["timesteps"][T] = row
+        before = after
+    result["ort"] = min(result["ort_runs"], key=lambda r: r["seconds"])
     return result
+
+
+def _sha256(path: Path) -> str:
+    from snncc.api import sha256_file
+
+    return sha256_file(path)
 
 
 def _fastest(row: dict, backend: str) -> tuple[str, dict]:
@@ -194,16 +215,17 @@ def _fastest(row: dict, backend: str) -> tuple[str, dict]:
 
 
 def summarize(name: str, result: dict) -> dict:
-    ort_per_image = result["ort"]["seconds"] / result["ort"]["images"]
     summary = {}
     for T, row in result["timesteps"].items():
+        ort_per_image = row["ort"]["seconds"] / row["ort"]["images"]
         ref_label, ref = _fastest(row, "reference")
         cy_label, cy = _fastest(row, "cython")
-        digests = {r["predictions_sha"] for r in row.values()}
+        digests = {r["predictions_sha"] for k, r in row.items() if k != "ort"}
         summary[int(T)] = {"reference": ref_label, "cython": cy_label,
                            "reference_images_per_second": ref["images_per_second"],
                            "cython_images_per_second": cy["images_per_second"],
                            "speedup_vs_reference": ref["seconds"] / cy["seconds"],
+                           "ort_images_per_second": row["ort"]["images_per_second"],
                            "cython_over_ort_times_T": (cy["seconds"] / cy["images"]) / (ort_per_image * int(T)),
                            "same_predictions": len(digests) == 1}
     return summary
@@ -212,23 +234,24 @@ def summarize(name: str, result: dict) -> dict:
 def markdown(results: dict, meta: dict) -> str:
     lines = ["# Runtime benchmark", "",
              "Written by `python docs/scripts/benchmark_runtime.py`. "
-             f"{meta['images']} test images per model, batch {BATCH}, {meta['threads']} threads, "
+             f"Batch {BATCH}, {meta['threads']} threads, Cython kernels: {meta['kernels']} variant, "
              f"calibration on the first {CALIBRATION} training images, inputs `pixels / 255`. Machine: "
              f"{meta['machine']}, shared with other work while measuring, so timings are noisy; each figure is "
              f"the best of {meta['repeats']} runs. Each measurement runs in its own process with "
              f"`OMP_NUM_THREADS={meta['threads']}`; numpy's BLAS was run with {meta['threads']} threads and with 1, "
              "and each backend is shown in its faster configuration (*blasN* in the table; both are in "
-             "`results/benchmark.json`). Peak memory is the process's peak resident set, Python, numpy and the "
-             "test images included.", ""]
+             "`results/benchmark.json`). onnxruntime ran right before and after each T; the ratio uses the faster "
+             "run. Peak memory is the process's peak resident set, Python, numpy and the test images included.", ""]
     for name, result in results.items():
         ort = result["ort"]
         ort_us = 1e6 * ort["seconds"] / ort["images"]
         lines += [f"## {TITLES.get(name, name)}", "",
-                  f"onnxruntime on the ANN: **{ort['images_per_second']:.0f} images/s** ({ort_us:.1f} us per image), "
-                  f"accuracy {100 * ort['accuracy']:.2f} %, peak memory {ort['peak_rss_mib']:.0f} MiB.", "",
-                  "| T | reference img/s | Cython img/s | speed-up | Cython / (ORT x T) | SNN accuracy "
-                  "| spikes / image | peak MiB reference / Cython |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  f"{result['images']} test images. onnxruntime on the ANN: best **{ort['images_per_second']:.0f} "
+                  f"images/s** ({ort_us:.1f} us per image), accuracy {100 * ort['accuracy']:.2f} %, peak memory "
+                  f"{ort['peak_rss_mib']:.0f} MiB.", "",
+                  "| T | reference img/s | Cython img/s | speed-up | ORT img/s (adjacent) | Cython / (ORT x T) "
+                  "| SNN accuracy | spikes / image | peak MiB reference / Cython |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         summary = result["summary"]
         for T, row in result["timesteps"].items():
             s = summary[int(T)]
@@ -236,7 +259,8 @@ def markdown(results: dict, meta: dict) -> str:
             same = "" if s["same_predictions"] else " (predictions differ!)"
             lines.append(f"| {T} | {ref['images_per_second']:.1f} ({s['reference'].split('-')[1]}) | "
                          f"{cy['images_per_second']:.1f} ({s['cython'].split('-')[1]}) | "
-                         f"{s['speedup_vs_reference']:.1f}x | {s['cython_over_ort_times_T']:.2f} | "
+                         f"{s['speedup_vs_reference']:.1f}x | {s['ort_images_per_second']:.0f} | "
+                         f"{s['cython_over_ort_times_T']:.2f} | "
                          f"{100 * ref['accuracy']:.2f} %{same} | {ref['spikes_per_image']:.0f} | "
                          f"{ref['peak_rss_mib']:.0f} / {cy['peak_rss_mib']:.0f} |")
         at = summary.get(ACCEPTANCE_T)
@@ -258,7 +282,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--models", default="lenet5-mnist,vgg-fmnist")
     parser.add_argument("--model-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--images", default="lenet5-mnist=1000,vgg-fmnist=300",
+                        help="test images per model, NAME=N,... (or one number for all)")
     parser.add_argument("--timesteps", default="16,32,64,128")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
@@ -273,6 +298,7 @@ def main() -> None:
     parser.add_argument("--T", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        args.images = int(args.images)
         run = {"snn": child_snn, "ort": child_ort, "crossover": child_crossover}[args.child]
         print(json.dumps(run(args)))
         return
@@ -283,6 +309,10 @@ def main() -> None:
                   "  ".join(f"{d}: {r:.2f}" for d, r in ratios.items()))
         return
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
+    if "=" in args.images:
+        args.images = {k: int(v) for k, v in (item.split("=") for item in args.images.split(","))}
+    else:
+        args.images = {name: int(args.images) for name in args.models.split(",")}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -292,12 +322,13 @@ def main() -> None:
             result = benchmark_model(name, args, Path(tmp))
             result["summary"] = summarize(name, result)
             results[name] = result
-    from snncc.runtime import _kernels
+    from snncc.runtime import load_kernels
 
+    kernels = load_kernels()
     meta = {"images": args.images, "threads": args.threads, "repeats": args.repeats, "batch": BATCH,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(), "openmp": _kernels.openmp_enabled(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "python": platform.python_version(), "openmp": kernels.openmp_enabled(), "kernels": kernels.variant(),
+            "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
     from snncc.api import write_json
 
     write_json({"meta": meta, "models": results}, args.out / "results" / "benchmark.json")
