@@ -13,15 +13,18 @@ Float arithmetic is float32 in exactly the order of :mod:`snncc.runtime.referenc
 - synaptic accumulation of binary spikes: ``y[o] = (sum over inputs k that spiked, in ascending k) W[o, k]``, then
   ``y[o] = y[o] + b[o]``. With 0/1 inputs a BLAS micro-kernel computes ``fma(W[o,k], x[k], acc)``, which is
   ``acc + W[o,k]`` for a spike and ``acc`` otherwise, in ascending ``k``; so this is the reference's dense product,
-  term for term, whenever the BLAS does not split the reduction axis into blocks (see the engine's docstring);
+  term for term, whenever the BLAS keeps that order (see the engine's docstring for when OpenBLAS does not);
 - readout (``_ReadoutState.step``): ``total += I`` in float64, output ``float32(total / t)``;
 - spiking max pooling (``_MaxCountState.step``): counts are integers, so the running max is exact in any order.
+
+The same source is compiled for several instruction sets (setup.py); wider vectors change how many neurons one
+instruction updates, never the arithmetic of a neuron.
 
 The build must not contract ``v * beta + I`` into a fused multiply-add (``setup.py`` passes ``-ffp-contract=off``):
 the reference rounds the product before the addition.
 """
 
-from cython.parallel cimport prange, parallel, threadid
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
