@@ -121,7 +121,13 @@ def _extensions() -> list[Extension]:
     import numpy
     from Cython.Build import cythonize
 
-    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    import hashlib
+
+    # Every module carries a stamp of the source and build options it was compiled from: the loader ignores a
+    # variant whose stamp differs from the portable module's (a stale file left by an earlier editable build).
+    stamp = hashlib.sha256((ROOT / SOURCE).read_bytes()).hexdigest()[:16] + ("-checked" if _flag("SNNCC_BOUNDSCHECK")
+                                                                              else "")
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("SNNCC_BUILD_STAMP", f'"{stamp}"')]
     if _flag("SNNCC_BOUNDSCHECK"):
         macros.append(("SNNCC_BOUNDSCHECK", "1"))
     variants = [""]

@@ -64,10 +64,18 @@ def load_kernels():
     for name in KERNEL_VARIANTS[:-1]:
         if wanted in ("auto", name) and _kernels.cpu_supports(name):
             try:
-                return importlib.import_module(f"snncc.runtime._kernels_{name}")
+                module = importlib.import_module(f"snncc.runtime._kernels_{name}")
             except ImportError:
                 if wanted == name:
                     raise
+                continue
+            if module.build_stamp() == _kernels.build_stamp():  # not a stale file of an earlier build
+                return module
+            if wanted == name:
+                raise ImportError(f"snncc.runtime._kernels_{name} is from another build than snncc.runtime._kernels; "
+                                  f"rebuild: {BUILD_HINT}")
+    if wanted not in ("auto", "portable"):
+        raise ImportError(f"SNNCC_KERNELS={wanted} but this CPU does not support it")
     return _kernels
 
 

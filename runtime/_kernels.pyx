@@ -49,6 +49,10 @@ cdef extern from *:
     #define SNNCC_VARIANT "portable"
     #endif
     static const char* snncc_variant(void) { return SNNCC_VARIANT; }
+    #ifndef SNNCC_BUILD_STAMP
+    #define SNNCC_BUILD_STAMP "unknown"
+    #endif
+    static const char* snncc_build_stamp(void) { return SNNCC_BUILD_STAMP; }
     #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
     static int snncc_cpu_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
     static int snncc_cpu_avx512(void) {
@@ -65,6 +69,7 @@ cdef extern from *:
     int snncc_max_threads() nogil
     int snncc_boundscheck() nogil
     const char* snncc_variant() nogil
+    const char* snncc_build_stamp() nogil
     int snncc_cpu_avx2() nogil
     int snncc_cpu_avx512() nogil
 
@@ -94,6 +99,12 @@ def max_threads() -> int:
 def variant() -> str:
     """The instruction-set variant this module was compiled for: "portable", "avx2" or "avx512"."""
     return snncc_variant().decode()
+
+
+def build_stamp() -> str:
+    """Hash of the source (and bounds-check option) this module was compiled from; equal for all variants of one
+    build."""
+    return snncc_build_stamp().decode()
 
 
 def cpu_supports(name: str) -> bool:

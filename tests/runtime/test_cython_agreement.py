@@ -448,3 +448,26 @@ def test_facade_selects_the_cython_engine_and_checks_threads():
         Simulator(g, 4, backend="cython", threads=0)
     with pytest.raises(SimulationError, match="unknown backend"):
         Simulator(g, 4, backend="fpga")
+
+
+def test_stale_variant_modules_are_not_loaded(monkeypatch):
+    """A variant left over from an earlier editable build (another source) must not run: the loader compares build
+    stamps and falls back to the portable module, or refuses when that variant is asked for by name."""
+    import sys
+    import types
+
+    import snncc.runtime as runtime
+
+    for name in ("avx512", "avx2"):
+        stale = types.ModuleType(f"snncc.runtime._kernels_{name}")
+        stale.build_stamp = lambda: "stale"
+        monkeypatch.setitem(sys.modules, f"snncc.runtime._kernels_{name}", stale)
+    monkeypatch.delenv("SNNCC_KERNELS", raising=False)
+    assert runtime.load_kernels() is _kernels
+    if _kernels.cpu_supports("avx2"):
+        monkeypatch.setenv("SNNCC_KERNELS", "avx2")
+        with pytest.raises(ImportError, match="another build"):
+            runtime.load_kernels()
+    monkeypatch.setenv("SNNCC_KERNELS", "sse9")
+    with pytest.raises(SimulationError, match="SNNCC_KERNELS"):
+        runtime.load_kernels()
