@@ -270,11 +270,30 @@ def markdown(results: dict, meta: dict) -> str:
                           f"{at['cython_over_ort_times_T']:.2f} x (onnxruntime time per image x {ACCEPTANCE_T}): "
                           f"**{verdict}**; {at['speedup_vs_reference']:.1f}x faster than the numpy reference."]
         lines.append("")
+    peers = meta.get("peers") or {}
+    for name, entry in peers.items():
+        peer, ours = entry["spikingjelly"], entry["snncc-cython"]
+        lines += [f"## Peer: SpikingJelly ({TITLES.get(name, name)}, T={peer['T']})", "",
+                  f"Measured by `docs/scripts/benchmark_peers.py` in its own virtual environment (torch "
+                  f"{peer['torch']}), {peer['images']} test images, batch 100, {peer['threads']} threads; the Cython "
+                  f"runtime measured right after it ({entry['note']}).", "",
+                  "| simulator | img/s | accuracy |", "| --- | ---: | ---: |",
+                  f"| {peer['peer']} | {peer['images_per_second']:.0f} | {100 * peer['accuracy']:.2f} % |",
+                  f"| snncc Cython runtime | {ours['images_per_second']:.0f} | {100 * ours['accuracy']:.2f} % |", "",
+                  "SpikingJelly keeps max pooling as a max over each step's spikes and normalizes by its own "
+                  "percentile, so the accuracies differ by conversion method, not by simulator. sinabs was not "
+                  "measured.", ""]
     lines += ["Speed-up: time of the reference / time of the Cython runtime. Cython / (ORT x T): Cython time per "
               "image over T times onnxruntime's ANN time per image (the acceptance bound is 1 at T=32). The "
               "backends' predicted classes are compared by a digest in every configuration; the SNN accuracy is "
               "the same for all of them.", ""]
     return "\n".join(lines)
+
+
+def _peers(out: Path) -> dict:
+    """Peer measurements written by docs/scripts/benchmark_peers.py, if any."""
+    path = out / "results" / "peers.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main() -> None:
@@ -288,6 +307,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--crossover", action="store_true", help="measure dense vs event-driven synapses")
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite benchmark.md from results/benchmark.json (and results/peers.json) only")
     parser.add_argument("--out", type=Path, default=DOCS)
     # child-process options
     parser.add_argument("--child", choices=["snn", "ort", "crossover"], help=argparse.SUPPRESS)
@@ -301,6 +322,14 @@ def main() -> None:
         args.images = int(args.images)
         run = {"snn": child_snn, "ort": child_ort, "crossover": child_crossover}[args.child]
         print(json.dumps(run(args)))
+        return
+    if args.render:
+        data = json.loads((args.out / "results" / "benchmark.json").read_text())
+        for result in data["models"].values():  # JSON object keys are strings
+            result["summary"] = {int(t): s for t, s in result["summary"].items()}
+        data["meta"]["peers"] = _peers(args.out)
+        (args.out / "benchmark.md").write_text(markdown(data["models"], data["meta"]))
+        print(f"wrote {args.out / 'benchmark.md'}")
         return
     if args.crossover:
         table = _spawn("crossover", args.threads, args.threads)
@@ -332,7 +361,7 @@ def main() -> None:
     from snncc.api import write_json
 
     write_json({"meta": meta, "models": results}, args.out / "results" / "benchmark.json")
-    (args.out / "benchmark.md").write_text(markdown(results, meta))
+    (args.out / "benchmark.md").write_text(markdown(results, {**meta, "peers": _peers(args.out)}))
     print(f"wrote {args.out / 'benchmark.md'} and {args.out / 'results' / 'benchmark.json'}")
 
 
