@@ -118,10 +118,10 @@ class BuildExt(build_ext):
 
 
 def _extensions() -> list[Extension]:
+    import hashlib
+
     import numpy
     from Cython.Build import cythonize
-
-    import hashlib
 
     # Every module carries a stamp of the source and build options it was compiled from: the loader ignores a
     # variant whose stamp differs from the portable module's (a stale file left by an earlier editable build).

@@ -119,7 +119,7 @@ def test_eval_backend_and_threads_options(tiny_model, tmp_path, capsys):
 
 
 def test_eval_rejects_a_bad_thread_count(tiny_model, tmp_path, capsys):
-    model, data = tiny_model
+    _, data = tiny_model
     with pytest.raises(SystemExit):
         main(["eval", str(tmp_path / "x.snn"), "--data", str(data), "--threads", "0"])
     assert "positive integer" in capsys.readouterr().err

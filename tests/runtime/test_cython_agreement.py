@@ -420,7 +420,7 @@ def test_shipped_models_on_real_images(name, dataset):
 # ----------------------------------------------------------------------------------------------------------------
 
 def test_missing_extension_falls_back_to_the_reference_with_one_warning(monkeypatch):
-    import snncc.runtime as runtime
+    from snncc import runtime
 
     g = Graph(level=SNN)
     h = g.add(ops.Input(shape=(4,)), name="x")
@@ -456,7 +456,7 @@ def test_stale_variant_modules_are_not_loaded(monkeypatch):
     import sys
     import types
 
-    import snncc.runtime as runtime
+    from snncc import runtime
 
     for name in ("avx512", "avx2"):
         stale = types.ModuleType(f"snncc.runtime._kernels_{name}")
