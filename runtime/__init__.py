@@ -1,11 +1,18 @@
-"""Execution of SNN-level graphs: the numpy reference simulator (the specification) behind one facade.
+"""Execution of SNN-level graphs: the numpy reference simulator (the specification) and the Cython runtime behind
+one facade.
 
 ``Simulator(graph, timesteps=T).run(x)`` returns a :class:`SimulationResult` whose ``outputs[t]`` is the network's
 answer after ``t + 1`` steps, so a single run gives the accuracy for every latency up to ``T``.
+
+Backends: ``"reference"`` (:mod:`snncc.runtime.reference`, numpy) and ``"cython"``
+(:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes). When the compiled extension is missing,
+``"cython"`` falls back to the reference with one warning saying how to build it.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +23,85 @@ from snncc.ir import Graph
 from snncc.runtime.analog import check_input, run_analog
 from snncc.runtime.reference import ReferenceSimulator
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "cython")
+# The backend of ``Simulator(..., backend=None)``; the test suite switches it with SNNCC_TEST_BACKEND.
+DEFAULT_BACKEND = "reference"
+
+BUILD_HINT = ("build it with `python -m pip install -e .` in the snncc source tree (needs Cython and a C compiler; "
+              "see setup.py)")
+
+
+class BackendFallbackWarning(UserWarning):
+    """The requested backend is not available and the reference simulator runs instead."""
+
+
+_warned_fallback = False
+
+
+KERNEL_VARIANTS = ("avx512", "avx2", "portable")  # widest first
+
+
+def load_kernels():
+    """Import the compiled kernels; raises ImportError when they are not built.
+
+    The build compiles the same source for several instruction sets (see setup.py); this returns the widest variant
+    the CPU supports, or the one named by ``SNNCC_KERNELS=portable|avx2|avx512``. The spikes are the same in every
+    variant: the arithmetic is element-wise IEEE float32 everywhere.
+
+    OpenMP threads that wait passively (sleep instead of spinning between parallel regions) cost a few microseconds
+    per region, but spinning workers take the cores from everything else: on a 2-core machine shared with other
+    work, two spinning threads ran LeNet-5 2.6x slower than two passive ones. libgomp reads the policy once, when
+    the extension loads it, so it is set (unless the user set it) before the first import.
+    """
+    import importlib
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from snncc.runtime import _kernels
+
+    wanted = os.environ.get("SNNCC_KERNELS", "auto")
+    if wanted not in KERNEL_VARIANTS + ("auto",):
+        raise SimulationError(f"SNNCC_KERNELS={wanted!r}; choose one of auto, {', '.join(KERNEL_VARIANTS)}")
+    for name in KERNEL_VARIANTS[:-1]:
+        if wanted in ("auto", name) and _kernels.cpu_supports(name):
+            try:
+                module = importlib.import_module(f"snncc.runtime._kernels_{name}")
+            except ImportError:
+                if wanted == name:
+                    raise
+                continue
+            if module.build_stamp() == _kernels.build_stamp():  # not a stale file of an earlier build
+                return module
+            if wanted == name:
+                raise ImportError(f"snncc.runtime._kernels_{name} is from another build than snncc.runtime._kernels; "
+                                  f"rebuild: {BUILD_HINT}")
+    if wanted not in ("auto", "portable"):
+        raise ImportError(f"SNNCC_KERNELS={wanted} but this CPU does not support it")
+    return _kernels
+
+
+def cython_available() -> tuple[bool, str]:
+    """Whether the compiled kernels import, and if not why."""
+    try:
+        load_kernels()
+    except ImportError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def _engine(graph: Graph, timesteps: int, backend: str, threads: int | None) -> tuple[object, str]:
+    """The engine for ``backend`` and the name of the backend that actually runs."""
+    global _warned_fallback
+    if backend == "cython":
+        ok, why = cython_available()
+        if ok:
+            from snncc.runtime.cython_engine import CythonSimulator
+
+            return CythonSimulator(graph, timesteps, threads=threads), "cython"
+        if not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(f"the Cython runtime is not built ({why}); simulating with the numpy reference instead. "
+                          f"To use it, {BUILD_HINT}.", BackendFallbackWarning, stacklevel=3)
+    return ReferenceSimulator(graph, timesteps), "reference"
 
 
 @dataclass
@@ -52,15 +137,23 @@ class SimulationResult:
 
 
 class Simulator:
-    """Run an SNN-level graph on a batch of inputs for ``timesteps`` steps."""
+    """Run an SNN-level graph on a batch of inputs for ``timesteps`` steps.
 
-    def __init__(self, graph: Graph, timesteps: int, backend: str = "reference", batch_size: int = 100) -> None:
+    ``backend``: one of :data:`BACKENDS` (default :data:`DEFAULT_BACKEND`); ``self.backend`` is the one that runs
+    (the reference after a fallback). ``threads``: threads of the Cython kernels (default: OpenMP's default).
+    """
+
+    def __init__(self, graph: Graph, timesteps: int, backend: str | None = None, batch_size: int = 100,
+                 threads: int | None = None) -> None:
+        backend = DEFAULT_BACKEND if backend is None else backend
         if backend not in BACKENDS:
             raise SimulationError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         if batch_size < 1:
             raise SimulationError(f"batch size must be positive, got {batch_size}")
-        self.graph, self.timesteps, self.backend, self.batch_size = graph, timesteps, backend, batch_size
-        self._engine = ReferenceSimulator(graph, timesteps)
+        if threads is not None and threads < 1:
+            raise SimulationError(f"threads must be at least 1, got {threads}")
+        self.graph, self.timesteps, self.batch_size, self.threads = graph, timesteps, batch_size, threads
+        self._engine, self.backend = _engine(graph, timesteps, backend, threads)
 
     def run(self, x: np.ndarray, progress: bool = False) -> SimulationResult:
         x = check_input(self.graph, x)
@@ -76,4 +169,5 @@ class Simulator:
         return SimulationResult(all_outputs[0], all_outputs, spikes, synops, self._engine.populations())
 
 
-__all__ = ["BACKENDS", "SimulationResult", "Simulator", "run_analog"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "BackendFallbackWarning", "SimulationResult", "Simulator", "cython_available",
+           "run_analog"]

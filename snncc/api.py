@@ -80,22 +80,27 @@ def _synapses(graph: Graph) -> int:
 
 
 def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], onnx_model: str | Path | None = None,
-             backend: str = "reference", batch_size: int = 100, progress: bool = False) -> dict:
+             backend: str | None = None, batch_size: int = 100, progress: bool = False,
+             threads: int | None = None) -> dict:
     """Accuracy of the ANN (if ``onnx_model``) and of the SNN at every T in ``timesteps``, with spike and synop counts.
 
-    ``x`` holds raw inputs; the graph's recorded input scaling is applied here.
+    ``x`` holds raw inputs; the graph's recorded input scaling is applied here. ``backend`` picks the simulator
+    (``snncc.runtime.BACKENDS``; default the reference) and ``threads`` the Cython runtime's threads. The report
+    records the backend that ran, the simulation's ``seconds`` and ``images_per_second``.
     """
     if not timesteps or min(timesteps) < 1:
         raise SnnccError(f"timesteps must be positive integers, got {timesteps}")
     scaling = InputScaling.from_json(graph.attrs.get("input_scaling", {}))
     xs = scaling.apply(x)
+    simulator = Simulator(graph, timesteps=max(timesteps), backend=backend, batch_size=batch_size, threads=threads)
     report: dict = {"schema_version": REPORT_SCHEMA_VERSION, "images": int(len(x)),
-                    "pipeline": graph.attrs.get("pipeline"), "backend": backend}
+                    "pipeline": graph.attrs.get("pipeline"), "backend": simulator.backend}
+    if threads is not None:
+        report["threads"] = threads
     if onnx_model is not None:
         start = time.perf_counter()
         report["ann"] = {"accuracy": ann_accuracy(onnx_model, xs, y), "model": str(onnx_model),
                          "seconds": time.perf_counter() - start}
-    simulator = Simulator(graph, timesteps=max(timesteps), backend=backend, batch_size=batch_size)
     start = time.perf_counter()
     result = simulator.run(xs, progress=progress)
     seconds = time.perf_counter() - start

@@ -27,6 +27,16 @@ def _timesteps(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _scaling(text: str) -> InputScaling:
     try:
         return InputScaling.parse(text)
@@ -56,8 +66,8 @@ def _run_eval(graph, args: argparse.Namespace, onnx_model) -> dict:
     from snncc.api import evaluate, format_table, plot_accuracy, write_json
 
     x, y = load_dataset(args.data, split=args.split, limit=args.limit)
-    report = evaluate(graph, x, y, args.timesteps, onnx_model=onnx_model, batch_size=args.batch_size,
-                      progress=not args.quiet)
+    report = evaluate(graph, x, y, args.timesteps, onnx_model=onnx_model, backend=args.backend,
+                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
     report["data"] = {"path": str(args.data), "split": args.split}
     print(format_table(report))
     if args.report:
@@ -144,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"comma-separated list of T (default {DEFAULT_TIMESTEPS})")
         p.add_argument("--batch-size", type=int, default=100)
 
+    def simulator_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backend", choices=["reference", "cython"], default=None,
+                       help="SNN simulator: the numpy reference (default) or the compiled Cython runtime (same "
+                            "spikes, faster; falls back to the reference with a warning when not built)")
+        p.add_argument("--threads", type=_positive, default=None,
+                       help="threads of the Cython runtime (default: OMP_NUM_THREADS or all cores); numpy's BLAS "
+                            "follows OPENBLAS_NUM_THREADS")
+
     p = sub.add_parser("eval", parents=[common], help="evaluate ANN and SNN accuracy, spikes and synaptic operations")
     p.add_argument("snn", type=Path, help=".snn file written by compile")
     p.add_argument("--data", type=Path, required=True, help="a directory of IDX files or an .npz with x, y")
@@ -156,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-scaling", type=_scaling, default=None,
                    help="override the input scaling recorded in the .snn file")
     eval_options(p)
+    simulator_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("inspect", parents=[common], help="print layers, neurons, synapses and codings of a .snn or .onnx file")
@@ -164,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="compile the bundled LeNet-5 and evaluate it on bundled MNIST images")
     p.add_argument("--out", default="snncc-demo", help="directory for the .snn file, report and plot")
+    simulator_options(p)
     p.set_defaults(timesteps=_timesteps("8,16,32,64"), batch_size=100)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,4 +1,9 @@
-"""Shared fixtures: paths to the real data sets and small IR graphs built directly (no ONNX, no torch)."""
+"""Shared fixtures: paths to the real data sets and small IR graphs built directly (no ONNX, no torch).
+
+``SNNCC_TEST_BACKEND=cython python -m pytest`` runs every test that simulates through ``Simulator`` (or the API and
+command line) on the Cython runtime instead of the numpy reference; tests of ``ReferenceSimulator`` itself stay on
+the reference. The Cython runtime must be built (``python -m pip install -e .``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,30 @@ from snncc.ir import Graph, ops
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SNNCC_DATA", REPO.parent / "shared" / "data"))
 MODELS = REPO / "models"
+TEST_BACKEND = os.environ.get("SNNCC_TEST_BACKEND", "reference")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from snncc.runtime import BACKENDS, BUILD_HINT, cython_available
+
+    if TEST_BACKEND not in BACKENDS:
+        raise pytest.UsageError(f"SNNCC_TEST_BACKEND={TEST_BACKEND!r}; choose one of {', '.join(BACKENDS)}")
+    if TEST_BACKEND == "cython" and not cython_available()[0]:
+        raise pytest.UsageError(f"SNNCC_TEST_BACKEND=cython but the Cython runtime is not built "
+                                f"({cython_available()[1]}); {BUILD_HINT}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"snncc simulation backend: {TEST_BACKEND} (set SNNCC_TEST_BACKEND=reference|cython)"
+
+
+@pytest.fixture(autouse=True)
+def _simulation_backend(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every Simulator created without an explicit backend uses the backend under test."""
+    import snncc.runtime
+
+    monkeypatch.setattr(snncc.runtime, "DEFAULT_BACKEND", TEST_BACKEND)
+    return TEST_BACKEND
 
 
 def data_dir(name: str) -> Path:

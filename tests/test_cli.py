@@ -101,3 +101,28 @@ def test_errors_are_one_line_on_stderr_and_write_nothing(tiny_model, tmp_path, c
     assert err.startswith("snncc: error:") and message in err
     assert "Traceback" not in err
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_eval_backend_and_threads_options(tiny_model, tmp_path, capsys):
+    pytest.importorskip("snncc.runtime._kernels", reason="the Cython runtime is not built")
+    model, data = tiny_model
+    snn = tmp_path / "tiny.snn"
+    main(["compile", str(model), "-o", str(snn), "--calib", str(data), "--input-scaling", "unit", "--quiet"])
+    reports = {}
+    for backend in ("reference", "cython"):
+        path = tmp_path / f"{backend}.json"
+        assert main(["eval", str(snn), "--data", str(data), "--timesteps", "8,32", "--backend", backend,
+                     "--threads", "2", "--report", str(path), "--quiet"]) == 0
+        reports[backend] = json.loads(path.read_text())
+    assert "images/s (cython)" in capsys.readouterr().out
+    for backend, doc in reports.items():
+        assert doc["backend"] == backend and doc["threads"] == 2
+        assert doc["seconds"] > 0 and doc["images_per_second"] > 0
+    assert reports["reference"]["snn"] == reports["cython"]["snn"], "both backends compute the same spikes"
+
+
+def test_eval_rejects_a_bad_thread_count(tiny_model, tmp_path, capsys):
+    _, data = tiny_model
+    with pytest.raises(SystemExit):
+        main(["eval", str(tmp_path / "x.snn"), "--data", str(data), "--threads", "0"])
+    assert "positive integer" in capsys.readouterr().err

@@ -1,0 +1,639 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: nonecheck=False, embedsignature=True
+"""Compiled kernels of the Cython runtime (see :mod:`snncc.runtime.cython_engine`).
+
+Every kernel works on a chunk of ``Tc`` time steps of a batch of ``B`` samples, in the reference simulator's layout
+``(Tc, B, *shape)`` with C-contiguous trailing axes. Inner loops run without the GIL; the outer loop over samples (or
+over the ``Tc * B`` rows of a time-folded chunk) is an OpenMP ``prange`` when the extension was compiled with OpenMP.
+
+Float arithmetic is float32 in exactly the order of :mod:`snncc.runtime.reference`, so that spikes are identical:
+
+- population (``_PopulationState.step``): ``v = v * beta`` (LIF only), ``v = v + I``, ``s = v >= theta``, then
+  ``v = v - theta`` (reset by subtraction) or ``v = 0`` (reset to zero) where ``s``;
+- synaptic accumulation of binary spikes: ``y[o] = (sum over inputs k that spiked, in ascending k) W[o, k]``, then
+  ``y[o] = y[o] + b[o]``. With 0/1 inputs a BLAS micro-kernel computes ``fma(W[o,k], x[k], acc)``, which is
+  ``acc + W[o,k]`` for a spike and ``acc`` otherwise, in ascending ``k``; so this is the reference's dense product,
+  term for term, whenever the BLAS keeps that order (see the engine's docstring for when OpenBLAS does not);
+- readout (``_ReadoutState.step``): ``total += I`` in float64, output ``float32(total / t)``;
+- spiking max pooling (``_MaxCountState.step``): counts are integers, so the running max is exact in any order.
+
+The same source is compiled for several instruction sets (setup.py); wider vectors change how many neurons one
+instruction updates, never the arithmetic of a neuron.
+
+The build must not contract ``v * beta + I`` into a fused multiply-add (``setup.py`` passes ``-ffp-contract=off``):
+the reference rounds the product before the addition.
+"""
+
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport int32_t, uint8_t, uint64_t
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int snncc_openmp(void) { return 1; }
+    static int snncc_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int snncc_openmp(void) { return 0; }
+    static int snncc_max_threads(void) { return 1; }
+    #endif
+    #ifdef SNNCC_BOUNDSCHECK
+    static int snncc_boundscheck(void) { return 1; }
+    #else
+    static int snncc_boundscheck(void) { return 0; }
+    #endif
+    #ifndef SNNCC_VARIANT
+    #define SNNCC_VARIANT "portable"
+    #endif
+    static const char* snncc_variant(void) { return SNNCC_VARIANT; }
+    #ifndef SNNCC_BUILD_STAMP
+    #define SNNCC_BUILD_STAMP "unknown"
+    #endif
+    static const char* snncc_build_stamp(void) { return SNNCC_BUILD_STAMP; }
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    static int snncc_cpu_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    static int snncc_cpu_avx512(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2");
+    }
+    #else
+    static int snncc_cpu_avx2(void) { return 0; }
+    static int snncc_cpu_avx512(void) { return 0; }
+    #endif
+    """
+    int snncc_openmp() nogil
+    int snncc_max_threads() nogil
+    int snncc_boundscheck() nogil
+    const char* snncc_variant() nogil
+    const char* snncc_build_stamp() nogil
+    int snncc_cpu_avx2() nogil
+    int snncc_cpu_avx512() nogil
+
+    # Pointers the compiler may assume do not alias: the vector loops need no run-time overlap checks.
+    ctypedef float* float_rp "float * __restrict__"
+    ctypedef const float* cfloat_rp "const float * __restrict__"
+
+ctypedef fused spike_t:
+    uint8_t
+    float
+
+ctypedef fused event_t:
+    uint8_t
+    float
+
+
+def openmp_enabled() -> bool:
+    """Whether the extension was compiled with OpenMP (otherwise every ``prange`` runs serially)."""
+    return bool(snncc_openmp())
+
+
+def max_threads() -> int:
+    """OpenMP's default number of threads (1 without OpenMP)."""
+    return snncc_max_threads()
+
+
+def variant() -> str:
+    """The instruction-set variant this module was compiled for: "portable", "avx2" or "avx512"."""
+    return snncc_variant().decode()
+
+
+def build_stamp() -> str:
+    """Hash of the source (and bounds-check option) this module was compiled from; equal for all variants of one
+    build."""
+    return snncc_build_stamp().decode()
+
+
+def cpu_supports(name: str) -> bool:
+    """Whether this CPU (and OS) runs the instruction-set variant ``name`` ("avx2", "avx512", "portable")."""
+    if name == "avx512":
+        return bool(snncc_cpu_avx512())
+    if name == "avx2":
+        return bool(snncc_cpu_avx2())
+    return name == "portable"
+
+
+def boundscheck_enabled() -> bool:
+    """Whether the module was built with bounds checks (``SNNCC_BOUNDSCHECK=1`` at build time, see setup.py)."""
+    return bool(snncc_boundscheck())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Populations
+# --------------------------------------------------------------------------------------------------------------
+
+cdef inline int _population_row(float* v, const float* current, spike_t* spikes, Py_ssize_t n, float threshold,
+                                float decay, bint leak, bint subtract) noexcept nogil:
+    """One step of ``n`` neurons of one sample; returns the number of spikes.
+
+    The order of operations is the reference's: decay, add the current, compare, reset. Reset by subtraction is
+    ``v - s * threshold`` for every neuron, as in the reference (``v - 0`` is ``v`` exactly). The four variants are
+    separate branch-free loops: spikes are data-dependent, and branching on them costs more than the arithmetic.
+    """
+    cdef Py_ssize_t i
+    cdef float x, s
+    cdef int count = 0
+    # Branch-free bodies (the compiler turns the selects into blends): the loops vectorize.
+    if leak and subtract:
+        for i in range(n):
+            x = v[i] * decay
+            x = x + current[i]
+            s = <float> (x >= threshold)
+            v[i] = x - s * threshold
+            spikes[i] = <spike_t> s
+            count = count + <int> s
+    elif subtract:
+        for i in range(n):
+            x = v[i] + current[i]
+            s = <float> (x >= threshold)
+            v[i] = x - s * threshold
+            spikes[i] = <spike_t> s
+            count = count + <int> s
+    elif leak:
+        for i in range(n):
+            x = v[i] * decay
+            x = x + current[i]
+            s = <float> (x >= threshold)
+            v[i] = 0.0 if x >= threshold else x
+            spikes[i] = <spike_t> s
+            count = count + <int> s
+    else:
+        for i in range(n):
+            x = v[i] + current[i]
+            s = <float> (x >= threshold)
+            v[i] = 0.0 if x >= threshold else x
+            spikes[i] = <spike_t> s
+            count = count + <int> s
+    return count
+
+
+def population_steps(const float[:, :, ::1] current, float[:, ::1] v, spike_t[:, :, ::1] spikes,
+                     float[:, ::1] counts, float threshold, float decay, bint leak, bint subtract, int threads=1):
+    """Advance a population by ``Tc = spikes.shape[0]`` steps.
+
+    ``current``: (Tc, B, n) input current, or (1, B, n) for a current constant in time; ``v``: (B, n) membrane
+    state, updated in place; ``spikes``: (Tc, B, n) output, 0 or 1; ``counts``: (Tc, B) spikes per sample and step.
+    Per neuron and step (float32)::
+
+        v = v * decay      (if leak)
+        v = v + I(t)
+        s = v >= threshold
+        v = v - threshold  (subtract) or 0 (zero)   where s
+    """
+    cdef Py_ssize_t tc = spikes.shape[0], batch = spikes.shape[1], n = spikes.shape[2]
+    cdef Py_ssize_t b, t, step = _time_step(current.shape[0], tc, "population current")
+    _check_shape("population current", (batch, n), (current.shape[1], current.shape[2]))
+    _check_shape("population state", (batch, n), (v.shape[0], v.shape[1]))
+    _check_shape("population counts", (tc, batch), (counts.shape[0], counts.shape[1]))
+    if n == 0 or tc == 0 or batch == 0:
+        counts[:, :] = 0
+        return
+    for b in prange(batch, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for t in range(tc):
+            counts[t, b] = <float> _population_row(&v[b, 0], &current[t * step, b, 0], &spikes[t, b, 0], n,
+                                                   threshold, decay, leak, subtract)
+
+
+def _time_step(Py_ssize_t given, Py_ssize_t tc, what: str) -> int:
+    """1 when an input has one entry per step, 0 when it is constant in time (a single entry)."""
+    if given == tc:
+        return 1
+    if given == 1:
+        return 0
+    raise ValueError(f"{what}: {given} time steps for a chunk of {tc} (expected {tc}, or 1 when constant)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Readout
+# --------------------------------------------------------------------------------------------------------------
+
+def readout_steps(const float[:, :, ::1] current, double[:, ::1] total, long t0, float[:, :, ::1] out,
+                  int threads=1):
+    """Running mean of the input current: ``total += I(t)`` (float64), ``out[t] = float32(total / (t0 + t + 1))``.
+
+    ``current``: (Tc, B, n), or (1, B, n) when constant in time; ``total``: (B, n) state; ``out``: (Tc, B, n).
+    """
+    cdef Py_ssize_t tc = out.shape[0], batch = out.shape[1], n = out.shape[2]
+    cdef Py_ssize_t b, t, i, step = _time_step(current.shape[0], tc, "readout current")
+    cdef double steps
+    _check_shape("readout current", (batch, n), (current.shape[1], current.shape[2]))
+    _check_shape("readout state", (batch, n), (total.shape[0], total.shape[1]))
+    for b in prange(batch, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for t in range(tc):
+            steps = <double> (t0 + t + 1)
+            for i in range(n):
+                total[b, i] = total[b, i] + <double> current[t * step, b, i]
+                out[t, b, i] = <float> (total[b, i] / steps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Event lists
+# --------------------------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _nonzero(const uint8_t* x, Py_ssize_t n, int32_t* index) noexcept nogil:
+    """Write the positions of the non-zero bytes of ``x[:n]`` to ``index`` in ascending order; return their number.
+
+    Spike trains are sparse, so eight bytes are tested at once and runs of zeros are skipped.
+    """
+    cdef Py_ssize_t i = 0, j, count = 0
+    cdef uint64_t word
+    while i + 8 <= n:
+        memcpy(&word, x + i, 8)
+        if word != 0:
+            # Branch-free compaction: write every position, advance only past spikes (a branch per byte would
+            # mispredict on most spikes).
+            for j in range(i, i + 8):
+                index[count] = <int32_t> j
+                count = count + (x[j] != 0)
+        i = i + 8
+    for j in range(i, n):
+        index[count] = <int32_t> j
+        count = count + (x[j] != 0)
+    return count
+
+
+def count_events(const event_t[:, ::1] x, const double[::1] fan_out, double[::1] synops, int threads=1):
+    """``synops[r] += sum of fan_out[k] over the non-zero x[r, k]``: synaptic operations of a dense layer's input."""
+    cdef Py_ssize_t rows = x.shape[0], k = x.shape[1], r, i
+    cdef double total
+    _check_shape("event count", (k,), (fan_out.shape[0],))
+    _check_shape("event count rows", (rows,), (synops.shape[0],))
+    for r in prange(rows, nogil=True, num_threads=max(1, threads), schedule="static"):
+        total = 0.0
+        for i in range(k):
+            if x[r, i] != 0:
+                total = total + fan_out[i]
+        synops[r] = synops[r] + total
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Event-driven synapses
+# --------------------------------------------------------------------------------------------------------------
+
+cdef inline void _linear_row(const uint8_t* x, Py_ssize_t k, const float* weight_t, Py_ssize_t n_out,
+                             const float* bias, const double* fan_out, float* out, double* synops,
+                             int32_t* index) noexcept nogil:
+    cdef Py_ssize_t events = _nonzero(x, k, index), e
+    cdef double ops = 0.0
+    memset(out, 0, n_out * sizeof(float))
+    for e in range(events):
+        ops = ops + fan_out[index[e]]
+        _add(out, weight_t + <Py_ssize_t> index[e] * n_out, n_out)
+    if bias != NULL:
+        _add(out, bias, n_out)
+    synops[0] = synops[0] + ops
+
+
+def linear_events(const uint8_t[:, ::1] x, const float[:, ::1] weight_t, const float[::1] bias,
+                  const double[::1] fan_out, float[:, ::1] out, double[::1] synops, int threads=1):
+    """Event-driven ``out = x @ W.T + b`` for binary ``x`` (rows, K); ``weight_t`` is ``W.T``, (K, n_out).
+
+    Only the rows of ``weight_t`` of inputs that spiked are added, in ascending input order, into a zeroed
+    accumulator; the bias is added last. ``synops[r] += sum of fan_out[k] over the spikes of row r``.
+    """
+    cdef Py_ssize_t rows = x.shape[0], k = x.shape[1], n_out = weight_t.shape[1], r
+    cdef const float* bias_ptr = NULL
+    _check_shape("linear weight", (k,), (weight_t.shape[0],))
+    _check_shape("linear output", (rows, n_out), (out.shape[0], out.shape[1]))
+    _check_shape("linear fan-out", (k,), (fan_out.shape[0],))
+    _check_shape("linear synops", (rows,), (synops.shape[0],))
+    if bias is not None:
+        _check_shape("linear bias", (n_out,), (bias.shape[0],))
+        bias_ptr = &bias[0]
+    if rows == 0 or n_out == 0 or k == 0:
+        raise ValueError(f"linear_events: empty operands (rows={rows}, inputs={k}, outputs={n_out})")
+    threads = max(1, threads)
+    cdef int32_t[:, ::1] index = np.empty((threads, k), dtype=np.int32)
+    for r in prange(rows, nogil=True, num_threads=threads, schedule="dynamic", chunksize=4):
+        _linear_row(&x[r, 0], k, &weight_t[0, 0], n_out, bias_ptr, &fan_out[0], &out[r, 0], &synops[r],
+                    &index[threadid(), 0])
+
+
+cdef struct ConvGeometry:
+    Py_ssize_t channels, height, width      # input, per sample
+    Py_ssize_t out_channels, out_height, out_width
+    Py_ssize_t kh, kw, per_group_in, per_group_out
+    Py_ssize_t pad_left, pad_top, stride_h, dilation_h
+    Py_ssize_t tile_rows                    # output rows per accumulator tile
+    bint row_blocks                         # weight columns reversed: one tap row is one contiguous block
+
+
+cdef inline void _add(float_rp dst, cfloat_rp src, Py_ssize_t n) noexcept nogil:
+    """``dst[:n] += src[:n]`` (float32, element by element)."""
+    cdef Py_ssize_t o
+    for o in range(n):
+        dst[o] = dst[o] + src[o]
+
+
+cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float* weight_t, const float* bias,
+                           const double* fan_out, const int32_t* row_start, const int32_t* row_taps,
+                           const int32_t* col_start, const int32_t* col_taps, float* out, double* synops,
+                           float* acc, int32_t* index) noexcept nogil:
+    """One sample of an event-driven convolution.
+
+    The output is built in tiles of ``g.tile_rows`` output rows held in a (rows, Wo, O) accumulator that fits the
+    L2 cache (one tile for the layers of the shipped models): each (input spike, kernel tap) adds one contiguous
+    vector of the output channels of its group. Within a tile, inputs are visited channel by channel, row by row,
+    column by column, so each output receives its terms in ascending (c, ky, kx) order, the order of the
+    reference's im2col product. Input rows that reach two tiles are scanned twice; their spikes are counted
+    (synops) once.
+    """
+    cdef ConvGeometry g = geometry[0]  # a local copy: stores through float pointers cannot change it
+    cdef Py_ssize_t out_plane = g.out_height * g.out_width, O = g.out_channels, n = g.per_group_out
+    cdef Py_ssize_t row_size = g.out_width * O, tile, oy0, oy1, iy_lo, iy_hi, counted = -1
+    cdef Py_ssize_t events, e, c, iy, ix, a, b, ky, kx, oy, ox, o, pos, o0, row, kx_lo, kx_hi
+    cdef const float* w_c
+    cdef const float* w_row
+    cdef float* acc_row
+    cdef float* dst
+    cdef double ops = 0.0
+    for tile in range((g.out_height + g.tile_rows - 1) // g.tile_rows):
+        oy0 = tile * g.tile_rows
+        oy1 = min(g.out_height, oy0 + g.tile_rows)
+        # input rows reaching output rows oy0 .. oy1-1
+        iy_lo = max(0, oy0 * g.stride_h - g.pad_top)
+        iy_hi = min(g.height - 1, (oy1 - 1) * g.stride_h - g.pad_top + (g.kh - 1) * g.dilation_h)
+        memset(acc, 0, (oy1 - oy0) * row_size * sizeof(float))
+        for c in range(g.channels):
+            o0 = (c // g.per_group_in) * n
+            w_c = weight_t + c * g.kh * g.kw * n
+            for iy in range(iy_lo, iy_hi + 1):
+                row = (c * g.height + iy) * g.width
+                events = _nonzero(x + row, g.width, index)
+                if iy > counted:
+                    for e in range(events):
+                        ops = ops + fan_out[row + index[e]]
+                if events == 0:
+                    continue
+                # Row taps outside, spikes inside: an output row receives from one input row through exactly one
+                # kernel row, so each output still gets its terms in ascending (c, ky, kx) order.
+                for a in range(row_start[iy], row_start[iy + 1]):
+                    oy = row_taps[2 * a + 1]
+                    if oy < oy0 or oy >= oy1:
+                        continue
+                    ky = row_taps[2 * a]
+                    acc_row = acc + (oy - oy0) * row_size
+                    w_row = w_c + ky * g.kw * n
+                    if g.row_blocks:
+                        # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with
+                        # the kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the
+                        # weights and of the accumulator.
+                        for e in range(events):
+                            ix = index[e]
+                            kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
+                            kx_hi = min(g.kw - 1, ix + g.pad_left)
+                            if kx_lo <= kx_hi:
+                                _add(acc_row + (ix + g.pad_left - kx_hi) * O, w_row + (g.kw - 1 - kx_hi) * n,
+                                     (kx_hi - kx_lo + 1) * n)
+                    else:
+                        for e in range(events):
+                            ix = index[e]
+                            for b in range(col_start[ix], col_start[ix + 1]):
+                                _add(acc_row + col_taps[2 * b + 1] * O + o0, w_row + col_taps[2 * b] * n, n)
+        counted = max(counted, iy_hi)
+        # (rows, Wo, O) -> (O, rows, Wo), adding the bias last as the reference does.
+        for o in range(O):
+            dst = out + o * out_plane + oy0 * g.out_width
+            for pos in range((oy1 - oy0) * g.out_width):
+                dst[pos] = acc[pos * O + o]
+            if bias != NULL:
+                for pos in range((oy1 - oy0) * g.out_width):
+                    dst[pos] = dst[pos] + bias[o]
+    # Input rows no output reaches (cropped by the stride) still count as events (with fan-out 0 in practice).
+    for c in range(g.channels):
+        for iy in range(counted + 1, g.height):
+            row = (c * g.height + iy) * g.width
+            events = _nonzero(x + row, g.width, index)
+            for e in range(events):
+                ops = ops + fan_out[row + index[e]]
+    synops[0] = synops[0] + ops
+
+
+def conv_taps(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad_before,
+              Py_ssize_t dilation):
+    """For each input coordinate ``i`` along one axis, the (tap, output) pairs it reaches:
+    ``o * stride - pad_before + tap * dilation == i`` with ``0 <= o < out_size``. Returns (start, pairs) in CSR form,
+    taps ascending."""
+    start = np.zeros(size + 1, dtype=np.int32)
+    pairs = []
+    cdef Py_ssize_t i, k, shifted
+    for i in range(size):
+        for k in range(kernel):
+            shifted = i + pad_before - k * dilation
+            if shifted >= 0 and shifted % stride == 0 and shifted // stride < out_size:
+                pairs.append((k, shifted // stride))
+        start[i + 1] = len(pairs)
+    return start, np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
+
+
+def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weight_t, const float[::1] bias,
+                  const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
+                  const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
+                  const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups,
+                  stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bint row_blocks=False, int threads=1,
+                  Py_ssize_t tile_bytes=262144):
+    """Event-driven convolution of binary ``x`` (rows, C, H, W) into ``out`` (rows, O, Ho, Wo).
+
+    ``weight_t`` is the weight as (C, kh, kw, O / groups); ``row_*``/``col_*`` are :func:`conv_taps` of the two
+    spatial axes for the op's ``stride``, ``padding`` (top, left, bottom, right) and ``dilation``, which are passed
+    too. With ``row_blocks`` (only for one group and stride and dilation 1 along x) ``weight_t`` holds the kernel
+    columns in reverse order, (C, kh, kw reversed, O), and each row of taps is added as one contiguous block.
+    ``tile_bytes`` bounds the accumulator of one tile of output rows (smaller tiles were not faster on the shipped
+    models: input rows reaching two tiles are scanned twice). ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
+    and taps reaching (oy, ox), ascending) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
+    ``synops[r] += sum of fan_out over the spikes of row r``.
+    """
+    cdef ConvGeometry g
+    cdef Py_ssize_t rows = x.shape[0], r
+    cdef const float* bias_ptr = NULL
+    g.channels, g.height, g.width = x.shape[1], x.shape[2], x.shape[3]
+    g.out_channels, g.out_height, g.out_width = out.shape[1], out.shape[2], out.shape[3]
+    g.kh, g.kw, g.per_group_out = weight_t.shape[1], weight_t.shape[2], weight_t.shape[3]
+    if groups < 1 or g.channels % groups or g.out_channels != g.per_group_out * groups:
+        raise ValueError(f"conv2d_events: {g.channels} input and {g.out_channels} output channels do not fit "
+                         f"groups={groups} and a weight of {g.per_group_out} outputs per group")
+    g.per_group_in = g.channels // groups
+    g.stride_h, g.pad_top, g.pad_left, g.dilation_h = stride[0], padding[0], padding[1], dilation[0]
+    g.row_blocks = row_blocks
+    if row_blocks and (groups != 1 or stride[1] != 1 or dilation[1] != 1):
+        raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
+    # Accumulator tiles of at most tile_bytes (256 KiB: the L2 cache) while every input channel adds to them.
+    g.tile_rows = max(1, min(g.out_height, (tile_bytes // sizeof(float)) // max(1, g.out_width * g.out_channels)))
+    _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
+    _check_shape("conv output rows", (rows,), (out.shape[0],))
+    _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
+    _check_shape("conv synops", (rows,), (synops.shape[0],))
+    _check_shape("conv row taps", (g.height + 1,), (row_start.shape[0],))
+    _check_shape("conv column taps", (g.width + 1,), (col_start.shape[0],))
+    if bias is not None:
+        _check_shape("conv bias", (g.out_channels,), (bias.shape[0],))
+        bias_ptr = &bias[0]
+    if rows == 0 or g.channels * g.height * g.width == 0 or g.out_channels * g.out_height * g.out_width == 0:
+        raise ValueError("conv2d_events: empty operands")
+    if row_taps.shape[0] == 0 or col_taps.shape[0] == 0 or row_taps.shape[1] != 2 or col_taps.shape[1] != 2:
+        raise ValueError("conv2d_events: tap tables must be non-empty (n, 2) arrays")
+    threads = max(1, threads)
+    cdef float[:, ::1] acc = np.empty((threads, g.tile_rows * g.out_width * g.out_channels), dtype=np.float32)
+    cdef int32_t[:, ::1] index = np.empty((threads, g.width), dtype=np.int32)  # spikes of one input row
+    cdef const int32_t* rt = &row_taps[0, 0]
+    cdef const int32_t* ct = &col_taps[0, 0]
+    for r in prange(rows, nogil=True, num_threads=threads, schedule="dynamic", chunksize=2):
+        _conv_row(&x[r, 0, 0, 0], &g, &weight_t[0, 0, 0, 0], bias_ptr, &fan_out[0], &row_start[0], rt,
+                  &col_start[0], ct, &out[r, 0, 0, 0], &synops[r], &acc[threadid(), 0], &index[threadid(), 0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Spiking max pooling
+# --------------------------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for b > 0, and 0 for a <= 0."""
+    return (a + b - 1) // b if a > 0 else 0
+
+
+cdef struct MaxPoolGeometry:
+    Py_ssize_t channels, height, width, out_height, out_width, kh, kw, sh, sw, pt, pl
+    bint padded
+
+
+cdef inline void _maxpool_separable(const int32_t* counts, int32_t* window_max, uint8_t* out, MaxPoolGeometry* g,
+                                    int32_t* column_max) noexcept nogil:
+    """Window max without padding, separably: the max over the kh rows of a window row (one contiguous pass over
+    the width), then over the kw columns of each window. Fewer, longer loops than tap by tap."""
+    cdef Py_ssize_t plane = g.height * g.width, width = g.width, c, oy, ky, ix, ox, kx, sw = g.sw, kw = g.kw
+    cdef const int32_t* crow
+    cdef int32_t* wmax
+    cdef uint8_t* orow
+    cdef int32_t m, value
+    for c in range(g.channels):
+        for oy in range(g.out_height):
+            crow = counts + c * plane + oy * g.sh * width
+            for ix in range(width):
+                column_max[ix] = crow[ix]
+            for ky in range(1, g.kh):
+                crow = crow + width
+                for ix in range(width):
+                    value = crow[ix]
+                    column_max[ix] = value if value > column_max[ix] else column_max[ix]
+            wmax = window_max + (c * g.out_height + oy) * g.out_width
+            orow = out + (c * g.out_height + oy) * g.out_width
+            for ox in range(g.out_width):
+                m = column_max[ox * sw]
+                for kx in range(1, kw):
+                    value = column_max[ox * sw + kx]
+                    m = value if value > m else m
+                orow[ox] = m > wmax[ox]
+                wmax[ox] = m
+
+
+cdef inline void _maxpool_2x2(const int32_t* counts, int32_t* window_max, uint8_t* out,
+                              MaxPoolGeometry* g) noexcept nogil:
+    """2x2 windows with stride 2 and no padding (the common case): one pass over the window rows."""
+    cdef Py_ssize_t width = g.width, out_width = g.out_width, c, oy, ox
+    cdef const int32_t* r0
+    cdef const int32_t* r1
+    cdef int32_t* wmax
+    cdef uint8_t* orow
+    cdef int32_t a, b, m
+    for c in range(g.channels):
+        for oy in range(g.out_height):
+            r0 = counts + (c * g.height + 2 * oy) * width
+            r1 = r0 + width
+            wmax = window_max + (c * g.out_height + oy) * out_width
+            orow = out + (c * g.out_height + oy) * out_width
+            for ox in range(out_width):
+                a = r0[2 * ox] if r0[2 * ox] > r0[2 * ox + 1] else r0[2 * ox + 1]
+                b = r1[2 * ox] if r1[2 * ox] > r1[2 * ox + 1] else r1[2 * ox + 1]
+                m = a if a > b else b
+                orow[ox] = m > wmax[ox]
+                wmax[ox] = m
+
+
+cdef inline void _maxpool_step(const uint8_t* x, int32_t* counts, int32_t* window_max, uint8_t* out,
+                               MaxPoolGeometry* geometry, const Py_ssize_t* ox_range, int32_t* row_max) noexcept nogil:
+    """One step of one sample: add the spikes to the counts, then recompute every window's max of counts.
+
+    Branch-free and vectorizable: at the spike densities of converted networks (a few percent, scattered) a scan
+    for events mispredicts on almost every spike and costs more than this dense pass. ``ox_range[2*kx]``,
+    ``ox_range[2*kx+1]``: the outputs whose tap ``kx`` lies inside the row.
+    """
+    cdef MaxPoolGeometry g = geometry[0]  # a local copy: stores through int32 pointers cannot change it
+    cdef Py_ssize_t plane = g.height * g.width, c, oy, ky, iy, kx, ox, i, sw = g.sw, shift
+    cdef const int32_t* crow
+    cdef int32_t* wmax
+    cdef uint8_t* orow
+    cdef int32_t m
+    for i in range(g.channels * plane):
+        counts[i] = counts[i] + x[i]
+    if g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and not g.padded:
+        _maxpool_2x2(counts, window_max, out, &g)
+        return
+    if not g.padded:
+        _maxpool_separable(counts, window_max, out, &g, row_max)
+        return
+    for c in range(g.channels):
+        for oy in range(g.out_height):
+            for ox in range(g.out_width):
+                row_max[ox] = -1  # below every count: padding (-inf in the reference) never wins
+            for ky in range(g.kh):
+                iy = oy * g.sh - g.pt + ky
+                if iy < 0 or iy >= g.height:
+                    continue
+                crow = counts + c * plane + iy * g.width
+                for kx in range(g.kw):
+                    shift = kx - g.pl
+                    for ox in range(ox_range[2 * kx], ox_range[2 * kx + 1]):
+                        m = crow[ox * sw + shift]
+                        row_max[ox] = m if m > row_max[ox] else row_max[ox]
+            wmax = window_max + (c * g.out_height + oy) * g.out_width
+            orow = out + (c * g.out_height + oy) * g.out_width
+            for ox in range(g.out_width):
+                orow[ox] = row_max[ox] > wmax[ox]
+                wmax[ox] = row_max[ox]
+
+
+def maxpool_steps(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts, int32_t[:, ::1] window_max,
+                  uint8_t[:, :, :, :, ::1] out, kernel, stride, padding, int threads=1):
+    """Spiking max pooling of binary ``spikes`` (Tc, B, C, H, W) into ``out`` (Tc, B, C, Ho, Wo).
+
+    State: ``counts`` (B, C*H*W) spike counts of the inputs and ``window_max`` (B, C*Ho*Wo) the running max of the
+    counts over each window, both starting at 0. ``out[t] = max_j N_j(t) > max_j N_j(t-1)``: counts grow by at most
+    one per step, so this is the reference's increment ``max_j N_j(t) - max_j N_j(t-1)``. ``kernel``/``stride``
+    are (h, w) and ``padding`` (top, left, bottom, right); padded positions never win, which requires every window
+    to hold a real input (the engine checks this).
+    """
+    cdef MaxPoolGeometry g
+    cdef Py_ssize_t tc = spikes.shape[0], batch = spikes.shape[1], b, t
+    g.channels, g.height, g.width = spikes.shape[2], spikes.shape[3], spikes.shape[4]
+    g.out_height, g.out_width = out.shape[3], out.shape[4]
+    g.kh, g.kw = kernel
+    g.sh, g.sw = stride
+    g.pt, g.pl = padding[0], padding[1]
+    g.padded = any(padding)
+    if g.kh < 1 or g.kw < 1 or g.sh < 1 or g.sw < 1 or g.pt < 0 or g.pl < 0:
+        raise ValueError(f"maxpool_steps: invalid kernel {kernel}, stride {stride} or padding {padding}")
+    _check_shape("max pool output", (tc, batch, g.channels), (out.shape[0], out.shape[1], out.shape[2]))
+    _check_shape("max pool counts", (batch, g.channels * g.height * g.width), (counts.shape[0], counts.shape[1]))
+    _check_shape("max pool state", (batch, g.channels * g.out_height * g.out_width),
+                 (window_max.shape[0], window_max.shape[1]))
+    if tc == 0 or batch == 0 or g.channels * g.height * g.width == 0 or g.out_height * g.out_width == 0:
+        raise ValueError("maxpool_steps: empty operands")
+    threads = max(1, threads)
+    cdef int32_t[:, ::1] row_max = np.empty((threads, max(g.out_width, g.width)), dtype=np.int32)
+    # For each kernel column kx, the outputs ox with 0 <= ox * sw - pl + kx < width.
+    cdef Py_ssize_t[::1] ox_range = np.array(
+        [bound for kx in range(g.kw) for bound in (_ceil_div(g.pl - kx, g.sw),
+                                                   min(g.out_width, _ceil_div(g.width + g.pl - kx, g.sw)))],
+        dtype=np.intp)
+    for b in prange(batch, nogil=True, num_threads=threads, schedule="static"):
+        for t in range(tc):
+            _maxpool_step(&spikes[t, b, 0, 0, 0], &counts[b, 0], &window_max[b, 0], &out[t, b, 0, 0, 0], &g,
+                          &ox_range[0], &row_max[threadid(), 0])
+
+
+def _check_shape(what: str, expected: tuple, actual: tuple) -> None:
+    if tuple(expected) != tuple(actual):
+        raise ValueError(f"{what}: expected shape {tuple(expected)}, got {tuple(actual)}")

@@ -1,0 +1,371 @@
+"""The Cython runtime: the reference simulator's schedule with compiled, event-driven kernels.
+
+:class:`CythonSimulator` has the interface of :class:`~snncc.runtime.reference.ReferenceSimulator` (it derives from
+it and keeps its constructor checks, chunk sizes and bookkeeping) and computes the same spikes:
+
+- **Same schedule.** A batch runs in chunks of time steps of the reference's size; within a chunk each node runs once
+  on all steps, stateful nodes carry their state across chunks, values constant in time (the input and the first
+  layer's analog current) are computed once with the reference's numpy kernels.
+- **Spikes are bytes.** Populations emit uint8 spike trains (T, B, n); flattening and reshaping keep them.
+- **Populations, readouts and spiking max pooling** run in :mod:`snncc.runtime._kernels` with the reference's float32
+  arithmetic in the reference's order (see that module).
+- **Event-driven synapses.** A Conv2d or Linear fed by spikes accumulates, for each sample and step, only the weights
+  of the inputs that spiked: the cost is ``spikes x fan-out``, not ``inputs x outputs``. Per chunk the measured spike
+  density picks this path or the dense one (numpy/BLAS on the spikes as float32, exactly the reference's call):
+  above :data:`DENSE_ABOVE` of the inputs active, BLAS wins.
+- **Everything else** (pooling of analog values, Add, Concat, ...) runs the reference's numpy kernels on float32
+  data, so it is identical by construction.
+
+Exactness of the event-driven sums: for 0/1 inputs a BLAS product accumulates ``acc + W[o, k]`` over the spiking
+``k`` in ascending order, which the kernels reproduce term for term. A BLAS may order the sum differently: OpenBLAS
+splits reductions longer than a few hundred inputs into blocks summed separately, and multiplies small matrices
+with a kernel of its own order. The currents then differ in the last bit, and a spike can flip where a membrane lies
+within that rounding of the threshold; the agreement tests bound how often (tests/runtime/test_cython_agreement.py).
+
+A :class:`CythonSimulator` reuses its output buffers from chunk to chunk: one instance must not run two batches
+at the same time (from two threads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from snncc.errors import SimulationError
+from snncc.ir import Graph, ops
+from snncc.ir.neurons import IF, LIF
+from snncc.runtime import load_kernels
+from snncc.runtime.kernels import apply
+from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
+
+_kernels = load_kernels()  # sets the OpenMP wait policy first (see load_kernels)
+
+# Spike density (fraction of a synaptic op's inputs that are non-zero, over a chunk) above which the dense BLAS
+# product is faster than event-driven accumulation. Measured on a 2-core x86 machine (AMD EPYC, one thread each)
+# with docs/scripts/benchmark_runtime.py --crossover: convolutions cross over at 0.35-0.6, fully connected layers at
+# 0.2-0.3. Both paths give the same sums, so this affects speed only.
+DENSE_ABOVE = {ops.Linear: 0.2, ops.Conv2d: 0.35}
+
+# Kernel calls with fewer values than this run on one thread: starting and joining an OpenMP team costs more than
+# the work (and far more on a loaded machine, where a worker may wait for a time slice).
+PARALLEL_MIN_VALUES = 1 << 16
+
+# Ops that only relabel the axes of their input: spike trains pass through them as bytes.
+_VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
+
+
+@dataclass
+class _Signal:
+    """A node's value over one chunk: (B, *shape) when constant in time, else (Tc, B, *shape); ``binary`` marks
+    uint8 spike trains (0/1), everything else is float32."""
+
+    data: np.ndarray
+    constant: bool
+    binary: bool = False
+
+    def steps(self, tc: int) -> np.ndarray:
+        """(Tc, B, *shape) float32 (a broadcast view when constant), as the reference sees it."""
+        data = self.data.astype(np.float32) if self.binary else self.data
+        return np.broadcast_to(data, (tc,) + data.shape) if self.constant else data
+
+
+class _Buffers:
+    """Output arrays of one plan, reused from chunk to chunk: fresh large arrays cost page faults every chunk.
+
+    Safe because a node's value lives only within its chunk (the engine copies graph outputs out)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        key = (name, shape, np.dtype(dtype).str)
+        array = self._arrays.get(key)
+        if array is None:
+            self._arrays = {k: a for k, a in self._arrays.items() if k[0] != name}  # the last chunk is shorter
+            array = self._arrays[key] = np.empty(shape, dtype=dtype)
+        return array
+
+
+def _threads(threads: int, values: int) -> int:
+    return threads if values >= PARALLEL_MIN_VALUES else 1
+
+
+def default_threads() -> int:
+    """Threads for the kernels: OpenMP's default (``OMP_NUM_THREADS`` or the number of cores)."""
+    return max(1, _kernels.max_threads() if _kernels.openmp_enabled() else 1)
+
+
+def _flat_steps(signal: _Signal, tc: int, batch: int) -> np.ndarray:
+    """A signal as C-contiguous float32 (Tc, B, n), or (1, B, n) when constant in time (the kernels reuse it)."""
+    data = np.ascontiguousarray(signal.data, dtype=np.float32)
+    return data.reshape(1 if signal.constant else tc, batch, -1)
+
+
+class _Population:
+    """IF/LIF population (see :class:`~snncc.ir.neurons.IF`): state ``v`` (B, n) float32."""
+
+    def __init__(self, op: ops.Population, size: int, threads: int) -> None:
+        neuron = op.neuron
+        if not isinstance(neuron, (IF, LIF)):
+            raise SimulationError(f"the Cython runtime has no dynamics for neuron model {neuron.kind}")
+        self.size, self.threads = size, threads
+        # The reference's float32 constants, computed the same way.
+        self.threshold = np.float32(neuron.threshold)
+        self.leak = isinstance(neuron, LIF)
+        self.decay = np.float32(neuron.beta) if self.leak else np.float32(1)
+        self.subtract = neuron.reset == "subtract"
+        self.v_init = np.float32(neuron.v_init) * self.threshold
+        self.buffers = _Buffers()
+
+    def start(self, batch: int) -> np.ndarray:
+        return np.full((batch, self.size), self.v_init, dtype=np.float32)
+
+    def run(self, v: np.ndarray, signal: _Signal, tc: int, batch: int, shape: tuple[int, ...]
+            ) -> tuple[_Signal, np.ndarray]:
+        current = _flat_steps(signal, tc, batch)
+        spikes = self.buffers.get("spikes", (tc, batch, self.size), np.uint8)
+        counts = np.empty((tc, batch), dtype=np.float32)
+        _kernels.population_steps(current, v, spikes, counts, self.threshold, self.decay, self.leak, self.subtract,
+                                  _threads(self.threads, spikes.size))
+        return _Signal(spikes.reshape((tc, batch) + shape), False, True), counts
+
+
+class _Readout:
+    """Running mean of the input current: state ``total`` (B, n) float64."""
+
+    def __init__(self, size: int, threads: int) -> None:
+        self.size, self.threads = size, threads
+
+    def start(self, batch: int) -> np.ndarray:
+        return np.zeros((batch, self.size), dtype=np.float64)
+
+    def run(self, total: np.ndarray, signal: _Signal, tc: int, batch: int, t0: int, shape: tuple[int, ...]
+            ) -> _Signal:
+        out = np.empty((tc, batch, self.size), dtype=np.float32)
+        _kernels.readout_steps(_flat_steps(signal, tc, batch), total, t0, out, _threads(self.threads, out.size))
+        return _Signal(out.reshape((tc, batch) + shape), False)
+
+
+def _taps(size: int, out_size: int, kernel: int, stride: int, pad: int, dilation: int = 1
+          ) -> tuple[np.ndarray, np.ndarray]:
+    start, pairs = _kernels.conv_taps(size, out_size, kernel, stride, pad, dilation)
+    return start, np.ascontiguousarray(pairs, dtype=np.int32)
+
+
+class _MaxPool:
+    """Spiking max pooling of binary spikes: state (counts (B, C*H*W), running max (B, C*Ho*Wo)) int32."""
+
+    def __init__(self, op: ops.SpikingMaxPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 threads: int) -> None:
+        self.op, self.in_shape, self.out_shape, self.threads = op, in_shape, out_shape, threads
+        self.buffers = _Buffers()
+
+    @staticmethod
+    def supports(op: ops.SpikingMaxPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+        """Whether every window holds a real input. A window of padding only has max -inf in the reference (and
+        NaN increments after it); such graphs run the reference's numpy state instead."""
+        (kh, kw), (sh, sw) = op.kernel, op.stride
+        rows = _kernels.conv_taps(in_shape[1], out_shape[1], kh, sh, op.padding[0], 1)[1]
+        cols = _kernels.conv_taps(in_shape[2], out_shape[2], kw, sw, op.padding[1], 1)[1]
+        return (len(set(rows[:, 1].tolist())) == out_shape[1] and len(set(cols[:, 1].tolist())) == out_shape[2])
+
+    def start(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.zeros((batch, int(np.prod(self.in_shape))), dtype=np.int32),
+                np.zeros((batch, int(np.prod(self.out_shape))), dtype=np.int32))
+
+    def run(self, state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int) -> _Signal:
+        counts, window_max = state
+        spikes = np.ascontiguousarray(signal.data).reshape((tc, batch) + self.in_shape)
+        out = self.buffers.get("out", (tc, batch) + self.out_shape, np.uint8)
+        _kernels.maxpool_steps(spikes, counts, window_max, out, self.op.kernel, self.op.stride, self.op.padding,
+                               _threads(self.threads, spikes.size))
+        return _Signal(out, False, True)
+
+
+class _ReferenceState:
+    """A stateful op the kernels do not cover (e.g. max pooling of non-binary trains): the reference's own state."""
+
+    def __init__(self, op: ops.Op, in_shape: tuple[int, ...]) -> None:
+        self.op, self.in_shape = op, in_shape
+
+    def start(self, batch: int):
+        return STATEFUL[type(self.op)](self.op, (batch,) + self.in_shape)
+
+    def run(self, state, signal: _Signal, tc: int) -> _Signal:
+        steps = signal.steps(tc)
+        return _Signal(np.stack([state.step(steps[i]) for i in range(tc)]), False)
+
+
+class _EventSynapse:
+    """Conv2d or Linear fed by spikes: event-driven accumulation, or the dense BLAS product when spikes are dense."""
+
+    def __init__(self, op: ops.Conv2d | ops.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 fan_out: np.ndarray, threads: int) -> None:
+        self.op, self.in_shape, self.out_shape, self.threads = op, in_shape, out_shape, threads
+        self.fan_out = np.ascontiguousarray(fan_out, dtype=np.float64)
+        self.bias = None if op.bias is None else np.ascontiguousarray(op.bias, dtype=np.float32)
+        self.dense_above = DENSE_ABOVE[type(op)]
+        self.chunks = {"sparse": 0, "dense": 0}
+        self.buffers = _Buffers()
+        self.events = self.inputs = 0
+        if isinstance(op, ops.Linear):
+            self.weight_t = np.ascontiguousarray(op.weight.T, dtype=np.float32)
+            self.reachable = True
+        else:
+            out_ch, per_group_in, kh, kw = op.weight.shape
+            groups = op.groups
+            (sh, sw), (dh, dw) = op.stride, op.dilation
+            # Stride and dilation 1 along x with one group: kernel columns reversed, so that one input spike adds
+            # each row of taps as one contiguous block (see _kernels.conv2d_events).
+            self.row_blocks = groups == 1 and sw == 1 and dw == 1
+            weight = op.weight[:, :, :, ::-1] if self.row_blocks else op.weight
+            # (O, C/g, kh, kw) -> (C, kh, kw, O/g): the output channels of an input's group are contiguous.
+            self.weight_t = np.ascontiguousarray(
+                weight.reshape(groups, out_ch // groups, per_group_in, kh, kw).transpose(0, 2, 3, 4, 1)
+                .reshape(groups * per_group_in, kh, kw, out_ch // groups), dtype=np.float32)
+            self.rows = _taps(in_shape[1], out_shape[1], kh, sh, op.padding[0], dh)
+            self.cols = _taps(in_shape[2], out_shape[2], kw, sw, op.padding[1], dw)
+            # An input that reaches no output (cropped by the stride) still counts as an event, as in the
+            # reference; a geometry where no input reaches any output is left to the dense path.
+            self.reachable = len(self.rows[1]) > 0 and len(self.cols[1]) > 0
+
+    @staticmethod
+    def supports(op: ops.Op) -> bool:
+        """Padding with a non-zero value (an input normalization folded into the first layer) adds weights of
+        padded positions: only the dense kernel has that term."""
+        if isinstance(op, ops.Linear):
+            return True
+        return isinstance(op, ops.Conv2d) and (op.pad_value is None or not np.any(op.pad_value) or not any(op.padding))
+
+    def run(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray) -> _Signal:
+        rows = tc * batch
+        x = np.ascontiguousarray(signal.data).reshape((rows,) + self.in_shape)
+        events = int(np.count_nonzero(x))
+        self.events += events
+        self.inputs += x.size
+        sparse = events <= self.dense_above * x.size and self.reachable
+        self.chunks["sparse" if sparse else "dense"] += 1
+        threads = _threads(self.threads, x.size)
+        if sparse:
+            out = self.buffers.get("out", (rows,) + self.out_shape, np.float32)
+            if isinstance(self.op, ops.Linear):
+                _kernels.linear_events(x, self.weight_t, self.bias, self.fan_out, out, synops, threads)
+            else:
+                _kernels.conv2d_events(x, self.weight_t, self.bias, self.fan_out, out, synops, *self.rows,
+                                       *self.cols, self.op.groups, self.op.stride, self.op.padding,
+                                       self.op.dilation, self.row_blocks, threads)
+        else:
+            out = apply(self.op, x.astype(np.float32))
+            _kernels.count_events(x.reshape(rows, -1), self.fan_out, synops, threads)
+        return _Signal(out.reshape((tc, batch) + self.out_shape), False)
+
+
+class CythonSimulator(ReferenceSimulator):
+    """Simulate an SNN-level graph for ``timesteps`` steps with the compiled kernels, one batch at a time.
+
+    ``threads``: OpenMP threads of the kernels (default: OpenMP's default). The dense BLAS products use numpy's
+    BLAS threads, set with ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` before numpy is imported.
+    """
+
+    def __init__(self, graph: Graph, timesteps: int, threads: int | None = None) -> None:
+        super().__init__(graph, timesteps)
+        if threads is not None and threads < 1:
+            raise SimulationError(f"threads must be at least 1, got {threads}")
+        self.threads = threads or default_threads()
+        graph, types = self.graph, self.types
+        self._fan_outs64 = {n: f.astype(np.float64) for n, f in self.fan_outs.items()}
+        self.binary: dict[str, bool] = {}
+        self.plans: dict[str, object] = {}
+        for node in self.order:
+            op = graph.op(node)
+            srcs = graph.inputs(node)
+            shape = types[node].shape
+            in_shape = types[srcs[0]].shape if srcs else ()
+            binary_in = bool(srcs) and self.binary[srcs[0]]
+            binary = False
+            if isinstance(op, ops.Population):
+                self.plans[node] = _Population(op, types[node].size, self.threads)
+                binary = True
+            elif isinstance(op, ops.Readout):
+                self.plans[node] = _Readout(types[node].size, self.threads)
+            elif isinstance(op, ops.SpikingMaxPool2d):
+                if binary_in and _MaxPool.supports(op, in_shape, shape):
+                    self.plans[node] = _MaxPool(op, in_shape, shape, self.threads)
+                    binary = True
+                else:
+                    self.plans[node] = _ReferenceState(op, in_shape)
+            elif isinstance(op, (ops.Conv2d, ops.Linear)) and binary_in and _EventSynapse.supports(op):
+                self.plans[node] = _EventSynapse(op, in_shape, shape, self.fan_outs[node], self.threads)
+            elif isinstance(op, _VIEWS):
+                binary = binary_in
+            self.binary[node] = binary
+
+    def synapse_stats(self) -> dict[str, dict[str, float]]:
+        """Per event-driven synaptic node: chunks run sparse and dense, and the mean input spike density."""
+        return {n: {**p.chunks, "density": p.events / p.inputs if p.inputs else 0.0}
+                for n, p in self.plans.items() if isinstance(p, _EventSynapse)}
+
+    def run_batch(self, x: np.ndarray) -> BatchResult:
+        graph, T, types = self.graph, self.timesteps, self.types
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        batch = x.shape[0]
+        if batch == 0:
+            raise SimulationError("no input samples to simulate")
+        tc_max = max(1, min(T, self._chunk_budget // batch))
+        states = {n: p.start(batch) for n, p in self.plans.items() if hasattr(p, "start")}
+        spikes = {n: np.zeros((T, batch), dtype=np.float32) for n in self.populations()}
+        synops = np.zeros((T, batch), dtype=np.float64)
+        outputs = [np.zeros((T, batch) + types[o].shape, dtype=np.float32) for o in graph.outputs]
+        constants: dict[str, _Signal] = {}
+        for t0 in range(0, T, tc_max):
+            tc = min(tc_max, T - t0)
+            values: dict[str, _Signal] = dict(constants)
+            step_synops = synops[t0:t0 + tc].reshape(-1)  # a view: kernels add into it
+            for node in self.order:
+                if node in constants:
+                    continue
+                op = graph.op(node)
+                srcs = graph.inputs(node)
+                args = [values[u] for u in srcs]
+                plan = self.plans.get(node)
+                shape = types[node].shape
+                if isinstance(op, ops.Input):
+                    out = constants[node] = _Signal(x, True)
+                elif isinstance(plan, _Population):
+                    out, counts = plan.run(states[node], args[0], tc, batch, shape)
+                    spikes[node][t0:t0 + tc] = counts
+                elif isinstance(plan, _Readout):
+                    out = plan.run(states[node], args[0], tc, batch, t0, shape)
+                elif isinstance(plan, _MaxPool):
+                    out = plan.run(states[node], args[0], tc, batch)
+                elif isinstance(plan, _ReferenceState):
+                    out = plan.run(states[node], args[0], tc)
+                elif all(a.constant for a in args):
+                    out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
+                elif isinstance(plan, _EventSynapse):
+                    out = plan.run(args[0], tc, batch, step_synops)
+                elif isinstance(op, _VIEWS) and self.binary[node]:
+                    out = _Signal(args[0].data.reshape((tc, batch) + shape), False, True)
+                else:
+                    out = self._dense(op, node, args, srcs, tc, batch, step_synops)
+                values[node] = out
+                for u in srcs:
+                    if self.last_use.get(u) == node and u not in constants:
+                        del values[u]
+            for i, o in enumerate(graph.outputs):
+                outputs[i][t0:t0 + tc] = values[o].steps(tc)
+        return BatchResult(outputs, spikes, synops)
+
+    def _dense(self, op: ops.Op, node: str, args: list[_Signal], srcs: list[str], tc: int, batch: int,
+               synops: np.ndarray) -> _Signal:
+        """The reference's numpy kernel on the time-folded chunk (float32 inputs: identical arithmetic)."""
+        flat = [a.steps(tc).reshape((tc * batch,) + self.types[u].shape) for a, u in zip(args, srcs)]
+        result = apply(op, *flat)
+        if node in self.fan_outs:
+            events = np.ascontiguousarray(args[0].data).reshape(tc * batch, -1)
+            _kernels.count_events(events, self._fan_outs64[node], synops, _threads(self.threads, events.size))
+        return _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
+
+
+__all__ = ["DENSE_ABOVE", "CythonSimulator", "default_threads"]

@@ -1,0 +1,473 @@
+"""The Cython runtime against the numpy reference simulator: the same spikes, step for step and neuron for neuron.
+
+Spikes are compared per population, step, sample and neuron by recording what every population emits in both
+engines (the tests wrap the population update of each engine; the engines themselves have no tracing code).
+Spikes may differ only where the reference's membrane lies within float rounding of the threshold: the synaptic
+sums of the two engines add the same float32 terms, in the same order unless the BLAS splits a long reduction axis.
+Such flips must be rarer than 1 in 100,000 spikes and must not change a predicted class.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+if not __import__("snncc.runtime", fromlist=["cython_available"]).cython_available()[0]:
+    pytest.skip("the Cython runtime is not built (python -m pip install -e .)", allow_module_level=True)
+
+from snncc.errors import IRError, SimulationError  # noqa: E402
+from snncc.ir import IF, LIF, SNN, Graph, ops  # noqa: E402
+from snncc.runtime import Simulator, _kernels, cython_engine, kernels, reference  # noqa: E402
+from tests.conftest import MODELS, data_dir  # noqa: E402
+
+MAX_FLIP_RATE = 1e-5
+
+
+def _built_variants() -> list[str]:
+    import importlib
+
+    names = []
+    for name in ("portable", "avx2", "avx512"):
+        module = "snncc.runtime._kernels" + ("" if name == "portable" else f"_{name}")
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        if _kernels.cpu_supports(name):
+            names.append(name)
+    return names
+
+
+@pytest.fixture(params=_built_variants())
+def variant(request, monkeypatch):
+    """Run a test on each instruction-set variant of the kernels that is built and that this CPU runs."""
+    import importlib
+
+    module = importlib.import_module("snncc.runtime._kernels" + ("" if request.param == "portable"
+                                                                else f"_{request.param}"))
+    assert module.variant() == request.param
+    monkeypatch.setattr(cython_engine, "_kernels", module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tracing both engines
+# ----------------------------------------------------------------------------------------------------------------
+
+@contextmanager
+def _record_reference(trace: list):
+    """Record (state, spikes, membrane before reset, threshold) of every reference population step."""
+    original = reference._PopulationState.step
+
+    def step(self, current):
+        v = self.v * self.decay if self.decay is not None else self.v.copy()
+        v = v + current
+        spikes = original(self, current)
+        trace.append((self, spikes.copy(), v, self.threshold))
+        return spikes
+
+    reference._PopulationState.step = step
+    try:
+        yield
+    finally:
+        reference._PopulationState.step = original
+
+
+@contextmanager
+def _record_cython(trace: list):
+    original = cython_engine._Population.run
+
+    def run(self, v, signal, tc, batch, shape):
+        out, counts = original(self, v, signal, tc, batch, shape)
+        trace.append((self, out.data.reshape(tc, batch, -1).copy()))
+        return out, counts
+
+    cython_engine._Population.run = run
+    try:
+        yield
+    finally:
+        cython_engine._Population.run = original
+
+
+def _group(trace: list, per_step: bool) -> list[np.ndarray]:
+    """Per population (in order of first appearance, i.e. topological), its spikes as (T, B, n)."""
+    order, parts = [], {}
+    for entry in trace:
+        key = id(entry[0])
+        if key not in parts:
+            order.append(key)
+            parts[key] = []
+        parts[key].append(entry[1].reshape(1, entry[1].shape[0], -1) if per_step else entry[1])
+    return [np.concatenate(parts[k]).astype(np.uint8) for k in order]
+
+
+def _membranes(trace: list) -> list[tuple[np.ndarray, np.float32]]:
+    order, parts, thresholds = [], {}, {}
+    for state, _, v, threshold in trace:
+        if id(state) not in parts:
+            order.append(id(state))
+            parts[id(state)] = []
+            thresholds[id(state)] = threshold
+        parts[id(state)].append(v.reshape(1, v.shape[0], -1))
+    return [(np.concatenate(parts[k]), thresholds[k]) for k in order]
+
+
+def _run_both(graph: Graph, x: np.ndarray, timesteps: int, threads: int = 2):
+    ref_trace, cy_trace = [], []
+    with _record_reference(ref_trace):
+        ref = reference.ReferenceSimulator(graph, timesteps).run_batch(x)
+    engine = cython_engine.CythonSimulator(graph, timesteps, threads=threads)
+    with _record_cython(cy_trace):
+        cy = engine.run_batch(x)
+    return ref, cy, _group(ref_trace, per_step=True), _group(cy_trace, per_step=False), _membranes(ref_trace)
+
+
+def _assert_agreement(graph, x, timesteps, threads=2, exact=True) -> dict:
+    """Compare both engines; returns counts. ``exact``: without flips the outputs must be bit-identical."""
+    ref, cy, ref_spikes, cy_spikes, membranes = _run_both(graph, x, timesteps, threads)
+    assert len(ref_spikes) == len(cy_spikes)
+    total = sum(int(s.sum()) for s in ref_spikes)
+    flips = sum(int((a != b).sum()) for a, b in zip(ref_spikes, cy_spikes))
+    if flips:
+        # The earliest flip (first step, then first population in topological order) is the cause of any later
+        # ones: there the reference's membrane must sit within float rounding of the threshold.
+        first = min((int(np.argmax((a != b).reshape(len(a), -1).any(axis=1))), i)
+                    for i, (a, b) in enumerate(zip(ref_spikes, cy_spikes)) if (a != b).any())
+        t, i = first
+        v, threshold = membranes[i]
+        where = ref_spikes[i][t] != cy_spikes[i][t]
+        gap = np.abs(v[t][where] - threshold)
+        assert gap.max() <= 1e-4 * max(1.0, float(threshold)), \
+            f"a spike flipped at step {t} of population {i} with the membrane {gap.max()} from the threshold"
+    assert flips <= MAX_FLIP_RATE * total, f"{flips} flipped spikes out of {total}"
+    for a, b in zip(ref.outputs, cy.outputs):
+        np.testing.assert_array_equal(a[-1].reshape(len(x), -1).argmax(1), b[-1].reshape(len(x), -1).argmax(1))
+    if not flips:
+        for name in ref.spikes:
+            np.testing.assert_array_equal(ref.spikes[name], cy.spikes[name])
+        if exact:
+            for a, b in zip(ref.outputs, cy.outputs):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(ref.synops, cy.synops)
+        else:
+            for a, b in zip(ref.outputs, cy.outputs):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(ref.synops, cy.synops, rtol=1e-6)
+    predictions = [o[-1].reshape(len(x), -1).argmax(1) for o in (ref.outputs[0], cy.outputs[0])]
+    return {"flips": flips, "spikes": total, "predictions": predictions}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random small graphs
+# ----------------------------------------------------------------------------------------------------------------
+
+neurons = st.one_of(
+    st.builds(IF, threshold=st.sampled_from([0.5, 1.0, 1.3]), reset=st.sampled_from(["subtract", "zero"]),
+              v_init=st.sampled_from([0.0, 0.5, 0.2])),
+    st.builds(LIF, threshold=st.sampled_from([0.5, 1.0, 0.8]), tau_mem=st.sampled_from([2.0, 5.0, 20.0]),
+              reset=st.sampled_from(["subtract", "zero"]), v_init=st.sampled_from([0.0, 0.5])),
+)
+
+
+@st.composite
+def snn_graphs(draw):
+    """An SNN-level graph: analog input -> [conv | linear] -> population -> [pooling] -> conv -> population ->
+    flatten -> linear -> population -> linear -> readout, with random geometry, neurons and weights."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    quantized = draw(st.booleans())  # weights in multiples of 1/8: membranes land exactly on the threshold
+
+    def weights(shape, fan_in):
+        w = rng.normal(0, draw(st.sampled_from([1.0, 2.0, 3.0])) / np.sqrt(fan_in), shape)
+        return np.round(w * 8) / 8 if quantized else w
+
+    def bias(n):
+        b = rng.uniform(-0.05, 0.3, n)
+        return np.round(b * 8) / 8 if quantized else b
+
+    g = Graph(level=SNN)
+    conv_input = draw(st.booleans())
+    if conv_input:
+        channels = draw(st.integers(1, 3))
+        shape = (channels, draw(st.integers(5, 11)), draw(st.integers(5, 11)))
+        h = g.add(ops.Input(shape=shape), name="x")
+        out_ch, k = draw(st.integers(2, 5)), draw(st.sampled_from([1, 3]))
+        pad = draw(st.integers(0, 1))
+        pad_value = rng.uniform(0, 0.5, channels) if draw(st.booleans()) else None
+        h = g.add(ops.Conv2d(weight=weights((out_ch, channels, k, k), channels * k * k), bias=bias(out_ch),
+                             padding=(pad,) * 4, pad_value=pad_value), [h], name="conv0")
+        h = g.add(ops.Population(neuron=draw(neurons)), [h], name="pop0")
+        pool = draw(st.sampled_from(["none", "max", "avg"]))
+        if pool == "max":
+            k = draw(st.integers(2, 3))
+            h = g.add(ops.SpikingMaxPool2d(kernel=(k, k), stride=(draw(st.integers(1, 2)),) * 2,
+                                           padding=(draw(st.integers(0, k - 1)),) * 4), [h], name="pool")
+        elif pool == "avg":
+            h = g.add(ops.AvgPool2d(kernel=(2, 2), stride=(2, 2), padding=(draw(st.integers(0, 1)),) * 4), [h],
+                      name="pool")
+        in_ch = out_ch
+        groups = draw(st.sampled_from([1, 2])) if in_ch % 2 == 0 else 1
+        out_ch = draw(st.sampled_from([2, 4, 6]))
+        kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        try:
+            h = g.add(ops.Conv2d(weight=weights((out_ch, in_ch // groups, kh, kw), in_ch // groups * kh * kw),
+                                 bias=bias(out_ch) if draw(st.booleans()) else None,
+                                 stride=(draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+                                 padding=tuple(draw(st.integers(0, 2)) for _ in range(4)),
+                                 dilation=(draw(st.integers(1, 2)), draw(st.integers(1, 2))), groups=groups),
+                      [h], name="conv1")
+            g.types()
+        except IRError:
+            assume(False)
+        h = g.add(ops.Population(neuron=draw(neurons)), [h], name="pop1")
+        h = g.add(ops.Flatten(), [h], name="flatten")
+    else:
+        shape = (draw(st.integers(3, 40)),)
+        h = g.add(ops.Input(shape=shape), name="x")
+        n = draw(st.integers(2, 30))
+        h = g.add(ops.Linear(weight=weights((n, shape[0]), shape[0]), bias=bias(n)), [h], name="fc0")
+        h = g.add(ops.Population(neuron=draw(neurons)), [h], name="pop1")
+    fan_in = g.types()[h].size
+    assume(fan_in <= 400)  # below the reduction length at which a BLAS may split the sum (see cython_engine)
+    hidden = draw(st.integers(2, 24))
+    h = g.add(ops.Linear(weight=weights((hidden, fan_in), fan_in), bias=bias(hidden)), [h], name="fc1")
+    h = g.add(ops.Population(neuron=draw(neurons)), [h], name="pop2")
+    classes = draw(st.integers(2, 6))
+    h = g.add(ops.Linear(weight=weights((classes, hidden), hidden), bias=bias(classes)), [h], name="fc2")
+    g.outputs = [g.add(ops.Readout(), [h], name="out")]
+    x = rng.uniform(0, 1, (draw(st.integers(1, 5)),) + shape).astype(np.float32)
+    if quantized:
+        x = np.round(x * 8) / 8
+    return g, x, quantized
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(case=snn_graphs(), timesteps=st.integers(1, 40), path=st.sampled_from(["auto", "sparse", "dense"]),
+       small_chunks=st.booleans(), threads=st.sampled_from([1, 2]))
+def test_random_graphs_spike_for_spike(case, timesteps, path, small_chunks, threads):
+    """Quantized weights, biases and inputs (multiples of 1/8) make every synaptic sum exact in any order: then the
+    engines must agree bit for bit, membranes landing exactly on the threshold included. With real-valued weights
+    only the BLAS's summation order can differ (see the module docstring)."""
+    graph, x, quantized = case
+    with pytest.MonkeyPatch.context() as mp:
+        if path != "auto":  # force every event-driven synapse onto one path
+            mp.setattr(cython_engine, "DENSE_ABOVE", {k: (2.0 if path == "sparse" else -1.0)
+                                                      for k in cython_engine.DENSE_ABOVE})
+        if small_chunks:  # several chunks per run: state must carry across them
+            mp.setattr(reference, "_CHUNK_VALUES", max(1, graph.types()["x"].size * len(x) * 3))
+        result = _assert_agreement(graph, x, timesteps, threads, exact=quantized)
+    if quantized:
+        assert result["flips"] == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernels one by one
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("neuron", [IF(), IF(threshold=0.75, reset="zero", v_init=0.0),
+                                    LIF(threshold=1.0, tau_mem=3.0), LIF(threshold=0.5, tau_mem=7.0, reset="zero",
+                                                                         v_init=0.5)])
+@pytest.mark.parametrize("constant", [True, False])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_population_kernel_matches_the_reference_state_bit_for_bit(neuron, constant, dtype, variant):
+    """Currents in multiples of 1/4 put membranes exactly on the threshold: the comparison is >=, as specified."""
+    rng = np.random.default_rng(0)
+    T, B, n = 23, 3, 37 + 64  # longer than one vector of every variant, with a remainder
+    current = (rng.integers(-1, 6, (1 if constant else T, B, n)) / 4).astype(np.float32)
+    op = ops.Population(neuron=neuron)
+    state = reference._PopulationState(op, (B, n))
+    expected = np.stack([state.step(current[0 if constant else t]) for t in range(T)])
+    pop = cython_engine._Population(op, n, threads=2)
+    v = pop.start(B)
+    spikes, counts = np.empty((T, B, n), dtype), np.empty((T, B), np.float32)
+    variant.population_steps(current, v, spikes, counts, pop.threshold, pop.decay, pop.leak, pop.subtract, 2)
+    np.testing.assert_array_equal(spikes, expected)
+    np.testing.assert_array_equal(v, state.v)
+    np.testing.assert_array_equal(counts, expected.sum(axis=2))
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1)),
+                                                     ((3, 2), (1, 2), (0, 1, 2, 0)), ((2, 3), (3, 1), (1, 0, 0, 2))])
+def test_spiking_maxpool_kernel_matches_the_reference_state(kernel, stride, padding, variant):
+    rng = np.random.default_rng(1)
+    T, B, shape = 30, 2, (3, 7, 8)
+    spikes = (rng.random((T, B) + shape) < 0.3).astype(np.uint8)
+    op = ops.SpikingMaxPool2d(kernel=kernel, stride=stride, padding=padding)
+    out_shape = op.infer([ops.TensorType(shape, ops.Rate())]).shape
+    assert cython_engine._MaxPool.supports(op, shape, out_shape)
+    state = reference._MaxCountState(op, (B,) + shape)
+    expected = np.stack([state.step(spikes[t].astype(np.float32)) for t in range(T)])
+    pool = cython_engine._MaxPool(op, shape, out_shape, threads=2)
+    got = pool.run(pool.start(B), cython_engine._Signal(spikes, False, True), T, B).data
+    np.testing.assert_array_equal(got, expected)
+
+
+def _ascending_sum(op: ops.Conv2d | ops.Linear, x: np.ndarray) -> np.ndarray:
+    """The synaptic current of binary ``x`` summed term by term in ascending order of the reduction index (input
+    channel, kernel row, kernel column), in float32, then the bias: the order the kernels use, and the BLAS's order
+    for reductions it does not split."""
+    if isinstance(op, ops.Linear):
+        acc = np.zeros((len(x), op.weight.shape[0]), np.float32)
+        for k in range(op.weight.shape[1]):
+            acc = np.where(x[:, k:k + 1] != 0, acc + op.weight[:, k], acc)
+        return acc if op.bias is None else acc + op.bias
+    out_ch, per_group, kh, kw = op.weight.shape
+    (sh, sw), (dh, dw), (top, left, bottom, right) = op.stride, op.dilation, op.padding
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    acc = np.zeros((len(x), out_ch, ho, wo), np.float32)
+    per_out = out_ch // op.groups
+    for o in range(out_ch):
+        g = o // per_out
+        for c in range(per_group):
+            for i in range(kh):
+                for j in range(kw):
+                    window = xp[:, g * per_group + c, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                                j * dw:j * dw + sw * (wo - 1) + 1:sw]
+                    acc[:, o] = np.where(window != 0, acc[:, o] + op.weight[o, c, i, j], acc[:, o])
+    return acc if op.bias is None else acc + op.bias[None, :, None, None]
+
+
+@pytest.mark.parametrize("op, shape", [
+    (ops.Conv2d(weight=np.random.default_rng(2).normal(size=(5, 2, 3, 3)), bias=np.arange(5) / 7,
+                stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2)), (2, 7, 8)),
+    (ops.Conv2d(weight=np.random.default_rng(3).normal(size=(6, 2, 3, 2)), groups=2, padding=(1, 1, 1, 1)),
+     (4, 5, 6)),
+    (ops.Conv2d(weight=np.random.default_rng(4).normal(size=(16, 6, 5, 5)), bias=np.ones(16) / 3), (6, 14, 14)),
+    (ops.Conv2d(weight=np.random.default_rng(5).normal(size=(3, 4, 1, 1)), stride=(3, 3)), (4, 7, 7)),
+    (ops.Conv2d(weight=np.random.default_rng(9).normal(size=(4, 3, 3, 3)), padding=(2, 2, 2, 2)), (3, 4, 4)),
+    (ops.Linear(weight=np.random.default_rng(6).normal(size=(13, 300)), bias=np.arange(13) / 3), (300,)),
+])
+@pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
+def test_event_driven_synapses_sum_in_ascending_order(op, shape, density, variant):
+    """Exactly the ascending-order float32 sum; the dense (BLAS) kernel agrees to rounding (its order is the
+    BLAS's own: OpenBLAS sums small products in another order)."""
+    rng = np.random.default_rng(7)
+    rows = 40
+    x = (rng.random((rows,) + shape) < density).astype(np.uint8)
+    expected = _ascending_sum(op, x)
+    fan_out = kernels.fan_out(op, shape).ravel()
+    synapse = cython_engine._EventSynapse(op, shape, expected.shape[1:], fan_out, threads=2)
+    synapse.dense_above = 2.0  # always event-driven
+    synops = np.zeros(rows)
+    got = synapse.run(cython_engine._Signal(x.reshape((1, rows) + shape), False, True), 1, rows, synops).data
+    np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+    np.testing.assert_allclose(expected, kernels.apply(op, x.astype(np.float32)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(synops, (x.reshape(rows, -1) != 0) @ fan_out)
+
+
+def test_stateful_ops_without_kernels_fall_back_to_the_reference_state():
+    """Max pooling of a non-binary train (after average pooling) and windows made of padding only (max -inf, then
+    NaN increments) run the reference's numpy state and agree with it exactly, NaN included."""
+    rng = np.random.default_rng(8)
+    for pool in (ops.SpikingMaxPool2d(kernel=(2, 2), stride=(1, 1)),
+                 ops.SpikingMaxPool2d(kernel=(2, 2), stride=(2, 2), padding=(2, 2, 0, 0))):
+        g = Graph(level=SNN)
+        h = g.add(ops.Input(shape=(2, 6, 6)), name="x")
+        h = g.add(ops.Population(neuron=IF()), [h], name="pop")
+        if pool.padding[0] == 0:
+            h = g.add(ops.AvgPool2d(kernel=(2, 2), stride=(1, 1)), [h], name="avg")
+        h = g.add(pool, [h], name="pool")
+        h = g.add(ops.Flatten(), [h])
+        g.outputs = [g.add(ops.Readout(), [h])]
+        engine = cython_engine.CythonSimulator(g, 12)
+        assert isinstance(engine.plans["pool"], cython_engine._ReferenceState)
+        x = rng.uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # -inf - -inf in both engines
+            expected = reference.ReferenceSimulator(g, 12).run_batch(x)
+            got = engine.run_batch(x)
+        np.testing.assert_array_equal(got.outputs[0], expected.outputs[0])
+        np.testing.assert_array_equal(got.synops, expected.synops)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shipped models on real images
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, dataset", [("lenet5-mnist", "mnist"), ("vgg-fmnist", "fashion-mnist")])
+def test_shipped_models_on_real_images(name, dataset):
+    from snncc.api import compile_model
+    from snncc.data import InputScaling, load_dataset
+
+    model = MODELS / f"{name}.onnx"
+    if not model.is_file():
+        pytest.skip(f"{model} is not built yet (python models/train.py {name})")
+    calibration, _ = load_dataset(data_dir(dataset), split="train", limit=500)
+    x, y = load_dataset(data_dir(dataset), split="test", limit=200)
+    scaling = InputScaling(scale=1 / 255)
+    graph = compile_model(model, calibration=calibration, input_scaling=scaling)
+    xs = scaling.apply(x)
+    flips = spikes = 0
+    correct = np.zeros(2, dtype=int)
+    for start in range(0, len(xs), 100):
+        # VGG's fc1 sums 3136 inputs and its convolutions 288 and 576: the BLAS may split or reorder those sums,
+        # so rare flips are possible there and the outputs agree to rounding.
+        result = _assert_agreement(graph, xs[start:start + 100], 32, exact=name == "lenet5-mnist")
+        flips, spikes = flips + result["flips"], spikes + result["spikes"]
+        correct += [int((p == y[start:start + 100]).sum()) for p in result["predictions"]]
+    assert spikes > 100_000 and flips <= MAX_FLIP_RATE * spikes, (flips, spikes)
+    assert correct[0] == correct[1] and correct[0] > 0.8 * len(xs)  # the same accuracy, and a working SNN
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Facade
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_missing_extension_falls_back_to_the_reference_with_one_warning(monkeypatch):
+    from snncc import runtime
+
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(4,)), name="x")
+    h = g.add(ops.Population(neuron=IF()), [h])
+    g.outputs = [g.add(ops.Readout(), [g.add(ops.Linear(weight=np.eye(4)), [h])])]
+    monkeypatch.setattr(runtime, "cython_available", lambda: (False, "No module named 'snncc.runtime._kernels'"))
+    monkeypatch.setattr(runtime, "_warned_fallback", False)
+    with pytest.warns(runtime.BackendFallbackWarning, match="pip install -e"):
+        sim = Simulator(g, 4, backend="cython")
+    assert sim.backend == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only one warning per process
+        assert Simulator(g, 4, backend="cython").backend == "reference"
+    assert sim.run(np.ones((2, 4), np.float32)).outputs.shape == (4, 2, 4)
+
+
+def test_facade_selects_the_cython_engine_and_checks_threads():
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(4,)), name="x")
+    h = g.add(ops.Population(neuron=IF()), [h])
+    g.outputs = [g.add(ops.Readout(), [g.add(ops.Linear(weight=np.eye(4)), [h])])]
+    sim = Simulator(g, 4, backend="cython", threads=1)
+    assert sim.backend == "cython" and isinstance(sim._engine, cython_engine.CythonSimulator)
+    with pytest.raises(SimulationError, match="threads"):
+        Simulator(g, 4, backend="cython", threads=0)
+    with pytest.raises(SimulationError, match="unknown backend"):
+        Simulator(g, 4, backend="fpga")
+
+
+def test_stale_variant_modules_are_not_loaded(monkeypatch):
+    """A variant left over from an earlier editable build (another source) must not run: the loader compares build
+    stamps and falls back to the portable module, or refuses when that variant is asked for by name."""
+    import sys
+    import types
+
+    from snncc import runtime
+
+    for name in ("avx512", "avx2"):
+        stale = types.ModuleType(f"snncc.runtime._kernels_{name}")
+        stale.build_stamp = lambda: "stale"
+        monkeypatch.setitem(sys.modules, f"snncc.runtime._kernels_{name}", stale)
+    monkeypatch.delenv("SNNCC_KERNELS", raising=False)
+    assert runtime.load_kernels() is _kernels
+    if _kernels.cpu_supports("avx2"):
+        monkeypatch.setenv("SNNCC_KERNELS", "avx2")
+        with pytest.raises(ImportError, match="another build"):
+            runtime.load_kernels()
+    monkeypatch.setenv("SNNCC_KERNELS", "sse9")
+    with pytest.raises(SimulationError, match="SNNCC_KERNELS"):
+        runtime.load_kernels()
