@@ -109,6 +109,10 @@ class _Population:
         neuron = op.neuron
         if not isinstance(neuron, (IF, LIF)):
             raise SimulationError(f"the Cython runtime has no dynamics for neuron model {neuron.kind}")
+        if getattr(neuron, "signed", False):
+            # Spikes are uint8 here; signed spikes (-1) need kernels of their own.
+            raise SimulationError("the Cython runtime does not simulate signed IF neurons yet "
+                                  "(convert-rate{signed=true}); use backend='reference' (--backend reference)")
         self.size, self.threads = size, threads
         # The reference's float32 constants, computed the same way.
         self.threshold = np.float32(neuron.threshold)

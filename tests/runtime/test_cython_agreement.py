@@ -471,3 +471,11 @@ def test_stale_variant_modules_are_not_loaded(monkeypatch):
     monkeypatch.setenv("SNNCC_KERNELS", "sse9")
     with pytest.raises(SimulationError, match="SNNCC_KERNELS"):
         runtime.load_kernels()
+
+
+def test_signed_neurons_are_refused_with_a_remedy(cnn, inputs):
+    from snncc.passes import PassContext, run_pipeline
+
+    snn = run_pipeline(cnn, "canonicalize,normalize,convert-rate{signed=true}", PassContext(calibration=inputs))
+    with pytest.raises(SimulationError, match="backend='reference'"):
+        Simulator(snn, timesteps=4, backend="cython").run(inputs)
