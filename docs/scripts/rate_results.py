@@ -64,7 +64,9 @@ def markdown(results: dict[str, dict]) -> str:
              "`canonicalize,normalize,convert-rate`: per-channel",
              "99.99th-percentile normalization on the first training images, IF neurons with reset by subtraction",
              "and an initial membrane of half the threshold, analog input current, spiking max pooling by running",
-             "spike counts, membrane readout. One simulation of 128 steps gives every T.", ""]
+             "spike counts, membrane readout. One simulation of 128 steps gives every T. The signed-IF columns use",
+             "`convert-rate{signed=true}` (negative spikes correct over-counting; Wang et al. 2022), an option for",
+             "targets that carry signed spikes.", ""]
     for name, reports in results.items():
         main = reports["default"]
         ann = main["ann"]["accuracy"]
