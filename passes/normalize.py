@@ -40,9 +40,8 @@ def activation_scales(graph: Graph, x: np.ndarray, percentile: float, granularit
         for n, v in values.items():
             collected[n].append(v.astype(np.float32, copy=False))
 
-    batch = 128
     for start in tqdm(range(0, len(x), 1024), desc="calibrating", unit="chunk", disable=not progress, leave=False):
-        run_analog(graph, x[start:start + 1024], batch_size=batch, record=nodes, on_batch=keep)
+        run_analog(graph, x[start:start + 1024], batch_size=128, record=nodes, on_batch=keep)
     types = graph.types()
     scales = {}
     for n in nodes:
@@ -106,8 +105,8 @@ class _Rescaler:
         """Insert an Affine so that operand ``port`` of ``node`` arrives in scale ``want`` instead of ``have``."""
         operands = self.graph.inputs(node)
         shape = self.types[operands[port]].shape
-        factor = np.broadcast_to(np.asarray(have, np.float64) / want, shape) if np.ndim(have) or np.ndim(want) \
-            else np.asarray(have / want)
+        # _compact keeps a scalar factor scalar; per-channel factors broadcast to the operand's shape.
+        factor = np.broadcast_to(np.asarray(have, np.float64) / np.asarray(want, np.float64), shape)
         fix = self.graph.add(ops.Affine(scale=_compact(factor), shift=np.zeros(())), [operands[port]],
                              name=f"{node}.rescale", created_by="normalize")
         operands[port] = fix
