@@ -22,6 +22,7 @@ from snncc.errors import SimulationError
 from snncc.ir import Graph
 from snncc.runtime.analog import check_input, run_analog
 from snncc.runtime.reference import ReferenceSimulator
+from snncc.runtime.temporal import TemporalSimulator, is_temporal
 
 BACKENDS = ("reference", "cython")
 # The backend of ``Simulator(..., backend=None)``; the test suite switches it with SNNCC_TEST_BACKEND.
@@ -88,9 +89,17 @@ def cython_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _engine(graph: Graph, timesteps: int, backend: str, threads: int | None) -> tuple[object, str]:
+def _engine(graph: Graph, timesteps: int | None, backend: str, threads: int | None) -> tuple[object, str]:
     """The engine for ``backend`` and the name of the backend that actually runs."""
     global _warned_fallback
+    if is_temporal(graph):
+        if backend == "cython" and cython_available()[0]:
+            from snncc.runtime.cython_engine import CythonTemporalSimulator
+
+            return CythonTemporalSimulator(graph, timesteps, threads=threads), "cython"
+        return TemporalSimulator(graph, timesteps), "reference"
+    if timesteps is None:
+        raise SimulationError("timesteps must be given for a rate-coded network (its answer improves with time)")
     if backend == "cython":
         ok, why = cython_available()
         if ok:
@@ -110,7 +119,8 @@ class SimulationResult:
 
     ``outputs``: (T, N, *shape) readout of the first graph output after each step; ``all_outputs`` for every graph
     output. ``spikes``: per population, (T, N) spikes emitted at each step. ``synops``: (T, N) synaptic operations
-    (spike events times fan-out) at each step. ``neurons``: size of every population.
+    (spike events times fan-out) at each step. ``neurons``: size of every population. For temporal codings,
+    ``latency`` (steps until the answer) and ``max_spikes_per_neuron`` (over all neurons and inputs).
     """
 
     outputs: np.ndarray
@@ -118,6 +128,9 @@ class SimulationResult:
     spikes: dict[str, np.ndarray]
     synops: np.ndarray
     neurons: dict[str, int] = field(default_factory=dict)
+    # Temporal codings (FS, AMOS): steps until the answer is complete, and the most spikes of any one neuron.
+    latency: int | None = None
+    max_spikes_per_neuron: int | None = None
 
     @property
     def total_neurons(self) -> int:
@@ -140,10 +153,10 @@ class Simulator:
     """Run an SNN-level graph on a batch of inputs for ``timesteps`` steps.
 
     ``backend``: one of :data:`BACKENDS` (default :data:`DEFAULT_BACKEND`); ``self.backend`` is the one that runs
-    (the reference after a fallback). ``threads``: threads of the Cython kernels (default: OpenMP's default).
+    (the reference after a fallback). ``timesteps`` may be None for temporal codings (FS, AMOS): their latency. ``threads``: threads of the Cython kernels (default: OpenMP's default).
     """
 
-    def __init__(self, graph: Graph, timesteps: int, backend: str | None = None, batch_size: int = 100,
+    def __init__(self, graph: Graph, timesteps: int | None, backend: str | None = None, batch_size: int = 100,
                  threads: int | None = None) -> None:
         backend = DEFAULT_BACKEND if backend is None else backend
         if backend not in BACKENDS:
@@ -154,6 +167,8 @@ class Simulator:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.graph, self.timesteps, self.batch_size, self.threads = graph, timesteps, batch_size, threads
         self._engine, self.backend = _engine(graph, timesteps, backend, threads)
+        self.timesteps = self._engine.timesteps
+        self.latency = getattr(self._engine, "latency", None)
 
     def run(self, x: np.ndarray, progress: bool = False) -> SimulationResult:
         x = check_input(self.graph, x)
@@ -166,8 +181,12 @@ class Simulator:
         all_outputs = [np.concatenate([p.outputs[i] for p in parts], axis=1) for i in range(len(parts[0].outputs))]
         spikes = {n: np.concatenate([p.spikes[n] for p in parts], axis=1) for n in parts[0].spikes}
         synops = np.concatenate([p.synops for p in parts], axis=1)
-        return SimulationResult(all_outputs[0], all_outputs, spikes, synops, self._engine.populations())
+        most = None
+        if self.latency is not None:
+            most = max((m for p in parts for m in p.max_spikes_per_neuron.values()), default=0)
+        return SimulationResult(all_outputs[0], all_outputs, spikes, synops, self._engine.populations(),
+                                latency=self.latency, max_spikes_per_neuron=most)
 
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "BackendFallbackWarning", "SimulationResult", "Simulator", "cython_available",
-           "run_analog"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "BackendFallbackWarning", "SimulationResult", "Simulator", "TemporalSimulator",
+           "cython_available", "is_temporal", "run_analog"]

@@ -16,7 +16,7 @@ chunks. For a feed-forward graph this computes exactly what step-by-step executi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -102,6 +102,8 @@ class BatchResult:
     outputs: list[np.ndarray]  # per graph output: (T, B, *shape)
     spikes: dict[str, np.ndarray]  # per population: (T, B) spikes emitted at each step
     synops: np.ndarray  # (T, B) synaptic operations at each step
+    # Per population, the most spikes one neuron emitted (tracked by the temporal simulator, where it is bounded).
+    max_spikes_per_neuron: dict[str, int] = field(default_factory=dict)
 
 
 class ReferenceSimulator:

@@ -20,17 +20,22 @@ from snncc.errors import SnnccError
 from snncc.frontend.onnx import import_onnx, load_model
 from snncc.ir import Graph, ops
 from snncc.passes import PassContext, run_pipeline
-from snncc.runtime import Simulator
+from snncc.runtime import Simulator, is_temporal
 
-METHODS = ("rate",)
-DEFAULT_PIPELINES = {"rate": "canonicalize,normalize,convert-rate"}
+METHODS = ("rate", "fs", "amos")
+DEFAULT_PIPELINES = {"rate": "canonicalize,normalize,convert-rate", "fs": "canonicalize,normalize,convert-fs",
+                     "amos": "canonicalize,normalize,convert-amos"}
 REPORT_SCHEMA_VERSION = 1
 
 
-def default_pipeline(method: str) -> str:
+def default_pipeline(method: str, fs_steps: int | None = None) -> str:
+    """The default pipeline of ``method``; ``fs_steps`` sets K of the FS and AMOS conversions."""
     if method not in DEFAULT_PIPELINES:
         raise SnnccError(f"unknown conversion method {method!r}; available: {', '.join(METHODS)}")
-    return DEFAULT_PIPELINES[method]
+    if fs_steps is not None and method == "rate":
+        raise SnnccError("--fs-steps applies to --method fs or amos, not to rate coding (use --timesteps at eval)")
+    pipeline = DEFAULT_PIPELINES[method]
+    return pipeline if fs_steps is None else pipeline + f"{{steps={fs_steps}}}"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -43,12 +48,14 @@ def sha256_file(path: str | Path) -> str:
 
 def compile_model(model: str | Path, method: str = "rate", calibration: np.ndarray | None = None,
                   pipeline: str | None = None, input_scaling: InputScaling | None = None,
-                  progress: bool = False, seed: int = 0) -> Graph:
+                  progress: bool = False, seed: int = 0, fs_steps: int | None = None) -> Graph:
     """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here)."""
     input_scaling = input_scaling or InputScaling()
     graph = import_onnx(model)
     calib = None if calibration is None else input_scaling.apply(calibration)
-    pipeline = pipeline or default_pipeline(method)
+    if pipeline is not None and fs_steps is not None:
+        raise SnnccError("give either a pipeline or --fs-steps (set steps in the pipeline: convert-fs{steps=K})")
+    pipeline = pipeline or default_pipeline(method, fs_steps)
     graph = run_pipeline(graph, pipeline, PassContext(calibration=calib, seed=seed, progress=progress))
     graph.attrs["input_scaling"] = input_scaling.to_json()
     graph.attrs["source_model"] = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
@@ -84,6 +91,10 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
              threads: int | None = None) -> dict:
     """Accuracy of the ANN (if ``onnx_model``) and of the SNN at every T in ``timesteps``, with spike and synop counts.
 
+    Temporally coded graphs (FS, AMOS) answer once, after their latency: ``timesteps`` is then ignored and the
+    report has one row at the latency, plus ``latency``, ``steps_per_image`` of the layer pipeline (one input every
+    K steps) and ``max_spikes_per_neuron`` checked over every neuron and input.
+
     ``x`` holds raw inputs; the graph's recorded input scaling is applied here. ``backend`` picks the simulator
     (``snncc.runtime.BACKENDS``; default the reference) and ``threads`` the Cython runtime's threads. The report
     records the backend that ran, the simulation's ``seconds`` and ``images_per_second``.
@@ -92,7 +103,11 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
         raise SnnccError(f"timesteps must be positive integers, got {timesteps}")
     scaling = InputScaling.from_json(graph.attrs.get("input_scaling", {}))
     xs = scaling.apply(x)
-    simulator = Simulator(graph, timesteps=max(timesteps), backend=backend, batch_size=batch_size, threads=threads)
+    temporal = is_temporal(graph)
+    simulator = Simulator(graph, timesteps=None if temporal else max(timesteps), backend=backend,
+                          batch_size=batch_size, threads=threads)
+    if temporal:
+        timesteps = [simulator.latency]
     report: dict = {"schema_version": REPORT_SCHEMA_VERSION, "images": int(len(x)),
                     "pipeline": graph.attrs.get("pipeline"), "backend": simulator.backend}
     if threads is not None:
@@ -108,6 +123,10 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
     report.update({"neurons": neurons, "synapses": _synapses(graph), "seconds": seconds,
                    "images_per_second": len(x) / seconds if seconds > 0 else None,
                    "simulated_timesteps": max(timesteps)})
+    if temporal:
+        windows = {graph.op(n).neuron.steps for n in graph.find(ops.Population)}
+        report.update({"coding": graph.attrs.get("conversion", {}).get("method", "fs"), "latency": result.latency,
+                       "steps_per_image": max(windows), "max_spikes_per_neuron": result.max_spikes_per_neuron})
     report["snn"] = []
     for t in sorted(set(timesteps)):
         spikes = result.spikes_per_image(t)
@@ -178,6 +197,9 @@ def format_table(report: dict) -> str:
         lines.append(f"ANN accuracy (onnxruntime): {100 * ann:.2f}%  on {report['images']} images")
     lines.append(f"SNN: {report['neurons']} neurons, {report['synapses']} synapses, "
                  f"{report['images_per_second']:.1f} images/s ({report['backend']})")
+    if "latency" in report:
+        lines.append(f"{report['coding']} coding: answer after {report['latency']} steps, pipelined one input every "
+                     f"{report['steps_per_image']} steps; at most {report['max_spikes_per_neuron']} spikes per neuron")
     header = f"{'T':>6} {'accuracy':>9} {'vs ANN':>8} {'spikes/neuron':>14} {'spikes/image':>13} {'synops/image':>13}"
     lines += [header, "-" * len(header)]
     for e in report["snn"]:
@@ -195,7 +217,7 @@ def describe(graph: Graph) -> str:
     total_neurons = total_synapses = 0
     for node in graph.topological_order():
         op = graph.op(node)
-        neurons = types[node].size if isinstance(op, ops.Population) else 0
+        neurons = types[node].size * op.neuron.neurons_per_unit if isinstance(op, ops.Population) else 0
         synapses = int(np.count_nonzero(op.weight)) if isinstance(op, (ops.Conv2d, ops.Linear)) else 0
         detail = f" {op.neuron}" if isinstance(op, ops.Population) else ""
         total_neurons += neurons

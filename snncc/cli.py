@@ -56,7 +56,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.calib is not None:
         calibration, _ = load_dataset(args.calib, split=args.calib_split, limit=args.calib_limit)
     graph = compile_model(args.model, method=args.method, calibration=calibration, pipeline=args.pipeline,
-                          input_scaling=args.input_scaling, progress=not args.quiet)
+                          input_scaling=args.input_scaling, progress=not args.quiet, fs_steps=args.fs_steps)
     save(graph, args.output)
     print(f"wrote {args.output} ({graph.attrs['pipeline']})")
     return 0
@@ -140,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", parents=[common], help="compile an ONNX model into a .snn file")
     p.add_argument("model", type=Path, help="ONNX model")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .snn file")
-    p.add_argument("--method", default="rate", choices=["rate"], help="conversion method")
+    p.add_argument("--method", default="rate", choices=["rate", "fs", "amos"],
+                   help="conversion method: rate (IF neurons), fs (few-spike neurons, Stoeckl & Maass 2021) or amos "
+                        "(at most one spike per neuron, Stoeckl & Maass 2020)")
+    p.add_argument("--fs-steps", type=_positive, default=None,
+                   help="K, time steps per layer of the fs and amos methods (default 8)")
     p.add_argument("--calib", type=Path, help="calibration data: a directory of IDX files or an .npz with x, y")
     p.add_argument("--calib-split", default="train", help="split of an IDX directory used for calibration")
     p.add_argument("--calib-limit", type=int, default=2000, help="number of calibration samples")

@@ -1,13 +1,13 @@
 """The snncc intermediate representation: ops, neuron models, codings, the graph, its verifier and its forms."""
 
-from snncc.ir.codings import Analog, Coding, Rate
+from snncc.ir.codings import Analog, Coding, FewSpikeCode, Rate
 from snncc.ir.graph import Graph
-from snncc.ir.neurons import IF, LIF, NeuronModel
+from snncc.ir.neurons import IF, LIF, Amos, FewSpike, NeuronModel
 from snncc.ir.ops import ANN, OPS, SNN, Op
 from snncc.ir.serialize import load, save
 from snncc.ir.text import to_text
 from snncc.ir.types import TensorType
 from snncc.ir.verify import verify
 
-__all__ = ["ANN", "IF", "LIF", "OPS", "SNN", "Analog", "Coding", "Graph", "NeuronModel", "Op", "Rate", "TensorType",
+__all__ = ["ANN", "IF", "LIF", "Amos", "FewSpike", "FewSpikeCode", "OPS", "SNN", "Analog", "Coding", "Graph", "NeuronModel", "Op", "Rate", "TensorType",
            "load", "save", "to_text", "verify"]

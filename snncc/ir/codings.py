@@ -46,7 +46,21 @@ class Rate(Coding):
     kind = "rate"
 
 
-CODINGS: dict[str, type[Coding]] = {c.kind: c for c in (Analog, Rate)}
+@dataclass(frozen=True)
+class FewSpikeCode(Coding):
+    """Temporal coding of the FS and AMOS neurons (Stoeckl & Maass 2020, 2021): layer by layer in windows.
+
+    A population of a temporal neuron model (:data:`~snncc.ir.neurons.TEMPORAL_NEURONS`) receives its input current
+    once, spikes during its own window of ``K`` steps, and a spike at step ``t`` of the window carries the weight
+    ``d(t)`` of its neuron model. The value on the edge is therefore ``offset + sum_t d(t) z(t)``, complete at the end
+    of the producer's window; linear ops on it act on that value (by linearity, the same as summing each spike's
+    weighted synaptic input). Layers are pipelined: a layer works on one input while the next works on the previous.
+    """
+
+    kind = "fs"
+
+
+CODINGS: dict[str, type[Coding]] = {c.kind: c for c in (Analog, Rate, FewSpikeCode)}
 
 
 def coding_from_kind(kind: str) -> Coding:

@@ -22,15 +22,26 @@ class NeuronModel:
 
     kind = "neuron"
 
+    @property
+    def neurons_per_unit(self) -> int:
+        """Neurons per element of a population's input (1, except for circuits such as an AMOS unit)."""
+        return 1
+
     def to_json(self) -> dict:
-        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        return {"kind": self.kind, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
 
     def __str__(self) -> str:
         params = ", ".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self))
         return f"{self.kind}({params})"
 
 
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _fmt(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + " ".join(f"{v:.6g}" for v in value) + "]"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -108,7 +119,125 @@ class LIF(NeuronModel):
         return float(np.exp(-1.0 / self.tau_mem))
 
 
-NEURON_MODELS: dict[str, type[NeuronModel]] = {m.kind: m for m in (IF, LIF)}
+def _vector(model: NeuronModel, name: str, length: int | None = None) -> tuple[float, ...]:
+    """Field ``name`` as a tuple of finite floats (of ``length`` when given); raises IRError naming the field."""
+    try:
+        values = tuple(float(v) for v in np.asarray(getattr(model, name), dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        raise IRError(f"{model.kind}: {name} must be a sequence of numbers, got {getattr(model, name)!r}") from None
+    if not all(np.isfinite(values)):
+        raise IRError(f"{model.kind}: {name} must be finite, got {values}")
+    if length is not None and len(values) != length:
+        raise IRError(f"{model.kind}: {name} has {len(values)} values, expected {length}")
+    object.__setattr__(model, name, values)
+    return values
+
+
+@dataclass(frozen=True)
+class FewSpike(NeuronModel):
+    """Few-spikes (FS) neuron: approximates an activation function with at most ``K`` spikes in ``K`` time steps.
+
+    Stoeckl & Maass, "Optimized spiking neurons can classify images with high accuracy through temporal coding with
+    two spikes", Nature Machine Intelligence 3, 2021 (arXiv:2002.00860). The gate input ``x`` (the synaptic current
+    from the previous layer, including the bias) is delivered once; then for ``t = 1..K``, without leak::
+
+        v(1)   = x
+        z(t)   = 1 if v(t) >= threshold[t] else 0
+        v(t+1) = v(t) - height[t] * z(t)                (reset by subtraction of h(t))
+
+    and the neuron's output value, what the next layer receives, is ``offset + sum_t weight[t] * z(t)``: a spike at
+    step ``t`` reaches every synapse with weight ``d(t) = weight[t]``. ``offset`` is the output with no spike (for
+    example -1 for tanh); a target folds it into the next layer's bias.
+
+    For ReLU on ``[0, alpha)`` the exact parameters are a binary expansion: ``height[t] = weight[t] = alpha 2^-t``;
+    ``threshold[t] = alpha (2^-t - 2^-(K+1))`` rounds instead of truncating (see snncc.passes.fs_fit).
+    """
+
+    kind = "FS"
+    threshold: tuple[float, ...] = (0.5,)
+    height: tuple[float, ...] = (0.5,)
+    weight: tuple[float, ...] = (0.5,)
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        k = len(_vector(self, "threshold"))
+        if k < 1:
+            raise IRError("FS: needs at least one time step (threshold is empty)")
+        _vector(self, "height", k)
+        _vector(self, "weight", k)
+        object.__setattr__(self, "offset", float(self.offset))
+        if not np.isfinite(self.offset):
+            raise IRError(f"FS: offset must be finite, got {self.offset}")
+
+    @property
+    def steps(self) -> int:
+        """K, the time steps one layer takes."""
+        return len(self.threshold)
+
+
+@dataclass(frozen=True)
+class Amos(NeuronModel):
+    """AMOS unit: ``K`` neurons that each fire at most once, together approximating an activation function.
+
+    Stoeckl & Maass, "Recognizing images with at most one spike per neuron", arXiv:2001.01682, 2020. Every gate of
+    the ANN becomes a small circuit: neuron ``j = 1..K`` receives the gate input ``x`` with weight ``gain[j]`` and
+    inhibition from each earlier neuron ``i < j`` of its circuit, and decides at step ``j``::
+
+        u(j) = gain[j] * x - sum_{i<j} inhibition[j, i] * z(i)
+        z(j) = 1 if u(j) >= threshold[j] else 0
+
+    The output value is ``offset + sum_j weight[j] * z(j)``. Each neuron has one chance to fire, so it spikes at most
+    once per input. ``inhibition`` holds the strictly lower triangle row by row (``K (K-1) / 2`` values: (2,1),
+    (3,1), (3,2), ...). With ``gain = 1`` and ``inhibition[j, i] = h(i)`` the unit computes exactly the FS neuron of
+    the same thresholds: AMOS trades ``K`` times the neurons for at most one spike each.
+    """
+
+    kind = "AMOS"
+    threshold: tuple[float, ...] = (0.5,)
+    weight: tuple[float, ...] = (0.5,)
+    gain: tuple[float, ...] = (1.0,)
+    inhibition: tuple[float, ...] = ()
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        k = len(_vector(self, "threshold"))
+        if k < 1:
+            raise IRError("AMOS: needs at least one neuron per unit (threshold is empty)")
+        _vector(self, "weight", k)
+        _vector(self, "gain", k)
+        _vector(self, "inhibition", k * (k - 1) // 2)
+        object.__setattr__(self, "offset", float(self.offset))
+        if not np.isfinite(self.offset):
+            raise IRError(f"AMOS: offset must be finite, got {self.offset}")
+
+    @property
+    def steps(self) -> int:
+        return len(self.threshold)
+
+    @property
+    def neurons_per_unit(self) -> int:
+        return len(self.threshold)
+
+    def inhibition_matrix(self) -> np.ndarray:
+        """(K, K) float32 matrix with ``inhibition[j, i]`` below the diagonal and zeros elsewhere."""
+        k = self.steps
+        matrix = np.zeros((k, k), dtype=np.float32)
+        matrix[np.tril_indices(k, -1)] = self.inhibition
+        return matrix
+
+    @classmethod
+    def from_few_spike(cls, fs: FewSpike) -> Amos:
+        """The AMOS unit that computes exactly what ``fs`` computes (gain 1, inhibition ``h(i)``)."""
+        k = fs.steps
+        rows, cols = np.tril_indices(k, -1)
+        return cls(threshold=fs.threshold, weight=fs.weight, gain=(1.0,) * k,
+                   inhibition=tuple(fs.height[i] for i in cols), offset=fs.offset)
+
+
+TEMPORAL_NEURONS = (FewSpike, Amos)
+"""Neuron models of the temporal (layer-pipelined) codings: a layer takes ``steps`` time steps per input."""
+
+NEURON_MODELS: dict[str, type[NeuronModel]] = {m.kind: m for m in (IF, LIF, FewSpike, Amos)}
 
 
 def neuron_from_json(data: dict) -> NeuronModel:

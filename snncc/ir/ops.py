@@ -18,8 +18,8 @@ from typing import ClassVar
 import numpy as np
 
 from snncc.errors import IRError
-from snncc.ir.codings import Analog, Coding, Rate
-from snncc.ir.neurons import NeuronModel
+from snncc.ir.codings import Analog, Coding, FewSpikeCode, Rate
+from snncc.ir.neurons import TEMPORAL_NEURONS, NeuronModel
 from snncc.ir.types import TensorType
 
 ANN, SNN = "ann", "snn"
@@ -420,7 +420,10 @@ class Softmax(_Activation):
 
 @dataclass(frozen=True, eq=False)
 class Population(Op):
-    """A population of spiking neurons, one per element of its input current; it emits spikes (0 or 1 per step)."""
+    """A population of spiking neurons, one unit per element of its input current; it emits spikes (0 or 1 per step).
+
+    A unit is one neuron, except for neuron models with ``neurons_per_unit > 1`` (an AMOS unit is a circuit of K
+    neurons). IF/LIF populations emit rate-coded spike trains; FS and AMOS populations the few-spike code."""
 
     kind: ClassVar[str] = "Population"
     levels: ClassVar[frozenset[str]] = frozenset({SNN})
@@ -432,7 +435,8 @@ class Population(Op):
             raise IRError(f"Population: neuron must be a neuron model, got {self.neuron!r}")
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
-        return TensorType(inputs[0].shape, Rate())
+        coding = FewSpikeCode() if isinstance(self.neuron, TEMPORAL_NEURONS) else Rate()
+        return TensorType(inputs[0].shape, coding)
 
 
 @dataclass(frozen=True, eq=False)

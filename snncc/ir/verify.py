@@ -1,14 +1,15 @@
 """Level verifiers: what is legal in an ANN-level and an SNN-level graph.
 
 ANN level: only ops legal at ANN level (no populations, no readouts), every edge analog.
-SNN level: no ANN activations; every graph output is analog (produced by a Readout); a MaxPool2d sees only analog
-values; every operand of an Add or Concat carries the same coding.
+SNN level: no ANN activations; every graph output is analog (produced by a Readout); a MaxPool2d never sees rate-coded
+spike trains (those are pooled by SpikingMaxPool2d; a few-spike value is complete at the end of its window and can
+be pooled as a value); every operand of an Add or Concat carries the same coding.
 """
 
 from __future__ import annotations
 
 from snncc.errors import IRError, VerificationError
-from snncc.ir.codings import Analog
+from snncc.ir.codings import Analog, Rate
 from snncc.ir.graph import Graph
 from snncc.ir.ops import ANN, SNN, Add, Concat, MaxPool2d
 from snncc.ir.types import TensorType
@@ -41,7 +42,7 @@ def verify(graph: Graph) -> dict[str, TensorType]:
         if isinstance(op, (Add, Concat)) and len({t.coding for t in operand_types}) > 1:
             problems.append(f"{node!r}: {op.kind} operands carry different codings "
                             f"{[str(t.coding) for t in operand_types]}")
-        if level == SNN and isinstance(op, MaxPool2d) and operand_types[0].coding != Analog():
+        if level == SNN and isinstance(op, MaxPool2d) and operand_types[0].coding == Rate():
             problems.append(f"{node!r}: MaxPool2d on a {operand_types[0].coding} edge; "
                             "spike trains are pooled by SpikingMaxPool2d")
         if level == ANN and types[node].coding != Analog():
