@@ -197,6 +197,56 @@ def population_steps(const float[:, :, ::1] current, float[:, ::1] v, spike_t[:,
                                                    threshold, decay, leak, subtract)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Temporal units (FS and AMOS, runtime/fewspike.py is the specification)
+# --------------------------------------------------------------------------------------------------------------
+
+def temporal_units(const float[::1] x, const float[::1] threshold, const float[::1] height,
+                   const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition, float offset,
+                   bint amos, float[::1] out, uint8_t[:, ::1] spikes, int threads=1):
+    """Spikes (K, n) and output values (n) of ``n`` FS neurons or AMOS units with gate inputs ``x``.
+
+    FS (``amos=False``; ``gain`` and ``inhibition`` unused), per neuron in float32::
+
+        v = x;  for t < K:  s = v >= T[t];  where s: v = v - h[t], out = out + d[t]
+
+    AMOS (``height`` unused): for neuron ``j`` of a unit, ``u = x * gain[j]``, then ``u = u - W[j, i]`` for every
+    earlier neuron ``i`` that fired, in ascending ``i``; ``s = u >= T[j]``; where s: ``out = out + d[j]``.
+    Both add ``offset`` last when it is non-zero, exactly as the numpy specification.
+    """
+    cdef Py_ssize_t n = x.shape[0], k = threshold.shape[0], i, t, j
+    cdef float v, acc, u
+    _check_shape("temporal unit output", (n,), (out.shape[0],))
+    _check_shape("temporal unit spikes", (k, n), (spikes.shape[0], spikes.shape[1]))
+    _check_shape("temporal unit parameters", (k, k, k), (height.shape[0], weight.shape[0], gain.shape[0]))
+    _check_shape("AMOS inhibition", (k, k), (inhibition.shape[0], inhibition.shape[1]))
+    for i in prange(n, nogil=True, num_threads=max(1, threads), schedule="static"):
+        acc = 0.0
+        if not amos:
+            v = x[i]
+            for t in range(k):
+                if v >= threshold[t]:
+                    v = v - height[t]
+                    acc = acc + weight[t]
+                    spikes[t, i] = 1
+                else:
+                    spikes[t, i] = 0
+        else:
+            for j in range(k):
+                u = x[i] * gain[j]
+                for t in range(j):
+                    if spikes[t, i]:
+                        u = u - inhibition[j, t]
+                if u >= threshold[j]:
+                    acc = acc + weight[j]
+                    spikes[j, i] = 1
+                else:
+                    spikes[j, i] = 0
+        if offset != 0:
+            acc = acc + offset
+        out[i] = acc
+
+
 def _time_step(Py_ssize_t given, Py_ssize_t tc, what: str) -> int:
     """1 when an input has one entry per step, 0 when it is constant in time (a single entry)."""
     if given == tc:

@@ -34,10 +34,11 @@ import numpy as np
 
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
-from snncc.ir.neurons import IF, LIF
+from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
 from snncc.runtime.kernels import apply
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
+from snncc.runtime.temporal import TemporalSimulator
 
 _kernels = load_kernels()  # sets the OpenMP wait policy first (see load_kernels)
 
@@ -372,4 +373,42 @@ class CythonSimulator(ReferenceSimulator):
         return _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
 
 
-__all__ = ["DENSE_ABOVE", "CythonSimulator", "default_threads"]
+class CythonTemporalSimulator(TemporalSimulator):
+    """The temporal (FS/AMOS) simulator with compiled units: the same schedule and numpy kernels for the linear ops
+    (they act on decoded values, where BLAS is the fast path), and the units in :func:`_kernels.temporal_units`,
+    which reproduce :mod:`snncc.runtime.fewspike` bit for bit."""
+
+    def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None) -> None:
+        super().__init__(graph, timesteps)
+        if threads is not None and threads < 1:
+            raise SimulationError(f"threads must be at least 1, got {threads}")
+        self.threads = threads or default_threads()
+        self._params = {}
+        for node in self.populations():
+            neuron = self.graph.op(node).neuron
+            k = neuron.steps
+            is_amos = isinstance(neuron, Amos)
+            f32 = lambda values: np.ascontiguousarray(values, dtype=np.float32)  # noqa: E731
+            self._params[node] = (
+                f32(neuron.threshold), f32(np.zeros(k) if is_amos else neuron.height), f32(neuron.weight),
+                f32(neuron.gain if is_amos else np.ones(k)),
+                neuron.inhibition_matrix() if is_amos else np.zeros((k, k), np.float32), np.float32(neuron.offset),
+                is_amos)
+
+    def _evaluate(self, node: str, x: np.ndarray, values: dict[str, np.ndarray],
+                  spikes: dict[str, np.ndarray]) -> None:
+        if node not in self._params:
+            super()._evaluate(node, x, values, spikes)
+            return
+        (src,) = self.graph.inputs(node)
+        current = np.ascontiguousarray(values[src], dtype=np.float32)
+        threshold, height, weight, gain, inhibition, offset, is_amos = self._params[node]
+        out = np.empty(current.size, dtype=np.float32)
+        trains = np.empty((len(threshold), current.size), dtype=np.uint8)
+        _kernels.temporal_units(current.reshape(-1), threshold, height, weight, gain, inhibition, offset, is_amos,
+                                out, trains, _threads(self.threads, current.size))
+        values[node] = out.reshape(current.shape)
+        spikes[node] = trains.reshape((len(threshold),) + current.shape)
+
+
+__all__ = ["DENSE_ABOVE", "CythonSimulator", "CythonTemporalSimulator", "default_threads"]
