@@ -76,22 +76,26 @@ def swap_max_pools(graph: Graph) -> list[str]:
     return moved
 
 
-def collect_inputs(graph: Graph, nodes: list[str], x: np.ndarray, seed: int, progress: bool) -> dict[str, np.ndarray]:
-    """A seeded random subsample of the inputs of every node in ``nodes`` over calibration inputs ``x``."""
+def collect_inputs(graph: Graph, nodes: list[str], x: np.ndarray, seed: int,
+                   progress: bool) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """A seeded random subsample of the inputs of every node in ``nodes`` over calibration inputs ``x``, and the
+    exact maximum of each (a subsample would miss it)."""
     sources = {n: graph.inputs(n)[0] for n in nodes}
     kept: dict[str, list[np.ndarray]] = {n: [] for n in nodes}
+    maxima = {n: -np.inf for n in nodes}
     rng = np.random.default_rng(seed)
 
     def keep(values: dict[str, np.ndarray]) -> None:
         for n, src in sources.items():
             flat = values[src].reshape(-1)
+            maxima[n] = max(maxima[n], float(flat.max()))
             if flat.size > _SAMPLES_PER_BATCH:
                 flat = flat[rng.choice(flat.size, _SAMPLES_PER_BATCH, replace=False)]
             kept[n].append(flat.astype(np.float32))
 
     for start in tqdm(range(0, len(x), 512), desc="calibrating FS", unit="chunk", disable=not progress, leave=False):
         run_analog(graph, x[start:start + 512], batch_size=128, record=set(sources.values()), on_batch=keep)
-    return {n: np.concatenate(parts) for n, parts in kept.items()}
+    return {n: np.concatenate(parts) for n, parts in kept.items()}, maxima
 
 
 @register
@@ -126,14 +130,15 @@ class ConvertFewSpike(Pass):
         closed = {n for n in nodes if self._closed_form_applies(graph.op(n), normalized)}
         need_data = [n for n in nodes if n not in closed or not normalized]
         samples: dict[str, np.ndarray] = {}
+        maxima: dict[str, float] = {}
         if need_data:
             if context.calibration is None or len(context.calibration) == 0:
                 raise PassError(f"{self.name} needs calibration data to fit the neurons of {need_data[:3]}"
                                 f"{' ...' if len(need_data) > 3 else ''}; pass --calib DATA")
-            samples = collect_inputs(graph, need_data, context.calibration, context.seed, context.progress)
+            samples, maxima = collect_inputs(graph, need_data, context.calibration, context.seed, context.progress)
         for node in tqdm(nodes, desc=f"{self.name}: fitting", unit="layer", disable=not context.progress, leave=False):
             op = graph.op(node)
-            result = self._unit(op, node, closed, normalized, samples.get(node), context.seed)
+            result = self._unit(op, node in closed, normalized, samples.get(node), maxima.get(node), context.seed)
             result = self.finish_unit(op, result, samples.get(node), context.seed)
             graph.replace(node, ops.Population(neuron=result.neuron))
             info = {"method": result.method, "mse": result.mse, "max_abs_error": result.max_abs_error,
@@ -162,15 +167,18 @@ class ConvertFewSpike(Pass):
         # Clip(0, c): the binary expansion saturates at alpha, which must not exceed c.
         return isinstance(op, ops.Clip) and op.min == 0 and (op.max >= 1 - 1e-6 or not normalized)
 
-    def _unit(self, op: ops.Op, node: str, closed: set[str], normalized: bool, samples: np.ndarray | None,
-              seed: int) -> FitResult:
+    def _unit(self, op: ops.Op, closed_form: bool, normalized: bool, samples: np.ndarray | None,
+              maximum: float | None, seed: int) -> FitResult:
         function = lambda v: apply(op, v)  # noqa: E731 - the op's own kernel is the function to approximate
-        if node in closed:
+        if closed_form:
             if normalized:
                 alpha = 1.0 if not isinstance(op, ops.Clip) else min(1.0, op.max)
             else:
                 positive = samples[samples > 0]
-                alpha = float(np.percentile(positive, self.percentile)) if positive.size else 1.0
+                if self.percentile == 100:
+                    alpha = maximum if maximum > 0 else 1.0
+                else:
+                    alpha = float(np.percentile(positive, self.percentile)) if positive.size else 1.0
                 alpha = min(alpha, op.max) if isinstance(op, ops.Clip) else alpha
             neuron = relu_closed_form(self.steps, alpha)
             check = subsample(samples, 4096, seed) if samples is not None else \

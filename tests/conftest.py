@@ -36,6 +36,12 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _fit_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FS fits of the tests are cached in a temporary directory, never in the user's cache."""
+    monkeypatch.setenv("SNNCC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "snncc-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _simulation_backend(monkeypatch: pytest.MonkeyPatch) -> str:
     """Every Simulator created without an explicit backend uses the backend under test."""
     import snncc.runtime

@@ -126,3 +126,27 @@ def test_eval_rejects_a_bad_thread_count(tiny_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(tmp_path / "x.snn"), "--data", str(data), "--threads", "0"])
     assert "positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, most", [("fs", None), ("amos", 1)])
+def test_compile_and_eval_with_temporal_codings(tiny_model, tmp_path, capsys, method, most):
+    model, data = tiny_model
+    snn, report = tmp_path / f"tiny-{method}.snn", tmp_path / "r.json"
+    assert main(["compile", str(model), "-o", str(snn), "--calib", str(data), "--input-scaling", "unit",
+                 "--method", method, "--fs-steps", "6", "--quiet"]) == 0
+    assert main(["eval", str(snn), "--data", str(data), "--report", str(report), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"{method} coding: answer after 6 steps, pipelined one input every 6 steps" in out
+    doc = json.loads(report.read_text())
+    assert doc["latency"] == 6 and doc["steps_per_image"] == 6 and [e["timesteps"] for e in doc["snn"]] == [6]
+    assert doc["snn"][0]["accuracy"] >= 0.95
+    assert doc["max_spikes_per_neuron"] == (most if most is not None else doc["max_spikes_per_neuron"])
+    assert 1 <= doc["max_spikes_per_neuron"] <= 6
+
+
+def test_fs_steps_only_with_a_temporal_method(tiny_model, tmp_path, capsys):
+    model, data = tiny_model
+    assert main(["compile", str(model), "-o", str(tmp_path / "x.snn"), "--calib", str(data), "--fs-steps", "4",
+                 "--quiet"]) == 2
+    assert "--fs-steps applies to --method fs or amos" in capsys.readouterr().err
+    assert not (tmp_path / "x.snn").exists()
