@@ -120,3 +120,29 @@ def test_errors_name_the_remedy(cnn):
         run_pipeline(cnn, "convert-fs{steps=0}")
     with pytest.raises(PipelineSyntaxError, match="no option 'bits'"):
         run_pipeline(cnn, "convert-amos{bits=3}")
+
+
+@pytest.mark.parametrize("method", ["fs", "amos"])
+def test_quantized_parameters_lie_on_the_grid_and_enough_bits_are_exact(cnn, inputs, method):
+    snn = run_pipeline(cnn, f"canonicalize,normalize,convert-{method}{{steps=6}}", PassContext(calibration=inputs))
+    exact = run_pipeline(snn, "quantize-neurons{bits=8}")  # K + 2 bits hold the rounding binary code exactly
+    for node in snn.find(ops.Population):
+        assert exact.op(node).neuron == snn.op(node).neuron
+    coarse = run_pipeline(snn, "quantize-neurons{bits=3}")
+    for node in coarse.find(ops.Population):
+        neuron, grid = coarse.op(node).neuron, coarse.meta[node]["quantization"]
+        assert grid["bits"] == 3
+        step = grid["steps"]["weight+offset"]
+        np.testing.assert_allclose(np.round(np.array(neuron.weight) / step), np.array(neuron.weight) / step,
+                                   atol=1e-9)
+        assert len(set(neuron.weight)) <= 2 ** 3 - 1
+    assert run_pipeline(coarse, "quantize-neurons{bits=3}").op(node).neuron == coarse.op(node).neuron
+    a = Simulator(snn, None).run(inputs).outputs[-1]
+    b = Simulator(coarse, None).run(inputs).outputs[-1]
+    assert not np.array_equal(a, b)
+
+
+def test_quantize_needs_temporal_populations(cnn, inputs):
+    rate = run_pipeline(cnn, "canonicalize,normalize,convert-rate", PassContext(calibration=inputs))
+    with pytest.raises(PassError, match="no FS or AMOS populations"):
+        run_pipeline(rate, "quantize-neurons{bits=4}")
