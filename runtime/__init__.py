@@ -92,25 +92,21 @@ def cython_available() -> tuple[bool, str]:
 def _engine(graph: Graph, timesteps: int | None, backend: str, threads: int | None) -> tuple[object, str]:
     """The engine for ``backend`` and the name of the backend that actually runs."""
     global _warned_fallback
-    if is_temporal(graph):
-        if backend == "cython" and cython_available()[0]:
-            from snncc.runtime.cython_engine import CythonTemporalSimulator
-
-            return CythonTemporalSimulator(graph, timesteps, threads=threads), "cython"
-        return TemporalSimulator(graph, timesteps), "reference"
-    if timesteps is None:
+    temporal = is_temporal(graph)
+    if not temporal and timesteps is None:
         raise SimulationError("timesteps must be given for a rate-coded network (its answer improves with time)")
     if backend == "cython":
         ok, why = cython_available()
         if ok:
-            from snncc.runtime.cython_engine import CythonSimulator
+            from snncc.runtime.cython_engine import CythonSimulator, CythonTemporalSimulator
 
-            return CythonSimulator(graph, timesteps, threads=threads), "cython"
+            engine = CythonTemporalSimulator if temporal else CythonSimulator
+            return engine(graph, timesteps, threads=threads), "cython"
         if not _warned_fallback:
             _warned_fallback = True
             warnings.warn(f"the Cython runtime is not built ({why}); simulating with the numpy reference instead. "
                           f"To use it, {BUILD_HINT}.", BackendFallbackWarning, stacklevel=3)
-    return ReferenceSimulator(graph, timesteps), "reference"
+    return (TemporalSimulator(graph, timesteps) if temporal else ReferenceSimulator(graph, timesteps)), "reference"
 
 
 @dataclass
