@@ -83,7 +83,34 @@ def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: in
 
 
 def _synapses(graph: Graph) -> int:
-    return sum(int(np.count_nonzero(graph.op(n).weight)) for n in graph.find((ops.Conv2d, ops.Linear)))
+    """Synapses of the network: the non-zero weights, plus the circuits of AMOS units.
+
+    Every neuron of an AMOS unit of K neurons receives the unit's gate input, so the weights into an AMOS population
+    count K times, and each unit adds its K (K - 1) / 2 inhibitory synapses (Stoeckl & Maass 2020)."""
+    weights = {n: int(np.count_nonzero(graph.op(n).weight)) for n in graph.find((ops.Conv2d, ops.Linear))}
+    total = sum(weights.values())
+    types = graph.types()
+    for node in graph.find(ops.Population):
+        neuron = graph.op(node).neuron
+        k = neuron.neurons_per_unit
+        if k == 1:
+            continue
+        total += types[node].size * k * (k - 1) // 2
+        total += (k - 1) * sum(weights[n] for n in _feeding_layers(graph, node))
+    return total
+
+
+def _feeding_layers(graph: Graph, node: str) -> set[str]:
+    """The Conv2d/Linear nodes whose outputs reach ``node`` without passing another synaptic layer or population."""
+    found, stack = set(), list(graph.inputs(node))
+    while stack:
+        u = stack.pop()
+        op = graph.op(u)
+        if isinstance(op, (ops.Conv2d, ops.Linear)):
+            found.add(u)
+        elif not isinstance(op, (ops.Population, ops.Input)):
+            stack.extend(graph.inputs(u))
+    return found
 
 
 def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], onnx_model: str | Path | None = None,

@@ -142,6 +142,10 @@ def test_compile_and_eval_with_temporal_codings(tiny_model, tmp_path, capsys, me
     assert doc["snn"][0]["accuracy"] >= 0.95
     assert doc["max_spikes_per_neuron"] == (most if most is not None else doc["max_spikes_per_neuron"])
     assert 1 <= doc["max_spikes_per_neuron"] <= 6
+    # 16*12 + 12*3 weights; AMOS: every one of the 6 neurons of a unit gets the gate input, plus 15 inhibitory
+    # synapses in each of the 12 units
+    assert doc["synapses"] == (228 if method == "fs" else 228 + 5 * 16 * 12 + 12 * 15)
+    assert doc["neurons"] == (12 if method == "fs" else 72)
 
 
 def test_fs_steps_only_with_a_temporal_method(tiny_model, tmp_path, capsys):
