@@ -12,6 +12,11 @@ positively homogeneous); where two scales meet (Add, an activation not fed by a 
 graph outputs are rescaled to ``s = 1``. The normalized ANN computes the same function as before (a Clip bound
 becomes ``max / lambda``), and after conversion an IF neuron with threshold 1 saturates exactly where the
 normalized activation reaches 1.
+
+Scales pass through an activation only if it is positively homogeneous, ``f(a x) = a f(x)`` for ``a > 0`` (ReLU,
+LeakyReLU; Clip with its bounds divided by ``lambda``). Graphs with any other element-wise activation (Sigmoid,
+Tanh, HardSigmoid, HardSwish, SiLU, GELU) are refused before calibration: they are converted with few-spike coding,
+which does not use these scales.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from snncc.errors import PassError
+from snncc.errors import PassError, UnsupportedModelError
 from snncc.ir import ANN, Graph, ops
 from snncc.passes.base import Pass, PassContext, register
 from snncc.runtime import run_analog
 
 GRANULARITIES = ("layer", "channel")
 _NORMALIZED_ACTIVATIONS = (ops.Relu, ops.Clip)
+#: Element-wise activations that scales pass through: positively homogeneous (Clip after rescaling its bounds).
+_HOMOGENEOUS = (ops.Relu, ops.LeakyRelu, ops.Clip)
 
 
 def activation_scales(graph: Graph, x: np.ndarray, percentile: float, granularity: str,
@@ -214,6 +221,14 @@ class Normalize(Pass):
     def run(self, graph: Graph, context: PassContext) -> bool:
         if graph.attrs.get("normalization"):
             return False  # already normalized: normalizing twice would re-measure scales of 1
+        refused = [n for n in graph.find(ops.PointwiseActivation) if not isinstance(graph.op(n), _HOMOGENEOUS)]
+        if refused:
+            nodes = ", ".join(f"{n!r} ({graph.op(n).kind})" for n in refused)
+            raise UnsupportedModelError(
+                f"normalize cannot rescale through {nodes}: its scales divide each layer's output by lambda and rely "
+                "on f(x / lambda) = f(x) / lambda, which holds only for positively homogeneous activations (ReLU, "
+                "LeakyReLU, Clip with rescaled bounds); rate coding cannot carry these activations either: convert "
+                "this model with few-spike coding (--method fs) instead")
         if context.calibration is None or len(context.calibration) == 0:
             raise PassError("normalize needs calibration data; pass --calib DATA (a few thousand training "
                             "images are enough)")

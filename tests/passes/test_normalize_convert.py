@@ -94,3 +94,50 @@ def test_converted_populations_use_if_neurons_with_subtraction(cnn, inputs):
     snn = _convert(cnn, inputs)
     for node in snn.find(ops.Population):
         assert snn.op(node).neuron == IF(threshold=1.0, reset="subtract", v_init=0.5)
+
+
+NOT_HOMOGENEOUS = [ops.Sigmoid(), ops.Tanh(), ops.HardSigmoid(), ops.HardSwish(), ops.Silu(), ops.Gelu(),
+                   ops.Gelu(approximate="tanh")]
+
+
+@pytest.mark.parametrize("activation", NOT_HOMOGENEOUS, ids=lambda op: op.kind + str(getattr(op, "approximate", "")))
+def test_normalize_refuses_activations_that_are_not_positively_homogeneous(cnn, inputs, activation):
+    from snncc.errors import UnsupportedModelError
+
+    cnn.replace("relu2", activation)
+    with pytest.raises(UnsupportedModelError, match=(
+            rf"pass 'normalize' \(after canonicalize\): normalize cannot rescale through 'relu2' "
+            rf"\({activation.kind}\): .*only for positively homogeneous activations "
+            r"\(ReLU, LeakyReLU, Clip with rescaled bounds\).*"
+            r"few-spike coding \(--method fs\)")):
+        run_pipeline(cnn, "canonicalize,normalize", PassContext(calibration=inputs))
+
+
+def test_normalize_lists_every_refused_activation_before_calibrating(cnn):
+    from snncc.errors import UnsupportedModelError
+
+    cnn.replace("relu1", ops.Silu())
+    cnn.replace("relu3", ops.Gelu())
+    # no calibration data: the activations are refused first
+    with pytest.raises(UnsupportedModelError, match=r"'relu1' \(Silu\), 'relu3' \(Gelu\)"):
+        run_pipeline(cnn, "normalize")
+
+
+def test_leaky_relu_passes_normalize(cnn, inputs):
+    cnn.replace("relu2", ops.LeakyRelu(alpha=0.1))
+    n = run_pipeline(cnn, "canonicalize,normalize{percentile=100}", PassContext(calibration=inputs))
+    assert _rel_err(run_analog(n, inputs)[0], run_analog(cnn, inputs)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("activation", NOT_HOMOGENEOUS, ids=lambda op: op.kind + str(getattr(op, "approximate", "")))
+def test_rate_conversion_refuses_smooth_activations_with_the_fs_remedy(cnn, inputs, activation):
+    """convert-rate refuses them first, even on a graph that was never normalized."""
+    from snncc.errors import UnsupportedModelError
+
+    cnn.replace("relu3", activation)
+    cnn.replace("relu1", ops.Silu())
+    with pytest.raises(UnsupportedModelError, match=(
+            r"convert-rate cannot convert:\n  'relu1' \(Silu\): a rate-coded IF neuron computes a rectified linear "
+            rf"function of its input \(ReLU, Clip\(0, c\)\), not Silu; convert this model with few-spike coding "
+            rf"\(--method fs\) instead\n  'relu3' \({activation.kind}\): .*not {activation.kind};")):
+        run_pipeline(cnn, "canonicalize,convert-rate", PassContext(calibration=inputs))
