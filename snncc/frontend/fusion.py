@@ -202,11 +202,11 @@ class _Matcher:
 @dataclass
 class Fusion:
     """``nodes``: the graph's nodes with every fused match replaced by one node (at its last node's place);
-    ``fused``: output name of each fused node -> the pattern; ``notes``: output name of a node of an unfused match
-    -> why it was not fused."""
+    ``fused``: output name of each fused node -> the op types it replaces, e.g. ``"Sigmoid,Mul"``; ``notes``: output
+    name of a node of an unfused match -> why it was not fused."""
 
     nodes: list[onnx.NodeProto]
-    fused: dict[str, Pattern] = field(default_factory=dict)
+    fused: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
     def note(self, node: onnx.NodeProto) -> str:
@@ -260,7 +260,7 @@ def fuse_activations(nodes: Sequence[onnx.NodeProto], constants: dict[str, np.nd
                 pattern.op_type, [x], [root.output[0]], name=root.name or root.output[0],
                 doc_string=f"snncc: {pattern.name} fused from " + ", ".join(
                     _label(m) for m in nodes if id(m) in inside), **pattern.attributes)
-            fusion.fused[root.output[0]] = pattern
+            fusion.fused[root.output[0]] = ",".join(m.op_type for m in nodes if id(m) in inside)
             break
     fusion.nodes = [replacements.get(id(n), n) for n in nodes if id(n) not in claimed or id(n) in replacements]
     return fusion

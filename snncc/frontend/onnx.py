@@ -551,6 +551,9 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
             + "\nsnncc converts float CNNs and MLPs (Conv, Gemm/MatMul, BatchNormalization, Relu/Clip/LeakyRelu, "
             "Sigmoid/Tanh/HardSigmoid/HardSwish/SiLU/GELU, pooling, Add, Concat, Flatten/Reshape); export the float "
             "model (not a quantized one) in eval mode, or replace these layers")
+    for out, origin in fusion.fused.items():  # record the exporter's nodes, not the operator they were fused into
+        if out in ctx.dynamic:
+            graph.meta[ctx.dynamic[out]]["onnx_op"] = origin
     for out in onnx_graph.output:
         if out.name not in ctx.dynamic:
             raise UnsupportedModelError(f"graph output {out.name!r} does not depend on the input")

@@ -417,6 +417,8 @@ def test_activation_pattern_fuses_into_one_op(case: str, opset: int, constant_no
     graph, _ = check_against_onnxruntime(model, samples((1, 8, 8)) * 3)
     assert kinds(graph) == ["Input", "Conv2d", kind]
     assert _only_activation(graph, kind).params() == params
+    (node,) = graph.find(ops.PointwiseActivation)
+    assert graph.meta[node]["onnx_op"] == ",".join(re.findall(r"= (\w+)", body))  # the exporter's nodes
 
 
 @pytest.mark.parametrize("opset", [9, 13, 21])
