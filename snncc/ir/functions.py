@@ -47,11 +47,16 @@ def leaky_relu(x: np.ndarray, alpha: float) -> np.ndarray:
     return np.where(x >= 0, x, x * np.float32(alpha)).astype(np.float32, copy=False)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))``, evaluated as ``e / (1 + e)`` with ``e = exp(-|x|) <= 1`` on the negative side."""
-    x = _f32(x)
+def _sigmoid64(x: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-x))`` in float64 as ``1 / (1 + e)`` or ``e / (1 + e)`` with ``e = exp(-|x|) <= 1``."""
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32, copy=False)
+    r = 1.0 / (1.0 + e)
+    return np.where(x >= 0, r, e * r)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-x))``, computed in float64 and rounded once (so it is non-decreasing in float32 too)."""
+    return _sigmoid64(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 
 def tanh(x: np.ndarray) -> np.ndarray:
@@ -77,8 +82,8 @@ def hard_swish(x: np.ndarray) -> np.ndarray:
 
 def silu(x: np.ndarray) -> np.ndarray:
     """``x * sigmoid(x)`` (SiLU, also called Swish with beta = 1)."""
-    x = np.maximum(_f32(x), np.float32(_NEGLIGIBLE_BELOW))
-    return (x * sigmoid(x)).astype(np.float32, copy=False)
+    x64 = np.maximum(np.asarray(x, dtype=np.float64), _NEGLIGIBLE_BELOW)
+    return (x64 * _sigmoid64(x64)).astype(np.float32)
 
 
 def erfc(z: np.ndarray) -> np.ndarray:
@@ -90,10 +95,12 @@ def erfc(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     a = np.abs(z)
     t = 1.0 / (1.0 + 0.5 * a)
-    poly = np.zeros_like(t)
-    for c in reversed(_ERFC_COEFFICIENTS):
-        poly = poly * t + c
-    upper = t * np.exp(-a * a + poly)
+    poly = np.full_like(t, _ERFC_COEFFICIENTS[-1])
+    for c in reversed(_ERFC_COEFFICIENTS[:-1]):
+        poly *= t
+        poly += c
+    poly -= a * a
+    upper = t * np.exp(poly, out=poly)
     return np.where(z >= 0, upper, 2.0 - upper)
 
 
@@ -102,16 +109,14 @@ def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
 
     - ``approximate="none"``: ``Phi(x) = (1 + erf(x / sqrt 2)) / 2 = erfc(-x / sqrt 2) / 2``;
     - ``approximate="tanh"``: ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 = sigmoid(2 u)`` with ``u``
-      the argument of tanh (Hendrycks and Gimpel 2016).
+      the argument of tanh (Hendrycks and Gimpel 2016), which does not cancel for negative ``x``.
 
     Both are computed in float64 and rounded once to float32.
     """
     x64 = np.maximum(np.asarray(x, dtype=np.float64), _NEGLIGIBLE_BELOW)
     if approximate == "tanh":
         bounded = np.minimum(x64, 1e6)  # keeps x^3 finite; sigmoid(2u) is exactly 1 long before
-        u = _SQRT_2_OVER_PI * (bounded + _GELU_TANH_CUBIC * bounded ** 3)
-        e = np.exp(-np.abs(2.0 * u))
-        phi = np.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        phi = _sigmoid64(2.0 * _SQRT_2_OVER_PI * (bounded + _GELU_TANH_CUBIC * (bounded * bounded * bounded)))
     else:
         phi = 0.5 * erfc(-x64 / math.sqrt(2.0))
     return (x64 * phi).astype(np.float32)
