@@ -1,6 +1,6 @@
 """Network definitions of the ANN models that snncc ships (``models/*.onnx``).
 
-Both models take a batch of single-channel 28x28 images with pixel values scaled to ``[0, 1]`` (``pixels / 255``)
+Every model takes a batch of single-channel 28x28 images with pixel values scaled to ``[0, 1]`` (``pixels / 255``)
 and return unnormalised class logits of shape ``(N, 10)``. The per-dataset normalisation ``(x - mean) / std`` is
 the first thing in ``forward`` and is written as plain tensor arithmetic with constant operands, so that the
 exported ONNX graph starts with ``Sub`` and ``Div`` nodes in front of the first ``Conv``: the compiler is expected
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LeNet5", "VGGFashion", "count_parameters"]
+__all__ = ["LeNet5", "SiLUFashion", "VGGFashion", "count_parameters"]
 
 
 class _Normalize(nn.Module):
@@ -101,6 +101,48 @@ class VGGFashion(nn.Module):
             nn.BatchNorm1d(128),
             nn.ReLU(),
             nn.Dropout(dropout),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.normalize(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _conv_bn_silu_avgpool(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """A 3x3 same-padding convolution (no bias), BatchNorm2d, SiLU and 2x2 average pooling."""
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.SiLU(),
+        nn.AvgPool2d(2),
+    ]
+
+
+class SiLUFashion(nn.Module):
+    """A small CNN with SiLU activations (``silu(x) = x * sigmoid(x)``) for Fashion-MNIST (input in ``[0, 1]``).
+
+    ``[conv3x3-BN-SiLU-avgpool2] x3 (16, 32, 64 channels; 28 -> 14 -> 7 -> 3) -> flatten(576) -> fc128-SiLU
+    -> fc10``, with Fashion-MNIST normalisation ``(x - 0.2860) / 0.3530`` in front. It is the reference network for
+    conversion of non-ReLU activations (few-spike coding). SiLU is not monotone (its minimum is about -0.278 at
+    ``x = -1.278``), so the network pools by averaging: a max pooling could not be moved behind the activation
+    (``max silu(x) != silu(max x)``).
+    """
+
+    MEAN = 0.2860
+    STD = 0.3530
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.normalize = _Normalize(self.MEAN, self.STD)
+        self.features = nn.Sequential(
+            *_conv_bn_silu_avgpool(1, 16),
+            *_conv_bn_silu_avgpool(16, 32),
+            *_conv_bn_silu_avgpool(32, 64),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(64 * 3 * 3, 128),
+            nn.SiLU(),
             nn.Linear(128, num_classes),
         )
 

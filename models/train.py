@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python models/train.py lenet5-mnist --data /path/to/mnist
     python models/train.py vgg-fmnist --data /path/to/fashion-mnist [--epochs N] [--out models/]
+    python models/train.py silu-fmnist --data /path/to/fashion-mnist --threads 1
 
 ``--data`` is a directory with the four standard IDX files (``train-images-idx3-ubyte.gz`` ...). The model is
 trained on the 60,000 training images only and evaluated on the 10,000 test images. After training the model is
@@ -44,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from models.architectures import LeNet5, VGGFashion, count_parameters  # noqa: E402
+from models.architectures import LeNet5, SiLUFashion, VGGFashion, count_parameters  # noqa: E402
 from snncc.data import InputScaling, load_dataset  # noqa: E402
 
 if TYPE_CHECKING:
@@ -93,6 +94,10 @@ CONFIGS: dict[str, TrainConfig] = {
     ),
     "vgg-fmnist": TrainConfig(
         name="vgg-fmnist", dataset="Fashion-MNIST", model=VGGFashion, epochs=20, batch_size=128, optimizer="sgd",
+        lr=0.1, weight_decay=5e-4, max_shift=2, hflip=True, label_smoothing=0.1, channels_last=True,
+    ),
+    "silu-fmnist": TrainConfig(
+        name="silu-fmnist", dataset="Fashion-MNIST", model=SiLUFashion, epochs=30, batch_size=128, optimizer="sgd",
         lr=0.1, weight_decay=5e-4, max_shift=2, hflip=True, label_smoothing=0.1, channels_last=True,
     ),
 }

@@ -10,8 +10,10 @@ Local rewrites, each a pattern, a check and a rewrite, applied until none matche
   layer): ``W'[o, i] = W[o, i] * a[i]``, ``b'[o] = b[o] + sum_i W[o, i] * c[i]``; zero padding of the affine's
   output becomes padding of its input with ``(0 - c) / a`` (``Conv2d.pad_value``), so the fold is exact at borders;
 - fold a zero ``Pad2d`` into the following Conv2d's padding;
-- move ``MaxPool2d`` behind a following monotone activation (ReLU, Clip, LeakyReLU): ``act(max(x)) = max(act(x))``
-  for non-decreasing ``act``, which puts every pooling after its population in the SNN.
+- move ``MaxPool2d`` behind a following monotone element-wise activation (``op.monotone``: ReLU, Clip, LeakyReLU
+  with ``alpha >= 0``, Sigmoid, Tanh, HardSigmoid with ``alpha >= 0``): ``act(max(x)) = max(act(x))`` for
+  non-decreasing ``act``, which puts every pooling after its population in the SNN. Non-monotone activations (SiLU,
+  GELU, HardSwish) keep the pooling in front.
 
 The result computes the same function as the input graph (checked against onnxruntime in the tests).
 """
@@ -114,9 +116,8 @@ def _fold_pad(graph: Graph, pad: str, conv: str) -> bool:
 
 
 def _swap_pool_activation(graph: Graph, pool: str, act: str) -> bool:
-    activation = graph.op(act)
-    if isinstance(activation, ops.LeakyRelu) and activation.alpha < 0:
-        return False  # not monotone
+    if not graph.op(act).monotone:
+        return False
     (source,) = graph.inputs(pool)
     graph.set_inputs(act, [source])
     graph.set_inputs(pool, [act])
@@ -146,7 +147,7 @@ def _rewrite_once(graph: Graph) -> bool:
         if isinstance(op, ops.Pad2d) and isinstance(user_op, ops.Conv2d):
             if _fold_pad(graph, node, user):
                 return True
-        if isinstance(op, ops.MaxPool2d) and isinstance(user_op, (ops.Relu, ops.Clip, ops.LeakyRelu)):
+        if isinstance(op, ops.MaxPool2d) and isinstance(user_op, ops.PointwiseActivation):
             if _swap_pool_activation(graph, node, user):
                 return True
     return False

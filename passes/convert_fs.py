@@ -37,20 +37,16 @@ from snncc.ir.neurons import Amos, FewSpike
 from snncc.passes.base import Pass, PassContext, register
 from snncc.passes.fs_fit import FitResult, FitSettings, fit_error, fit_few_spike, refine_amos, relu_closed_form, subsample
 from snncc.runtime import run_analog
-from snncc.runtime.kernels import apply
 
-# Monotone non-decreasing activations among the core ops; other ops declare it with a ``monotone`` attribute.
-_MONOTONE = (ops.Relu, ops.Clip, ops.LeakyRelu)
 _SAMPLES_PER_BATCH = 4096
 
 
 def is_monotone(op: ops.Op) -> bool:
-    return isinstance(op, _MONOTONE) or bool(getattr(op, "monotone", False))
+    return isinstance(op, ops.PointwiseActivation) and op.monotone
 
 
 def _activations(graph: Graph) -> list[str]:
-    return [n for n in graph.topological_order()
-            if isinstance(graph.op(n), ops._Activation) and not isinstance(graph.op(n), ops.Softmax)]
+    return [n for n in graph.topological_order() if isinstance(graph.op(n), ops.PointwiseActivation)]
 
 
 def _describe(op: ops.Op) -> dict:
@@ -169,7 +165,7 @@ class ConvertFewSpike(Pass):
 
     def _unit(self, op: ops.Op, closed_form: bool, normalized: bool, samples: np.ndarray | None,
               maximum: float | None, seed: int) -> FitResult:
-        function = lambda v: apply(op, v)  # noqa: E731 - the op's own kernel is the function to approximate
+        function = op.function  # the activation's own float32 function, the ANN executor's kernel
         if closed_form:
             if normalized:
                 alpha = 1.0 if not isinstance(op, ops.Clip) else min(1.0, op.max)
@@ -212,4 +208,4 @@ class ConvertAmos(ConvertFewSpike):
         fs = result.neuron
         if not self.refine or result.method == "closed-form" or samples is None:
             return FitResult(Amos.from_few_spike(fs), result.mse, result.max_abs_error, result.method)
-        return refine_amos(lambda v: apply(op, v), _describe(op), samples, fs, seed, self.settings(), self.cache)
+        return refine_amos(op.function, _describe(op), samples, fs, seed, self.settings(), self.cache)

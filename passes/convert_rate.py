@@ -12,6 +12,10 @@
   et al. IJCAI 2022; see :class:`~snncc.ir.neurons.IF`), for targets that carry signed spikes;
 - a softmax at the output is dropped (the readout's argmax is unchanged) and every output gets a non-spiking
   ``Readout`` that reports the mean of its input current.
+
+An IF neuron's spike rate is a rectified linear function of its input current, clipped at one spike per step:
+``r = clip(I, 0, 1)``. Only ReLU and Clip(0, c) have that shape; any other element-wise activation (Sigmoid, Tanh,
+HardSigmoid, HardSwish, SiLU, GELU) is refused, before anything else, with few-spike coding as the remedy.
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ from snncc.ir.neurons import RESETS
 from snncc.passes.base import Pass, PassContext, register
 
 MAXPOOL_MODES = ("count", "avg")
+#: Element-wise activations that IF populations carry (Clip only with bounds 0 and >= 1 after normalization), and
+#: LeakyReLU, which gets its own message.
+_RATE_ACTIVATIONS = (ops.Relu, ops.Clip, ops.LeakyRelu)
+
+
+def _needs_other_coding(graph: Graph) -> list[str]:
+    """One line per element-wise activation that rate coding cannot carry (none for a ReLU network)."""
+    return [f"{node!r} ({graph.op(node).kind}): a rate-coded IF neuron computes a rectified linear function of its "
+            f"input (ReLU, Clip(0, c)), not {graph.op(node).kind}; convert this model with few-spike coding "
+            "(--method fs) instead" for node in graph.find(ops.PointwiseActivation)
+            if not isinstance(graph.op(node), _RATE_ACTIVATIONS)]
 
 
 @register
@@ -45,6 +60,8 @@ class ConvertRate(Pass):
             raise PassError(f"convert-rate: maxpool must be one of {MAXPOOL_MODES}, got {self.maxpool!r}")
 
     def run(self, graph: Graph, context: PassContext) -> bool:
+        if problems := _needs_other_coding(graph):
+            raise UnsupportedModelError("convert-rate cannot convert:\n  " + "\n  ".join(problems))
         if not graph.attrs.get("normalization"):
             raise PassError("convert-rate needs a normalized graph; run normalize first "
                             "(pipeline: canonicalize,normalize,convert-rate)")

@@ -12,6 +12,12 @@ positively homogeneous); where two scales meet (Add, an activation not fed by a 
 graph outputs are rescaled to ``s = 1``. The normalized ANN computes the same function as before (a Clip bound
 becomes ``max / lambda``), and after conversion an IF neuron with threshold 1 saturates exactly where the
 normalized activation reaches 1.
+
+Scales pass through an activation only if it is positively homogeneous, ``f(a x) = a f(x)`` for ``a > 0`` (ReLU,
+LeakyReLU; Clip with its bounds divided by ``lambda``). Any other element-wise activation (Sigmoid, Tanh,
+HardSigmoid, HardSwish, SiLU, GELU) is a scale barrier: its input is brought back to scale 1 (the layer feeding it
+keeps its original units) and its output has scale 1, so it computes exactly its original function. Such layers
+are left for few-spike coding, which fits its neurons in the original units; rate coding refuses them.
 """
 
 from __future__ import annotations
@@ -173,6 +179,10 @@ class _Rescaler:
             else:
                 parts = [np.broadcast_to(s, self.types[u].shape) for s, u in zip(s_in, operands)]
                 self.scale[node] = np.concatenate(parts, axis=op.axis)
+        elif isinstance(op, ops.PointwiseActivation):  # not homogeneous: a scale barrier, original units
+            if not _same(s_in[0], one):
+                self.rescale_input(node, 0, s_in[0], one)
+            self.scale[node] = one
         elif isinstance(op, ops.Softmax):
             if not _same(s_in[0], one):
                 self.rescale_input(node, 0, s_in[0], one)

@@ -1,7 +1,8 @@
 """Numpy kernels of the stateless ops, on batched arrays ``x`` of shape ``(N, *sample_shape)``.
 
 These define the arithmetic of every linear op and activation for the ANN executor and the reference simulator
-(which folds time into the batch axis). They look up by op class in :data:`KERNELS`.
+(which folds time into the batch axis). They look up by op class in :data:`KERNELS`. Element-wise activations run
+their op's ``function`` (defined in :mod:`snncc.ir.functions`: float32, no overflow anywhere in the float32 range).
 """
 
 from __future__ import annotations
@@ -134,10 +135,10 @@ KERNELS: dict[type[ops.Op], Callable[..., np.ndarray]] = {
     ops.Identity: lambda op, x: x,
     ops.Add: lambda op, a, b: a + b,
     ops.Concat: lambda op, *xs: np.concatenate(xs, axis=op.axis + 1),
-    ops.Relu: lambda op, x: np.maximum(x, np.float32(0)),
-    ops.Clip: lambda op, x: np.clip(x, np.float32(op.min), np.float32(op.max)),
-    ops.LeakyRelu: lambda op, x: np.where(x >= 0, x, x * np.float32(op.alpha)).astype(np.float32),
     ops.Softmax: softmax,
+    # Element-wise activations: the op's own scalar function (snncc.ir.functions), so that a pass fitting an
+    # activation and the executor running it compute the same numbers.
+    **{cls: lambda op, x: op.function(x) for cls in ops.POINTWISE_ACTIVATIONS},
 }
 
 

@@ -7,6 +7,9 @@ The import is a single walk over the ONNX nodes in their (topological) file orde
   (Shape, Gather, Slice, Unsqueeze, Concat, ConstantOfShape, Cast, ...);
 - every other node is translated by the converter registered for its ``op_type`` in :data:`CONVERTERS`.
 
+Before the walk, activations that exporters write as several nodes (SiLU as ``x * sigmoid(x)``, GELU through
+``Erf``, HardSwish through ``HardSigmoid`` in old opsets) are fused into one node (:mod:`snncc.frontend.fusion`).
+
 The batch axis is symbolic: ``Shape`` of a dynamic tensor reports :data:`BATCH` for axis 0, so a Reshape target
 computed from it is recognised; a batch dimension fixed at 1 in the model is treated as the batch axis all the same.
 Nodes that cannot be converted are collected and reported together in one :class:`UnsupportedModelError`.
@@ -25,6 +28,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from snncc.errors import FrontendError, IRError, UnsupportedModelError
+from snncc.frontend.fusion import PATTERN_ONLY_OPERATORS, PRODUCTS, fuse_activations
 from snncc.ir import ops
 from snncc.ir.graph import Graph
 from snncc.ir.types import TensorType
@@ -159,7 +163,9 @@ def _binary(ctx: _Context, node: onnx.NodeProto) -> str:
     kind = node.op_type
     if a in ctx.dynamic and b in ctx.dynamic:
         if kind != "Add":
-            raise _Unsupported(f"{kind} of two computed tensors is not supported")
+            raise _Unsupported(f"{kind} of two computed tensors is not supported"
+                               + (f"; snncc reads such products only as the activations {PRODUCTS}"
+                                  if kind == "Mul" else ""))
         return ctx.add(node, ops.Add(), [ctx.dynamic[a], ctx.dynamic[b]])
     x_first = a in ctx.dynamic
     x = ctx.dyn(node, 0 if x_first else 1)
@@ -198,6 +204,31 @@ def _relu(ctx: _Context, node: onnx.NodeProto) -> str:
 
 def _leaky_relu(ctx: _Context, node: onnx.NodeProto) -> str:
     return ctx.add(node, ops.LeakyRelu(alpha=float(_attrs(node).get("alpha", 0.01))), [ctx.dyn(node)])
+
+
+def _activation(op: type[ops.Op]) -> Callable[[_Context, onnx.NodeProto], str]:
+    """The converter of an ONNX activation without attributes."""
+    return lambda ctx, node: ctx.add(node, op(), [ctx.dyn(node)])
+
+
+def _hard_sigmoid(ctx: _Context, node: onnx.NodeProto) -> str:
+    attrs = _attrs(node)
+    op = ops.HardSigmoid(alpha=float(attrs.get("alpha", 0.2)), beta=float(attrs.get("beta", 0.5)))
+    return ctx.add(node, op, [ctx.dyn(node)])
+
+
+def _gelu(ctx: _Context, node: onnx.NodeProto) -> str:
+    approximate = _attrs(node).get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    return ctx.add(node, ops.Gelu(approximate=approximate), [ctx.dyn(node)])
+
+
+def _swish(ctx: _Context, node: onnx.NodeProto) -> str:
+    alpha = float(_attrs(node).get("alpha", 1.0))
+    if not math.isclose(alpha, 1.0, rel_tol=1e-6):
+        raise _Unsupported(f"Swish with alpha={alpha:g}, x * sigmoid({alpha:g} x), is not supported; only alpha=1 "
+                           "(SiLU) is")
+    return ctx.add(node, ops.Silu(), [ctx.dyn(node)])
 
 
 def _clip(ctx: _Context, node: onnx.NodeProto) -> str:
@@ -392,6 +423,8 @@ CONVERTERS: dict[str, Callable[[_Context, onnx.NodeProto], str]] = {
     "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary,
     "BatchNormalization": _batch_norm,
     "Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky_relu,
+    "Sigmoid": _activation(ops.Sigmoid), "Tanh": _activation(ops.Tanh), "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _activation(ops.HardSwish), "Gelu": _gelu, "Swish": _swish,
     "MaxPool": _max_pool, "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
     "GlobalMaxPool": _global_max_pool,
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze_unsqueeze, "Unsqueeze": _squeeze_unsqueeze,
@@ -475,10 +508,11 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
     ctx.types[input_node] = graph.op(input_node).infer([])
 
     used = {name for n in onnx_graph.node for name in n.input} | {o.name for o in onnx_graph.output}
+    fusion = fuse_activations(onnx_graph.node, constants, input_name, [o.name for o in onnx_graph.output])
     problems: list[str] = []
     # Outputs of failed or skipped nodes that would have been constants (shape computations, failed folds).
     unknown_constants: set[str] = set()
-    for node in onnx_graph.node:
+    for node in fusion.nodes:
         label = f"{node.name or node.output[0]!r} ({node.op_type})"
         constant_inputs = all(ctx.is_const(name) or name in unknown_constants for name in node.input)
         if any(name and name not in ctx.dynamic and name not in ctx.constants for name in node.input):
@@ -488,7 +522,7 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
             if node.op_type == "Shape" or constant_inputs:
                 unknown_constants.update(node.output)
             elif (reason := _unknown_operator(node)) is not None:
-                problems.append(f"{label}: {reason}")
+                problems.append(f"{label}: {reason}{fusion.note(node)}")
             continue
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{label}: {_unknown_operator(node)}")
@@ -508,15 +542,18 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
             else:
                 raise _Unsupported(_unknown_operator(node))
         except (_Unsupported, IRError) as exc:  # IRError: a converter built an op from invalid attribute values
-            problems.append(f"{label}: {exc}")
+            problems.append(f"{label}: {exc}{fusion.note(node)}")
             if constant_inputs:
                 unknown_constants.update(node.output)
     if problems:
         raise UnsupportedModelError(
             f"{len(problems)} node(s) cannot be converted:\n  " + "\n  ".join(problems)
             + "\nsnncc converts float CNNs and MLPs (Conv, Gemm/MatMul, BatchNormalization, Relu/Clip/LeakyRelu, "
-            "pooling, Add, Concat, Flatten/Reshape); export the float model (not a quantized one) in eval mode, "
-            "or replace these layers")
+            "Sigmoid/Tanh/HardSigmoid/HardSwish/SiLU/GELU, pooling, Add, Concat, Flatten/Reshape); export the float "
+            "model (not a quantized one) in eval mode, or replace these layers")
+    for out, origin in fusion.fused.items():  # record the exporter's nodes, not the operator they were fused into
+        if out in ctx.dynamic:
+            graph.meta[ctx.dynamic[out]]["onnx_op"] = origin
     for out in onnx_graph.output:
         if out.name not in ctx.dynamic:
             raise UnsupportedModelError(f"graph output {out.name!r} does not depend on the input")
@@ -530,6 +567,8 @@ def _unknown_operator(node: onnx.NodeProto) -> str | None:
     """Why ``node`` cannot be converted whatever its inputs are, or None if it has a converter."""
     if node.domain not in ("", "ai.onnx"):
         return f"operator of domain {node.domain!r} is not supported"
+    if node.op_type in PATTERN_ONLY_OPERATORS:
+        return f"operator not supported on its own; snncc reads it only inside {PATTERN_ONLY_OPERATORS[node.op_type]}"
     if node.op_type not in CONVERTERS and node.op_type != "Shape":
         return "operator not supported"
     return None

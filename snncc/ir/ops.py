@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from snncc.errors import IRError
+from snncc.ir import functions
 from snncc.ir.codings import Analog, Coding, FewSpikeCode, Rate
 from snncc.ir.neurons import TEMPORAL_NEURONS, NeuronModel
 from snncc.ir.types import TensorType
@@ -382,14 +383,33 @@ class _Activation(Op):
 
 
 @dataclass(frozen=True, eq=False)
-class Relu(_Activation):
+class PointwiseActivation(_Activation):
+    """An element-wise activation ``y[i] = f(x[i])``.
+
+    ``function(x)`` evaluates ``f`` on a numpy array and returns float32 (it is the op's runtime kernel, safe over
+    the whole float32 range, see :mod:`snncc.ir.functions`). ``monotone`` is True when ``f`` is non-decreasing,
+    ``x <= x'  =>  f(x) <= f(x')``: then ``f`` commutes with max pooling, ``max_j f(x_j) = f(max_j x_j)``. A
+    conversion pass can treat every activation through these two members alone.
+    """
+
+    monotone: ClassVar[bool] = True
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class Relu(PointwiseActivation):
     """``max(x, 0)``."""
 
     kind: ClassVar[str] = "Relu"
 
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.relu(x)
+
 
 @dataclass(frozen=True, eq=False)
-class Clip(_Activation):
+class Clip(PointwiseActivation):
     """``min(max(x, min), max)``; ReLU6 is ``Clip(0, 6)``. A missing bound is +-inf."""
 
     kind: ClassVar[str] = "Clip"
@@ -400,13 +420,110 @@ class Clip(_Activation):
         if not self.min <= self.max:
             raise IRError(f"Clip: min {self.min} is greater than max {self.max}")
 
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.clip(x, self.min, self.max)
+
 
 @dataclass(frozen=True, eq=False)
-class LeakyRelu(_Activation):
-    """``x if x >= 0 else alpha * x``."""
+class LeakyRelu(PointwiseActivation):
+    """``x if x >= 0 else alpha * x``; monotone for ``alpha >= 0``."""
 
     kind: ClassVar[str] = "LeakyRelu"
     alpha: float = 0.01
+
+    @property
+    def monotone(self) -> bool:  # type: ignore[override]
+        return self.alpha >= 0
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.leaky_relu(x, self.alpha)
+
+
+@dataclass(frozen=True, eq=False)
+class Sigmoid(PointwiseActivation):
+    """``1 / (1 + exp(-x))``, from 0 to 1."""
+
+    kind: ClassVar[str] = "Sigmoid"
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.sigmoid(x)
+
+
+@dataclass(frozen=True, eq=False)
+class Tanh(PointwiseActivation):
+    """``tanh(x) = 2 sigmoid(2x) - 1``, from -1 to 1."""
+
+    kind: ClassVar[str] = "Tanh"
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.tanh(x)
+
+
+@dataclass(frozen=True, eq=False)
+class HardSigmoid(PointwiseActivation):
+    """``max(0, min(1, alpha * x + beta))`` (ONNX defaults alpha 0.2, beta 0.5; torch's Hardsigmoid has alpha 1/6).
+
+    Monotone for ``alpha >= 0``.
+    """
+
+    kind: ClassVar[str] = "HardSigmoid"
+    alpha: float = 0.2
+    beta: float = 0.5
+
+    def validate(self) -> None:
+        for name in ("alpha", "beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise IRError(f"HardSigmoid: {name} must be finite, got {getattr(self, name)}")
+
+    @property
+    def monotone(self) -> bool:  # type: ignore[override]
+        return self.alpha >= 0
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.hard_sigmoid(x, self.alpha, self.beta)
+
+
+@dataclass(frozen=True, eq=False)
+class HardSwish(PointwiseActivation):
+    """``x * relu6(x + 3) / 6 = x * max(0, min(1, x / 6 + 1/2))``; its minimum is -3/8 at ``x = -3/2``."""
+
+    kind: ClassVar[str] = "HardSwish"
+    monotone: ClassVar[bool] = False
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.hard_swish(x)
+
+
+@dataclass(frozen=True, eq=False)
+class Silu(PointwiseActivation):
+    """SiLU (Swish), ``x * sigmoid(x)``; its minimum is about -0.2785 at ``x = -1.2785``."""
+
+    kind: ClassVar[str] = "Silu"
+    monotone: ClassVar[bool] = False
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.silu(x)
+
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+@dataclass(frozen=True, eq=False)
+class Gelu(PointwiseActivation):
+    """GELU, ``x * Phi(x)`` with ``Phi`` the standard normal distribution function: ``(1 + erf(x / sqrt 2)) / 2``
+    with ``approximate="none"``, ``(1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`` with ``approximate="tanh"``.
+    Its minimum is about -0.17 at ``x = -0.75``."""
+
+    kind: ClassVar[str] = "Gelu"
+    monotone: ClassVar[bool] = False
+    approximate: str = "none"
+
+    def validate(self) -> None:
+        if self.approximate not in GELU_APPROXIMATIONS:
+            raise IRError(f"Gelu: approximate must be one of {GELU_APPROXIMATIONS}, got {self.approximate!r}")
+
+    def function(self, x: np.ndarray) -> np.ndarray:
+        return functions.gelu(x, self.approximate)
 
 
 @dataclass(frozen=True, eq=False)
@@ -457,6 +574,10 @@ class Readout(Op):
 
 OPS: dict[str, type[Op]] = {cls.kind: cls for cls in (
     Input, Conv2d, Linear, AvgPool2d, MaxPool2d, SpikingMaxPool2d, GlobalAvgPool, Pad2d, Flatten, Reshape, Affine,
-    Add, Concat, Identity, Relu, Clip, LeakyRelu, Softmax, Population, Readout)}
+    Add, Concat, Identity, Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish, Silu, Gelu, Softmax,
+    Population, Readout)}
 
-ACTIVATIONS: tuple[type[Op], ...] = (Relu, Clip, LeakyRelu, Softmax)
+#: Element-wise activations (each with ``function`` and ``monotone``).
+POINTWISE_ACTIVATIONS: tuple[type[PointwiseActivation], ...] = tuple(
+    cls for cls in OPS.values() if issubclass(cls, PointwiseActivation))
+ACTIVATIONS: tuple[type[Op], ...] = (*POINTWISE_ACTIVATIONS, Softmax)

@@ -15,6 +15,8 @@ CASES = [("lenet5-mnist", "mnist"), ("vgg-fmnist", "fashion-mnist")]
 # Largest accuracy loss (fraction) allowed on 300 test images at T=8 and T=64; the full-test-set acceptance figures
 # are in tests/e2e/test_acceptance_slow.py and docs/results.md.
 LOSS_BOUNDS = {"lenet5-mnist": {8: 0.02, 64: 0.01}, "vgg-fmnist": {8: 0.15, 64: 0.015}}
+# Every shipped ANN, including the SiLU network that rate coding cannot convert.
+ANN_CASES = [*CASES, ("silu-fmnist", "fashion-mnist")]
 
 
 def _model(name: str, exporter: str = ""):
@@ -90,7 +92,7 @@ def test_demo_runs_on_the_bundled_sample(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("exporter", ["", ".dynamo"])
-@pytest.mark.parametrize("name, dataset", CASES)
+@pytest.mark.parametrize("name, dataset", ANN_CASES)
 def test_canonical_graph_agrees_with_onnxruntime(name, dataset, exporter):
     import onnxruntime as ort
 
@@ -108,3 +110,35 @@ def test_canonical_graph_agrees_with_onnxruntime(name, dataset, exporter):
     reference = session.run(None, {session.get_inputs()[0].name: x})[0]
     ours = run_analog(canonical, x)[0]
     assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("exporter", ["", ".dynamo"])
+def test_silu_model_has_one_silu_per_activation_and_the_predictions_of_onnxruntime(exporter):
+    """Both exporters write SiLU as Mul(x, Sigmoid(x)); each pair imports as one Silu op. On 1,000 test images the
+    canonical graph predicts the same classes as onnxruntime (the model card reports all 10,000)."""
+    import onnxruntime as ort
+
+    from snncc.frontend.onnx import import_onnx
+    from snncc.passes import run_pipeline
+    from snncc.runtime import run_analog
+
+    model = _model("silu-fmnist", exporter)
+    x, y = load_dataset(data_dir("fashion-mnist"), split="test", limit=1000)
+    x = UNIT.apply(x)
+    canonical = run_pipeline(import_onnx(model), "canonicalize")
+    assert [canonical.op(n).kind for n in canonical.topological_order()] == [
+        "Input", *["Conv2d", "Silu", "AvgPool2d"] * 3, "Flatten", "Linear", "Silu", "Linear"]
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {session.get_inputs()[0].name: x})[0]
+    ours = run_analog(canonical, x)[0]
+    np.testing.assert_array_equal(ours.argmax(1), reference.argmax(1))
+    assert (ours.argmax(1) == y).mean() > 0.9
+
+
+def test_rate_conversion_of_the_silu_model_points_at_few_spike_coding():
+    from snncc.errors import UnsupportedModelError
+
+    model = _model("silu-fmnist")
+    calib, _ = load_dataset(data_dir("fashion-mnist"), split="train", limit=100)
+    with pytest.raises(UnsupportedModelError, match=r"'features_features\.2_Mul' \(Silu\).*--method fs"):
+        compile_model(model, calibration=calib, input_scaling=UNIT)

@@ -132,16 +132,75 @@ UNSUPPORTED_USES = {
     "div-by-zero": ("[div] y = Div(x, c)", {"c": np.array([1.0, 0.0], np.float32).reshape(2, 1, 1)},
                     "float[N,2,8,8] x", "contains zeros"),
     "softmax-over-batch": ("[sm] y = Softmax<axis=0>(x)", {}, "float[N,16] x", "softmax over axis 0"),
+    "erf-alone": ("[erf] y = Erf(x)", {}, "float[N,1,8,8] x",
+                  "not supported on its own; snncc reads it only inside GELU, x * 0.5 * (1 + erf(x / sqrt(2)))"),
+    "pow-alone": ("[pow] y = Pow(x, p)", {"p": np.float32(2)}, "float[N,1,8,8] x", "only inside the tanh form"),
+    "mul-names-the-products": ("r = Relu(x)\n[mul] y = Mul(x, r)", {}, "float[N,1,8,8] x",
+                               "only as the activations x * sigmoid(x) (SiLU)"),
+    "x-times-hardsigmoid-not-hardswish": ("h = HardSigmoid<alpha=0.2>(x)\n[mul] y = Mul(x, h)", {},
+                                          "float[N,1,8,8] x", "Mul of two computed tensors"),
+    "x-times-sigmoid-of-another-tensor": ("r = Relu(x)\ns = Sigmoid(r)\n[mul] y = Mul(x, s)", {},
+                                          "float[N,1,8,8] x", "Mul of two computed tensors"),
+    "gelu-bad-approximation": ('[gelu] y = Gelu<approximate="fast">(x)', {}, "float[N,1,8,8] x",
+                               "approximate must be one of ('none', 'tanh'), got 'fast'"),
 }
 
 
 @pytest.mark.parametrize("case", UNSUPPORTED_USES)
 def test_unsupported_use_of_a_supported_op_names_the_node(case: str) -> None:
     body, weights, inputs, words = UNSUPPORTED_USES[case]
-    model = make_model(body, 15 if "training" in case else 13, weights, inputs=inputs)
+    model = make_model(body, 15 if "training" in case else 21 if "gelu" in case else 13, weights, inputs=inputs)
     name, op_type = re.search(r"\[(\w+)\] [\w, ]+ = (\w+)", body).groups()  # the one node tagged with a name
     with pytest.raises(UnsupportedModelError, match=rf"'{name}' \({op_type}\):.*{re.escape(words)}"):
         import_onnx(model)
+
+
+def test_swish_with_alpha_other_than_one() -> None:
+    model = make_model("[swish] y = Swish<alpha=2.0>(x)", 24)
+    with pytest.raises(UnsupportedModelError, match=r"'swish' \(Swish\): Swish with alpha=2, x \* sigmoid\(2 x\), "
+                                                    r"is not supported; only alpha=1 \(SiLU\) is"):
+        import_onnx(model)
+
+
+_GELU_CONSTANTS = {"sqrt2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)}
+_GELU = """
+    [div] d = Div(x, sqrt2)
+    [erf] e = Erf(d)
+    [add] a = Add(e, one)
+    [mul] m = Mul(x, a)
+    [half] y = Mul(m, half)
+"""
+BLOCKED_PATTERNS = {
+    # name: (body, outputs, the node reported, the words after its name, why the pattern was not fused)
+    "silu-sigmoid-read-twice": ("[sigmoid] s = Sigmoid(x)\n[mul] m = Mul(x, s)\n[add] y = Add(m, s)", "y",
+                                "mul", "Mul", "Mul of two computed tensors is not supported",
+                                "it belongs to the SiLU pattern x * sigmoid(x) ending at 'mul' (Mul), which snncc "
+                                "imports as one op only when nothing else reads its inner values, but 's' is also read "
+                                "by 'add' (Add)"),
+    "gelu-erf-read-twice": (_GELU + "[relu] r = Relu(e)", "y, r", "erf", "Erf",
+                            "operator not supported on its own; snncc reads it only inside GELU",
+                            "it belongs to the GELU pattern x * 0.5 * (1 + erf(x / sqrt(2))) ending at 'half' (Mul), "
+                            "which snncc imports as one op only when nothing else reads its inner values, but 'e' is "
+                            "also read by 'relu' (Relu): compute that other use from the activation's input or output "
+                            "instead, or export with opset 20 or later, where it is one Gelu node"),
+    "gelu-inner-value-is-an-output": (_GELU, "y, a", "erf", "Erf", "operator not supported on its own",
+                                      "but 'a' is a graph output"),
+    "hardswish-hardsigmoid-read-twice": ("[hs] h = HardSigmoid<alpha=0.16666667>(x)\n[mul] m = Mul(x, h)\n"
+                                         "[add] y = Add(m, h)", "y", "mul", "Mul", "Mul of two computed tensors",
+                                         "export with opset 14 or later, where it is one HardSwish node"),
+}
+
+
+@pytest.mark.parametrize("case", BLOCKED_PATTERNS)
+def test_pattern_with_inner_values_read_elsewhere_is_reported_with_the_reason(case: str) -> None:
+    """A pattern is fused only if nothing else reads its inner values; otherwise the node that cannot be converted
+    alone is reported, naming the pattern, the tensor read elsewhere and its reader."""
+    body, outputs, name, op_type, reason, why = BLOCKED_PATTERNS[case]
+    model = make_model(body, 13, _GELU_CONSTANTS if "gelu" in case else {}, outputs=outputs)
+    with pytest.raises(UnsupportedModelError, match=r"1 node\(s\) cannot be converted") as info:
+        import_onnx(model)
+    (line,) = [line for line in str(info.value).splitlines() if line.strip().startswith(f"'{name}' ({op_type}):")]
+    assert reason in line and why in line, line
 
 
 def test_softmax_over_inner_axis_before_opset_13() -> None:

@@ -9,6 +9,7 @@ Opsets 7, 9, 11, 13, 17 and 21 are covered; ops whose text form changed between 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -320,6 +321,137 @@ def test_clip_input_form(form: str, opset: int, constant_nodes: bool) -> None:
     graph, _ = check_against_onnxruntime(model, samples((1, 8, 8)))
     clip = graph.op(graph.find(ops.Clip)[0])
     assert (clip.min, clip.max) == pytest.approx((low, high))
+
+
+# ---- smooth and non-monotone activations --------------------------------------------------------------------------
+
+SINGLE_NODE_ACTIVATIONS = {
+    # name: (node, minimum opset, snncc op kind, its parameters)
+    "Sigmoid": ("y = Sigmoid(c)", 7, "Sigmoid", {}),
+    "Tanh": ("y = Tanh(c)", 7, "Tanh", {}),
+    "HardSigmoid-defaults": ("y = HardSigmoid(c)", 7, "HardSigmoid", {"alpha": 0.2, "beta": 0.5}),
+    "HardSigmoid-torch": ("y = HardSigmoid<alpha=0.16666667>(c)", 7, "HardSigmoid",
+                          {"alpha": pytest.approx(1 / 6), "beta": 0.5}),
+    "HardSigmoid-attributes": ("y = HardSigmoid<alpha=0.3, beta=0.4>(c)", 7, "HardSigmoid",
+                               {"alpha": pytest.approx(0.3), "beta": pytest.approx(0.4)}),
+    "HardSwish": ("y = HardSwish(c)", 14, "HardSwish", {}),
+    "Gelu": ("y = Gelu(c)", 20, "Gelu", {"approximate": "none"}),
+    "Gelu-none": ('y = Gelu<approximate="none">(c)', 20, "Gelu", {"approximate": "none"}),
+    "Gelu-tanh": ('y = Gelu<approximate="tanh">(c)', 20, "Gelu", {"approximate": "tanh"}),
+}
+
+
+def _only_activation(graph, kind: str) -> ops.Op:
+    (node,) = [n for n in graph.topological_order() if graph.op(n).kind == kind]
+    return graph.op(node)
+
+
+@pytest.mark.parametrize("case, opset", _grid(SINGLE_NODE_ACTIVATIONS,
+                                              {k: v[1] for k, v in SINGLE_NODE_ACTIVATIONS.items()}))
+def test_single_node_activation(case: str, opset: int) -> None:
+    body, _, kind, params = SINGLE_NODE_ACTIVATIONS[case]
+    graph, canonical = check_against_onnxruntime(_conv_then(body, opset), samples((1, 8, 8)) * 3)
+    assert kinds(canonical) == ["Input", "Conv2d", kind]
+    assert _only_activation(graph, kind).params() == params
+
+
+@pytest.mark.parametrize("node", ["y = Swish(c)", "y = Swish<alpha=1.0>(c)"])
+def test_swish_with_alpha_one_is_silu(node: str) -> None:
+    """ONNX Swish (from opset 24) with alpha 1 is SiLU."""
+    graph, _ = check_against_onnxruntime(_conv_then(node, 24), samples((1, 8, 8)) * 3)
+    assert kinds(graph) == ["Input", "Conv2d", "Silu"]
+
+
+_GELU_CONSTANTS = {"sqrt2": np.float32(math.sqrt(2)), "inv_sqrt2": np.float32(1 / math.sqrt(2)),
+                   "one": np.float32(1), "half": np.float32(0.5), "two": np.float32(2), "three": np.float32(3),
+                   "cubic": np.float32(0.044715), "sqrt_2_over_pi": np.float32(math.sqrt(2 / math.pi))}
+ACTIVATION_PATTERNS = {
+    # name: (nodes computing y from c, minimum opset, snncc op kind, its parameters)
+    "silu": ("s = Sigmoid(c)\ny = Mul(c, s)", 7, "Silu", {}),
+    "silu-sigmoid-first": ("s = Sigmoid(c)\ny = Mul(s, c)", 7, "Silu", {}),
+    "hardswish-legacy": ("h = HardSigmoid<alpha=0.16666667>(c)\ny = Mul(c, h)", 7, "HardSwish", {}),
+    "hardswish-explicit-beta": ("h = HardSigmoid<alpha=0.16666667, beta=0.5>(c)\ny = Mul(h, c)", 7, "HardSwish",
+                                {}),
+    # torch legacy exporter: the 0.5 last
+    "gelu-legacy": ("d = Div(c, sqrt2)\ne = Erf(d)\na = Add(e, one)\nm = Mul(c, a)\ny = Mul(m, half)", 9, "Gelu",
+                    {"approximate": "none"}),
+    # torch dynamo exporter: the 0.5 on (1 + erf)
+    "gelu-dynamo": ("d = Div(c, sqrt2)\ne = Erf(d)\na = Add(e, one)\nh = Mul(half, a)\ny = Mul(c, h)", 9, "Gelu",
+                    {"approximate": "none"}),
+    # 0.5 * x * (1 + erf(x * 0.7071)), as written by hand in many model zoos
+    "gelu-half-on-x": ("d = Mul(c, inv_sqrt2)\ne = Erf(d)\na = Add(one, e)\nh = Mul(half, c)\ny = Mul(h, a)", 9,
+                       "Gelu", {"approximate": "none"}),
+    "gelu-divided-by-two": ("d = Mul(inv_sqrt2, c)\ne = Erf(d)\na = Add(one, e)\nm = Mul(a, c)\ny = Div(m, two)",
+                            9, "Gelu", {"approximate": "none"}),
+    # torch legacy exporter, tanh approximation: x^3 as x * (x * x), the 0.5 last
+    "gelu-tanh-legacy": ("""sq = Mul(c, c)
+        cu = Mul(c, sq)
+        k = Mul(cubic, cu)
+        s = Add(c, k)
+        u = Mul(sqrt_2_over_pi, s)
+        t = Tanh(u)
+        a = Add(one, t)
+        m = Mul(c, a)
+        y = Mul(half, m)""", 7, "Gelu", {"approximate": "tanh"}),
+    # torch dynamo exporter, tanh approximation: Pow(x, 3), the 0.5 on (1 + tanh)
+    "gelu-tanh-dynamo": ("""cu = Pow(c, three)
+        k = Mul(cubic, cu)
+        s = Add(c, k)
+        u = Mul(sqrt_2_over_pi, s)
+        t = Tanh(u)
+        a = Add(t, one)
+        h = Mul(half, a)
+        y = Mul(c, h)""", 7, "Gelu", {"approximate": "tanh"}),
+}
+
+
+@pytest.mark.parametrize("constant_nodes", [False, True])
+@pytest.mark.parametrize("case, opset", _grid(ACTIVATION_PATTERNS, {k: v[1] for k, v in ACTIVATION_PATTERNS.items()}))
+def test_activation_pattern_fuses_into_one_op(case: str, opset: int, constant_nodes: bool) -> None:
+    body, _, kind, params = ACTIVATION_PATTERNS[case]
+    w = Weights(15)
+    model = make_model(f"c = Conv<pads=[1,1,1,1]>(x, W, B)\n{body}", opset,
+                       {"W": w.conv(3, 1, 3, 3), "B": w.normal(3),
+                        **{k: v for k, v in _GELU_CONSTANTS.items() if re.search(rf"\b{k}\b", body)}},
+                       constant_nodes=constant_nodes)
+    graph, _ = check_against_onnxruntime(model, samples((1, 8, 8)) * 3)
+    assert kinds(graph) == ["Input", "Conv2d", kind]
+    assert _only_activation(graph, kind).params() == params
+    (node,) = graph.find(ops.PointwiseActivation)
+    assert graph.meta[node]["onnx_op"] == ",".join(re.findall(r"= (\w+)", body))  # the exporter's nodes
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+def test_gelu_pattern_on_features_between_fully_connected_layers(opset: int) -> None:
+    """GELU on (batch, features) tensors, between two Gemms; both Gemm outputs are read twice, like x in GELU."""
+    w = Weights(26)
+    model = make_model("""
+        g = Gemm<transB=1>(x, W1, B1)
+        d = Div(g, sqrt2)
+        e = Erf(d)
+        a = Add(e, one)
+        m = Mul(g, a)
+        h = Mul(m, half)
+        y = Gemm<transB=1>(h, W2, B2)
+    """, opset, {"W1": w.normal(12, 16), "B1": w.normal(12), "W2": w.normal(5, 12), "B2": w.normal(5),
+                 "sqrt2": _GELU_CONSTANTS["sqrt2"], "one": _GELU_CONSTANTS["one"], "half": _GELU_CONSTANTS["half"]},
+        inputs="float[N,16] x")
+    graph, _ = check_against_onnxruntime(model, samples((16,)))
+    assert kinds(graph) == ["Input", "Linear", "Gelu", "Linear"]
+
+
+def test_two_silus_in_a_row_fuse_separately() -> None:
+    """silu(silu(x)): the outer pattern's x is the inner pattern's output."""
+    model = _conv_then("s1 = Sigmoid(c)\nm1 = Mul(c, s1)\ns2 = Sigmoid(m1)\ny = Mul(s2, m1)", 13)
+    graph, _ = check_against_onnxruntime(model, samples((1, 8, 8)) * 3)
+    assert kinds(graph) == ["Input", "Conv2d", "Silu", "Silu"]
+
+
+def test_pattern_on_a_constant_is_folded() -> None:
+    """x * sigmoid(x) of a constant is folded at import (it is not an activation of the network)."""
+    model = _conv_then("s = Sigmoid(k)\nm = Mul(k, s)\ny = Add(c, m)", 13, {"k": np.float32(0.75)})
+    graph, _ = check_against_onnxruntime(model, samples((1, 8, 8)))
+    assert kinds(graph) == ["Input", "Conv2d", "Affine"]
 
 
 # ---- pooling -----------------------------------------------------------------------------------------------------

@@ -41,15 +41,20 @@ def every_op_graph() -> Graph:
     return g
 
 
-ANN_ONLY = {"Relu", "Clip", "LeakyRelu", "Softmax"}
-
-
 def ann_activation_graph() -> Graph:
+    """Every activation op, with parameters away from their defaults where they have any."""
     g = Graph()
     x = g.add(ops.Input(shape=(4,)))
     h = g.add(ops.Relu(), [x])
     h = g.add(ops.Clip(min=0.0, max=float("inf")), [h])
     h = g.add(ops.LeakyRelu(alpha=0.1), [h])
+    h = g.add(ops.Sigmoid(), [h])
+    h = g.add(ops.Tanh(), [h])
+    h = g.add(ops.HardSigmoid(alpha=1 / 6, beta=0.25), [h])
+    h = g.add(ops.HardSwish(), [h])
+    h = g.add(ops.Silu(), [h])
+    h = g.add(ops.Gelu(approximate="tanh"), [h])
+    h = g.add(ops.Gelu(), [h])
     g.outputs = [g.add(ops.Softmax(axis=0, log=True), [h])]
     return g
 
@@ -148,3 +153,24 @@ def test_invalid_graph_is_never_written(tmp_path, cnn):
     with pytest.raises(Exception, match="not legal"):
         save(cnn, tmp_path / "x.snn")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_activation_parameters_in_the_text_form():
+    text = to_text(ann_activation_graph())
+    assert "= HardSigmoid(%" in text and "alpha=0.166667, beta=0.25) : [4] analog" in text
+    assert "approximate='tanh'" in text and "approximate='none'" in text
+    for kind in ("Sigmoid", "Tanh", "HardSwish", "Silu"):
+        assert f"= {kind}(%" in text
+
+
+def test_invalid_activation_parameter_in_a_file_is_rejected(tmp_path):
+    path = save(ann_activation_graph(), tmp_path / "g.snn")
+
+    def bad_approximation(files):
+        doc = json.loads(files["graph.json"])
+        gelu = next(n for n in doc["nodes"] if n["kind"] == "Gelu")
+        gelu["params"]["approximate"] = "fast"
+        files["graph.json"] = json.dumps(doc).encode()
+
+    with pytest.raises(FormatError, match="approximate must be one of"):
+        load(_rewrite(path, tmp_path, bad_approximation))

@@ -109,3 +109,24 @@ def test_canonicalize_twice_is_a_no_op(cnn):
     twice = run_pipeline(once, "canonicalize")
     assert to_text(once) == to_text(twice)
     assert all(once.op(n).same_as(twice.op(n)) for n in once.nodes())
+
+
+@pytest.mark.parametrize("activation, moves", [
+    (ops.Relu(), True), (ops.Clip(min=-1.0, max=2.0), True), (ops.LeakyRelu(alpha=0.1), True),
+    (ops.LeakyRelu(alpha=-0.1), False), (ops.Sigmoid(), True), (ops.Tanh(), True), (ops.HardSigmoid(), True),
+    (ops.HardSigmoid(alpha=-0.2), False), (ops.HardSwish(), False), (ops.Silu(), False), (ops.Gelu(), False),
+    (ops.Gelu(approximate="tanh"), False),
+])
+def test_max_pool_moves_behind_monotone_activations_only(activation, moves):
+    """``max act(x) = act(max x)`` holds for non-decreasing ``act`` (``op.monotone``), not for SiLU, GELU, ..."""
+    rng = np.random.default_rng(6)
+    g = Graph()
+    h = g.add(ops.Input(shape=(2, 9, 9)))
+    h = g.add(_conv(rng, 4, 2), [h], name="conv")
+    h = g.add(ops.MaxPool2d(kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1)), [h], name="pool")
+    h = g.add(activation, [h], name="act")
+    g.outputs = [h]
+    c = run_pipeline(g, "canonicalize")
+    kind = activation.kind
+    assert _kinds(c) == (["Input", "Conv2d", kind, "MaxPool2d"] if moves else ["Input", "Conv2d", "MaxPool2d", kind])
+    _close(g, c, np.random.default_rng(7).normal(0, 0.02, (8, 2, 9, 9)).astype(np.float32))

@@ -94,3 +94,53 @@ def test_converted_populations_use_if_neurons_with_subtraction(cnn, inputs):
     snn = _convert(cnn, inputs)
     for node in snn.find(ops.Population):
         assert snn.op(node).neuron == IF(threshold=1.0, reset="subtract", v_init=0.5)
+
+
+NOT_HOMOGENEOUS = [ops.Sigmoid(), ops.Tanh(), ops.HardSigmoid(), ops.HardSwish(), ops.Silu(), ops.Gelu(),
+                   ops.Gelu(approximate="tanh")]
+
+
+@pytest.mark.parametrize("activation", NOT_HOMOGENEOUS, ids=lambda op: op.kind + str(getattr(op, "approximate", "")))
+def test_normalize_keeps_activations_that_are_not_homogeneous_in_their_units(cnn, inputs, activation):
+    """A smooth activation is a scale barrier: the normalized graph computes the same function, the activation sees
+    its original inputs, and the ReLU layers around it are still normalized."""
+    cnn.replace("relu2", activation)
+    before = run_analog(cnn, inputs)[0]
+    normalized = run_pipeline(cnn, "canonicalize,normalize{percentile=100}", PassContext(calibration=inputs))
+    assert _rel_err(run_analog(normalized, inputs)[0], before) < 1e-5
+    captured = []
+    run_analog(normalized, inputs, record=["relu2"], on_batch=lambda v: captured.append(v["relu2"]))
+    original = []
+    run_analog(cnn, inputs, record=["relu2"], on_batch=lambda v: original.append(v["relu2"]))
+    np.testing.assert_allclose(np.concatenate(captured), np.concatenate(original), rtol=1e-4, atol=1e-5)
+    for node, lam in activation_scales(normalized, inputs, 100, "channel").items():
+        np.testing.assert_allclose(lam, 1.0, rtol=1e-3, err_msg=node)
+
+
+def test_rate_conversion_refuses_smooth_activations_after_normalize(cnn, inputs):
+    from snncc.errors import UnsupportedModelError
+
+    cnn.replace("relu1", ops.Silu())
+    cnn.replace("relu3", ops.Gelu())
+    with pytest.raises(UnsupportedModelError, match=r"relu1.*Silu|Silu.*relu1"):
+        run_pipeline(cnn, "canonicalize,normalize,convert-rate", PassContext(calibration=inputs))
+
+
+def test_leaky_relu_passes_normalize(cnn, inputs):
+    cnn.replace("relu2", ops.LeakyRelu(alpha=0.1))
+    n = run_pipeline(cnn, "canonicalize,normalize{percentile=100}", PassContext(calibration=inputs))
+    assert _rel_err(run_analog(n, inputs)[0], run_analog(cnn, inputs)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("activation", NOT_HOMOGENEOUS, ids=lambda op: op.kind + str(getattr(op, "approximate", "")))
+def test_rate_conversion_refuses_smooth_activations_with_the_fs_remedy(cnn, inputs, activation):
+    """convert-rate refuses them first, even on a graph that was never normalized."""
+    from snncc.errors import UnsupportedModelError
+
+    cnn.replace("relu3", activation)
+    cnn.replace("relu1", ops.Silu())
+    with pytest.raises(UnsupportedModelError, match=(
+            r"convert-rate cannot convert:\n  'relu1' \(Silu\): a rate-coded IF neuron computes a rectified linear "
+            rf"function of its input \(ReLU, Clip\(0, c\)\), not Silu; convert this model with few-spike coding "
+            rf"\(--method fs\) instead\n  'relu3' \({activation.kind}\): .*not {activation.kind};")):
+        run_pipeline(cnn, "canonicalize,convert-rate", PassContext(calibration=inputs))
