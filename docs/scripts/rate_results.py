@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from snncc.api import compile_model, evaluate, plot_accuracy, write_json
-from snncc.data import InputScaling, load_dataset
+from shipped import load_model_data
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist"}
+RATE_MODELS = ("lenet5-mnist", "vgg-fmnist")
 TIMESTEPS = [1, 2, 4, 8, 16, 32, 64, 128]
 # Acceptance bounds of issue 2: the largest allowed ANN - SNN gap (points) at these T.
 BOUNDS = {"lenet5-mnist": {16: 0.3, 32: 0.1, 128: 0.1}, "vgg-fmnist": {32: 0.7, 64: 0.3, 128: 0.1}}
@@ -35,11 +35,7 @@ VARIANTS = {"default": None, "maxpool=avg": "canonicalize,normalize,convert-rate
 
 def run_model(name: str, data_root: Path, calib_count: int, limit: int | None, compare_limit: int | None,
               variants: list[str]) -> dict:
-    model = REPO / "models" / f"{name}.onnx"
-    data = data_root / DATASETS[name]
-    scaling = InputScaling.from_json(json.loads((REPO / "models" / f"{name}.json").read_text())["input_scaling"])
-    calibration, _ = load_dataset(data, split="train", limit=calib_count)
-    x, y = load_dataset(data, split="test", limit=limit)
+    model, scaling, calibration, x, y = load_model_data(name, data_root, calib_count, limit)
     reports = {}
     for label in variants:
         pipeline = VARIANTS[label]
@@ -105,7 +101,7 @@ def markdown(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--models", default=",".join(DATASETS))
+    parser.add_argument("--models", default=",".join(RATE_MODELS))
     parser.add_argument("--calib", type=int, default=5000, help="number of training images for calibration")
     parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
     parser.add_argument("--compare-limit", type=int, default=None,
@@ -128,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                       title=name)
     if args.limit is None or args.markdown_only:
         merged = {}
-        for name in DATASETS:
+        for name in RATE_MODELS:
             path = DOCS / "results" / f"{name}.json"
             if path.is_file():
                 merged[name] = json.loads(path.read_text())

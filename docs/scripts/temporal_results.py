@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 
 from snncc.api import compile_model, evaluate, write_json
-from snncc.data import InputScaling, load_dataset
+from shipped import load_model_data
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist", "silu-fmnist": "fashion-mnist",
-            "resnet-fmnist": "fashion-mnist"}
 # (label, pipeline) per configuration; {norm} is the normalization step (none for non-ReLU models).
 CONFIGS = {
     "relu": [("FS K=4", "convert-fs{steps=4}"), ("FS K=6", "convert-fs{steps=6}"), ("FS K=8", "convert-fs{steps=8}"),
@@ -44,11 +42,7 @@ BOUNDS = {"relu": {"fs": 0.2, "amos": 0.3}, "smooth": {"fs": 0.5}}
 
 def run_model(name: str, data_root: Path, calib_count: int, limit: int | None, backend: str,
               only: list[str] | None) -> dict:
-    model = REPO / "models" / f"{name}.onnx"
-    data = data_root / DATASETS[name]
-    scaling = InputScaling.from_json(json.loads((REPO / "models" / f"{name}.json").read_text())["input_scaling"])
-    calibration, _ = load_dataset(data, split="train", limit=calib_count)
-    x, y = load_dataset(data, split="test", limit=limit)
+    model, scaling, calibration, x, y = load_model_data(name, data_root, calib_count, limit)
     reports = {}
     for label, tail in CONFIGS[MODEL_CONFIGS[name]]:
         if only and label not in only:

@@ -133,6 +133,18 @@ def _vector(model: NeuronModel, name: str, length: int | None = None) -> tuple[f
     return values
 
 
+def _check_temporal(model: NeuronModel, unit: str) -> int:
+    """Validate the fields FS and AMOS share (threshold, weight, offset); returns K."""
+    k = len(_vector(model, "threshold"))
+    if k < 1:
+        raise IRError(f"{model.kind}: needs at least one {unit} (threshold is empty)")
+    _vector(model, "weight", k)
+    object.__setattr__(model, "offset", float(model.offset))
+    if not np.isfinite(model.offset):
+        raise IRError(f"{model.kind}: offset must be finite, got {model.offset}")
+    return k
+
+
 @dataclass(frozen=True)
 class FewSpike(NeuronModel):
     """Few-spikes (FS) neuron: approximates an activation function with at most ``K`` spikes in ``K`` time steps.
@@ -160,14 +172,8 @@ class FewSpike(NeuronModel):
     offset: float = 0.0
 
     def __post_init__(self) -> None:
-        k = len(_vector(self, "threshold"))
-        if k < 1:
-            raise IRError("FS: needs at least one time step (threshold is empty)")
+        k = _check_temporal(self, "time step")
         _vector(self, "height", k)
-        _vector(self, "weight", k)
-        object.__setattr__(self, "offset", float(self.offset))
-        if not np.isfinite(self.offset):
-            raise IRError(f"FS: offset must be finite, got {self.offset}")
 
     @property
     def steps(self) -> int:
@@ -200,15 +206,9 @@ class Amos(NeuronModel):
     offset: float = 0.0
 
     def __post_init__(self) -> None:
-        k = len(_vector(self, "threshold"))
-        if k < 1:
-            raise IRError("AMOS: needs at least one neuron per unit (threshold is empty)")
-        _vector(self, "weight", k)
+        k = _check_temporal(self, "neuron per unit")
         _vector(self, "gain", k)
         _vector(self, "inhibition", k * (k - 1) // 2)
-        object.__setattr__(self, "offset", float(self.offset))
-        if not np.isfinite(self.offset):
-            raise IRError(f"AMOS: offset must be finite, got {self.offset}")
 
     @property
     def steps(self) -> int:
