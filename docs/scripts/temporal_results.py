@@ -32,8 +32,8 @@ CONFIGS = {
              ("FS K=8, 8-bit", "convert-fs{steps=8},quantize-neurons{bits=8}"),
              ("FS K=8, 6-bit", "convert-fs{steps=8},quantize-neurons{bits=6}")],
     "smooth": [("FS K=8", "convert-fs{steps=8}"), ("FS K=12", "convert-fs{steps=12}"),
-               ("FS K=16", "convert-fs{steps=16}"), ("AMOS K=8", "convert-amos{steps=8}"),
-               ("FS K=12, 8-bit", "convert-fs{steps=12},quantize-neurons{bits=8}")],
+               ("FS K=16", "convert-fs{steps=16}"), ("AMOS K=12", "convert-amos{steps=12}"),
+               ("FS K=12, 10-bit", "convert-fs{steps=12},quantize-neurons{bits=10}")],
 }
 MODEL_CONFIGS = {"lenet5-mnist": "relu", "vgg-fmnist": "relu", "silu-fmnist": "smooth", "resnet-fmnist": "relu"}
 # Acceptance of issue 4: the largest ANN - SNN gap (points).
