@@ -148,8 +148,10 @@ def markdown(results: dict[str, dict]) -> str:
             ok = gap <= bounds[method] and (method != "amos" or r["max_spikes_per_neuron"] <= 1)
             if method == "fs" and kind == "relu":
                 ok = ok and r["snn"][0]["spikes_per_neuron"] <= 2.0 and steps <= 10
-            checks.append(f"{label}: loss {gap:.2f} points (bound {bounds[method]}) {'✓' if ok else '✗'}")
-        lines += ["", "Acceptance (issue 4): " + "; ".join(checks) + ".", "",
+            checks.append(f"{label}: loss {gap:.2f} points {'✓' if ok else '✗'}")
+        rule = ("FS within 0.2 points of the ANN with at most 2 spikes per neuron on average and K <= 10; AMOS within "
+                "0.3 points with at most one spike per neuron" if kind == "relu" else "FS within 0.5 points")
+        lines += ["", f"Acceptance (issue 4: {rule}): " + "; ".join(checks) + ".", "",
                   f"![{name}](results/temporal-{name}.png)", ""]
         fits = [(n, f) for n, f in first.get("fits", {}).items() if f["method"] != "closed-form"]
         if fits:
