@@ -126,17 +126,18 @@ def markdown(results: dict[str, dict]) -> str:
         first = next(iter(reports.values()))
         lines += [f"## {name}", "", f"ANN (onnxruntime): **{100 * ann:.2f}%** on {first['images']} test images.", "",
                   "| coding | accuracy | vs ANN (points) | time steps to answer | spikes / image | spikes / neuron "
-                  "| max spikes / neuron | synaptic ops / image | neurons |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| max spikes / neuron | synaptic ops / image | neurons | synapses |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in entry["rate"]:
             lines.append(f"| {row['label']} | {100 * row['accuracy']:.2f}% | {100 * (row['accuracy'] - ann):+.2f} | "
                          f"{row['timesteps']} | {row['spikes_per_image']:.0f} | {row['spikes_per_neuron']:.3f} | - | "
-                         f"{row['synops_per_image']:.3g} | - |")
+                         f"{row['synops_per_image']:.3g} | - | - |")
         for label, r in reports.items():
             row = r["snn"][0]
             lines.append(f"| {label} | {100 * row['accuracy']:.2f}% | {100 * (row['accuracy'] - ann):+.2f} | "
                          f"{r['latency']} | {row['spikes_per_image']:.0f} | {row['spikes_per_neuron']:.3f} | "
-                         f"{r['max_spikes_per_neuron']} | {row['synops_per_image']:.3g} | {r['neurons']} |")
+                         f"{r['max_spikes_per_neuron']} | {row['synops_per_image']:.3g} | {r['neurons']} | "
+                         f"{r['synapses']} |")
         bounds = BOUNDS[kind]
         checks = []
         for label, r in reports.items():
