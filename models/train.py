@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python models/train.py lenet5-mnist --data /path/to/mnist
     python models/train.py vgg-fmnist --data /path/to/fashion-mnist [--epochs N] [--out models/]
+    python models/train.py resnet-fmnist --data /path/to/fashion-mnist --threads 1
 
 ``--data`` is a directory with the four standard IDX files (``train-images-idx3-ubyte.gz`` ...). The model is
 trained on the 60,000 training images only and evaluated on the 10,000 test images. After training the model is
@@ -44,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from models.architectures import LeNet5, VGGFashion, count_parameters  # noqa: E402
+from models.architectures import LeNet5, ResNetFashion, VGGFashion, count_parameters  # noqa: E402
 from snncc.data import InputScaling, load_dataset  # noqa: E402
 
 if TYPE_CHECKING:
@@ -94,6 +95,12 @@ CONFIGS: dict[str, TrainConfig] = {
     "vgg-fmnist": TrainConfig(
         name="vgg-fmnist", dataset="Fashion-MNIST", model=VGGFashion, epochs=20, batch_size=128, optimizer="sgd",
         lr=0.1, weight_decay=5e-4, max_shift=2, hflip=True, label_smoothing=0.1, channels_last=True,
+    ),
+    # ResNet-20 layout (3 basic blocks per stage); 12 epochs fit the ~40 min budget on one CPU thread.
+    "resnet-fmnist": TrainConfig(
+        name="resnet-fmnist", dataset="Fashion-MNIST", model=ResNetFashion, epochs=12, batch_size=128,
+        optimizer="sgd", lr=0.1, weight_decay=5e-4, max_shift=2, hflip=True, label_smoothing=0.1,
+        channels_last=True,
     ),
 }
 
@@ -205,18 +212,18 @@ def train(config: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_t
 # --------------------------------------------------------------------------------------------------------- export
 
 
-def export_legacy(model: nn.Module, path: Path) -> None:
+def export_legacy(model: nn.Module, path: Path, sample_shape: tuple[int, ...] = (1, 28, 28)) -> None:
     """Export with the TorchScript-based exporter, opset 13, dynamic batch axis."""
-    dummy = torch.zeros(1, 1, 28, 28)
+    dummy = torch.zeros(1, *sample_shape)
     torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=LEGACY_OPSET, input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def export_dynamo(model: nn.Module, path: Path) -> None:
+def export_dynamo(model: nn.Module, path: Path, sample_shape: tuple[int, ...] = (1, 28, 28)) -> None:
     """Export with the ``torch.export``-based exporter, dynamic batch axis, as one self-contained file."""
     import onnx
 
-    dummy = torch.zeros(2, 1, 28, 28)  # batch > 1 so that the batch dimension is not specialised to 1
+    dummy = torch.zeros(2, *sample_shape)  # batch > 1 so that the batch dimension is not specialised to 1
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(model, (dummy,), dynamo=True, opset_version=DYNAMO_OPSET, input_names=["input"],
                                 output_names=["logits"], dynamic_shapes=({0: batch},), optimize=True)
