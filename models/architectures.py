@@ -1,6 +1,6 @@
 """Network definitions of the ANN models that snncc ships (``models/*.onnx``).
 
-Every model takes a batch of single-channel 28x28 images with pixel values scaled to ``[0, 1]`` (``pixels / 255``)
+All models take a batch of single-channel 28x28 images with pixel values scaled to ``[0, 1]`` (``pixels / 255``)
 and return unnormalised class logits of shape ``(N, 10)``. The per-dataset normalisation ``(x - mean) / std`` is
 the first thing in ``forward`` and is written as plain tensor arithmetic with constant operands, so that the
 exported ONNX graph starts with ``Sub`` and ``Div`` nodes in front of the first ``Conv``: the compiler is expected
@@ -12,9 +12,11 @@ Only ``torch.nn`` is used (torchvision is not available).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LeNet5", "SiLUFashion", "VGGFashion", "count_parameters"]
+__all__ = ["BasicBlock", "LeNet5", "ResNetCifar", "ResNetFashion", "ShortcutA", "SiLUFashion", "VGGFashion",
+           "count_parameters"]
 
 
 class _Normalize(nn.Module):
@@ -107,6 +109,127 @@ class VGGFashion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.normalize(x))
         return self.classifier(torch.flatten(x, 1))
+
+
+class ShortcutA(nn.Module):
+    """Parameter-free shortcut of He et al. 2016 (option A): ``x[:, :, ::s, ::s]`` zero-padded in channels.
+
+    The ``out - in`` new channels are split evenly in front of and behind the subsampled input, as in the common
+    CIFAR ResNet implementations: ``y[c] = x[c - (out - in) // 2, ::s, ::s]`` where that channel exists, else 0.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.front = (out_channels - in_channels) // 2
+        self.back = out_channels - in_channels - self.front
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.front, self.back), "constant", 0.0)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, channel_pad=({self.front}, {self.back})"
+
+
+class BasicBlock(nn.Module):
+    """Residual basic block (He et al. 2016): ``y = ReLU(BN(conv3x3(ReLU(BN(conv3x3(x))))) + shortcut(x))``.
+
+    The first convolution has stride ``stride``. Where the shape changes (``stride != 1`` or a different channel
+    count) the shortcut is a projection, ``BN(conv1x1 stride s (x))`` (option B of He et al.), or with
+    ``shortcut="A"`` the parameter-free :class:`ShortcutA`; otherwise it is the identity.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "B") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if (stride != 1 or in_channels != out_channels) and shortcut == "A":
+            self.shortcut = ShortcutA(in_channels, out_channels, stride)
+        elif stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+class ResNetFashion(nn.Module):
+    """A CIFAR-style ResNet (He et al. 2016, Sec. 4.2) for Fashion-MNIST (input ``(N, 1, 28, 28)`` in ``[0, 1]``).
+
+    ``conv3x3(1->16)-BN-ReLU -> stage 16 @ 28x28 -> stage 32 @ 14x14 -> stage 64 @ 7x7 -> global average pool
+    -> fc10``, each stage ``blocks`` :class:`BasicBlock` s, the first block of stages 2 and 3 with stride 2 and a
+    projection shortcut. The depth is ``6 * blocks + 2`` (``blocks=3`` is ResNet-20, 1 is ResNet-8), with
+    Fashion-MNIST normalisation ``(x - 0.2860) / 0.3530`` in front.
+    """
+
+    MEAN = 0.2860
+    STD = 0.3530
+
+    def __init__(self, blocks: int = 3, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        self.normalize = _Normalize(self.MEAN, self.STD)
+        self.stem = nn.Sequential(*_conv_bn_relu(1, widths[0]))
+        layers: list[nn.Module] = []
+        in_channels = widths[0]
+        for stage, width in enumerate(widths):
+            for block in range(blocks):
+                layers.append(BasicBlock(in_channels, width, stride=2 if stage > 0 and block == 0 else 1))
+                in_channels = width
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(self.normalize(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ResNetCifar(nn.Module):
+    """ResNet-20 for CIFAR-10 as in He et al. 2016, Sec. 4.2 (input ``(N, 3, 32, 32)`` in ``[0, 1]``).
+
+    ``conv3x3(3->16)-BN-ReLU -> 3 stages of ``blocks`` basic blocks (16 @ 32x32, 32 @ 16x16, 64 @ 8x8) -> global
+    average pool -> fc10`` with option-A shortcuts (:class:`ShortcutA`) where the shape changes, and the per-channel
+    CIFAR-10 normalisation ``(x - mean[c]) / std[c]`` in front. Depth ``6 * blocks + 2``.
+    """
+
+    MEAN = (0.4914, 0.4822, 0.4465)
+    STD = (0.2470, 0.2435, 0.2616)
+
+    def __init__(self, blocks: int = 3, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(self.MEAN).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.STD).reshape(1, 3, 1, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers: list[nn.Module] = []
+        in_channels = widths[0]
+        for stage, width in enumerate(widths):
+            for block in range(blocks):
+                layers.append(BasicBlock(in_channels, width, stride=2 if stage > 0 and block == 0 else 1,
+                                         shortcut="A"))
+                in_channels = width
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(self.normalized(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 def _conv_bn_silu_avgpool(in_channels: int, out_channels: int) -> list[nn.Module]:

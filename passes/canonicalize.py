@@ -10,6 +10,8 @@ Local rewrites, each a pattern, a check and a rewrite, applied until none matche
   layer): ``W'[o, i] = W[o, i] * a[i]``, ``b'[o] = b[o] + sum_i W[o, i] * c[i]``; zero padding of the affine's
   output becomes padding of its input with ``(0 - c) / a`` (``Conv2d.pad_value``), so the fold is exact at borders;
 - fold a zero ``Pad2d`` into the following Conv2d's padding;
+- merge consecutive ``Slice`` ops (exporters write one per axis): slicing ``[a1::c1]`` then ``[a2::c2]`` takes
+  ``a1 + c1 a2, a1 + c1 (a2 + c2), ...``, the slice ``[a1 + c1 a2 :: c1 c2]``;
 - move ``MaxPool2d`` behind a following monotone element-wise activation (``op.monotone``: ReLU, Clip, LeakyReLU
   with ``alpha >= 0``, Sigmoid, Tanh, HardSigmoid with ``alpha >= 0``): ``act(max(x)) = max(act(x))`` for
   non-decreasing ``act``, which puts every pooling after its population in the SNN. Non-monotone activations (SiLU,
@@ -115,6 +117,16 @@ def _fold_pad(graph: Graph, pad: str, conv: str) -> bool:
     return True
 
 
+def _merge_slices(graph: Graph, first: str, second: str, types: dict) -> bool:
+    a, b = graph.op(first), graph.op(second)
+    starts = tuple(s1 + c1 * s2 for s1, c1, s2 in zip(a.starts, a.steps, b.starts))
+    steps = tuple(c1 * c2 for c1, c2 in zip(a.steps, b.steps))
+    stops = tuple(s + c * (n - 1) + 1 for s, c, n in zip(starts, steps, types[second].shape))
+    graph.replace(second, ops.Slice(starts=starts, stops=stops, steps=steps))
+    graph.bypass(first)
+    return True
+
+
 def _swap_pool_activation(graph: Graph, pool: str, act: str) -> bool:
     if not graph.op(act).monotone:
         return False
@@ -144,6 +156,8 @@ def _rewrite_once(graph: Graph) -> bool:
         if isinstance(op, ops.Affine) and isinstance(user_op, (ops.Conv2d, ops.Linear)):
             if _fold_affine_before(graph, node, user, types):
                 return True
+        if isinstance(op, ops.Slice) and isinstance(user_op, ops.Slice):
+            return _merge_slices(graph, node, user, types)
         if isinstance(op, ops.Pad2d) and isinstance(user_op, ops.Conv2d):
             if _fold_pad(graph, node, user):
                 return True

@@ -7,9 +7,11 @@ a layer feeding an activation with scale ``lambda_l`` from an input of scale ``s
 
     W'[o, i] = W[o, i] * s_in[i] / lambda_l[o],        b'[o] = b[o] / lambda_l[o]
 
-(Rueckauer et al. 2017, Eq. 6, with per-channel scales). Pooling, reshapes and ReLU keep scales (they are
-positively homogeneous); where two scales meet (Add, an activation not fed by a layer) an ``Affine`` rescales;
-graph outputs are rescaled to ``s = 1``. The normalized ANN computes the same function as before (a Clip bound
+(Rueckauer et al. 2017, Eq. 6, with per-channel scales). Pooling, reshapes, slices and ReLU keep scales (they are
+positively homogeneous; a slice keeps the scales of the elements it keeps). A channel padding under a per-channel
+scale gives its new channels scale 1: their constant needs no rescaling, and a zero stays zero under any later
+rescale. Where two scales meet (Add, an activation not fed by a layer) an ``Affine`` rescales; graph outputs are
+rescaled to ``s = 1``. The normalized ANN computes the same function as before (a Clip bound
 becomes ``max / lambda``), and after conversion an IF neuron with threshold 1 saturates exactly where the
 normalized activation reaches 1.
 
@@ -165,6 +167,17 @@ class _Rescaler:
                 raise PassError(f"node {node!r}: non-zero padding after a per-channel scale is not supported")
             g.replace(node, ops.Pad2d(padding=op.padding, value=op.value / float(s_in[0])))
             self.scale[node] = s_in[0]
+        elif isinstance(op, ops.Slice):
+            self.scale[node] = _slice_scale(s_in[0], op, len(self.types[node].shape))
+        elif isinstance(op, ops.ChannelPad):
+            if np.ndim(s_in[0]) == 0:
+                g.replace(node, op.replace(value=op.value / float(s_in[0])))
+                self.scale[node] = s_in[0]
+            else:  # the new channels hold value in scale 1: exact for any value, and 0 stays 0 under any rescale
+                scale = _full_rank(s_in[0], len(self.types[node].shape))
+                scale = np.broadcast_to(scale, (self.types[operands[0]].shape[0],) + scale.shape[1:])
+                widths = [(op.before, op.after)] + [(0, 0)] * (scale.ndim - 1)
+                self.scale[node] = np.pad(scale, widths, constant_values=1.0)
         elif isinstance(op, (ops.Flatten, ops.Reshape)):
             shape = self.types[node].shape
             self.scale[node] = (s_in[0] if np.ndim(s_in[0]) == 0
@@ -197,6 +210,22 @@ class _Rescaler:
                                                                   shift=np.zeros(())),
                                                   name=f"{out}.rescale", created_by="normalize")
                 self.graph.outputs[i] = restore
+
+
+def _full_rank(scale: np.ndarray, rank: int) -> np.ndarray:
+    """A scale with leading axes of size 1 added up to the per-sample ``rank`` (broadcasting is unchanged)."""
+    scale = np.asarray(scale, np.float64)
+    return scale.reshape((1,) * (rank - scale.ndim) + scale.shape)
+
+
+def _slice_scale(scale: np.ndarray, op: ops.Slice, rank: int) -> np.ndarray:
+    """The scale of a slice's output: the input scale sliced along the axes on which it varies."""
+    if np.ndim(scale) == 0:
+        return scale
+    scale = _full_rank(scale, rank)
+    index = tuple(slice(None) if n == 1 else slice(a, b, c)
+                  for n, a, b, c in zip(scale.shape, op.starts, op.stops, op.steps))
+    return scale[index]
 
 
 def _compact(value: np.ndarray) -> np.ndarray:

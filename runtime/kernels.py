@@ -106,6 +106,16 @@ def pad2d(op: ops.Pad2d, x: np.ndarray) -> np.ndarray:
     return _pad_spatial(x, op.padding, op.value)
 
 
+def channel_pad(op: ops.ChannelPad, x: np.ndarray) -> np.ndarray:
+    widths = [(0, 0), (op.before, op.after)] + [(0, 0)] * (x.ndim - 2)
+    return np.pad(x, widths, constant_values=np.float32(op.value))
+
+
+def slice_(op: ops.Slice, x: np.ndarray) -> np.ndarray:
+    index = tuple(slice(a, b, c) for a, b, c in zip(op.starts, op.stops, op.steps))
+    return np.ascontiguousarray(x[(slice(None),) + index])
+
+
 def affine(op: ops.Affine, x: np.ndarray) -> np.ndarray:
     return (x * op.scale + op.shift).astype(np.float32, copy=False)
 
@@ -129,6 +139,8 @@ KERNELS: dict[type[ops.Op], Callable[..., np.ndarray]] = {
     ops.AvgPool2d: avg_pool2d,
     ops.GlobalAvgPool: global_avg_pool,
     ops.Pad2d: pad2d,
+    ops.ChannelPad: channel_pad,
+    ops.Slice: slice_,
     ops.Affine: affine,
     ops.Flatten: _reshape_to(lambda op, x: (int(np.prod(x.shape[1:])),)),
     ops.Reshape: _reshape_to(lambda op, x: tuple(op.shape)),

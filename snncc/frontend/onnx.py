@@ -404,10 +404,67 @@ def _pad(ctx: _Context, node: onnx.NodeProto) -> str:
         if len(node.input) > 3 and node.input[3]:
             raise _Unsupported("Pad with explicit axes is not supported")
     rank = len(ctx.shape(x)) + 1
-    if rank != 4 or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
-        raise _Unsupported(f"only non-negative padding of the two spatial axes of (N, C, H, W) is supported, "
-                           f"got pads {pads}")
+    if rank not in (2, 4) or len(pads) != 2 * rank or pads[0] or pads[rank] or min(pads) < 0:
+        raise _Unsupported(f"only non-negative padding of the channel and spatial axes of (N, C, H, W) or the "
+                           f"features of (N, F) is supported, got pads {pads}")
+    if pads[1] or pads[rank + 1]:  # the channel axis: the zero-padded shortcut of CIFAR ResNets
+        x = ctx.add(node, ops.ChannelPad(before=pads[1], after=pads[rank + 1], value=value), [x])
+        if rank == 2 or not any(pads[i] for i in (2, 3, 6, 7)):
+            return x
     return ctx.add(node, ops.Pad2d(padding=(pads[2], pads[3], pads[6], pads[7]), value=value), [x])
+
+
+def _slice(ctx: _Context, node: onnx.NodeProto) -> str:
+    """ONNX Slice with constant starts/ends/axes/steps; the batch axis must be kept whole, steps positive."""
+    x = ctx.dyn(node)
+    full = (BATCH,) + ctx.shape(x)
+    if ctx.opset < 10:
+        attrs = _attrs(node)
+        starts, ends = _ints(attrs["starts"]), _ints(attrs["ends"])
+        axes = _ints(attrs.get("axes", range(len(starts))))
+        steps = (1,) * len(starts)
+    else:
+        starts, ends = _ints(ctx.const(node, 1)), _ints(ctx.const(node, 2))
+        axes = _ints(ctx.const(node, 3, np.arange(len(starts))))
+        steps = _ints(ctx.const(node, 4, np.ones(len(starts), np.int64)))
+    begin, stop, stride = [0] * len(full), list(full), [1] * len(full)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = axis + len(full) if axis < 0 else axis
+        if not 0 <= axis < len(full):
+            raise _Unsupported(f"slice axis {axis} out of range for rank {len(full)}")
+        if step <= 0:
+            raise _Unsupported(f"slice step {step} on axis {axis}; only positive steps are supported")
+        size = full[axis]
+        start, end = (max(0, min(v + size if v < 0 else v, size)) for v in (start, end))
+        if axis == 0:
+            if start != 0 or step != 1 or end < (1 if ctx.fixed_batch else BATCH):
+                raise _Unsupported("slicing the batch axis is not supported")
+            continue
+        if end <= start:
+            raise _Unsupported(f"slice [{start}:{end}:{step}] of axis {axis} (size {size}) is empty")
+        last = start + (end - 1 - start) // step * step  # the last index taken: equal slices get equal stops
+        begin[axis], stop[axis], stride[axis] = start, last + 1, step
+    if begin[1:] == [0] * len(ctx.shape(x)) and tuple(stop[1:]) == ctx.shape(x) and set(stride) == {1}:
+        return x
+    return ctx.add(node, ops.Slice(starts=begin[1:], stops=stop[1:], steps=stride[1:]), [x])
+
+
+def _reduce_mean(ctx: _Context, node: onnx.NodeProto) -> str:
+    """ReduceMean over the two spatial axes (how ``torch.export`` writes global average pooling)."""
+    x = ctx.dyn(node)
+    attrs = _attrs(node)
+    rank = len(ctx.shape(x)) + 1
+    axes = ctx.const(node, 1) if ctx.opset >= 18 else attrs.get("axes")
+    if axes is None or np.size(axes) == 0:
+        raise _Unsupported("ReduceMean over all axes (including the batch axis) is not supported")
+    axes = sorted(int(a) + rank if a < 0 else int(a) for a in np.atleast_1d(axes))
+    if rank != 4 or axes != [2, 3]:
+        raise _Unsupported(f"only ReduceMean over the spatial axes of (N, C, H, W) is supported, got axes {axes} "
+                           f"of rank {rank}")
+    pooled = ctx.add(node, ops.GlobalAvgPool(), [x])
+    if attrs.get("keepdims", 1):
+        return pooled
+    return _reshape_to(ctx, node, pooled, (BATCH, ctx.shape(x)[0]))
 
 
 def _transpose(ctx: _Context, node: onnx.NodeProto) -> str:
@@ -430,6 +487,7 @@ CONVERTERS: dict[str, Callable[[_Context, onnx.NodeProto], str]] = {
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze_unsqueeze, "Unsqueeze": _squeeze_unsqueeze,
     "Concat": _concat, "Identity": _identity, "Dropout": _identity, "Cast": _cast,
     "Softmax": _softmax, "LogSoftmax": _softmax, "Pad": _pad, "Transpose": _transpose,
+    "Slice": _slice, "ReduceMean": _reduce_mean,
 }
 
 # Outputs beyond the first that a converter ignores, when nothing reads them.

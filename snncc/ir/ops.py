@@ -276,6 +276,62 @@ class Pad2d(Op):
 
 
 @dataclass(frozen=True, eq=False)
+class ChannelPad(Op):
+    """Constant padding of the first per-sample axis (channels, or the features of a vector):
+
+    ``y[c] = x[c - before]`` for ``before <= c < before + C``, else ``value``; ``C + before + after`` channels.
+    The zero-padded identity shortcut of CIFAR ResNets (He et al. 2016, option A) is one.
+    """
+
+    kind: ClassVar[str] = "ChannelPad"
+    before: int = 0
+    after: int = 0
+    value: float = 0.0
+
+    def validate(self) -> None:
+        _pair("(before, after)", self.kind, (self.before, self.after), minimum=0)
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        if not x.shape:
+            raise IRError(f"ChannelPad: needs an input with a channel axis, got shape {x.shape}")
+        return TensorType((x.shape[0] + self.before + self.after,) + x.shape[1:], self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
+class Slice(Op):
+    """Strided slice of every per-sample axis: ``y[i_0, i_1, ...] = x[start_0 + step_0 i_0, start_1 + step_1 i_1,
+    ...]`` with ``0 <= i_k < ceil((stop_k - start_k) / step_k)`` (numpy's ``x[start:stop:step, ...]``).
+
+    ``x[:, :, ::2, ::2]`` (the subsampling of option-A shortcuts) is ``starts=(0, 0, 0)``, ``steps=(1, 2, 2)``.
+    """
+
+    kind: ClassVar[str] = "Slice"
+    starts: tuple[int, ...] = ()
+    stops: tuple[int, ...] = ()
+    steps: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        rank = len(self.starts)
+        if not rank or len(self.stops) != rank or len(self.steps) != rank:
+            raise IRError(f"Slice: starts {self.starts}, stops {self.stops} and steps {self.steps} must have one "
+                          "entry per per-sample axis")
+        _pair("starts", self.kind, self.starts, n=rank, minimum=0)
+        _pair("steps", self.kind, self.steps, n=rank)
+        if any(b <= a for a, b in zip(self.starts, self.stops)):
+            raise IRError(f"Slice: every stop must exceed its start (no empty slices), got starts {self.starts} "
+                          f"and stops {self.stops}")
+
+    def infer(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        _expect_rank(self.kind, x, len(self.starts))
+        if any(stop > d for stop, d in zip(self.stops, x.shape)):
+            raise IRError(f"Slice: stops {self.stops} exceed the input shape {x.shape}")
+        shape = tuple(len(range(a, b, c)) for a, b, c in zip(self.starts, self.stops, self.steps))
+        return TensorType(shape, self.output_coding(inputs))
+
+
+@dataclass(frozen=True, eq=False)
 class Flatten(Op):
     """Flatten every per-sample axis into one (ONNX Flatten with axis=1)."""
 
@@ -573,9 +629,9 @@ class Readout(Op):
 
 
 OPS: dict[str, type[Op]] = {cls.kind: cls for cls in (
-    Input, Conv2d, Linear, AvgPool2d, MaxPool2d, SpikingMaxPool2d, GlobalAvgPool, Pad2d, Flatten, Reshape, Affine,
-    Add, Concat, Identity, Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish, Silu, Gelu, Softmax,
-    Population, Readout)}
+    Input, Conv2d, Linear, AvgPool2d, MaxPool2d, SpikingMaxPool2d, GlobalAvgPool, Pad2d, ChannelPad, Slice,
+    Flatten, Reshape, Affine, Add, Concat, Identity, Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish,
+    Silu, Gelu, Softmax, Population, Readout)}
 
 #: Element-wise activations (each with ``function`` and ``monotone``).
 POINTWISE_ACTIVATIONS: tuple[type[PointwiseActivation], ...] = tuple(

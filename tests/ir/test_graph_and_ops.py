@@ -26,6 +26,11 @@ def test_op_arrays_are_copied_and_read_only():
     (lambda: ops.Linear(weight=np.ones(3)), "weight must be"),
     (lambda: ops.Clip(min=2.0, max=1.0), "min 2"),
     (lambda: ops.Population(neuron=None), "neuron"),
+    (lambda: ops.Slice(starts=(0, 0), stops=(2, 2, 2), steps=(1, 1, 1)), "one entry per per-sample axis"),
+    (lambda: ops.Slice(starts=(0,), stops=(2,), steps=(0,)), "steps must be"),
+    (lambda: ops.Slice(starts=(-1,), stops=(2,), steps=(1,)), "starts must be"),
+    (lambda: ops.Slice(starts=(3,), stops=(3,), steps=(1,)), "no empty slices"),
+    (lambda: ops.ChannelPad(before=-1), "before, after"),
     (lambda: IF(threshold=0.0), "threshold"),
     (lambda: IF(reset="bounce"), "reset"),
     (lambda: LIF(tau_mem=-1.0), "tau_mem"),
@@ -40,6 +45,18 @@ def test_conv_shape_inference_and_mismatch():
     assert conv.infer([TensorType((2, 9, 9))]).shape == (8, 5, 5)
     with pytest.raises(IRError, match="3 channels"):
         conv.infer([TensorType((3, 9, 9))])
+
+
+def test_slice_and_channel_pad_shape_inference():
+    sl = ops.Slice(starts=(0, 1, 0), stops=(4, 9, 9), steps=(1, 2, 3))
+    assert sl.infer([TensorType((4, 9, 9), Rate())]) == TensorType((4, 4, 3), Rate())
+    with pytest.raises(IRError, match="exceed the input shape"):
+        sl.infer([TensorType((4, 8, 9))])
+    with pytest.raises(IRError, match="rank 3"):
+        sl.infer([TensorType((36,))])
+    pad = ops.ChannelPad(before=2, after=6)
+    assert pad.infer([TensorType((16, 8, 8), Rate())]) == TensorType((24, 8, 8), Rate())
+    assert pad.infer([TensorType((5,))]).shape == (13,)
 
 
 def test_graph_queries_and_rewrites(cnn):

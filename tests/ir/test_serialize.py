@@ -31,6 +31,8 @@ def every_op_graph() -> Graph:
     m = g.add(ops.SpikingMaxPool2d(kernel=(2, 2), stride=(1, 1)), [a])
     v = g.add(ops.AvgPool2d(kernel=(2, 2), stride=(1, 1), count_include_pad=True), [m])
     c = g.add(ops.Concat(axis=0), [v, v])
+    c = g.add(ops.Slice(starts=(0, 0, 1), stops=(7, 3, 3), steps=(2, 2, 1)), [c])
+    c = g.add(ops.ChannelPad(before=1, after=3, value=0.5), [c])
     gap = g.add(ops.GlobalAvgPool(), [c])
     r = g.add(ops.Reshape(shape=(8,)), [gap])
     f = g.add(ops.Flatten(), [r])
