@@ -19,11 +19,19 @@ ratios from one run should be compared.
 onnxruntime is measured right before and right after the runs of each T, and each ratio uses the faster of those
 two (the machine's load changes within minutes).
 
-Acceptance (issue 3): at T=32 the Cython time per image must be at most onnxruntime's ANN time per image times 32.
+With ``--with-peers PYTHON`` (the interpreter of the peers' own virtual environment, see
+docs/scripts/benchmark_peers.py), SpikingJelly 2.0 (ann2snn) and sinabs are measured in the same run on the same
+model, images and T, each T right after the Cython runtime; results/peers.json gets their figures and
+benchmark.md a table with the ratio Cython / faster peer at each model and T.
+
+Acceptance (issue 3): at T=32 the Cython time per image must be at most onnxruntime's ANN time per image times 32;
+at every T the Cython runtime at least 3x the faster peer with equal or better accuracy.
 
     python docs/scripts/benchmark_runtime.py [--data ../shared/data] [--models lenet5-mnist,vgg-fmnist]
         [--model-dir models] [--images lenet5-mnist=1000,vgg-fmnist=300] [--timesteps 16,32,64,128]
-        [--threads 2] [--repeats 2]
+        [--threads 2] [--repeats 2] [--with-peers /work/peers-venv/bin/python [--peers spikingjelly,sinabs]
+        [--peer-options "--steps-per-call all,1"]]
+    python docs/scripts/benchmark_runtime.py --render       # benchmark.md from results/*.json only
     python docs/scripts/benchmark_runtime.py --crossover    # dense vs event-driven time per layer and density
 """
 
@@ -33,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -164,7 +173,7 @@ def _spawn(mode: str, threads: int, blas_threads: int, **options) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def benchmark_model(name: str, args: argparse.Namespace, workdir: Path) -> dict:
+def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, peer_docs: list) -> dict:
     from snncc.api import compile_model
     from snncc.data import InputScaling, load_dataset
     from snncc.ir import save
@@ -193,6 +202,8 @@ def benchmark_model(name: str, args: argparse.Namespace, workdir: Path) -> dict:
                 label = f"{backend}-blas{blas}"
                 print(f"{name}: T={T} {label}", flush=True)
                 row[label] = _spawn("snn", args.threads, blas, snn=snn, backend=backend, T=T, **common)
+        if args.with_peers:
+            peer_docs.append(run_peers(name, T, images, args, workdir))
         after = ort()
         row["ort"] = min(before, after, key=lambda r: r["seconds"])  # the faster of the two adjacent runs
         result["timesteps"][T] = row
@@ -268,19 +279,7 @@ def markdown(results: dict, meta: dict) -> str:
                           f"{at['cython_over_ort_times_T']:.2f} x (onnxruntime time per image x {ACCEPTANCE_T}): "
                           f"**{verdict}**; {at['speedup_vs_reference']:.1f}x faster than the numpy reference."]
         lines.append("")
-    peers = meta.get("peers") or {}
-    for name, entry in peers.items():
-        peer, ours = entry["spikingjelly"], entry["snncc-cython"]
-        lines += [f"## Peer: SpikingJelly ({TITLES.get(name, name)}, T={peer['T']})", "",
-                  f"Measured by `docs/scripts/benchmark_peers.py` in its own virtual environment (torch "
-                  f"{peer['torch']}), {peer['images']} test images, batch 100, {peer['threads']} threads; the Cython "
-                  f"runtime measured right after it ({entry['note']}).", "",
-                  "| simulator | img/s | accuracy |", "| --- | ---: | ---: |",
-                  f"| {peer['peer']} | {peer['images_per_second']:.0f} | {100 * peer['accuracy']:.2f} % |",
-                  f"| snncc Cython runtime | {ours['images_per_second']:.0f} | {100 * ours['accuracy']:.2f} % |", "",
-                  "SpikingJelly keeps max pooling as a max over each step's spikes and normalizes by its own "
-                  "percentile, so the accuracies differ by conversion method, not by simulator. sinabs was not "
-                  "measured.", ""]
+    lines += peer_markdown(results, meta)
     lines += ["Speed-up: time of the reference / time of the Cython runtime. Cython / (ORT x T): Cython time per "
               "image over T times onnxruntime's ANN time per image (the acceptance bound is 1 at T=32). The "
               "backends' predicted classes are compared by a digest in every configuration; the SNN accuracy is "
@@ -288,10 +287,124 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+PEER_TITLES = {"spikingjelly": "SpikingJelly", "sinabs": "sinabs"}
+PEER_SPEEDUP = 3  # issue 3: the Cython runtime at least 3x the faster peer, with equal or better accuracy
+
+
+def peer_markdown(results: dict, meta: dict) -> list[str]:
+    """The peer section: per model and T, the Cython runtime against SpikingJelly and sinabs (results/peers.json)."""
+    doc = meta.get("peers") or {}
+    if not doc.get("models"):
+        return []
+    versions = doc.get("versions", {})
+    same_run = doc.get("run_id") is not None and doc.get("run_id") == meta.get("run_id")
+    when = ("measured in the same run as the figures above, each T right after the Cython runtime's"
+            if same_run else f"measured in a separate run ({doc.get('date')}): the ratios compare two runs on a "
+                             "noisy machine")
+    lines = ["## Peers: SpikingJelly and sinabs", "",
+             f"Measured by `docs/scripts/benchmark_peers.py` in its own virtual environment (torch "
+             f"{versions.get('torch')}, spikingjelly {versions.get('spikingjelly')}, sinabs {versions.get('sinabs')})"
+             f", {when}. The same ONNX weights, the same test images, batch {doc.get('batch')}, {doc.get('threads')} "
+             f"threads (`torch.set_num_threads`), `torch.inference_mode()`, calibration on the same "
+             f"{doc.get('calibration_images')} training images; simulation time only (conversion excluded), best of "
+             f"{doc.get('repeats')} runs, each configuration in its own process. Peak memory is the process's peak "
+             "resident set, as above (torch included).", ""]
+    methods = {}
+    for entry in doc["models"].values():
+        for peer, data in entry["peers"].items():
+            methods.setdefault(peer, data["method"])
+    lines += [f"- {PEER_TITLES.get(p, p)}: {m}." for p, m in methods.items()]
+    steps = (doc.get("settings") or {}).get("steps_per_call")
+    if steps:
+        lines += ["", f"Each peer was measured with k = {', '.join(map(str, steps))} time steps per call (`all` = T; "
+                      "the layers keep their state between calls) and is shown with its fastest k."]
+    lines += ["", "Both peers feed the analog image as a constant input current at every step (as snncc does), keep "
+              "max pooling as a max over each step's spikes and read out the mean of the last layer's output over "
+              "T; accuracy differences come from the conversion methods, not from the simulators.", ""]
+    for name, entry in doc["models"].items():
+        ours = results.get(name)
+        if ours is None:
+            continue
+        peers = list(entry["peers"])
+        lines += [f"### {TITLES.get(name, name)}", "",
+                  f"{entry['images']} test images (snncc: {ours['images']}); the rebuilt torch ANN: "
+                  f"{100 * entry.get('ann_accuracy_torch', float('nan')):.2f} %.", "",
+                  "| T | Cython img/s | " + " | ".join(f"{PEER_TITLES.get(p, p)} img/s" for p in peers)
+                  + " | Cython / faster peer | accuracy Cython / " + " / ".join(PEER_TITLES.get(p, p) for p in peers)
+                  + " | peak MiB Cython / " + " / ".join(PEER_TITLES.get(p, p) for p in peers) + " |",
+                  "| ---: | ---: | " + " | ".join("---:" for _ in peers) + " | ---: | ---: | ---: |"]
+        verdicts = []
+        for T, row in ours["timesteps"].items():
+            runs = {p: entry["peers"][p]["timesteps"].get(str(T)) for p in peers}
+            if not all(runs.values()):
+                continue
+            label = ours["summary"][int(T)]["cython"]
+            cy = row[label]
+            fastest = max(peers, key=lambda p: runs[p]["images_per_second"])
+            ratio = cy["images_per_second"] / runs[fastest]["images_per_second"]
+            reasons = ([f"{ratio:.1f}x"] if ratio < PEER_SPEEDUP else []) + (
+                [f"accuracy {100 * cy['accuracy']:.2f} % < {100 * runs[fastest]['accuracy']:.2f} %"]
+                if cy["accuracy"] < runs[fastest]["accuracy"] else [])
+            verdicts.append((int(T), reasons))
+            lines.append(f"| {T} | {cy['images_per_second']:.1f} | "
+                         + " | ".join(f"{runs[p]['images_per_second']:.1f}"
+                                      + (f" (k={runs[p]['steps_per_call']})" if "steps_per_call" in runs[p] else "")
+                                      for p in peers)
+                         + f" | **{ratio:.1f}x** ({PEER_TITLES.get(fastest, fastest)}) | "
+                         + " / ".join(f"{100 * r['accuracy']:.2f} %" for r in [cy, *runs.values()])
+                         + " | " + " / ".join(f"{r['peak_rss_mib']:.0f}" for r in [cy, *runs.values()]) + " |")
+        if entry["images"] != ours["images"]:
+            lines += ["", f"The peers ran on {entry['images']} images and snncc on {ours['images']}: the "
+                          "accuracies are not over the same images (rerun with --with-peers)."]
+        if verdicts:
+            missed = [f"T={T} ({', '.join(reasons)})" for T, reasons in verdicts if reasons]
+            lines += ["", f"Acceptance: the Cython runtime at least {PEER_SPEEDUP}x the faster peer at equal T with "
+                          "equal or better accuracy: " + ("**met** at every T." if not missed else
+                                                          "**NOT met** at " + ", ".join(missed) + ".")]
+        lines.append("")
+    return lines
+
+
 def _peers(out: Path) -> dict:
-    """Peer measurements written by docs/scripts/benchmark_peers.py, if any."""
+    """Peer measurements written by docs/scripts/benchmark_peers.py (schema snncc-peers/2), if any."""
     path = out / "results" / "peers.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    if doc.get("schema") != "snncc-peers/2":
+        print(f"ignoring {path}: not schema snncc-peers/2 (rerun docs/scripts/benchmark_peers.py)", flush=True)
+        return {}
+    return doc
+
+
+def run_peers(name: str, T: int, images: int, args: argparse.Namespace, workdir: Path) -> dict:
+    """The peers at (model, T), measured by docs/scripts/benchmark_peers.py in the peers' own environment."""
+    out = workdir / f"peers-{name}-{T}.json"
+    argv = [str(args.with_peers), str(Path(__file__).resolve().parent / "benchmark_peers.py"), "--models", name,
+            "--timesteps", str(T), "--images", str(images), "--threads", str(args.threads), "--repeats",
+            str(args.repeats), "--data", str(args.data), "--model-dir", str(args.model_dir), "--peers", args.peers,
+            "--workdir", str(workdir / "peers"), "--out", str(out), *shlex.split(args.peer_options)]
+    # the peers' interpreter must not see this environment's packages
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    print(f"{name}: T={T} peers ({args.peers})", flush=True)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"peer benchmark {name} T={T} failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def merge_peers(docs: list[dict], run_id: str) -> dict:
+    """One results/peers.json from the per-(model, T) documents of one driver run."""
+    merged = {k: v for k, v in docs[0].items() if k != "models"}
+    merged.update(run_id=run_id, command="python docs/scripts/benchmark_runtime.py --with-peers ... (one run)",
+                  load_average=[d["load_average"] for d in docs], models={})
+    for doc in docs:
+        for name, entry in doc["models"].items():
+            target = merged["models"].setdefault(name, {**entry, "peers": {}})
+            for peer, data in entry["peers"].items():
+                slot = target["peers"].setdefault(peer, {**data, "timesteps": {}})
+                slot["timesteps"].update(data["timesteps"])
+    return merged
 
 
 def main() -> None:
@@ -308,6 +421,13 @@ def main() -> None:
     parser.add_argument("--render", action="store_true",
                         help="rewrite benchmark.md from results/benchmark.json (and results/peers.json) only")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--with-peers", metavar="PYTHON",
+                        help="also measure SpikingJelly and sinabs with this interpreter (their own virtual "
+                             "environment, see benchmark_peers.py), each T right after the Cython runtime; writes "
+                             "results/peers.json and the peer table")
+    parser.add_argument("--peers", default="spikingjelly,sinabs", help="with --with-peers: which peers")
+    parser.add_argument("--peer-options", default="",
+                        help="with --with-peers: more options for benchmark_peers.py, e.g. \"--sj-mode max\"")
     # child-process options
     parser.add_argument("--child", choices=["snn", "ort", "crossover"], help=argparse.SUPPRESS)
     parser.add_argument("--snn", type=Path, help=argparse.SUPPRESS)
@@ -340,13 +460,16 @@ def main() -> None:
         args.images = {k: int(v) for k, v in (item.split("=") for item in args.images.split(","))}
     else:
         args.images = {name: int(args.images) for name in args.models.split(",")}
-    results = {}
+    results, peer_docs = {}, []
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if args.with_peers and not Path(args.with_peers).is_file():
+        parser.error(f"--with-peers {args.with_peers}: no such interpreter")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             if not (args.model_dir / f"{name}.onnx").is_file():
                 print(f"skipping {name}: {args.model_dir / name}.onnx does not exist", flush=True)
                 continue
-            result = benchmark_model(name, args, Path(tmp))
+            result = benchmark_model(name, args, Path(tmp), peer_docs)
             result["summary"] = summarize(name, result)
             results[name] = result
     from snncc.runtime import load_kernels
@@ -355,12 +478,15 @@ def main() -> None:
     meta = {"images": args.images, "threads": args.threads, "repeats": args.repeats, "batch": BATCH,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "python": platform.python_version(), "openmp": kernels.openmp_enabled(), "kernels": kernels.variant(),
-            "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"), "run_id": run_id}
     from snncc.api import write_json
 
     write_json({"meta": meta, "models": results}, args.out / "results" / "benchmark.json")
+    if peer_docs:
+        write_json(merge_peers(peer_docs, run_id), args.out / "results" / "peers.json")
     (args.out / "benchmark.md").write_text(markdown(results, {**meta, "peers": _peers(args.out)}))
-    print(f"wrote {args.out / 'benchmark.md'} and {args.out / 'results' / 'benchmark.json'}")
+    written = ["benchmark.md", "results/benchmark.json"] + (["results/peers.json"] if peer_docs else [])
+    print("wrote " + ", ".join(str(args.out / w) for w in written))
 
 
 if __name__ == "__main__":
