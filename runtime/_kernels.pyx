@@ -247,6 +247,45 @@ def temporal_units(const float[::1] x, const float[::1] threshold, const float[:
         out[i] = acc
 
 
+def signed_population_steps(const float[:, :, ::1] current, float[:, ::1] v, float[:, ::1] net,
+                            float[:, :, ::1] spikes, float[:, ::1] counts, float threshold, int threads=1):
+    """Advance a population of signed IF neurons (``IF(signed=True)``, Wang et al. 2022) by ``Tc`` steps.
+
+    ``net``: (B, n) net spike count, updated in place; ``spikes``: (Tc, B, n) output, -1, 0 or 1; ``counts``: (Tc, B)
+    spike events (positive and negative) per sample and step. Per neuron and step (float32, the reference's order)::
+
+        v = v + I(t)
+        s = v >= threshold;               where s: v = v - threshold
+        n = !s and v < 0 and net > 0;     where n: v = v + threshold
+        out = s - n;  net = net + out
+    """
+    cdef Py_ssize_t tc = spikes.shape[0], batch = spikes.shape[1], n = spikes.shape[2]
+    cdef Py_ssize_t b, t, i, step = _time_step(current.shape[0], tc, "population current")
+    cdef float x, out
+    cdef int events
+    _check_shape("population current", (batch, n), (current.shape[1], current.shape[2]))
+    _check_shape("population state", (batch, n), (v.shape[0], v.shape[1]))
+    _check_shape("net spike count", (batch, n), (net.shape[0], net.shape[1]))
+    _check_shape("population counts", (tc, batch), (counts.shape[0], counts.shape[1]))
+    for b in prange(batch, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for t in range(tc):
+            events = 0
+            for i in range(n):
+                x = v[b, i] + current[t * step, b, i]
+                out = 0.0
+                if x >= threshold:
+                    x = x - threshold
+                    out = 1.0
+                elif x < 0 and net[b, i] > 0:
+                    x = x + threshold
+                    out = -1.0
+                v[b, i] = x
+                net[b, i] = net[b, i] + out
+                spikes[t, b, i] = out
+                events = events + (out != 0)
+            counts[t, b] = <float> events
+
+
 def _time_step(Py_ssize_t given, Py_ssize_t tc, what: str) -> int:
     """1 when an input has one entry per step, 0 when it is constant in time (a single entry)."""
     if given == tc:

@@ -110,10 +110,6 @@ class _Population:
         neuron = op.neuron
         if not isinstance(neuron, (IF, LIF)):
             raise SimulationError(f"the Cython runtime has no dynamics for neuron model {neuron.kind}")
-        if getattr(neuron, "signed", False):
-            # Spikes are uint8 here; signed spikes (-1) need kernels of their own.
-            raise SimulationError("the Cython runtime does not simulate signed IF neurons yet "
-                                  "(convert-rate{signed=true}); use backend='reference' (--backend reference)")
         self.size, self.threads = size, threads
         # The reference's float32 constants, computed the same way.
         self.threshold = np.float32(neuron.threshold)
@@ -134,6 +130,24 @@ class _Population:
         _kernels.population_steps(current, v, spikes, counts, self.threshold, self.decay, self.leak, self.subtract,
                                   _threads(self.threads, spikes.size))
         return _Signal(spikes.reshape((tc, batch) + shape), False, True), counts
+
+
+class _SignedPopulation(_Population):
+    """Signed IF population (``IF(signed=True)``): state ``(v, net count)``; spikes are float32 -1/0/1, so the
+    synapses after it take the dense path (the reference's arithmetic)."""
+
+    def start(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        return super().start(batch), np.zeros((batch, self.size), dtype=np.float32)
+
+    def run(self, state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int, shape: tuple[int, ...]
+            ) -> tuple[_Signal, np.ndarray]:
+        v, net = state
+        current = _flat_steps(signal, tc, batch)
+        spikes = self.buffers.get("spikes", (tc, batch, self.size), np.float32)
+        counts = np.empty((tc, batch), dtype=np.float32)
+        _kernels.signed_population_steps(current, v, net, spikes, counts, self.threshold,
+                                         _threads(self.threads, spikes.size))
+        return _Signal(spikes.reshape((tc, batch) + shape), False), counts
 
 
 class _Readout:
@@ -289,7 +303,9 @@ class CythonSimulator(ReferenceSimulator):
             in_shape = types[srcs[0]].shape if srcs else ()
             binary_in = bool(srcs) and self.binary[srcs[0]]
             binary = False
-            if isinstance(op, ops.Population):
+            if isinstance(op, ops.Population) and getattr(op.neuron, "signed", False):
+                self.plans[node] = _SignedPopulation(op, types[node].size, self.threads)
+            elif isinstance(op, ops.Population):
                 self.plans[node] = _Population(op, types[node].size, self.threads)
                 binary = True
             elif isinstance(op, ops.Readout):

@@ -473,9 +473,19 @@ def test_stale_variant_modules_are_not_loaded(monkeypatch):
         runtime.load_kernels()
 
 
-def test_signed_neurons_are_refused_with_a_remedy(cnn, inputs):
+@pytest.mark.parametrize("maxpool", [True, False])
+def test_signed_neurons_agree_spike_for_spike(inputs, maxpool):
+    """Signed IF neurons (negative spikes take back earlier positive ones) give the reference's spikes, including
+    the negative ones, through a dense synapse and the spiking max pooling."""
     from snncc.passes import PassContext, run_pipeline
 
-    snn = run_pipeline(cnn, "canonicalize,normalize,convert-rate{signed=true}", PassContext(calibration=inputs))
-    with pytest.raises(SimulationError, match="backend='reference'"):
-        Simulator(snn, timesteps=4, backend="cython").run(inputs)
+    from tests.conftest import small_cnn
+
+    snn = run_pipeline(small_cnn(3, maxpool=maxpool), "canonicalize,normalize,convert-rate{signed=true}",
+                       PassContext(calibration=inputs))
+    ref = Simulator(snn, timesteps=24, backend="reference").run(inputs)
+    fast = Simulator(snn, timesteps=24, backend="cython").run(inputs)
+    np.testing.assert_array_equal(fast.outputs, ref.outputs)
+    for node in ref.spikes:
+        np.testing.assert_array_equal(fast.spikes[node], ref.spikes[node])
+    np.testing.assert_array_equal(fast.synops, ref.synops)
