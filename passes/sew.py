@@ -188,6 +188,13 @@ def _carry_gain(op: ops.Op, gain: np.ndarray) -> np.ndarray:
     return gain
 
 
+def _refuse_constant_padding(graph: Graph, node: str, where: str) -> None:
+    op = graph.op(node)
+    if isinstance(op, (ops.ChannelPad, ops.Pad2d)) and op.value != 0:
+        raise PassError(f"sew: {op.kind} {node!r} {where} pads with {op.value:g}; a constant is not a spike train "
+                        "(only zero padding, as in option-A shortcuts, can be carried)")
+
+
 def _without_constants(op: ops.Op) -> ops.Op:
     """The copy of a linear op for a second spike train: no bias, padding with zeros (constants are added once)."""
     if isinstance(op, (ops.Conv2d, ops.Linear)) and op.bias is not None:
@@ -228,6 +235,7 @@ class _Rewriter:
         if isinstance(op, ops.Add):
             return [part for u in g.inputs(node) for part in self.trains(u)]
         if isinstance(op, SPIKE_PRESERVING):
+            _refuse_constant_padding(g, node, "on a residual shortcut")
             copies = []
             for t, gain in self.trains(g.inputs(node)[0]):
                 copy = g.add(_without_constants(op), [t], name=f"{t}.{op.kind.lower()}", created_by="sew")
@@ -365,6 +373,7 @@ class _Rewriter:
                 raise PassError(f"sew: the gain into {node!r} ({op.kind}) is not a positive per-channel factor")
             after = channels.reshape((-1, 1, 1))
         else:  # spike-preserving: the gain moves behind it
+            _refuse_constant_padding(g, node, "after a rescaling of spikes")
             after = _compact(_carry_gain(op, scale))
         moved = g.add(op, [x], name=self.copy_name(node, "x"), created_by="sew")
         self._replace_by(node, g.add(ops.Affine(scale=after, shift=np.zeros(())), [moved],

@@ -294,3 +294,11 @@ def test_sew_graph_survives_save_and_load(tmp_path, inputs):
     assert loaded.attrs["spikes_only"] is True
     np.testing.assert_array_equal(Simulator(graph, timesteps=6).run(inputs[:2]).outputs,
                                   Simulator(loaded, timesteps=6).run(inputs[:2]).outputs)
+
+
+def test_a_shortcut_padded_with_a_constant_is_refused(inputs):
+    """A non-zero channel padding on the shortcut is a constant current, not a spike train."""
+    snn = run_pipeline(option_a_block(pad_value=0.3), "canonicalize,normalize{granularity=layer},convert-rate",
+                       PassContext(calibration=inputs))
+    with pytest.raises(PassError, match=r"ChannelPad 'channel_pad' on a residual shortcut pads with"):
+        run_pipeline(snn, "sew")
