@@ -302,3 +302,41 @@ def test_a_shortcut_padded_with_a_constant_is_refused(inputs):
                        PassContext(calibration=inputs))
     with pytest.raises(PassError, match=r"ChannelPad 'channel_pad' on a residual shortcut pads with"):
         run_pipeline(snn, "sew")
+
+
+def sew_add_reference(ann: Graph, lambdas: dict[str, np.ndarray]) -> Graph:
+    """The SEW ADD function of ``two_block_net`` written on the ANN, in its own units, independently of the pass:
+    every ReLU with scale ``lambda`` saturates there (an IF neuron's rate is clip(I / lambda, 0, 1)), and a block
+    computes ``min(relu(branch), lambda_out) + S`` with ``S`` the block input (identity) or
+    ``min(relu(projection), lambda_out)``."""
+    g = ann.clone()
+    for relu, lam in lambdas.items():
+        lam = float(lam)
+        (src,) = g.inputs(relu)
+        if isinstance(g.op(src), ops.Add):
+            branch, shortcut = g.inputs(src)
+            parts = [g.add(ops.Clip(min=0.0, max=lam), [branch])]
+            parts.append(g.add(ops.Clip(min=0.0, max=lam), [shortcut]) if "proj" in shortcut else shortcut)
+            g.set_inputs(src, parts)
+            g.replace(relu, ops.Identity())
+        else:
+            g.replace(relu, ops.Clip(min=0.0, max=lam))
+    return g
+
+
+def test_sew_add_snn_computes_the_sew_function_of_the_ann(inputs):
+    """SEW ADD as converted approaches, as T grows, the SEW function of the ANN's own blocks (with saturation at
+    each layer's scale): the branch neuron, the projection neuron and the gains of the identity path are right."""
+    from snncc.passes.normalize import activation_scales
+    from snncc.runtime import run_analog
+
+    ann = two_block_net()
+    snn = run_pipeline(ann, "canonicalize,normalize{percentile=100,granularity=layer},convert-rate,sew",
+                       PassContext(calibration=inputs))
+    lambdas = activation_scales(ann, inputs, 100, "layer")
+    expected = run_analog(sew_add_reference(ann, lambdas), inputs)[0]
+    assert np.abs(expected - run_analog(ann, inputs)[0]).max() > 0.05 * np.abs(expected).max(), \
+        "the SEW function must differ from the ANN's, or this test proves nothing"
+    result = Simulator(snn, timesteps=512).run(inputs)
+    errors = [np.abs(result.outputs[t - 1] - expected).max() / np.abs(expected).max() for t in (16, 512)]
+    assert errors[1] < 0.03 and errors[1] < errors[0], errors
