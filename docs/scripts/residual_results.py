@@ -232,7 +232,13 @@ def markdown(reports: dict[str, dict]) -> str:
                   "| same class as the ANN | " + " | ".join(f"{100 * a:.0f}%" for a in agreement.values()) + " |",
                   "", f"Acceptance: at least {100 * CIFAR_AGREEMENT:.0f}% at T={max(agreement)}: "
                   f"{100 * final:.0f}% {'✓' if final >= CIFAR_AGREEMENT else '✗'}.", ""]
-    lines += ["![accuracy against T](results/residual-fmnist.png)", ""]
+    lines += ["![accuracy against T](results/residual-fmnist.png)", "", "## Runs", "",
+              "| file | test images | steps | how it was measured |", "|---|---:|---:|---|"]
+    for key, r in reports.items():
+        steps = max((int(t) for t in r["agreement"]), default=0) if key == "cifar" else \
+            r.get("latency") or r["snn"][-1]["timesteps"]
+        lines.append(f"| `results/residual-{key}.json` | {r['images']} | {steps} | {r.get('command', '-')} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -261,6 +267,7 @@ def main() -> None:
                 report = measure(key, args.data, args.calib, limit, args.backend, steps)
             else:
                 sys.exit(f"unknown run {key!r}; choose from {', '.join([*RUNS, 'cifar'])}")
+            report["command"] = "python docs/scripts/residual_results.py " + " ".join(sys.argv[1:])
             write_json(report, RESULTS / f"residual-{key}.json")
             print(f"{key}: written", flush=True)
     reports = load_reports()
