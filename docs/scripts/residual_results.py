@@ -213,6 +213,14 @@ def markdown(reports: dict[str, dict]) -> str:
                       f"function the SNN approaches as T grows) reaches {100 * r['clip_rate_model_accuracy']:.2f}% on "
                       f"the same {r['images']} images: the SNN computes the SEW function faithfully, and the loss "
                       "against the ANN is the change of function, which fine-tuning is meant to recover."]
+        if "sew-and" in reports or "sew-iand" in reports:
+            lines += ["", "AND and IAND, as converted, stay near chance. An AND gate fires only where the branch and "
+                      "the shortcut spike in the same step; the regular trains of IF neurons rarely coincide, so "
+                      "the spikes thin out from block to block (the last AND block fires a few hundred times less "
+                      "than its branch neuron). IAND passes the shortcut only where the branch is silent, which "
+                      "the classifier, trained on `ReLU(branch + shortcut)`, cannot read. Both forms are "
+                      "starting points for the surrogate-gradient fine-tuning of a later issue (Fang et al. train "
+                      "them from scratch)."]
         lines += ["", "| form | neurons | synapses | spikes/image at the largest T | synaptic ops/image |",
                   "|---|---:|---:|---:|---:|"]
         for k in rates + sew_keys:
