@@ -216,7 +216,7 @@ def markdown(reports: dict[str, dict]) -> str:
         if "sew-and" in reports or "sew-iand" in reports:
             lines += ["", "AND and IAND, as converted, stay near chance. An AND gate fires only where the branch and "
                       "the shortcut spike in the same step; the regular trains of IF neurons rarely coincide, so "
-                      "the spikes thin out from block to block (the last AND block fires a few hundred times less "
+                      "the spikes thin out from block to block (the last AND block fires over a hundred times less "
                       "than its branch neuron). IAND passes the shortcut only where the branch is silent, which "
                       "the classifier, trained on `ReLU(branch + shortcut)`, cannot read. Both forms are "
                       "starting points for the surrogate-gradient fine-tuning of a later issue (Fang et al. train "
