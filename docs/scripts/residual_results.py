@@ -132,7 +132,8 @@ def plot(reports: dict[str, dict], path: Path) -> None:
     for i, (key, r) in enumerate((k, r) for k, r in reports.items() if k in RUNS and RUNS[k][2]):
         ann = r["ann"]["accuracy"]
         ax.plot([e["timesteps"] for e in r["snn"]], [100 * (e["accuracy"] - ann) for e in r["snn"]],
-                "o-" if key.startswith("rate") else "s--", color=f"C{i}", label=f"{RUNS[key][0]} ({r['images']} images)")
+                "o-" if key.startswith("rate") else "s--", color=f"C{i}",
+                label=f"{RUNS[key][0]} ({r['images']} images)")
     if "fs8" in reports:
         r = reports["fs8"]
         ax.plot([r["latency"]], [100 * (r["snn"][0]["accuracy"] - r["ann"]["accuracy"])], "*", markersize=14,

@@ -12,7 +12,6 @@ from snncc.ir.verify import spikes_only_problems
 from snncc.passes import PassContext, parse_pipeline, run_pipeline
 from snncc.passes.sew import find_blocks, lower_spike_sums
 from snncc.runtime import Simulator, cython_available
-from tests.conftest import small_cnn
 from tests.passes.test_residual import option_a_block
 
 BACKENDS = ["reference"] + (["cython"] if cython_available()[0] else [])
