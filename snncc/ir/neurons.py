@@ -97,6 +97,10 @@ class LIF(NeuronModel):
 
     ``v(t) = beta * v(t-1) + I(t)`` with ``beta = exp(-1 / tau_mem)`` (``tau_mem`` in time steps), then the same
     threshold, spike and reset as :class:`IF`; ``v(0) = v_init * threshold``. ``tau_mem = inf`` is the IF neuron.
+
+    ``tau_mem = 0`` gives ``beta = 0``: a memoryless neuron, ``v(t) = I(t)`` and ``s(t) = 1`` exactly when
+    ``I(t) >= threshold``. It is a threshold gate of its inputs at each step; the ``sew`` pass builds the AND and
+    IAND connect functions of SEW-ResNet from it (input ``a + b`` with threshold 1.5, ``b - a`` with 0.5).
     """
 
     kind = "LIF"
@@ -110,13 +114,14 @@ class LIF(NeuronModel):
         object.__setattr__(self, "tau_mem", float(self.tau_mem))
         object.__setattr__(self, "v_init", float(self.v_init))
         _check_common(self, self.threshold, self.reset)
-        if not self.tau_mem > 0:
-            raise IRError(f"LIF: tau_mem must be positive (in time steps), got {self.tau_mem}")
+        if not self.tau_mem >= 0:
+            raise IRError(f"LIF: tau_mem must be positive (in time steps), or 0 for a memoryless neuron, "
+                          f"got {self.tau_mem}")
 
     @property
     def beta(self) -> float:
-        """Per-step decay factor of the membrane."""
-        return float(np.exp(-1.0 / self.tau_mem))
+        """Per-step decay factor of the membrane (0 for a memoryless neuron, ``tau_mem = 0``)."""
+        return 0.0 if self.tau_mem == 0 else float(np.exp(-1.0 / self.tau_mem))
 
 
 def _vector(model: NeuronModel, name: str, length: int | None = None) -> tuple[float, ...]:

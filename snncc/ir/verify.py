@@ -4,6 +4,14 @@ ANN level: only ops legal at ANN level (no populations, no readouts), every edge
 SNN level: no ANN activations; every graph output is analog (produced by a Readout); a MaxPool2d never sees rate-coded
 spike trains (those are pooled by SpikingMaxPool2d; a few-spike value is complete at the end of its window and can
 be pooled as a value); every operand of an Add or Concat carries the same coding.
+
+Spikes only (opt-in, ``graph.attrs["spikes_only"]``, set by the ``sew`` pass): every signal between layers is a
+binary spike train. The operand of every synaptic op (Conv2d, Linear, AvgPool2d, GlobalAvgPool) and of every
+SpikingMaxPool2d must be, seen through views, slices and zero paddings (:data:`SPIKE_PRESERVING`), a Population, a
+SpikingMaxPool2d of spikes, the network input (the analog current of the encoding layer) or another synaptic op
+(consecutive linear maps, such as global average pooling into the classifier, are one synaptic layer); a Concat
+must join such signals. An Add or Affine of spike trains (a graded signal, e.g. 0, 1 or 2 after the ADD of two
+trains) may feed only a Population or a Readout, where it is the sum of the neuron's synaptic inputs.
 """
 
 from __future__ import annotations
@@ -11,10 +19,43 @@ from __future__ import annotations
 from snncc.errors import IRError, VerificationError
 from snncc.ir.codings import Analog, Rate
 from snncc.ir.graph import Graph
+from snncc.ir import ops
 from snncc.ir.ops import ANN, SNN, Add, Concat, MaxPool2d
 from snncc.ir.types import TensorType
 
 LEVELS = (ANN, SNN)
+#: Ops that carry a binary spike train through unchanged or rearranged (a zero padding adds silent inputs).
+SPIKE_PRESERVING = (ops.Flatten, ops.Reshape, ops.Identity, ops.Slice, ops.ChannelPad, ops.Pad2d)
+#: Where a spike train (or a synaptic input) may originate under ``spikes_only``.
+_SPIKE_SOURCES = (ops.Population, ops.SpikingMaxPool2d, ops.Input)
+
+
+def _spike_source_problem(graph: Graph, node: str) -> str | None:
+    """Why the value of ``node`` is not a spike train (or a synaptic current, or the input); None if it is one."""
+    op = graph.op(node)
+    if isinstance(op, SPIKE_PRESERVING):
+        if isinstance(op, (ops.ChannelPad, ops.Pad2d)) and op.value != 0:
+            return f"{op.kind} {node!r} pads with {op.value:g}, which is not a spike"
+        return _spike_source_problem(graph, graph.inputs(node)[0])
+    if isinstance(op, ops.Concat):  # a concatenation of spike trains is one
+        return next(filter(None, (_spike_source_problem(graph, u) for u in graph.inputs(node))), None)
+    if isinstance(op, _SPIKE_SOURCES) or op.synaptic:
+        return None
+    return f"it comes from {op.kind} {node!r}, a graded signal"
+
+
+def spikes_only_problems(graph: Graph) -> list[str]:
+    """One line per synaptic op (or spiking max pooling) whose operand is not a binary spike train."""
+    problems = []
+    for node in graph.topological_order():
+        op = graph.op(node)
+        if not (op.synaptic or isinstance(op, ops.SpikingMaxPool2d)):
+            continue
+        (src,) = graph.inputs(node)
+        if (why := _spike_source_problem(graph, src)) is not None:
+            problems.append(f"{node!r}: the input of {op.kind} is not a spike train: {why}; lower it into one "
+                            "synaptic copy per spike train (the sew pass does) or end it in a Population")
+    return problems
 
 
 def verify(graph: Graph) -> dict[str, TensorType]:
@@ -47,6 +88,8 @@ def verify(graph: Graph) -> dict[str, TensorType]:
                             "spike trains are pooled by SpikingMaxPool2d")
         if level == ANN and types[node].coding != Analog():
             problems.append(f"{node!r}: {types[node].coding} coding in an ANN-level graph")
+    if level == SNN and graph.attrs.get("spikes_only"):
+        problems += spikes_only_problems(graph)
     if level == SNN:
         for out in graph.outputs:
             if types[out].coding != Analog():

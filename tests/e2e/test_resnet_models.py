@@ -90,3 +90,20 @@ def test_cifar_resnet_rate_snn_predicts_like_onnxruntime_at_t256():
     result = Simulator(snn, timesteps=256, batch_size=20).run(x)
     agreement = (result.outputs[-1].argmax(1) == _onnxruntime(model, x).argmax(1)).mean()
     assert agreement >= 0.95
+
+
+@pytest.mark.parametrize("connect", ["add", "and", "iand"])
+def test_sew_pass_runs_on_both_shipped_resnets(connect):
+    """The sew pass rewrites every residual block of both ResNets into a graph whose every inter-layer signal is
+    spikes, and the result simulates (a few images, a few steps)."""
+    from snncc.ir.verify import spikes_only_problems
+
+    cifar, _ = cifar20()
+    fmnist, _ = load_dataset(data_dir("fashion-mnist"), split="test", limit=8)
+    for name, x, blocks in (("resnet-fmnist", UNIT.apply(fmnist), 6), ("resnet20-cifar10", cifar, 9)):
+        rate = compile_model(_model(name), calibration=x)
+        sew = run_pipeline(rate, f"sew{{connect={connect}}}")
+        assert sew.attrs["sew"]["residual_blocks"] == blocks and len(sew.attrs["sew"]["blocks"]) == blocks
+        assert not spikes_only_problems(sew)
+        result = Simulator(sew, timesteps=4, batch_size=4).run(x[:4])
+        assert result.outputs.shape == (4, 4, 10) and np.isfinite(result.outputs).all()
