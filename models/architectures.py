@@ -159,6 +159,25 @@ class BasicBlock(nn.Module):
         return torch.relu(y + self.shortcut(x))
 
 
+def _residual_stages(widths: tuple[int, ...], blocks: int, shortcut: str) -> nn.Sequential:
+    """Stages of ``blocks`` :class:`BasicBlock` s each; the first block of every stage after the first has stride 2."""
+    layers: list[nn.Module] = []
+    in_channels = widths[0]
+    for stage, width in enumerate(widths):
+        for block in range(blocks):
+            layers.append(BasicBlock(in_channels, width, stride=2 if stage > 0 and block == 0 else 1,
+                                     shortcut=shortcut))
+            in_channels = width
+    return nn.Sequential(*layers)
+
+
+def _init_convs(model: nn.Module) -> None:
+    """He initialization (fan out) of every convolution, as in He et al. 2016."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
 class ResNetFashion(nn.Module):
     """A CIFAR-style ResNet (He et al. 2016, Sec. 4.2) for Fashion-MNIST (input ``(N, 1, 28, 28)`` in ``[0, 1]``).
 
@@ -175,18 +194,10 @@ class ResNetFashion(nn.Module):
         super().__init__()
         self.normalize = _Normalize(self.MEAN, self.STD)
         self.stem = nn.Sequential(*_conv_bn_relu(1, widths[0]))
-        layers: list[nn.Module] = []
-        in_channels = widths[0]
-        for stage, width in enumerate(widths):
-            for block in range(blocks):
-                layers.append(BasicBlock(in_channels, width, stride=2 if stage > 0 and block == 0 else 1))
-                in_channels = width
-        self.stages = nn.Sequential(*layers)
+        self.stages = _residual_stages(widths, blocks, shortcut="B")
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.fc = nn.Linear(widths[-1], num_classes)
+        _init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(self.normalize(x)))
@@ -210,19 +221,10 @@ class ResNetCifar(nn.Module):
         self.register_buffer("std", torch.tensor(self.STD).reshape(1, 3, 1, 1))
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        layers: list[nn.Module] = []
-        in_channels = widths[0]
-        for stage, width in enumerate(widths):
-            for block in range(blocks):
-                layers.append(BasicBlock(in_channels, width, stride=2 if stage > 0 and block == 0 else 1,
-                                         shortcut="A"))
-                in_channels = width
-        self.stages = nn.Sequential(*layers)
+        self.stages = _residual_stages(widths, blocks, shortcut="A")
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.fc = nn.Linear(widths[-1], num_classes)
+        _init_convs(self)
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
