@@ -8,10 +8,13 @@ spikes ``z(t)`` of :func:`snncc.runtime.fewspike.few_spike`. Two ways to get the
   ``T(t) = alpha 2^-t`` truncate to ``K`` bits; lowering every threshold by half a least significant bit makes the
   code round instead (``fs(x) = alpha round(2^K x / alpha) / 2^K``, saturating at ``alpha (1 - 2^-K)``), which halves
   the worst-case error and removes its bias, the same shift as ``v_init = 0.5`` for rate coding.
-- **Gradient descent for any f** (the paper's method): minimize the squared error between ``f`` and ``fs`` with a
-  surrogate derivative for the Heaviside step (``z`` is exact in the forward pass; the backward pass uses the
-  derivative of a logistic of width proportional to ``|h(t)|``), from several random restarts, with a penalty that
-  keeps the membrane within the input range of its thresholds. Going beyond the paper, which fits on a fixed
+- **Gradient descent for any f** (the paper's method): minimize the squared error between ``f`` and ``fs``, from
+  several starts (binary expansions of the input range, one with a staircase of non-resetting steps, then perturbed
+  copies), with a penalty that keeps the membrane within the input range of its thresholds. The FS fit descends on
+  a smooth relaxation, logistic spikes whose width shrinks from half to a hundredth of each step's height; every
+  50 iterations the hard-spike solution is scored (with the least-squares output weights for its spikes) and the
+  best is kept. The AMOS refinement uses a straight-through surrogate instead (hard spikes forward, the logistic's
+  derivative backward), starting from the FS unit, which is already close. Going beyond the paper, which fits on a fixed
   interval, the error is taken over the layer's own input distribution measured on calibration data (plus a
   light uniform grid over its range so behaviour between samples stays sane): the error is smallest where the
   inputs actually are.

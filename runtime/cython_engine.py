@@ -38,7 +38,7 @@ from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
 from snncc.runtime.kernels import apply
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
-from snncc.runtime.temporal import TemporalSimulator
+from snncc.runtime.temporal import VIEW_OPS, TemporalSimulator
 
 _kernels = load_kernels()  # sets the OpenMP wait policy first (see load_kernels)
 
@@ -52,8 +52,6 @@ DENSE_ABOVE = {ops.Linear: 0.2, ops.Conv2d: 0.35}
 # the work (and far more on a loaded machine, where a worker may wait for a time slice).
 PARALLEL_MIN_VALUES = 1 << 16
 
-# Ops that only relabel the axes of their input: spike trains pass through them as bytes.
-_VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
 
 
 @dataclass
@@ -318,7 +316,7 @@ class CythonSimulator(ReferenceSimulator):
                     self.plans[node] = _ReferenceState(op, in_shape)
             elif isinstance(op, (ops.Conv2d, ops.Linear)) and binary_in and _EventSynapse.supports(op):
                 self.plans[node] = _EventSynapse(op, in_shape, shape, self.fan_outs[node], self.threads)
-            elif isinstance(op, _VIEWS):
+            elif isinstance(op, VIEW_OPS):
                 binary = binary_in
             self.binary[node] = binary
 
@@ -366,7 +364,7 @@ class CythonSimulator(ReferenceSimulator):
                     out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
                 elif isinstance(plan, _EventSynapse):
                     out = plan.run(args[0], tc, batch, step_synops)
-                elif isinstance(op, _VIEWS) and self.binary[node]:
+                elif isinstance(op, VIEW_OPS) and self.binary[node]:
                     out = _Signal(args[0].data.reshape((tc, batch) + shape), False, True)
                 else:
                     out = self._dense(op, node, args, srcs, tc, batch, step_synops)

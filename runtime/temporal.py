@@ -37,7 +37,7 @@ from snncc.runtime.kernels import apply, fan_out
 from snncc.runtime.reference import BatchResult
 
 # Ops through which a population's spikes pass unchanged (relabelled axes): the synaptic op after them sees spikes.
-_VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
+VIEW_OPS = (ops.Flatten, ops.Reshape, ops.Identity)
 
 
 def is_temporal(graph: Graph) -> bool:
@@ -81,7 +81,7 @@ class TemporalSimulator:
 
     def _spike_source(self, node: str) -> str | None:
         """The population whose spikes reach ``node``'s output unchanged, or None for a graded value."""
-        while isinstance(self.graph.op(node), _VIEWS):
+        while isinstance(self.graph.op(node), VIEW_OPS):
             (node,) = self.graph.inputs(node)
         return node if isinstance(self.graph.op(node), ops.Population) else None
 
@@ -112,7 +112,7 @@ class TemporalSimulator:
             values[node] = apply(op, *args)
 
     def run_batch(self, x: np.ndarray) -> BatchResult:
-        T, batch = self.timesteps, x.shape[0]
+        batch = x.shape[0]
         values: dict[str, np.ndarray] = {}
         spike_trains: dict[str, np.ndarray] = {}
         for node in self.order:
