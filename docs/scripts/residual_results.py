@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snncc.api import compile_model, evaluate, write_json
+from snncc.api import compile_model, evaluate, save_figure, write_json
 from snncc.data import InputScaling
 from shipped import load_model_data
 
@@ -146,9 +146,7 @@ def plot(reports: dict[str, dict], path: Path) -> None:
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("resnet-fmnist: rate, SEW forms (as converted) and FS")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(reports: dict[str, dict]) -> str:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from snncc.api import compile_model, evaluate, write_json
+from snncc.api import compile_model, evaluate, save_figure, write_json
 from shipped import load_model_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,9 +106,7 @@ def plot(name: str, reports: dict, rate: dict | None, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{name}: rate vs FS vs AMOS (full test set)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(results: dict[str, dict]) -> str:
