@@ -64,6 +64,47 @@ cdef extern from *:
     static int snncc_cpu_avx2(void) { return 0; }
     static int snncc_cpu_avx512(void) { return 0; }
     #endif
+    /* dst[:n] += weight[channels[j] * stride:][:n] for j = 0 .. m-1 in that order, element by element (float32).
+       The partial sums of a block of dst stay in registers across the m channels, so dst is read and written
+       once per block instead of once per channel (GCC/Clang vector extensions: plain per-lane float adds). */
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef float snncc_v8 __attribute__((vector_size(32), aligned(4)));
+    static inline void snncc_add_channels(float* __restrict__ dst, const float* __restrict__ weight,
+                                          const int32_t* channels, Py_ssize_t m, Py_ssize_t stride, Py_ssize_t n) {
+        Py_ssize_t o = 0, j;
+        for (; o + 32 <= n; o += 32) {
+            snncc_v8 a = *(const snncc_v8*)(dst + o), b = *(const snncc_v8*)(dst + o + 8);
+            snncc_v8 c = *(const snncc_v8*)(dst + o + 16), d = *(const snncc_v8*)(dst + o + 24);
+            for (j = 0; j < m; ++j) {
+                const float* src = weight + channels[j] * stride + o;
+                a += *(const snncc_v8*)src; b += *(const snncc_v8*)(src + 8);
+                c += *(const snncc_v8*)(src + 16); d += *(const snncc_v8*)(src + 24);
+            }
+            *(snncc_v8*)(dst + o) = a; *(snncc_v8*)(dst + o + 8) = b;
+            *(snncc_v8*)(dst + o + 16) = c; *(snncc_v8*)(dst + o + 24) = d;
+        }
+        for (; o + 8 <= n; o += 8) {
+            snncc_v8 a = *(const snncc_v8*)(dst + o);
+            for (j = 0; j < m; ++j) a += *(const snncc_v8*)(weight + channels[j] * stride + o);
+            *(snncc_v8*)(dst + o) = a;
+        }
+        for (; o < n; ++o) {
+            float a = dst[o];
+            for (j = 0; j < m; ++j) a += weight[channels[j] * stride + o];
+            dst[o] = a;
+        }
+    }
+    #else
+    static inline void snncc_add_channels(float* __restrict__ dst, const float* __restrict__ weight,
+                                          const int32_t* channels, Py_ssize_t m, Py_ssize_t stride, Py_ssize_t n) {
+        Py_ssize_t o, j;
+        for (o = 0; o < n; ++o) {
+            float a = dst[o];
+            for (j = 0; j < m; ++j) a += weight[channels[j] * stride + o];
+            dst[o] = a;
+        }
+    }
+    #endif
     """
     int snncc_openmp() nogil
     int snncc_max_threads() nogil
@@ -72,6 +113,8 @@ cdef extern from *:
     const char* snncc_build_stamp() nogil
     int snncc_cpu_avx2() nogil
     int snncc_cpu_avx512() nogil
+    void snncc_add_channels(float* dst, const float* weight, const int32_t* channels, Py_ssize_t m,
+                            Py_ssize_t stride, Py_ssize_t n) nogil
 
     # Pointers the compiler may assume do not alias: the vector loops need no run-time overlap checks.
     ctypedef float* float_rp "float * __restrict__"
@@ -405,8 +448,7 @@ cdef struct ConvGeometry:
     Py_ssize_t channels, height, width      # input, per sample
     Py_ssize_t out_channels, out_height, out_width
     Py_ssize_t kh, kw, per_group_in, per_group_out
-    Py_ssize_t pad_left, pad_top, stride_h, dilation_h
-    Py_ssize_t tile_rows                    # output rows per accumulator tile
+    Py_ssize_t pad_left
     bint row_blocks                         # weight columns reversed: one tap row is one contiguous block
 
 
@@ -420,84 +462,76 @@ cdef inline void _add(float_rp dst, cfloat_rp src, Py_ssize_t n) noexcept nogil:
 cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float* weight_t, const float* bias,
                            const double* fan_out, const int32_t* row_start, const int32_t* row_taps,
                            const int32_t* col_start, const int32_t* col_taps, float* out, double* synops,
-                           float* acc, int32_t* index) noexcept nogil:
-    """One sample of an event-driven convolution.
+                           float* acc, int32_t* index, int32_t* active, int32_t* count) noexcept nogil:
+    """One sample of an event-driven convolution, spatial position by position.
 
-    The output is built in tiles of ``g.tile_rows`` output rows held in a (rows, Wo, O) accumulator that fits the
-    L2 cache (one tile for the layers of the shipped models): each (input spike, kernel tap) adds one contiguous
-    vector of the output channels of its group. Within a tile, inputs are visited channel by channel, row by row,
-    column by column, so each output receives its terms in ascending (c, ky, kx) order, the order of the
-    reference's im2col product. Input rows that reach two tiles are scanned twice; their spikes are counted
-    (synops) once.
+    The output is accumulated channels-last in ``acc`` (Ho, Wo, O). Input rows are visited in ascending ``iy``:
+    first the spiking channels of every column ``ix`` of the row are gathered (``active``, ascending ``c``), then
+    for each kernel row reaching an output row, each column and each of its spiking channels adds one contiguous
+    vector of weights (the output channels of its group, or with ``row_blocks`` all the kernel columns it reaches
+    at once). An output ``(oy, ox)`` receives one term from each input position within its window, positions in
+    row-major order and channels ascending within a position: ascending ``(ky, kx, c)``, the order of the
+    reference's channels-last im2col product. All spikes of one position add to the same few accumulator rows,
+    which stay in L1 (visiting the input channel by channel would sweep the whole accumulator once per channel).
     """
     cdef ConvGeometry g = geometry[0]  # a local copy: stores through float pointers cannot change it
     cdef Py_ssize_t out_plane = g.out_height * g.out_width, O = g.out_channels, n = g.per_group_out
-    cdef Py_ssize_t row_size = g.out_width * O, tile, oy0, oy1, iy_lo, iy_hi, counted = -1
-    cdef Py_ssize_t events, e, c, iy, ix, a, b, ky, kx, oy, ox, o, pos, o0, row, kx_lo, kx_hi
-    cdef const float* w_c
-    cdef const float* w_row
+    cdef Py_ssize_t row_size = g.out_width * O, C = g.channels, tap = g.kh * g.kw * n
+    cdef Py_ssize_t events, e, c, iy, ix, a, b, j, m, ky, oy, o, pos, row, kx_lo, kx_hi, block, w_off
+    cdef const int32_t* channels
     cdef float* acc_row
     cdef float* dst
     cdef double ops = 0.0
-    for tile in range((g.out_height + g.tile_rows - 1) // g.tile_rows):
-        oy0 = tile * g.tile_rows
-        oy1 = min(g.out_height, oy0 + g.tile_rows)
-        # input rows reaching output rows oy0 .. oy1-1
-        iy_lo = max(0, oy0 * g.stride_h - g.pad_top)
-        iy_hi = min(g.height - 1, (oy1 - 1) * g.stride_h - g.pad_top + (g.kh - 1) * g.dilation_h)
-        memset(acc, 0, (oy1 - oy0) * row_size * sizeof(float))
-        for c in range(g.channels):
-            o0 = (c // g.per_group_in) * n
-            w_c = weight_t + c * g.kh * g.kw * n
-            for iy in range(iy_lo, iy_hi + 1):
-                row = (c * g.height + iy) * g.width
-                events = _nonzero(x + row, g.width, index)
-                if iy > counted:
-                    for e in range(events):
-                        ops = ops + fan_out[row + index[e]]
-                if events == 0:
-                    continue
-                # Row taps outside, spikes inside: an output row receives from one input row through exactly one
-                # kernel row, so each output still gets its terms in ascending (c, ky, kx) order.
-                for a in range(row_start[iy], row_start[iy + 1]):
-                    oy = row_taps[2 * a + 1]
-                    if oy < oy0 or oy >= oy1:
-                        continue
-                    ky = row_taps[2 * a]
-                    acc_row = acc + (oy - oy0) * row_size
-                    w_row = w_c + ky * g.kw * n
-                    if g.row_blocks:
-                        # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with
-                        # the kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the
-                        # weights and of the accumulator.
-                        for e in range(events):
-                            ix = index[e]
-                            kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
-                            kx_hi = min(g.kw - 1, ix + g.pad_left)
-                            if kx_lo <= kx_hi:
-                                _add(acc_row + (ix + g.pad_left - kx_hi) * O, w_row + (g.kw - 1 - kx_hi) * n,
-                                     (kx_hi - kx_lo + 1) * n)
-                    else:
-                        for e in range(events):
-                            ix = index[e]
-                            for b in range(col_start[ix], col_start[ix + 1]):
-                                _add(acc_row + col_taps[2 * b + 1] * O + o0, w_row + col_taps[2 * b] * n, n)
-        counted = max(counted, iy_hi)
-        # (rows, Wo, O) -> (O, rows, Wo), adding the bias last as the reference does.
-        for o in range(O):
-            dst = out + o * out_plane + oy0 * g.out_width
-            for pos in range((oy1 - oy0) * g.out_width):
-                dst[pos] = acc[pos * O + o]
-            if bias != NULL:
-                for pos in range((oy1 - oy0) * g.out_width):
-                    dst[pos] = dst[pos] + bias[o]
-    # Input rows no output reaches (cropped by the stride) still count as events (with fan-out 0 in practice).
-    for c in range(g.channels):
-        for iy in range(counted + 1, g.height):
+    memset(acc, 0, out_plane * O * sizeof(float))
+    for iy in range(g.height):
+        memset(count, 0, g.width * sizeof(int32_t))
+        for c in range(C):
             row = (c * g.height + iy) * g.width
             events = _nonzero(x + row, g.width, index)
             for e in range(events):
-                ops = ops + fan_out[row + index[e]]
+                ix = index[e]
+                ops = ops + fan_out[row + ix]
+                active[ix * C + count[ix]] = <int32_t> c
+                count[ix] = count[ix] + 1
+        for a in range(row_start[iy], row_start[iy + 1]):
+            ky = row_taps[2 * a]
+            oy = row_taps[2 * a + 1]
+            acc_row = acc + oy * row_size
+            for ix in range(g.width):
+                m = count[ix]
+                if m == 0:
+                    continue
+                channels = active + ix * C
+                if g.row_blocks:
+                    # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with the
+                    # kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the weights
+                    # and of the accumulator.
+                    kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
+                    kx_hi = min(g.kw - 1, ix + g.pad_left)
+                    if kx_lo > kx_hi:
+                        continue
+                    dst = acc_row + (ix + g.pad_left - kx_hi) * O
+                    w_off = (ky * g.kw + g.kw - 1 - kx_hi) * n
+                    block = (kx_hi - kx_lo + 1) * n
+                    snncc_add_channels(dst, weight_t + w_off, channels, m, tap, block)
+                else:
+                    for b in range(col_start[ix], col_start[ix + 1]):
+                        dst = acc_row + col_taps[2 * b + 1] * O
+                        w_off = (ky * g.kw + col_taps[2 * b]) * n
+                        if g.per_group_in == C:
+                            snncc_add_channels(dst, weight_t + w_off, channels, m, tap, n)
+                        else:
+                            for j in range(m):
+                                c = channels[j]
+                                _add(dst + (c // g.per_group_in) * n, weight_t + c * tap + w_off, n)
+    # (Ho, Wo, O) -> (O, Ho, Wo), adding the bias last as the reference does.
+    for o in range(O):
+        dst = out + o * out_plane
+        for pos in range(out_plane):
+            dst[pos] = acc[pos * O + o]
+        if bias != NULL:
+            for pos in range(out_plane):
+                dst[pos] = dst[pos] + bias[o]
     synops[0] = synops[0] + ops
 
 
@@ -522,17 +556,15 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
                   const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
                   const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
                   const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups,
-                  stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bint row_blocks=False, int threads=1,
-                  Py_ssize_t tile_bytes=262144):
+                  Py_ssize_t pad_left=0, bint row_blocks=False, int threads=1):
     """Event-driven convolution of binary ``x`` (rows, C, H, W) into ``out`` (rows, O, Ho, Wo).
 
     ``weight_t`` is the weight as (C, kh, kw, O / groups); ``row_*``/``col_*`` are :func:`conv_taps` of the two
-    spatial axes for the op's ``stride``, ``padding`` (top, left, bottom, right) and ``dilation``, which are passed
-    too. With ``row_blocks`` (only for one group and stride and dilation 1 along x) ``weight_t`` holds the kernel
+    spatial axes for the op's stride, padding and dilation; ``pad_left`` is the padding before the first column.
+    With ``row_blocks`` (the caller's promise of one group and stride and dilation 1 along x) ``weight_t`` holds the kernel
     columns in reverse order, (C, kh, kw reversed, O), and each row of taps is added as one contiguous block.
-    ``tile_bytes`` bounds the accumulator of one tile of output rows (smaller tiles were not faster on the shipped
-    models: input rows reaching two tiles are scanned twice). ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix)
-    and taps reaching (oy, ox), ascending) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
+    ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix) and taps (ky, kx) reaching (oy, ox), in ascending
+    (ky, kx, c)) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
     ``synops[r] += sum of fan_out over the spikes of row r``.
     """
     cdef ConvGeometry g
@@ -545,12 +577,10 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
         raise ValueError(f"conv2d_events: {g.channels} input and {g.out_channels} output channels do not fit "
                          f"groups={groups} and a weight of {g.per_group_out} outputs per group")
     g.per_group_in = g.channels // groups
-    g.stride_h, g.pad_top, g.pad_left, g.dilation_h = stride[0], padding[0], padding[1], dilation[0]
+    g.pad_left = pad_left
     g.row_blocks = row_blocks
-    if row_blocks and (groups != 1 or stride[1] != 1 or dilation[1] != 1):
-        raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
-    # Accumulator tiles of at most tile_bytes (256 KiB: the L2 cache) while every input channel adds to them.
-    g.tile_rows = max(1, min(g.out_height, (tile_bytes // sizeof(float)) // max(1, g.out_width * g.out_channels)))
+    if row_blocks and groups != 1:
+        raise ValueError("conv2d_events: row_blocks needs groups=1")
     _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
     _check_shape("conv output rows", (rows,), (out.shape[0],))
     _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
@@ -565,13 +595,16 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
     if row_taps.shape[0] == 0 or col_taps.shape[0] == 0 or row_taps.shape[1] != 2 or col_taps.shape[1] != 2:
         raise ValueError("conv2d_events: tap tables must be non-empty (n, 2) arrays")
     threads = max(1, threads)
-    cdef float[:, ::1] acc = np.empty((threads, g.tile_rows * g.out_width * g.out_channels), dtype=np.float32)
+    cdef float[:, ::1] acc = np.empty((threads, g.out_height * g.out_width * g.out_channels), dtype=np.float32)
     cdef int32_t[:, ::1] index = np.empty((threads, g.width), dtype=np.int32)  # spikes of one input row
+    cdef int32_t[:, ::1] active = np.empty((threads, g.width * g.channels), dtype=np.int32)  # channels per column
+    cdef int32_t[:, ::1] count = np.empty((threads, g.width), dtype=np.int32)
     cdef const int32_t* rt = &row_taps[0, 0]
     cdef const int32_t* ct = &col_taps[0, 0]
     for r in prange(rows, nogil=True, num_threads=threads, schedule="dynamic", chunksize=2):
         _conv_row(&x[r, 0, 0, 0], &g, &weight_t[0, 0, 0, 0], bias_ptr, &fan_out[0], &row_start[0], rt,
-                  &col_start[0], ct, &out[r, 0, 0, 0], &synops[r], &acc[threadid(), 0], &index[threadid(), 0])
+                  &col_start[0], ct, &out[r, 0, 0, 0], &synops[r], &acc[threadid(), 0], &index[threadid(), 0],
+                  &active[threadid(), 0], &count[threadid(), 0])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,12 @@ def _pad_spatial(x: np.ndarray, padding: tuple[int, int, int, int], value: float
 
 
 def conv2d(op: ops.Conv2d, x: np.ndarray) -> np.ndarray:
-    """Cross-correlation by im2col: one matrix product per group over column blocks built slice by slice."""
+    """Cross-correlation by im2col: one matrix product per group over column blocks built slice by slice.
+
+    The reduction axis is ordered channels-last, ``(ky, kx, c)``: with binary inputs the event-driven Cython kernel
+    adds the same terms in the same order (it visits input positions one by one, all spiking channels of a
+    position together), so both give the same float32 sums.
+    """
     pad_value = 0.0 if op.pad_value is None else op.pad_value
     xp = _pad_spatial(x, op.padding, pad_value)
     out_ch, in_per_group, kh, kw = op.weight.shape
@@ -47,13 +52,13 @@ def conv2d(op: ops.Conv2d, x: np.ndarray) -> np.ndarray:
         m = part.shape[0]
         for g in range(op.groups):
             channels = part[:, g * in_per_group:(g + 1) * in_per_group]
-            cols = np.empty((in_per_group, kh, kw, m, ho, wo), dtype=np.float32)
+            cols = np.empty((kh, kw, in_per_group, m, ho, wo), dtype=np.float32)
             for i in range(kh):
                 for j in range(kw):
                     window = channels[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-                    cols[:, i, j] = window.transpose(1, 0, 2, 3)
-            w = op.weight[g * out_per_group:(g + 1) * out_per_group].reshape(out_per_group, -1)
-            y = w @ cols.reshape(in_per_group * kh * kw, m * ho * wo)
+                    cols[i, j] = window.transpose(1, 0, 2, 3)
+            w = op.weight[g * out_per_group:(g + 1) * out_per_group].transpose(0, 2, 3, 1).reshape(out_per_group, -1)
+            y = w @ cols.reshape(kh * kw * in_per_group, m * ho * wo)
             out[start:start + m, g * out_per_group:(g + 1) * out_per_group] = \
                 y.reshape(out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
     if op.bias is not None:

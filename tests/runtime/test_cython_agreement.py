@@ -307,9 +307,9 @@ def test_spiking_maxpool_kernel_matches_the_reference_state(kernel, stride, padd
 
 
 def _ascending_sum(op: ops.Conv2d | ops.Linear, x: np.ndarray) -> np.ndarray:
-    """The synaptic current of binary ``x`` summed term by term in ascending order of the reduction index (input
-    channel, kernel row, kernel column), in float32, then the bias: the order the kernels use, and the BLAS's order
-    for reductions it does not split."""
+    """The synaptic current of binary ``x`` summed term by term in ascending order of the reduction index (kernel
+    row, kernel column, input channel for a convolution: the reference's channels-last im2col), in float32, then the
+    bias: the order the kernels use, and the BLAS's order for reductions it does not split."""
     if isinstance(op, ops.Linear):
         acc = np.zeros((len(x), op.weight.shape[0]), np.float32)
         for k in range(op.weight.shape[1]):
@@ -324,9 +324,9 @@ def _ascending_sum(op: ops.Conv2d | ops.Linear, x: np.ndarray) -> np.ndarray:
     per_out = out_ch // op.groups
     for o in range(out_ch):
         g = o // per_out
-        for c in range(per_group):
-            for i in range(kh):
-                for j in range(kw):
+        for i in range(kh):
+            for j in range(kw):
+                for c in range(per_group):
                     window = xp[:, g * per_group + c, i * dh:i * dh + sh * (ho - 1) + 1:sh,
                                 j * dw:j * dw + sw * (wo - 1) + 1:sw]
                     acc[:, o] = np.where(window != 0, acc[:, o] + op.weight[o, c, i, j], acc[:, o])
