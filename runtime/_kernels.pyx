@@ -11,9 +11,11 @@ Float arithmetic is float32 in exactly the order of :mod:`snncc.runtime.referenc
 - population (``_PopulationState.step``): ``v = v * beta`` (LIF only), ``v = v + I``, ``s = v >= theta``, then
   ``v = v - theta`` (reset by subtraction) or ``v = 0`` (reset to zero) where ``s``;
 - synaptic accumulation of binary spikes: ``y[o] = (sum over inputs k that spiked, in ascending k) W[o, k]``, then
-  ``y[o] = y[o] + b[o]``. With 0/1 inputs a BLAS micro-kernel computes ``fma(W[o,k], x[k], acc)``, which is
-  ``acc + W[o,k]`` for a spike and ``acc`` otherwise, in ascending ``k``; so this is the reference's dense product,
-  term for term, whenever the BLAS keeps that order (see the engine's docstring for when OpenBLAS does not);
+  ``y[o] = y[o] + b[o]``, with ``k`` the reference's reduction index (for a convolution its im2col order,
+  channels-last: kernel row, kernel column, input channel). With 0/1 inputs a BLAS micro-kernel computes
+  ``fma(W[o,k], x[k], acc)``, which is ``acc + W[o,k]`` for a spike and ``acc`` otherwise, in ascending ``k``; so
+  this is the reference's dense product, term for term, whenever the BLAS keeps that order (see the engine's
+  docstring for when OpenBLAS does not);
 - readout (``_ReadoutState.step``): ``total += I`` in float64, output ``float32(total / t)``;
 - spiking max pooling (``_MaxCountState.step``): counts are integers, so the running max is exact in any order.
 
