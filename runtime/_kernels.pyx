@@ -70,20 +70,33 @@ cdef extern from *:
        The partial sums of a block of dst stay in registers across the m channels, so dst is read and written
        once per block instead of once per channel (GCC/Clang vector extensions: plain per-lane float adds). */
     #if defined(__GNUC__) || defined(__clang__)
-    typedef float snncc_v8 __attribute__((vector_size(32), aligned(4)));
+    typedef float snncc_v16 __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef float snncc_v8 __attribute__((vector_size(32), aligned(4), may_alias));
     static inline void snncc_add_channels(float* __restrict__ dst, const float* __restrict__ weight,
                                           const int32_t* channels, Py_ssize_t m, Py_ssize_t stride, Py_ssize_t n) {
         Py_ssize_t o = 0, j;
-        for (; o + 32 <= n; o += 32) {
-            snncc_v8 a = *(const snncc_v8*)(dst + o), b = *(const snncc_v8*)(dst + o + 8);
-            snncc_v8 c = *(const snncc_v8*)(dst + o + 16), d = *(const snncc_v8*)(dst + o + 24);
+        if (m == 1) {  /* the common case in small layers: one plain vector add */
+            const float* src = weight + channels[0] * stride;
+            for (; o + 16 <= n; o += 16) *(snncc_v16*)(dst + o) += *(const snncc_v16*)(src + o);
+            for (; o + 8 <= n; o += 8) *(snncc_v8*)(dst + o) += *(const snncc_v8*)(src + o);
+            for (; o < n; ++o) dst[o] += src[o];
+            return;
+        }
+        for (; o + 64 <= n; o += 64) {
+            snncc_v16 a = *(const snncc_v16*)(dst + o), b = *(const snncc_v16*)(dst + o + 16);
+            snncc_v16 c = *(const snncc_v16*)(dst + o + 32), d = *(const snncc_v16*)(dst + o + 48);
             for (j = 0; j < m; ++j) {
                 const float* src = weight + channels[j] * stride + o;
-                a += *(const snncc_v8*)src; b += *(const snncc_v8*)(src + 8);
-                c += *(const snncc_v8*)(src + 16); d += *(const snncc_v8*)(src + 24);
+                a += *(const snncc_v16*)src; b += *(const snncc_v16*)(src + 16);
+                c += *(const snncc_v16*)(src + 32); d += *(const snncc_v16*)(src + 48);
             }
-            *(snncc_v8*)(dst + o) = a; *(snncc_v8*)(dst + o + 8) = b;
-            *(snncc_v8*)(dst + o + 16) = c; *(snncc_v8*)(dst + o + 24) = d;
+            *(snncc_v16*)(dst + o) = a; *(snncc_v16*)(dst + o + 16) = b;
+            *(snncc_v16*)(dst + o + 32) = c; *(snncc_v16*)(dst + o + 48) = d;
+        }
+        for (; o + 16 <= n; o += 16) {
+            snncc_v16 a = *(const snncc_v16*)(dst + o);
+            for (j = 0; j < m; ++j) a += *(const snncc_v16*)(weight + channels[j] * stride + o);
+            *(snncc_v16*)(dst + o) = a;
         }
         for (; o + 8 <= n; o += 8) {
             snncc_v8 a = *(const snncc_v8*)(dst + o);
@@ -479,7 +492,7 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
     cdef ConvGeometry g = geometry[0]  # a local copy: stores through float pointers cannot change it
     cdef Py_ssize_t out_plane = g.out_height * g.out_width, O = g.out_channels, n = g.per_group_out
     cdef Py_ssize_t row_size = g.out_width * O, C = g.channels, tap = g.kh * g.kw * n
-    cdef Py_ssize_t events, e, c, iy, ix, a, b, j, m, ky, oy, o, pos, row, kx_lo, kx_hi, block, w_off
+    cdef Py_ssize_t events, e, c, iy, ix, a, b, j, m, ky, oy, o, pos, row, kx_lo, kx_hi, block, w_off, columns
     cdef const int32_t* channels
     cdef float* acc_row
     cdef float* dst
@@ -495,14 +508,19 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
                 ops = ops + fan_out[row + ix]
                 active[ix * C + count[ix]] = <int32_t> c
                 count[ix] = count[ix] + 1
+        # The columns with spikes, ascending, found branch-free (whether a column has a spike is a coin toss at
+        # the densities of small layers: a test per column and kernel row would mispredict half the time).
+        columns = 0
+        for ix in range(g.width):
+            index[columns] = <int32_t> ix
+            columns = columns + (count[ix] != 0)
         for a in range(row_start[iy], row_start[iy + 1]):
             ky = row_taps[2 * a]
             oy = row_taps[2 * a + 1]
             acc_row = acc + oy * row_size
-            for ix in range(g.width):
+            for e in range(columns):
+                ix = index[e]
                 m = count[ix]
-                if m == 0:
-                    continue
                 channels = active + ix * C
                 if g.row_blocks:
                     # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with the
