@@ -576,13 +576,13 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
                   const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
                   const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
                   const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups,
-                  Py_ssize_t pad_left=0, bint row_blocks=False, int threads=1):
+                  bint row_blocks=False, int threads=1):
     """Event-driven convolution of binary ``x`` (rows, C, H, W) into ``out`` (rows, O, Ho, Wo).
 
     ``weight_t`` is the weight as (C, kh, kw, O / groups); ``row_*``/``col_*`` are :func:`conv_taps` of the two
-    spatial axes for the op's stride, padding and dilation; ``pad_left`` is the padding before the first column.
-    With ``row_blocks`` (the caller's promise of one group and stride and dilation 1 along x) ``weight_t`` holds the kernel
-    columns in reverse order, (C, kh, kw reversed, O), and each row of taps is added as one contiguous block.
+    spatial axes for the op's stride, padding and dilation. With ``row_blocks`` (one group, stride and dilation 1
+    along x: checked on the column taps, which then give the left padding) ``weight_t`` holds the kernel columns in
+    reverse order, (C, kh, kw reversed, O), and each row of taps is added as one contiguous block.
     ``y[o, oy, ox] = (sum over spiking inputs (c, iy, ix) and taps (ky, kx) reaching (oy, ox), in ascending
     (ky, kx, c)) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
     ``synops[r] += sum of fan_out over the spikes of row r``.
@@ -597,10 +597,8 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
         raise ValueError(f"conv2d_events: {g.channels} input and {g.out_channels} output channels do not fit "
                          f"groups={groups} and a weight of {g.per_group_out} outputs per group")
     g.per_group_in = g.channels // groups
-    g.pad_left = pad_left
     g.row_blocks = row_blocks
-    if row_blocks and groups != 1:
-        raise ValueError("conv2d_events: row_blocks needs groups=1")
+    g.pad_left = 0
     _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
     _check_shape("conv output rows", (rows,), (out.shape[0],))
     _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
@@ -614,6 +612,14 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
         raise ValueError("conv2d_events: empty operands")
     if row_taps.shape[0] == 0 or col_taps.shape[0] == 0 or row_taps.shape[1] != 2 or col_taps.shape[1] != 2:
         raise ValueError("conv2d_events: tap tables must be non-empty (n, 2) arrays")
+    if row_blocks:
+        # With stride and dilation 1 along x every column tap (kx, ox) of input column ix has ox + kx - ix equal to
+        # the left padding; any other geometry breaks that.
+        columns = np.repeat(np.arange(g.width), np.diff(np.asarray(col_start)))
+        shift = np.asarray(col_taps)[:, 1] + np.asarray(col_taps)[:, 0] - columns
+        if groups != 1 or shift.size == 0 or np.any(shift != shift[0]):
+            raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
+        g.pad_left = shift[0]
     threads = max(1, threads)
     cdef float[:, ::1] acc = np.empty((threads, g.out_height * g.out_width * g.out_channels), dtype=np.float32)
     cdef int32_t[:, ::1] index = np.empty((threads, g.width), dtype=np.int32)  # spikes of one input row

@@ -270,7 +270,7 @@ class _EventSynapse:
                 _kernels.linear_events(x, self.weight_t, self.bias, self.fan_out, out, synops, threads)
             else:
                 _kernels.conv2d_events(x, self.weight_t, self.bias, self.fan_out, out, synops, *self.rows,
-                                       *self.cols, self.op.groups, self.op.padding[1], self.row_blocks, threads)
+                                       *self.cols, self.op.groups, self.row_blocks, threads)
         else:
             out = apply(self.op, x.astype(np.float32))
             _kernels.count_events(x.reshape(rows, -1), self.fan_out, synops, threads)

@@ -361,6 +361,20 @@ def test_event_driven_synapses_sum_in_ascending_order(op, shape, density, varian
     np.testing.assert_array_equal(synops, (x.reshape(rows, -1) != 0) @ fan_out)
 
 
+@pytest.mark.parametrize("stride, dilation", [(2, 1), (1, 2)])
+def test_row_blocks_are_refused_where_a_row_of_taps_is_not_contiguous(stride, dilation):
+    """Row blocks assume stride and dilation 1 along x; the kernel checks that on the column taps."""
+    x = np.ones((1, 1, 6, 6), np.uint8)
+    weight_t = np.ones((1, 3, 3, 2), np.float32)
+    wo = (6 + 2 - dilation * 2 - 1) // stride + 1
+    rows = cython_engine._taps(6, 6, 3, 1, 1)
+    cols = cython_engine._taps(6, wo, 3, stride, 1, dilation)
+    out = np.empty((1, 2, 6, wo), np.float32)
+    with pytest.raises(ValueError, match="stride and dilation 1 along x"):
+        _kernels.conv2d_events(x, weight_t, None, np.ones(36), out, np.zeros(1), *rows, *cols, 1, True, 1)
+    _kernels.conv2d_events(x, weight_t, None, np.ones(36), out, np.zeros(1), *rows, *cols, 1, False, 1)
+
+
 def test_stateful_ops_without_kernels_fall_back_to_the_reference_state():
     """Max pooling of a non-binary train (after average pooling) and windows made of padding only (max -inf, then
     NaN increments) run the reference's numpy state and agree with it exactly, NaN included."""
