@@ -120,6 +120,42 @@ cdef extern from *:
         }
     }
     #endif
+    /* dst[j * dst_stride + i] = src[i * src_stride + j] for a 16 x 16 block: four rounds of pairwise zips of rows
+       i and i + 8 (a perfect shuffle) transpose it in registers; only copies, so exact. */
+    #if defined(__clang__)
+    #define SNNCC_ZIP_LO(a, b) __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+    #define SNNCC_ZIP_HI(a, b) __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, \
+                                                       15, 31)
+    #define SNNCC_HAVE_ZIP 1
+    #elif defined(__GNUC__)
+    typedef int32_t snncc_v16i __attribute__((vector_size(64)));
+    #define SNNCC_ZIP_LO(a, b) __builtin_shuffle(a, b, (snncc_v16i){0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, \
+                                                                    7, 23})
+    #define SNNCC_ZIP_HI(a, b) __builtin_shuffle(a, b, (snncc_v16i){8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, \
+                                                                    14, 30, 15, 31})
+    #define SNNCC_HAVE_ZIP 1
+    #endif
+    #ifdef SNNCC_HAVE_ZIP
+    static inline void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) {
+        snncc_v16 r[16], z[16];
+        int i, round;
+        for (i = 0; i < 16; ++i) r[i] = *(const snncc_v16*)(src + i * src_stride);
+        for (round = 0; round < 4; ++round) {
+            for (i = 0; i < 8; ++i) {
+                z[2 * i] = SNNCC_ZIP_LO(r[i], r[i + 8]);
+                z[2 * i + 1] = SNNCC_ZIP_HI(r[i], r[i + 8]);
+            }
+            for (i = 0; i < 16; ++i) r[i] = z[i];
+        }
+        for (i = 0; i < 16; ++i) *(snncc_v16*)(dst + i * dst_stride) = r[i];
+    }
+    #else
+    static inline void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) {
+        int i, j;
+        for (i = 0; i < 16; ++i)
+            for (j = 0; j < 16; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+    }
+    #endif
     """
     int snncc_openmp() nogil
     int snncc_max_threads() nogil
@@ -130,6 +166,7 @@ cdef extern from *:
     int snncc_cpu_avx512() nogil
     void snncc_add_channels(float* dst, const float* weight, const int32_t* channels, Py_ssize_t m,
                             Py_ssize_t stride, Py_ssize_t n) nogil
+    void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) nogil
 
     # Pointers the compiler may assume do not alias: the vector loops need no run-time overlap checks.
     ctypedef float* float_rp "float * __restrict__"
@@ -425,10 +462,11 @@ cdef inline void _linear_row(const uint8_t* x, Py_ssize_t k, const float* weight
                              int32_t* index) noexcept nogil:
     cdef Py_ssize_t events = _nonzero(x, k, index), e
     cdef double ops = 0.0
-    memset(out, 0, n_out * sizeof(float))
     for e in range(events):
         ops = ops + fan_out[index[e]]
-        _add(out, weight_t + <Py_ssize_t> index[e] * n_out, n_out)
+    # All the spikes' weight rows in ascending input order, the partial sums in registers.
+    memset(out, 0, n_out * sizeof(float))
+    snncc_add_channels(out, weight_t, index, events, n_out, n_out)
     if bias != NULL:
         _add(out, bias, n_out)
     synops[0] = synops[0] + ops
@@ -482,17 +520,19 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
 
     The output is accumulated channels-last in ``acc`` (Ho, Wo, O). Input rows are visited in ascending ``iy``:
     first the spiking channels of every column ``ix`` of the row are gathered (``active``, ascending ``c``), then
-    for each kernel row reaching an output row, each column and each of its spiking channels adds one contiguous
-    vector of weights (the output channels of its group, or with ``row_blocks`` all the kernel columns it reaches
-    at once). An output ``(oy, ox)`` receives one term from each input position within its window, positions in
-    row-major order and channels ascending within a position: ascending ``(ky, kx, c)``, the order of the
-    reference's channels-last im2col product. All spikes of one position add to the same few accumulator rows,
+    for each column with spikes, ascending, and each kernel row reaching an output row, each of its spiking
+    channels adds one contiguous vector of weights (the output channels of its group, or with ``row_blocks`` all
+    the kernel columns it reaches at once). An output ``(oy, ox)`` receives one term from each input position
+    within its window (an input row reaches it through one kernel row), positions in row-major order and channels
+    ascending within a position: ascending ``(ky, kx, c)``, the order of the reference's channels-last im2col
+    product. All spikes of one position add to the same few accumulator rows,
     which stay in L1 (visiting the input channel by channel would sweep the whole accumulator once per channel).
     """
     cdef ConvGeometry g = geometry[0]  # a local copy: stores through float pointers cannot change it
     cdef Py_ssize_t out_plane = g.out_height * g.out_width, O = g.out_channels, n = g.per_group_out
     cdef Py_ssize_t row_size = g.out_width * O, C = g.channels, tap = g.kh * g.kw * n
     cdef Py_ssize_t events, e, c, iy, ix, a, b, j, m, ky, oy, o, pos, row, kx_lo, kx_hi, block, w_off, columns
+    cdef Py_ssize_t blocked_o, blocked_pos
     cdef const int32_t* channels
     cdef float* acc_row
     cdef float* dst
@@ -514,25 +554,29 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
         for ix in range(g.width):
             index[columns] = <int32_t> ix
             columns = columns + (count[ix] != 0)
-        for a in range(row_start[iy], row_start[iy + 1]):
-            ky = row_taps[2 * a]
-            oy = row_taps[2 * a + 1]
-            acc_row = acc + oy * row_size
-            for e in range(columns):
-                ix = index[e]
-                m = count[ix]
-                channels = active + ix * C
+        for e in range(columns):
+            ix = index[e]
+            m = count[ix]
+            channels = active + ix * C
+            if g.row_blocks:
+                # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with the
+                # kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the weights and of
+                # the accumulator.
+                kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
+                kx_hi = min(g.kw - 1, ix + g.pad_left)
+                if kx_lo > kx_hi:
+                    continue
+                block = (kx_hi - kx_lo + 1) * n
+            # The kernel rows innermost: consecutive adds go to different output rows, so an add does not wait for
+            # the previous one's stores (the next column's window overlaps this one's). The order of each output's
+            # terms is unchanged: one input row reaches an output through a single kernel row.
+            for a in range(row_start[iy], row_start[iy + 1]):
+                ky = row_taps[2 * a]
+                oy = row_taps[2 * a + 1]
+                acc_row = acc + oy * row_size
                 if g.row_blocks:
-                    # Stride and dilation 1 along x, one group: the taps kx reach ox = ix + pl - kx, and with the
-                    # kernel columns stored reversed those (kx, ox) pairs are one contiguous run of the weights
-                    # and of the accumulator.
-                    kx_lo = max(0, ix + g.pad_left - g.out_width + 1)
-                    kx_hi = min(g.kw - 1, ix + g.pad_left)
-                    if kx_lo > kx_hi:
-                        continue
                     dst = acc_row + (ix + g.pad_left - kx_hi) * O
                     w_off = (ky * g.kw + g.kw - 1 - kx_hi) * n
-                    block = (kx_hi - kx_lo + 1) * n
                     snncc_add_channels(dst, weight_t + w_off, channels, m, tap, block)
                 else:
                     for b in range(col_start[ix], col_start[ix + 1]):
@@ -544,10 +588,16 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
                             for j in range(m):
                                 c = channels[j]
                                 _add(dst + (c // g.per_group_in) * n, weight_t + c * tap + w_off, n)
-    # (Ho, Wo, O) -> (O, Ho, Wo), adding the bias last as the reference does.
+    # (Ho, Wo, O) -> (O, Ho, Wo) in 16 x 16 blocks (element by element, the strided loads cost a fifth of a small
+    # layer's time), then the bias, added last as the reference does.
+    blocked_o = O - O % 16
+    blocked_pos = out_plane - out_plane % 16
+    for o in range(0, blocked_o, 16):
+        for pos in range(0, blocked_pos, 16):
+            snncc_transpose16(acc + pos * O + o, O, out + o * out_plane + pos, out_plane)
     for o in range(O):
         dst = out + o * out_plane
-        for pos in range(out_plane):
+        for pos in range(blocked_pos if o < blocked_o else 0, out_plane):
             dst[pos] = acc[pos * O + o]
         if bias != NULL:
             for pos in range(out_plane):
@@ -677,27 +727,32 @@ cdef inline void _maxpool_separable(const int32_t* counts, int32_t* window_max, 
                 wmax[ox] = m
 
 
-cdef inline void _maxpool_2x2(const int32_t* counts, int32_t* window_max, uint8_t* out,
-                              MaxPoolGeometry* g) noexcept nogil:
-    """2x2 windows with stride 2 and no padding (the common case): one pass over the window rows."""
-    cdef Py_ssize_t width = g.width, out_width = g.out_width, c, oy, ox
+cdef inline void _maxpool_2x2(const int32_t* counts, int32_t* window_max, uint8_t* out, MaxPoolGeometry* g,
+                              int32_t* column_max) noexcept nogil:
+    """2x2 windows with stride 2 and no padding (the common case), in two long vectorizable passes: the max of
+    each pair of window rows (``column_max``, (C, Ho, W)), then of each pair of adjacent columns of that, over the
+    whole (C, Ho, Wo) output at once. Rows of small layers are too short for vectors (LeNet-5's second pool has
+    5 outputs per row); pairs never straddle two rows when ``W == 2 Wo``, which the caller checks."""
+    cdef Py_ssize_t width = g.width, c, oy, ix, j, n = g.channels * g.out_height * g.out_width
     cdef const int32_t* r0
     cdef const int32_t* r1
-    cdef int32_t* wmax
-    cdef uint8_t* orow
+    cdef int32_t* vrow
     cdef int32_t a, b, m
     for c in range(g.channels):
         for oy in range(g.out_height):
             r0 = counts + (c * g.height + 2 * oy) * width
             r1 = r0 + width
-            wmax = window_max + (c * g.out_height + oy) * out_width
-            orow = out + (c * g.out_height + oy) * out_width
-            for ox in range(out_width):
-                a = r0[2 * ox] if r0[2 * ox] > r0[2 * ox + 1] else r0[2 * ox + 1]
-                b = r1[2 * ox] if r1[2 * ox] > r1[2 * ox + 1] else r1[2 * ox + 1]
-                m = a if a > b else b
-                orow[ox] = m > wmax[ox]
-                wmax[ox] = m
+            vrow = column_max + (c * g.out_height + oy) * width
+            for ix in range(width):
+                a = r0[ix]
+                b = r1[ix]
+                vrow[ix] = a if a > b else b
+    for j in range(n):
+        a = column_max[2 * j]
+        b = column_max[2 * j + 1]
+        m = a if a > b else b
+        out[j] = m > window_max[j]
+        window_max[j] = m
 
 
 cdef inline void _maxpool_step(const uint8_t* x, int32_t* counts, int32_t* window_max, uint8_t* out,
@@ -716,8 +771,8 @@ cdef inline void _maxpool_step(const uint8_t* x, int32_t* counts, int32_t* windo
     cdef int32_t m
     for i in range(g.channels * plane):
         counts[i] = counts[i] + x[i]
-    if g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and not g.padded:
-        _maxpool_2x2(counts, window_max, out, &g)
+    if g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and not g.padded and g.width == 2 * g.out_width:
+        _maxpool_2x2(counts, window_max, out, &g, row_max)
         return
     if not g.padded:
         _maxpool_separable(counts, window_max, out, &g, row_max)
@@ -770,7 +825,9 @@ def maxpool_steps(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts,
     if tc == 0 or batch == 0 or g.channels * g.height * g.width == 0 or g.out_height * g.out_width == 0:
         raise ValueError("maxpool_steps: empty operands")
     threads = max(1, threads)
-    cdef int32_t[:, ::1] row_max = np.empty((threads, max(g.out_width, g.width)), dtype=np.int32)
+    # Scratch per thread: a row of window maxima, or the (C, Ho, W) row-pair maxima of the 2x2 path.
+    cdef int32_t[:, ::1] row_max = np.empty((threads, max(g.out_width, g.width, g.channels * g.out_height * g.width)),
+                                            dtype=np.int32)
     # For each kernel column kx, the outputs ox with 0 <= ox * sw - pl + kx < width.
     cdef Py_ssize_t[::1] ox_range = np.array(
         [bound for kx in range(g.kw) for bound in (_ceil_div(g.pl - kx, g.sw),

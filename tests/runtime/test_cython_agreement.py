@@ -341,6 +341,10 @@ def _ascending_sum(op: ops.Conv2d | ops.Linear, x: np.ndarray) -> np.ndarray:
     (ops.Conv2d(weight=np.random.default_rng(4).normal(size=(16, 6, 5, 5)), bias=np.ones(16) / 3), (6, 14, 14)),
     (ops.Conv2d(weight=np.random.default_rng(5).normal(size=(3, 4, 1, 1)), stride=(3, 3)), (4, 7, 7)),
     (ops.Conv2d(weight=np.random.default_rng(9).normal(size=(4, 3, 3, 3)), padding=(2, 2, 2, 2)), (3, 4, 4)),
+    # 16 x 16 blocks of the channels-last -> channels-first copy, with leftover channels and positions.
+    (ops.Conv2d(weight=np.random.default_rng(10).normal(size=(20, 3, 3, 3)), bias=np.arange(20) / 9,
+                stride=(2, 2), padding=(1, 1, 1, 1)), (3, 11, 13)),
+    (ops.Conv2d(weight=np.random.default_rng(11).normal(size=(32, 4, 3, 3)), padding=(1, 1, 1, 1)), (4, 9, 9)),
     (ops.Linear(weight=np.random.default_rng(6).normal(size=(13, 300)), bias=np.arange(13) / 3), (300,)),
 ])
 @pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
