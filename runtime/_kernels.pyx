@@ -491,7 +491,7 @@ def linear_events(const uint8_t[:, ::1] x, const float[:, ::1] weight_t, const f
     if rows == 0 or n_out == 0 or k == 0:
         raise ValueError(f"linear_events: empty operands (rows={rows}, inputs={k}, outputs={n_out})")
     threads = max(1, threads)
-    cdef int32_t[:, ::1] index = np.empty((threads, k), dtype=np.int32)
+    cdef int32_t[:, ::1] index = _scratch(threads, k, np.int32)
     for r in prange(rows, nogil=True, num_threads=threads, schedule="dynamic", chunksize=4):
         _linear_row(&x[r, 0], k, &weight_t[0, 0], n_out, bias_ptr, &fan_out[0], &out[r, 0], &synops[r],
                     &index[threadid(), 0])
@@ -671,10 +671,10 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
             raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
         g.pad_left = shift[0]
     threads = max(1, threads)
-    cdef float[:, ::1] acc = np.empty((threads, g.out_height * g.out_width * g.out_channels), dtype=np.float32)
-    cdef int32_t[:, ::1] index = np.empty((threads, g.width), dtype=np.int32)  # spikes of one input row
-    cdef int32_t[:, ::1] active = np.empty((threads, g.width * g.channels), dtype=np.int32)  # channels per column
-    cdef int32_t[:, ::1] count = np.empty((threads, g.width), dtype=np.int32)
+    cdef float[:, ::1] acc = _scratch(threads, g.out_height * g.out_width * g.out_channels, np.float32)
+    cdef int32_t[:, ::1] index = _scratch(threads, g.width, np.int32)  # spikes of one input row
+    cdef int32_t[:, ::1] active = _scratch(threads, g.width * g.channels, np.int32)  # channels per column
+    cdef int32_t[:, ::1] count = _scratch(threads, g.width, np.int32)
     cdef const int32_t* rt = &row_taps[0, 0]
     cdef const int32_t* ct = &col_taps[0, 0]
     for r in prange(rows, nogil=True, num_threads=threads, schedule="dynamic", chunksize=2):
@@ -826,8 +826,8 @@ def maxpool_steps(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts,
         raise ValueError("maxpool_steps: empty operands")
     threads = max(1, threads)
     # Scratch per thread: a row of window maxima, or the (C, Ho, W) row-pair maxima of the 2x2 path.
-    cdef int32_t[:, ::1] row_max = np.empty((threads, max(g.out_width, g.width, g.channels * g.out_height * g.width)),
-                                            dtype=np.int32)
+    cdef int32_t[:, ::1] row_max = _scratch(threads, max(g.out_width, g.width, g.channels * g.out_height * g.width),
+                                            np.int32)
     # For each kernel column kx, the outputs ox with 0 <= ox * sw - pl + kx < width.
     cdef Py_ssize_t[::1] ox_range = np.array(
         [bound for kx in range(g.kw) for bound in (_ceil_div(g.pl - kx, g.sw),
@@ -837,6 +837,18 @@ def maxpool_steps(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts,
         for t in range(tc):
             _maxpool_step(&spikes[t, b, 0, 0, 0], &counts[b, 0], &window_max[b, 0], &out[t, b, 0, 0, 0], &g,
                           &ox_range[0], &row_max[threadid(), 0])
+
+
+def _scratch(Py_ssize_t threads, Py_ssize_t n, dtype):
+    """Uninitialized scratch rows, one per thread, of at least ``n`` values, each starting on its own 64-byte cache
+    line. Rows sharing a line would make the threads' writes invalidate each other's caches (false sharing: it
+    cost the LeNet's convolution a third of its two-thread speed-up)."""
+    itemsize = np.dtype(dtype).itemsize
+    per_line = 64 // itemsize
+    width = -(-max(n, 1) // per_line) * per_line
+    buffer = np.empty(threads * width + per_line, dtype=dtype)
+    start = (-buffer.ctypes.data % 64) // itemsize
+    return buffer[start:start + threads * width].reshape(threads, width)
 
 
 def _check_shape(what: str, expected: tuple, actual: tuple) -> None:
