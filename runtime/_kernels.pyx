@@ -798,6 +798,34 @@ cdef inline void _maxpool_step(const uint8_t* x, int32_t* counts, int32_t* windo
                 wmax[ox] = row_max[ox]
 
 
+cdef MaxPoolGeometry _maxpool_geometry(Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                                       Py_ssize_t out_height, Py_ssize_t out_width, kernel, stride, padding):
+    cdef MaxPoolGeometry g
+    g.channels, g.height, g.width = channels, height, width
+    g.out_height, g.out_width = out_height, out_width
+    g.kh, g.kw = kernel
+    g.sh, g.sw = stride
+    g.pt, g.pl = padding[0], padding[1]
+    g.padded = any(padding)
+    if g.kh < 1 or g.kw < 1 or g.sh < 1 or g.sw < 1 or g.pt < 0 or g.pl < 0:
+        raise ValueError(f"max pooling: invalid kernel {kernel}, stride {stride} or padding {padding}")
+    if channels * height * width == 0 or out_height * out_width == 0:
+        raise ValueError("max pooling: empty operands")
+    return g
+
+
+def _ox_ranges(MaxPoolGeometry g):
+    """For each kernel column kx, the outputs ox with 0 <= ox * sw - pl + kx < width (as [start, stop) pairs)."""
+    return np.array([bound for kx in range(g.kw) for bound in (_ceil_div(g.pl - kx, g.sw),
+                                                              min(g.out_width, _ceil_div(g.width + g.pl - kx, g.sw)))],
+                    dtype=np.intp)
+
+
+def _maxpool_scratch(Py_ssize_t threads, MaxPoolGeometry g):
+    """Per thread: a row of window maxima, or the (C, Ho, W) row-pair maxima of the 2x2 path."""
+    return _scratch(threads, max(g.out_width, g.width, g.channels * g.out_height * g.width), np.int32)
+
+
 def maxpool_steps(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts, int32_t[:, ::1] window_max,
                   uint8_t[:, :, :, :, ::1] out, kernel, stride, padding, int threads=1):
     """Spiking max pooling of binary ``spikes`` (Tc, B, C, H, W) into ``out`` (Tc, B, C, Ho, Wo).
@@ -808,35 +836,61 @@ def maxpool_steps(const uint8_t[:, :, :, :, ::1] spikes, int32_t[:, ::1] counts,
     are (h, w) and ``padding`` (top, left, bottom, right); padded positions never win, which requires every window
     to hold a real input (the engine checks this).
     """
-    cdef MaxPoolGeometry g
     cdef Py_ssize_t tc = spikes.shape[0], batch = spikes.shape[1], b, t
-    g.channels, g.height, g.width = spikes.shape[2], spikes.shape[3], spikes.shape[4]
-    g.out_height, g.out_width = out.shape[3], out.shape[4]
-    g.kh, g.kw = kernel
-    g.sh, g.sw = stride
-    g.pt, g.pl = padding[0], padding[1]
-    g.padded = any(padding)
-    if g.kh < 1 or g.kw < 1 or g.sh < 1 or g.sw < 1 or g.pt < 0 or g.pl < 0:
-        raise ValueError(f"maxpool_steps: invalid kernel {kernel}, stride {stride} or padding {padding}")
+    cdef MaxPoolGeometry g = _maxpool_geometry(spikes.shape[2], spikes.shape[3], spikes.shape[4], out.shape[3],
+                                               out.shape[4], kernel, stride, padding)
     _check_shape("max pool output", (tc, batch, g.channels), (out.shape[0], out.shape[1], out.shape[2]))
     _check_shape("max pool counts", (batch, g.channels * g.height * g.width), (counts.shape[0], counts.shape[1]))
     _check_shape("max pool state", (batch, g.channels * g.out_height * g.out_width),
                  (window_max.shape[0], window_max.shape[1]))
-    if tc == 0 or batch == 0 or g.channels * g.height * g.width == 0 or g.out_height * g.out_width == 0:
+    if tc == 0 or batch == 0:
         raise ValueError("maxpool_steps: empty operands")
     threads = max(1, threads)
-    # Scratch per thread: a row of window maxima, or the (C, Ho, W) row-pair maxima of the 2x2 path.
-    cdef int32_t[:, ::1] row_max = _scratch(threads, max(g.out_width, g.width, g.channels * g.out_height * g.width),
-                                            np.int32)
-    # For each kernel column kx, the outputs ox with 0 <= ox * sw - pl + kx < width.
-    cdef Py_ssize_t[::1] ox_range = np.array(
-        [bound for kx in range(g.kw) for bound in (_ceil_div(g.pl - kx, g.sw),
-                                                   min(g.out_width, _ceil_div(g.width + g.pl - kx, g.sw)))],
-        dtype=np.intp)
+    cdef int32_t[:, ::1] row_max = _maxpool_scratch(threads, g)
+    cdef Py_ssize_t[::1] ox_range = _ox_ranges(g)
     for b in prange(batch, nogil=True, num_threads=threads, schedule="static"):
         for t in range(tc):
             _maxpool_step(&spikes[t, b, 0, 0, 0], &counts[b, 0], &window_max[b, 0], &out[t, b, 0, 0, 0], &g,
                           &ox_range[0], &row_max[threadid(), 0])
+
+
+def population_maxpool_steps(const float[:, :, ::1] current, float[:, ::1] v, float[:, ::1] spike_counts,
+                             float threshold, float decay, bint leak, bint subtract, int32_t[:, ::1] counts,
+                             int32_t[:, ::1] window_max, uint8_t[:, :, :, :, ::1] out, in_shape, kernel, stride,
+                             padding, int threads=1):
+    """An IF/LIF population whose only consumer is a spiking max pooling, in one pass per sample and step.
+
+    :func:`population_steps` (``current`` (Tc or 1, B, C*H*W), state ``v`` (B, C*H*W), spikes per sample and step
+    in ``spike_counts`` (Tc, B)) writes into a per-thread row that stays in cache, and :func:`maxpool_steps` pools
+    that row (``in_shape`` (C, H, W); state ``counts``, ``window_max``; output ``out`` (Tc, B, C, Ho, Wo)): the
+    same arithmetic as the two kernels one after the other, without writing the population's spike train to
+    memory and reading it back.
+    """
+    cdef Py_ssize_t tc = out.shape[0], batch = out.shape[1], b, t, tid
+    cdef Py_ssize_t channels = in_shape[0], height = in_shape[1], width = in_shape[2]
+    cdef Py_ssize_t n = channels * height * width, step = _time_step(current.shape[0], tc, "population current")
+    cdef MaxPoolGeometry g = _maxpool_geometry(channels, height, width, out.shape[3], out.shape[4], kernel, stride,
+                                               padding)
+    _check_shape("population current", (batch, n), (current.shape[1], current.shape[2]))
+    _check_shape("population state", (batch, n), (v.shape[0], v.shape[1]))
+    _check_shape("population counts", (tc, batch), (spike_counts.shape[0], spike_counts.shape[1]))
+    _check_shape("max pool output", (tc, batch, channels), (out.shape[0], out.shape[1], out.shape[2]))
+    _check_shape("max pool counts", (batch, n), (counts.shape[0], counts.shape[1]))
+    _check_shape("max pool state", (batch, channels * g.out_height * g.out_width),
+                 (window_max.shape[0], window_max.shape[1]))
+    if tc == 0 or batch == 0:
+        raise ValueError("population_maxpool_steps: empty operands")
+    threads = max(1, threads)
+    cdef int32_t[:, ::1] row_max = _maxpool_scratch(threads, g)
+    cdef uint8_t[:, ::1] spikes = _scratch(threads, n, np.uint8)
+    cdef Py_ssize_t[::1] ox_range = _ox_ranges(g)
+    for b in prange(batch, nogil=True, num_threads=threads, schedule="static"):
+        tid = threadid()
+        for t in range(tc):
+            spike_counts[t, b] = <float> _population_row(&v[b, 0], &current[t * step, b, 0], &spikes[tid, 0], n,
+                                                         threshold, decay, leak, subtract)
+            _maxpool_step(&spikes[tid, 0], &counts[b, 0], &window_max[b, 0], &out[t, b, 0, 0, 0], &g, &ox_range[0],
+                          &row_max[tid, 0])
 
 
 def _scratch(Py_ssize_t threads, Py_ssize_t n, dtype):

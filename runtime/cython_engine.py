@@ -8,7 +8,8 @@ it and keeps its constructor checks, chunk sizes and bookkeeping) and computes t
   layer's analog current) are computed once with the reference's numpy kernels.
 - **Spikes are bytes.** Populations emit uint8 spike trains (T, B, n); flattening and reshaping keep them.
 - **Populations, readouts and spiking max pooling** run in :mod:`snncc.runtime._kernels` with the reference's float32
-  arithmetic in the reference's order (see that module).
+  arithmetic in the reference's order (see that module). A population read only by a spiking max pooling runs in
+  one kernel with it, sample by sample and step by step, so its spike train never goes through memory.
 - **Event-driven synapses.** A Conv2d or Linear fed by spikes accumulates, for each sample and step, only the weights
   of the inputs that spiked: the cost is ``spikes x fan-out``, not ``inputs x outputs``. Per chunk the measured spike
   density picks this path or the dense one (numpy/BLAS on the spikes as float32, exactly the reference's call):
@@ -200,6 +201,30 @@ class _MaxPool:
         return _Signal(out, False, True)
 
 
+class _PopulationMaxPool:
+    """An IF/LIF population whose only consumer is a spiking max pooling, run as one kernel: the population's spike
+    train is never written to memory (:func:`_kernels.population_maxpool_steps`). Runs at the population's node;
+    the pooling's node then has its value already."""
+
+    def __init__(self, population: _Population, pool: _MaxPool, pool_node: str) -> None:
+        self.population, self.pool, self.pool_node = population, pool, pool_node
+
+    def start(self, batch: int) -> np.ndarray:
+        return self.population.start(batch)
+
+    def run(self, v: np.ndarray, pool_state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int
+            ) -> tuple[_Signal, np.ndarray]:
+        pop, pool = self.population, self.pool
+        counts, window_max = pool_state
+        out = pool.buffers.get("out", (tc, batch) + pool.out_shape, np.uint8)
+        spike_counts = np.empty((tc, batch), dtype=np.float32)
+        _kernels.population_maxpool_steps(_flat_steps(signal, tc, batch), v, spike_counts, pop.threshold, pop.decay,
+                                          pop.leak, pop.subtract, counts, window_max, out, pool.in_shape,
+                                          pool.op.kernel, pool.op.stride, pool.op.padding,
+                                          _threads(pop.threads, tc * batch * pop.size))
+        return _Signal(out, False, True), spike_counts
+
+
 class _ReferenceState:
     """A stateful op the kernels do not cover (e.g. max pooling of non-binary trains): the reference's own state."""
 
@@ -318,6 +343,20 @@ class CythonSimulator(ReferenceSimulator):
             elif isinstance(op, VIEW_OPS):
                 binary = binary_in
             self.binary[node] = binary
+        # A population feeding only a spiking max pooling runs fused with it (not a signed one: its float spikes
+        # take the reference's pooling state).
+        self.fused: dict[str, str] = {}  # population node -> pooling node
+        consumers: dict[str, list[str]] = {n: [] for n in self.order}
+        for node in self.order:
+            for u in graph.inputs(node):
+                consumers[u].append(node)
+        for node in self.order:
+            plan, srcs = self.plans.get(node), graph.inputs(node)
+            src = srcs[0] if len(srcs) == 1 else None
+            if (isinstance(plan, _MaxPool) and type(self.plans.get(src)) is _Population and consumers[src] == [node]
+                    and src not in graph.outputs):
+                self.plans[src] = _PopulationMaxPool(self.plans[src], plan, node)
+                self.fused[src] = node
 
     def synapse_stats(self) -> dict[str, dict[str, float]]:
         """Per event-driven synaptic node: chunks run sparse and dense, and the mean input spike density."""
@@ -336,6 +375,7 @@ class CythonSimulator(ReferenceSimulator):
         synops = np.zeros((T, batch), dtype=np.float64)
         outputs = [np.zeros((T, batch) + types[o].shape, dtype=np.float32) for o in graph.outputs]
         constants: dict[str, _Signal] = {}
+        fused_pools = set(self.fused.values())
         for t0 in range(0, T, tc_max):
             tc = min(tc_max, T - t0)
             values: dict[str, _Signal] = dict(constants)
@@ -348,8 +388,15 @@ class CythonSimulator(ReferenceSimulator):
                 args = [values[u] for u in srcs]
                 plan = self.plans.get(node)
                 shape = types[node].shape
+                if node in fused_pools:
+                    continue  # computed with its population
                 if isinstance(op, ops.Input):
                     out = constants[node] = _Signal(x, True)
+                elif isinstance(plan, _PopulationMaxPool):
+                    pooled, counts = plan.run(states[node], states[plan.pool_node], args[0], tc, batch)
+                    spikes[node][t0:t0 + tc] = counts
+                    values[plan.pool_node] = pooled
+                    out = None  # the population's spikes exist only inside the fused kernel
                 elif isinstance(plan, _Population):
                     out, counts = plan.run(states[node], args[0], tc, batch, shape)
                     spikes[node][t0:t0 + tc] = counts

@@ -80,18 +80,33 @@ def _record_reference(trace: list):
 
 @contextmanager
 def _record_cython(trace: list):
+    """Record the spikes of every Cython population step. A population fused with its max pooling never writes
+    its spikes: they are recomputed by the unfused kernel from a copy of the state, and the fused kernel must leave
+    the same membranes and spike counts."""
     original = cython_engine._Population.run
+    original_fused = cython_engine._PopulationMaxPool.run
 
     def run(self, v, signal, tc, batch, shape):
         out, counts = original(self, v, signal, tc, batch, shape)
         trace.append((self, out.data.reshape(tc, batch, -1).copy()))
         return out, counts
 
+    def run_fused(self, v, pool_state, signal, tc, batch):
+        v_alone = v.copy()
+        alone, alone_counts = original(self.population, v_alone, signal, tc, batch, self.pool.in_shape)
+        pooled, counts = original_fused(self, v, pool_state, signal, tc, batch)
+        np.testing.assert_array_equal(v, v_alone)
+        np.testing.assert_array_equal(counts, alone_counts)
+        trace.append((self.population, alone.data.reshape(tc, batch, -1).copy()))
+        return pooled, counts
+
     cython_engine._Population.run = run
+    cython_engine._PopulationMaxPool.run = run_fused
     try:
         yield
     finally:
         cython_engine._Population.run = original
+        cython_engine._PopulationMaxPool.run = original_fused
 
 
 def _group(trace: list, per_step: bool) -> list[np.ndarray]:
@@ -377,6 +392,26 @@ def test_row_blocks_are_refused_where_a_row_of_taps_is_not_contiguous(stride, di
     with pytest.raises(ValueError, match="stride and dilation 1 along x"):
         _kernels.conv2d_events(x, weight_t, None, np.ones(36), out, np.zeros(1), *rows, *cols, 1, True, 1)
     _kernels.conv2d_events(x, weight_t, None, np.ones(36), out, np.zeros(1), *rows, *cols, 1, False, 1)
+
+
+@pytest.mark.parametrize("also_read", [False, True])
+def test_a_population_read_only_by_max_pooling_runs_fused_with_it(also_read):
+    """Fused where the pooling is the population's only consumer, and then identical to the reference (the spikes
+    of the fused population are checked by the recorder); not fused where anything else reads the spikes."""
+    rng = np.random.default_rng(12)
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(3, 8, 8)), name="x")
+    pop = g.add(ops.Population(neuron=LIF(threshold=0.7, tau_mem=5.0)), [h], name="pop")
+    h = g.add(ops.SpikingMaxPool2d(kernel=(2, 2), stride=(2, 2)), [pop], name="pool")
+    h = g.add(ops.Flatten(), [h])
+    h = g.add(ops.Linear(weight=rng.normal(size=(5, 48)) / 4), [h], name="fc")
+    outputs = [g.add(ops.Readout(), [h], name="out")]
+    if also_read:
+        outputs.append(g.add(ops.Readout(), [g.add(ops.Flatten(), [pop])], name="pop_rate"))
+    g.outputs = outputs
+    engine = cython_engine.CythonSimulator(g, 20)
+    assert engine.fused == ({} if also_read else {"pop": "pool"})
+    _assert_agreement(g, rng.uniform(0, 1, (4, 3, 8, 8)).astype(np.float32), 20)
 
 
 def test_stateful_ops_without_kernels_fall_back_to_the_reference_state():
