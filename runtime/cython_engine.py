@@ -318,9 +318,10 @@ class CythonSimulator(ReferenceSimulator):
         self._fan_outs64 = {n: f.astype(np.float64) for n, f in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, object] = {}
-        for node in self.order:
-            op = graph.op(node)
-            srcs = graph.inputs(node)
+        # (node, op, operands) in topological order, looked up once: the graph's lookups go through networkx,
+        # which costs more per batch than the small layers' kernels.
+        self.steps = [(node, graph.op(node), graph.inputs(node)) for node in self.order]
+        for node, op, srcs in self.steps:
             shape = types[node].shape
             in_shape = types[srcs[0]].shape if srcs else ()
             binary_in = bool(srcs) and self.binary[srcs[0]]
@@ -347,11 +348,11 @@ class CythonSimulator(ReferenceSimulator):
         # take the reference's pooling state).
         self.fused: dict[str, str] = {}  # population node -> pooling node
         consumers: dict[str, list[str]] = {n: [] for n in self.order}
-        for node in self.order:
-            for u in graph.inputs(node):
+        for node, _, srcs in self.steps:
+            for u in srcs:
                 consumers[u].append(node)
-        for node in self.order:
-            plan, srcs = self.plans.get(node), graph.inputs(node)
+        for node, _, srcs in self.steps:
+            plan = self.plans.get(node)
             src = srcs[0] if len(srcs) == 1 else None
             if (isinstance(plan, _MaxPool) and type(self.plans.get(src)) is _Population and consumers[src] == [node]
                     and src not in graph.outputs):
@@ -380,16 +381,12 @@ class CythonSimulator(ReferenceSimulator):
             tc = min(tc_max, T - t0)
             values: dict[str, _Signal] = dict(constants)
             step_synops = synops[t0:t0 + tc].reshape(-1)  # a view: kernels add into it
-            for node in self.order:
-                if node in constants:
+            for node, op, srcs in self.steps:
+                if node in constants or node in fused_pools:  # fused pools are computed with their population
                     continue
-                op = graph.op(node)
-                srcs = graph.inputs(node)
                 args = [values[u] for u in srcs]
                 plan = self.plans.get(node)
                 shape = types[node].shape
-                if node in fused_pools:
-                    continue  # computed with its population
                 if isinstance(op, ops.Input):
                     out = constants[node] = _Signal(x, True)
                 elif isinstance(plan, _PopulationMaxPool):

@@ -130,10 +130,11 @@ class ReferenceSimulator:
                 self.last_use[u] = node
         largest = max(t.size for t in self.types.values())
         self._chunk_budget = max(1, _CHUNK_VALUES // largest)
+        self._populations = {n: self.types[n].size for n in self.order if isinstance(graph.op(n), ops.Population)}
 
     def populations(self) -> dict[str, int]:
         """Number of neurons of every population."""
-        return {n: self.types[n].size for n in self.order if isinstance(self.graph.op(n), ops.Population)}
+        return dict(self._populations)
 
     def run_batch(self, x: np.ndarray) -> BatchResult:
         graph, T = self.graph, self.timesteps
