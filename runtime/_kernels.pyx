@@ -605,6 +605,58 @@ cdef inline void _conv_row(const uint8_t* x, ConvGeometry* geometry, const float
     synops[0] = synops[0] + ops
 
 
+def im2col(const float[:, :, :, ::1] x, float[:, :, :, :, :, ::1] cols, Py_ssize_t first_channel, stride,
+           padding, dilation, const float[::1] pad_value, int threads=1):
+    """The reference's im2col matrix (:func:`snncc.runtime.kernels.conv2d`), built in one pass without padding the
+    input first: ``cols[i, j, c, n, oy, ox] = x[n, first_channel + c, oy sy - pt + i dy, ox sx - pl + j dx]``, or
+    ``pad_value[first_channel + c]`` (0 when None) outside the input. Only copies: the values are the reference's.
+    ``cols`` is (kh, kw, C per group, N, Ho, Wo); ``padding`` is (top, left).
+    """
+    cdef Py_ssize_t kh = cols.shape[0], kw = cols.shape[1], cg = cols.shape[2], n = cols.shape[3]
+    cdef Py_ssize_t ho = cols.shape[4], wo = cols.shape[5], height = x.shape[2], width = x.shape[3]
+    cdef Py_ssize_t sy = stride[0], sx = stride[1], pt = padding[0], pl = padding[1], dy = dilation[0]
+    cdef Py_ssize_t dx = dilation[1], plane, plane_index, i, j, c, m, oy, ox, iy, lo, hi
+    cdef float pad
+    cdef float* dst
+    cdef const float* src
+    cdef const float* pad_ptr = NULL
+    if x.shape[0] != n or first_channel < 0 or first_channel + cg > x.shape[1]:
+        raise ValueError(f"im2col: columns for {n} samples and channels {first_channel}..{first_channel + cg} "
+                         f"do not fit an input of shape {tuple(x.shape)}")
+    if pad_value is not None and pad_value.shape[0] != x.shape[1]:
+        raise ValueError(f"im2col: {pad_value.shape[0]} padding values for {x.shape[1]} channels")
+    if pad_value is not None:
+        pad_ptr = &pad_value[0]
+    if sy < 1 or sx < 1 or dy < 1 or dx < 1 or pt < 0 or pl < 0:
+        raise ValueError(f"im2col: invalid stride {stride}, padding {padding} or dilation {dilation}")
+    plane = kh * kw * cg
+    for m in prange(n, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for plane_index in range(plane):
+            i = plane_index // (kw * cg)
+            j = (plane_index // cg) % kw
+            c = plane_index % cg
+            pad = 0.0 if pad_ptr == NULL else pad_ptr[first_channel + c]
+            # The outputs whose column lies inside the input: lo <= ox < hi.
+            lo = _ceil_div(pl - j * dx, sx)
+            hi = _ceil_div(width + pl - j * dx, sx)
+            lo = min(lo, wo)
+            hi = max(lo, min(hi, wo))
+            for oy in range(ho):
+                dst = &cols[i, j, c, m, oy, 0]
+                iy = oy * sy - pt + i * dy
+                if iy < 0 or iy >= height:
+                    for ox in range(wo):
+                        dst[ox] = pad
+                    continue
+                src = &x[m, first_channel + c, iy, 0]
+                for ox in range(lo):
+                    dst[ox] = pad
+                for ox in range(lo, hi):
+                    dst[ox] = src[ox * sx - pl + j * dx]
+                for ox in range(hi, wo):
+                    dst[ox] = pad
+
+
 def conv_taps(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad_before,
               Py_ssize_t dilation):
     """For each input coordinate ``i`` along one axis, the (tap, output) pairs it reaches:

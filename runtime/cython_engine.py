@@ -37,7 +37,7 @@ from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
-from snncc.runtime.kernels import apply
+from snncc.runtime.kernels import _IM2COL_BUDGET, apply
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
 from snncc.runtime.temporal import VIEW_OPS, TemporalSimulator
 
@@ -302,6 +302,38 @@ class _EventSynapse:
         return _Signal(out.reshape((tc, batch) + self.out_shape), False)
 
 
+def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buffers) -> np.ndarray:
+    """:func:`snncc.runtime.kernels.conv2d` (the reference) with its im2col compiled and written into a buffer kept
+    from batch to batch: the same matrices in the same slices, so the same BLAS products and the same currents.
+    For the first layer's analog current, computed once per batch: numpy's strided copies and the fresh pages of
+    the column matrix cost twice the product itself there."""
+    out_ch, in_per_group, kh, kw = op.weight.shape
+    (sh, sw), (dh, dw) = op.stride, op.dilation
+    top, left, bottom, right = op.padding
+    n, channels, height, width = x.shape
+    ho = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    pad_value = None if op.pad_value is None else np.ascontiguousarray(
+        np.broadcast_to(np.asarray(op.pad_value, dtype=x.dtype), (channels,)), dtype=np.float32)
+    out = np.empty((n, out_ch, ho, wo), dtype=np.float32)
+    out_per_group = out_ch // op.groups
+    rows = max(1, _IM2COL_BUDGET // max(1, ho * wo * in_per_group * kh * kw))
+    for start in range(0, n, rows):
+        part = x[start:start + rows]
+        m = part.shape[0]
+        for g in range(op.groups):
+            cols = buffers.get("im2col", (kh, kw, in_per_group, m, ho, wo), np.float32)
+            _kernels.im2col(part, cols, g * in_per_group, (sh, sw), (top, left), (dh, dw), pad_value,
+                            _threads(threads, cols.size))
+            w = op.weight[g * out_per_group:(g + 1) * out_per_group].transpose(0, 2, 3, 1).reshape(out_per_group, -1)
+            y = w @ cols.reshape(kh * kw * in_per_group, m * ho * wo)
+            out[start:start + m, g * out_per_group:(g + 1) * out_per_group] = \
+                y.reshape(out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
+    if op.bias is not None:
+        out += op.bias[None, :, None, None]
+    return out
+
+
 class CythonSimulator(ReferenceSimulator):
     """Simulate an SNN-level graph for ``timesteps`` steps with the compiled kernels, one batch at a time.
 
@@ -318,6 +350,7 @@ class CythonSimulator(ReferenceSimulator):
         self._fan_outs64 = {n: f.astype(np.float64) for n, f in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, object] = {}
+        self._constant_buffers = _Buffers()
         # (node, op, operands) in topological order, looked up once: the graph's lookups go through networkx,
         # which costs more per batch than the small layers' kernels.
         self.steps = [(node, graph.op(node), graph.inputs(node)) for node in self.order]
@@ -403,6 +436,9 @@ class CythonSimulator(ReferenceSimulator):
                     out = plan.run(states[node], args[0], tc, batch)
                 elif isinstance(plan, _ReferenceState):
                     out = plan.run(states[node], args[0], tc)
+                elif isinstance(op, ops.Conv2d) and args[0].constant and args[0].data.dtype == np.float32:
+                    out = constants[node] = _Signal(_constant_conv2d(op, args[0].data, self.threads,
+                                                                     self._constant_buffers), True)
                 elif all(a.constant for a in args):
                     out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
                 elif isinstance(plan, _EventSynapse):

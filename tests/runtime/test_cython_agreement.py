@@ -380,6 +380,24 @@ def test_event_driven_synapses_sum_in_ascending_order(op, shape, density, varian
     np.testing.assert_array_equal(synops, (x.reshape(rows, -1) != 0) @ fan_out)
 
 
+@pytest.mark.parametrize("op, shape", [
+    (ops.Conv2d(weight=np.random.default_rng(13).normal(size=(6, 1, 5, 5)), bias=np.arange(6) / 5,
+                padding=(2, 2, 2, 2)), (1, 12, 12)),
+    (ops.Conv2d(weight=np.random.default_rng(14).normal(size=(4, 2, 3, 2)), groups=2, stride=(2, 1),
+                dilation=(1, 2), padding=(0, 3, 1, 2), pad_value=np.array([0.25, -1.0, 0.5, 2.0])), (4, 9, 7)),
+    (ops.Conv2d(weight=np.random.default_rng(15).normal(size=(3, 3, 3, 3)), stride=(3, 2)), (3, 10, 11)),
+])
+def test_the_first_layers_current_is_the_references(op, shape, monkeypatch):
+    """The compiled im2col builds the reference's matrix, so the product (and the first layer's current) is the
+    reference's to the bit, also when the batch is split into slices."""
+    x = np.random.default_rng(16).uniform(-1, 1, (7,) + shape).astype(np.float32)
+    for budget in (kernels._IM2COL_BUDGET, 200):
+        monkeypatch.setattr(kernels, "_IM2COL_BUDGET", budget)
+        monkeypatch.setattr(cython_engine, "_IM2COL_BUDGET", budget)
+        got = cython_engine._constant_conv2d(op, x, 2, cython_engine._Buffers())
+        np.testing.assert_array_equal(got, kernels.conv2d(op, x))
+
+
 @pytest.mark.parametrize("stride, dilation", [(2, 1), (1, 2)])
 def test_row_blocks_are_refused_where_a_row_of_taps_is_not_contiguous(stride, dilation):
     """Row blocks assume stride and dilation 1 along x; the kernel checks that on the column taps."""
