@@ -651,8 +651,11 @@ def im2col(const float[:, :, :, ::1] x, float[:, :, :, :, :, ::1] cols, Py_ssize
                 src = &x[m, first_channel + c, iy, 0]
                 for ox in range(lo):
                     dst[ox] = pad
-                for ox in range(lo, hi):
-                    dst[ox] = src[ox * sx - pl + j * dx]
+                if sx == 1:
+                    memcpy(dst + lo, src + lo - pl + j * dx, (hi - lo) * sizeof(float))
+                else:
+                    for ox in range(lo, hi):
+                        dst[ox] = src[ox * sx - pl + j * dx]
                 for ox in range(hi, wo):
                     dst[ox] = pad
 

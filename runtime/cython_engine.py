@@ -315,7 +315,7 @@ def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buff
     wo = (width + left + right - dw * (kw - 1) - 1) // sw + 1
     pad_value = None if op.pad_value is None else np.ascontiguousarray(
         np.broadcast_to(np.asarray(op.pad_value, dtype=x.dtype), (channels,)), dtype=np.float32)
-    out = np.empty((n, out_ch, ho, wo), dtype=np.float32)
+    out = buffers.get("out", (n, out_ch, ho, wo), np.float32)  # constant within a batch; copied out if an output
     out_per_group = out_ch // op.groups
     rows = max(1, _IM2COL_BUDGET // max(1, ho * wo * in_per_group * kh * kw))
     for start in range(0, n, rows):
@@ -326,7 +326,8 @@ def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buff
             _kernels.im2col(part, cols, g * in_per_group, (sh, sw), (top, left), (dh, dw), pad_value,
                             _threads(threads, cols.size))
             w = op.weight[g * out_per_group:(g + 1) * out_per_group].transpose(0, 2, 3, 1).reshape(out_per_group, -1)
-            y = w @ cols.reshape(kh * kw * in_per_group, m * ho * wo)
+            y = np.matmul(w, cols.reshape(kh * kw * in_per_group, m * ho * wo),
+                          out=buffers.get("product", (out_per_group, m * ho * wo), np.float32))
             out[start:start + m, g * out_per_group:(g + 1) * out_per_group] = \
                 y.reshape(out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
     if op.bias is not None:
