@@ -39,3 +39,12 @@ def population_maxpool_steps(current: Float32, v: Float32, spike_counts: Float32
                              leak: bool, subtract: bool, counts: Int32, window_max: Int32, out: UInt8,
                              in_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
                              padding: tuple[int, int, int, int], threads: int = 1) -> None: ...
+def im2col(x: Float32, cols: Float32, first_channel: int, stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int], pad_value: Float32 | None, threads: int = 1) -> None: ...
+def conv2d_population_steps(x: UInt8, weight_t: Float32, bias: Float32 | None, fan_out: Float64, synops: Float64,
+                            row_start: Int32, row_taps: Int32, col_start: Int32, col_taps: Int32, groups: int,
+                            row_blocks: bool, conv_shape: tuple[int, int, int], v: Float32, spike_counts: Float32,
+                            threshold: float, decay: float, leak: bool, subtract: bool, out: UInt8,
+                            pool_counts: Int32 | None = None, window_max: Int32 | None = None,
+                            kernel: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
+                            padding: tuple[int, int, int, int] | None = None, threads: int = 1) -> None: ...

@@ -677,6 +677,42 @@ def conv_taps(Py_ssize_t size, Py_ssize_t out_size, Py_ssize_t kernel, Py_ssize_
     return start, np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
 
 
+cdef ConvGeometry _conv_geometry(in_shape, out_shape, const float[:, :, :, ::1] weight_t, const float[::1] bias,
+                                 const double[::1] fan_out, const int32_t[::1] row_start,
+                                 const int32_t[:, ::1] row_taps, const int32_t[::1] col_start,
+                                 const int32_t[:, ::1] col_taps, Py_ssize_t groups, bint row_blocks):
+    """The checked geometry of an event-driven convolution from (C, H, W) to (O, Ho, Wo) (see conv2d_events)."""
+    cdef ConvGeometry g
+    g.channels, g.height, g.width = in_shape
+    g.out_channels, g.out_height, g.out_width = out_shape
+    g.kh, g.kw, g.per_group_out = weight_t.shape[1], weight_t.shape[2], weight_t.shape[3]
+    if groups < 1 or g.channels % groups or g.out_channels != g.per_group_out * groups:
+        raise ValueError(f"conv2d_events: {g.channels} input and {g.out_channels} output channels do not fit "
+                         f"groups={groups} and a weight of {g.per_group_out} outputs per group")
+    g.per_group_in = g.channels // groups
+    g.row_blocks = row_blocks
+    g.pad_left = 0
+    _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
+    _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
+    _check_shape("conv row taps", (g.height + 1,), (row_start.shape[0],))
+    _check_shape("conv column taps", (g.width + 1,), (col_start.shape[0],))
+    if bias is not None:
+        _check_shape("conv bias", (g.out_channels,), (bias.shape[0],))
+    if g.channels * g.height * g.width == 0 or g.out_channels * g.out_height * g.out_width == 0:
+        raise ValueError("conv2d_events: empty operands")
+    if row_taps.shape[0] == 0 or col_taps.shape[0] == 0 or row_taps.shape[1] != 2 or col_taps.shape[1] != 2:
+        raise ValueError("conv2d_events: tap tables must be non-empty (n, 2) arrays")
+    if row_blocks:
+        # With stride and dilation 1 along x every column tap (kx, ox) of input column ix has ox + kx - ix equal to
+        # the left padding; any other geometry breaks that.
+        columns = np.repeat(np.arange(g.width), np.diff(np.asarray(col_start)))
+        shift = np.asarray(col_taps)[:, 1] + np.asarray(col_taps)[:, 0] - columns
+        if groups != 1 or shift.size == 0 or np.any(shift != shift[0]):
+            raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
+        g.pad_left = shift[0]
+    return g
+
+
 def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weight_t, const float[::1] bias,
                   const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
                   const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
@@ -692,39 +728,15 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
     (ky, kx, c)) W[o, c, ky, kx]``, then ``+ b[o]``; zero padding adds nothing.
     ``synops[r] += sum of fan_out over the spikes of row r``.
     """
-    cdef ConvGeometry g
     cdef Py_ssize_t rows = x.shape[0], r
-    cdef const float* bias_ptr = NULL
-    g.channels, g.height, g.width = x.shape[1], x.shape[2], x.shape[3]
-    g.out_channels, g.out_height, g.out_width = out.shape[1], out.shape[2], out.shape[3]
-    g.kh, g.kw, g.per_group_out = weight_t.shape[1], weight_t.shape[2], weight_t.shape[3]
-    if groups < 1 or g.channels % groups or g.out_channels != g.per_group_out * groups:
-        raise ValueError(f"conv2d_events: {g.channels} input and {g.out_channels} output channels do not fit "
-                         f"groups={groups} and a weight of {g.per_group_out} outputs per group")
-    g.per_group_in = g.channels // groups
-    g.row_blocks = row_blocks
-    g.pad_left = 0
-    _check_shape("conv weight", (g.channels,), (weight_t.shape[0],))
+    cdef ConvGeometry g = _conv_geometry((x.shape[1], x.shape[2], x.shape[3]), (out.shape[1], out.shape[2],
+                                         out.shape[3]), weight_t, bias, fan_out, row_start, row_taps, col_start,
+                                         col_taps, groups, row_blocks)
+    cdef const float* bias_ptr = NULL if bias is None else &bias[0]
     _check_shape("conv output rows", (rows,), (out.shape[0],))
-    _check_shape("conv fan-out", (g.channels * g.height * g.width,), (fan_out.shape[0],))
     _check_shape("conv synops", (rows,), (synops.shape[0],))
-    _check_shape("conv row taps", (g.height + 1,), (row_start.shape[0],))
-    _check_shape("conv column taps", (g.width + 1,), (col_start.shape[0],))
-    if bias is not None:
-        _check_shape("conv bias", (g.out_channels,), (bias.shape[0],))
-        bias_ptr = &bias[0]
-    if rows == 0 or g.channels * g.height * g.width == 0 or g.out_channels * g.out_height * g.out_width == 0:
+    if rows == 0:
         raise ValueError("conv2d_events: empty operands")
-    if row_taps.shape[0] == 0 or col_taps.shape[0] == 0 or row_taps.shape[1] != 2 or col_taps.shape[1] != 2:
-        raise ValueError("conv2d_events: tap tables must be non-empty (n, 2) arrays")
-    if row_blocks:
-        # With stride and dilation 1 along x every column tap (kx, ox) of input column ix has ox + kx - ix equal to
-        # the left padding; any other geometry breaks that.
-        columns = np.repeat(np.arange(g.width), np.diff(np.asarray(col_start)))
-        shift = np.asarray(col_taps)[:, 1] + np.asarray(col_taps)[:, 0] - columns
-        if groups != 1 or shift.size == 0 or np.any(shift != shift[0]):
-            raise ValueError("conv2d_events: row_blocks needs groups=1 and stride and dilation 1 along x")
-        g.pad_left = shift[0]
     threads = max(1, threads)
     cdef float[:, ::1] acc = _scratch(threads, g.out_height * g.out_width * g.out_channels, np.float32)
     cdef int32_t[:, ::1] index = _scratch(threads, g.width, np.int32)  # spikes of one input row
@@ -736,6 +748,76 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
         _conv_row(&x[r, 0, 0, 0], &g, &weight_t[0, 0, 0, 0], bias_ptr, &fan_out[0], &row_start[0], rt,
                   &col_start[0], ct, &out[r, 0, 0, 0], &synops[r], &acc[threadid(), 0], &index[threadid(), 0],
                   &active[threadid(), 0], &count[threadid(), 0])
+
+
+def conv2d_population_steps(const uint8_t[:, :, :, :, ::1] x, const float[:, :, :, ::1] weight_t,
+                            const float[::1] bias, const double[::1] fan_out, double[::1] synops,
+                            const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
+                            const int32_t[::1] col_start, const int32_t[:, ::1] col_taps, Py_ssize_t groups,
+                            bint row_blocks, conv_shape, float[:, ::1] v, float[:, ::1] spike_counts,
+                            float threshold,
+                            float decay, bint leak, bint subtract, uint8_t[:, :, :, :, ::1] out,
+                            int32_t[:, ::1] pool_counts=None, int32_t[:, ::1] window_max=None, kernel=None,
+                            stride=None, padding=None, int threads=1):
+    """An event-driven convolution whose only consumer is an IF/LIF population (and that population's only
+    consumer, if ``kernel`` is given, a spiking max pooling), sample by sample and step by step in one kernel.
+
+    ``x`` (Tc, B, C, H, W) spikes; the convolution's arguments as in :func:`conv2d_events` (``synops`` (Tc * B),
+    row ``t * B + b``; its output shape ``conv_shape`` (O, Ho, Wo)); the population's as in
+    :func:`population_steps` (state ``v`` (B, O*Ho*Wo), spikes per sample and step in ``spike_counts`` (Tc, B));
+    ``out``: the population's spikes (Tc, B, O, Ho, Wo), or with a pooling its output (Tc, B, O, Ho', Wo') and its
+    state ``pool_counts``, ``window_max`` as in :func:`maxpool_steps`. The current and (with a pooling) the
+    spikes stay in per-thread rows in cache; the arithmetic is that of the separate kernels, in the same order.
+    """
+    cdef Py_ssize_t tc = x.shape[0], batch = x.shape[1], b, t, tid, n
+    cdef bint pooled = kernel is not None
+    cdef Py_ssize_t out_channels = conv_shape[0], out_height = conv_shape[1], out_width = conv_shape[2]
+    cdef ConvGeometry g = _conv_geometry((x.shape[2], x.shape[3], x.shape[4]), (out_channels, out_height,
+                                         out_width), weight_t, bias, fan_out, row_start, row_taps, col_start,
+                                         col_taps, groups, row_blocks)
+    cdef MaxPoolGeometry pg
+    cdef const float* bias_ptr = NULL if bias is None else &bias[0]
+    n = out_channels * out_height * out_width
+    _check_shape("conv synops", (tc * batch,), (synops.shape[0],))
+    _check_shape("population state", (batch, n), (v.shape[0], v.shape[1]))
+    _check_shape("population counts", (tc, batch), (spike_counts.shape[0], spike_counts.shape[1]))
+    if pooled:
+        pg = _maxpool_geometry(out_channels, out_height, out_width, out.shape[3], out.shape[4], kernel, stride,
+                               padding)
+        _check_shape("max pool output", (tc, batch, out_channels), (out.shape[0], out.shape[1], out.shape[2]))
+        _check_shape("max pool counts", (batch, n), (pool_counts.shape[0], pool_counts.shape[1]))
+        _check_shape("max pool state", (batch, out_channels * pg.out_height * pg.out_width),
+                     (window_max.shape[0], window_max.shape[1]))
+    else:
+        pg = _maxpool_geometry(1, 1, 1, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0))  # unused
+        _check_shape("population spikes", (tc, batch, out_channels, out_height, out_width),
+                     (out.shape[0], out.shape[1], out.shape[2], out.shape[3], out.shape[4]))
+    if tc == 0 or batch == 0:
+        raise ValueError("conv2d_population_steps: empty operands")
+    threads = max(1, threads)
+    cdef float[:, ::1] acc = _scratch(threads, n, np.float32)
+    cdef float[:, ::1] current = _scratch(threads, n, np.float32)
+    cdef uint8_t[:, ::1] spikes = _scratch(threads, n, np.uint8)
+    cdef int32_t[:, ::1] index = _scratch(threads, g.width, np.int32)
+    cdef int32_t[:, ::1] active = _scratch(threads, g.width * g.channels, np.int32)
+    cdef int32_t[:, ::1] count = _scratch(threads, g.width, np.int32)
+    cdef int32_t[:, ::1] row_max = _maxpool_scratch(threads, pg)
+    cdef Py_ssize_t[::1] ox_range = _ox_ranges(pg)
+    cdef const int32_t* rt = &row_taps[0, 0]
+    cdef const int32_t* ct = &col_taps[0, 0]
+    cdef uint8_t* spike_row
+    for b in prange(batch, nogil=True, num_threads=threads, schedule="dynamic", chunksize=1):
+        tid = threadid()
+        for t in range(tc):
+            _conv_row(&x[t, b, 0, 0, 0], &g, &weight_t[0, 0, 0, 0], bias_ptr, &fan_out[0], &row_start[0], rt,
+                      &col_start[0], ct, &current[tid, 0], &synops[t * batch + b], &acc[tid, 0], &index[tid, 0],
+                      &active[tid, 0], &count[tid, 0])
+            spike_row = &spikes[tid, 0] if pooled else &out[t, b, 0, 0, 0]
+            spike_counts[t, b] = <float> _population_row(&v[b, 0], &current[tid, 0], spike_row, n, threshold,
+                                                         decay, leak, subtract)
+            if pooled:
+                _maxpool_step(spike_row, &pool_counts[b, 0], &window_max[b, 0], &out[t, b, 0, 0, 0], &pg,
+                              &ox_range[0], &row_max[tid, 0])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ it and keeps its constructor checks, chunk sizes and bookkeeping) and computes t
   layer's analog current) are computed once with the reference's numpy kernels.
 - **Spikes are bytes.** Populations emit uint8 spike trains (T, B, n); flattening and reshaping keep them.
 - **Populations, readouts and spiking max pooling** run in :mod:`snncc.runtime._kernels` with the reference's float32
-  arithmetic in the reference's order (see that module). A population read only by a spiking max pooling runs in
-  one kernel with it, sample by sample and step by step, so its spike train never goes through memory.
+  arithmetic in the reference's order (see that module).
+- **Fused layers.** A population read only by a spiking max pooling runs in one kernel with it, and an
+  event-driven convolution read only by a population (alone or with its pooling) runs in one kernel with that:
+  sample by sample and step by step, so the current and the spike train between them never go through memory.
+  Each fused kernel calls the same row functions in the same order as the separate ones.
 - **Event-driven synapses.** A Conv2d or Linear fed by spikes accumulates, for each sample and step, only the weights
   of the inputs that spiked: the cost is ``spikes x fan-out``, not ``inputs x outputs``. Per chunk the measured spike
   density picks this path or the dense one (numpy/BLAS on the spikes as float32, exactly the reference's call):
@@ -280,26 +283,76 @@ class _EventSynapse:
             return True
         return isinstance(op, ops.Conv2d) and (op.pad_value is None or not np.any(op.pad_value) or not any(op.padding))
 
-    def run(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray) -> _Signal:
-        rows = tc * batch
-        x = np.ascontiguousarray(signal.data).reshape((rows,) + self.in_shape)
+    def sparse(self, x: np.ndarray) -> bool:
+        """Whether this chunk's spikes ``x`` take the event-driven path (and count them for the statistics)."""
         events = int(np.count_nonzero(x))
         self.events += events
         self.inputs += x.size
         sparse = events <= self.dense_above * x.size and self.reachable
         self.chunks["sparse" if sparse else "dense"] += 1
+        return sparse
+
+    def run(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray) -> _Signal:
+        rows = tc * batch
+        x = np.ascontiguousarray(signal.data).reshape((rows,) + self.in_shape)
+        if not self.sparse(x):
+            return self.dense(x, tc, batch, synops)
         threads = _threads(self.threads, x.size)
-        if sparse:
-            out = self.buffers.get("out", (rows,) + self.out_shape, np.float32)
-            if isinstance(self.op, ops.Linear):
-                _kernels.linear_events(x, self.weight_t, self.bias, self.fan_out, out, synops, threads)
-            else:
-                _kernels.conv2d_events(x, self.weight_t, self.bias, self.fan_out, out, synops, *self.rows,
-                                       *self.cols, self.op.groups, self.row_blocks, threads)
+        out = self.buffers.get("out", (rows,) + self.out_shape, np.float32)
+        if isinstance(self.op, ops.Linear):
+            _kernels.linear_events(x, self.weight_t, self.bias, self.fan_out, out, synops, threads)
         else:
-            out = apply(self.op, x.astype(np.float32))
-            _kernels.count_events(x.reshape(rows, -1), self.fan_out, synops, threads)
+            _kernels.conv2d_events(x, self.weight_t, self.bias, self.fan_out, out, synops, *self.rows, *self.cols,
+                                   self.op.groups, self.row_blocks, threads)
         return _Signal(out.reshape((tc, batch) + self.out_shape), False)
+
+    def dense(self, x: np.ndarray, tc: int, batch: int, synops: np.ndarray) -> _Signal:
+        """The reference's product on the spikes as float32, for dense chunks."""
+        out = apply(self.op, x.astype(np.float32))
+        _kernels.count_events(x.reshape(tc * batch, -1), self.fan_out, synops, _threads(self.threads, x.size))
+        return _Signal(out.reshape((tc, batch) + self.out_shape), False)
+
+
+class _ConvPopulation:
+    """An event-driven Conv2d whose only consumer is a population (possibly fused with its max pooling), run as
+    one kernel sample by sample (:func:`_kernels.conv2d_population_steps`): the current never goes through
+    memory. Runs at the convolution's node and gives the values of the population's (or the pooling's) node. Dense
+    chunks run the two plans one after the other."""
+
+    def __init__(self, synapse: _EventSynapse, follower: _Population | _PopulationMaxPool, population_node: str
+                 ) -> None:
+        self.synapse, self.follower, self.population_node = synapse, follower, population_node
+        pooled = isinstance(follower, _PopulationMaxPool)
+        self.population = follower.population if pooled else follower
+        self.pool = follower.pool if pooled else None
+        self.output_node = follower.pool_node if pooled else population_node
+
+    def run(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray, states: dict
+            ) -> tuple[_Signal, np.ndarray]:
+        """The output node's value and the population's spikes per step and sample (Tc, B)."""
+        synapse, population, pool = self.synapse, self.population, self.pool
+        x = np.ascontiguousarray(signal.data).reshape((tc * batch,) + synapse.in_shape)
+        v = states[self.population_node]
+        if not synapse.sparse(x):
+            current = synapse.dense(x, tc, batch, synops)
+            if pool is None:
+                return population.run(v, current, tc, batch, synapse.out_shape)
+            return self.follower.run(v, states[self.output_node], current, tc, batch)
+        spike_counts = np.empty((tc, batch), dtype=np.float32)
+        if pool is None:
+            out = population.buffers.get("spikes", (tc, batch) + synapse.out_shape, np.uint8)
+            pool_args: dict = {}
+        else:
+            out = pool.buffers.get("out", (tc, batch) + pool.out_shape, np.uint8)
+            counts, window_max = states[self.output_node]
+            pool_args = dict(pool_counts=counts, window_max=window_max, kernel=pool.op.kernel,
+                             stride=pool.op.stride, padding=pool.op.padding)
+        _kernels.conv2d_population_steps(
+            x.reshape((tc, batch) + synapse.in_shape), synapse.weight_t, synapse.bias, synapse.fan_out, synops,
+            *synapse.rows, *synapse.cols, synapse.op.groups, synapse.row_blocks, synapse.out_shape, v, spike_counts,
+            population.threshold, population.decay, population.leak, population.subtract, out, **pool_args,
+            threads=_threads(synapse.threads, x.size))
+        return _Signal(out, False, True), spike_counts
 
 
 def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buffers) -> np.ndarray:
@@ -392,11 +445,24 @@ class CythonSimulator(ReferenceSimulator):
                     and src not in graph.outputs):
                 self.plans[src] = _PopulationMaxPool(self.plans[src], plan, node)
                 self.fused[src] = node
+        # An event-driven convolution read only by such a population (alone or with its pooling) runs with it too.
+        for node, op, _ in self.steps:
+            plan = self.plans.get(node)
+            users = consumers[node]
+            follower = self.plans.get(users[0]) if len(users) == 1 else None
+            if (isinstance(plan, _EventSynapse) and isinstance(op, ops.Conv2d) and node not in graph.outputs
+                    and type(follower) in (_Population, _PopulationMaxPool)):
+                self.plans[node] = _ConvPopulation(plan, follower, users[0])
+        # Nodes whose values a fused plan computes at an earlier node.
+        self.computed_earlier = set(self.fused.values()) | {
+            n for p in self.plans.values() if isinstance(p, _ConvPopulation)
+            for n in (p.population_node, p.output_node)}
 
     def synapse_stats(self) -> dict[str, dict[str, float]]:
         """Per event-driven synaptic node: chunks run sparse and dense, and the mean input spike density."""
+        synapses = {n: p.synapse if isinstance(p, _ConvPopulation) else p for n, p in self.plans.items()}
         return {n: {**p.chunks, "density": p.events / p.inputs if p.inputs else 0.0}
-                for n, p in self.plans.items() if isinstance(p, _EventSynapse)}
+                for n, p in synapses.items() if isinstance(p, _EventSynapse)}
 
     def run_batch(self, x: np.ndarray) -> BatchResult:
         graph, T, types = self.graph, self.timesteps, self.types
@@ -410,13 +476,12 @@ class CythonSimulator(ReferenceSimulator):
         synops = np.zeros((T, batch), dtype=np.float64)
         outputs = [np.zeros((T, batch) + types[o].shape, dtype=np.float32) for o in graph.outputs]
         constants: dict[str, _Signal] = {}
-        fused_pools = set(self.fused.values())
         for t0 in range(0, T, tc_max):
             tc = min(tc_max, T - t0)
             values: dict[str, _Signal] = dict(constants)
             step_synops = synops[t0:t0 + tc].reshape(-1)  # a view: kernels add into it
             for node, op, srcs in self.steps:
-                if node in constants or node in fused_pools:  # fused pools are computed with their population
+                if node in constants or node in self.computed_earlier:
                     continue
                 args = [values[u] for u in srcs]
                 plan = self.plans.get(node)
@@ -444,6 +509,10 @@ class CythonSimulator(ReferenceSimulator):
                     out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
                 elif isinstance(plan, _EventSynapse):
                     out = plan.run(args[0], tc, batch, step_synops)
+                elif isinstance(plan, _ConvPopulation):
+                    values[plan.output_node], counts = plan.run(args[0], tc, batch, step_synops, states)
+                    spikes[plan.population_node][t0:t0 + tc] = counts
+                    out = None  # the current exists only inside the fused kernel
                 elif isinstance(op, VIEW_OPS) and self.binary[node]:
                     out = _Signal(args[0].data.reshape((tc, batch) + shape), False, True)
                 else:

@@ -100,13 +100,46 @@ def _record_cython(trace: list):
         trace.append((self.population, alone.data.reshape(tc, batch, -1).copy()))
         return pooled, counts
 
+    original_conv = cython_engine._ConvPopulation.run
+
+    def run_conv_fused(self, signal, tc, batch, synops, states):
+        # The unfused plans on copies of the states (recording the population's spikes), then the fused kernel on
+        # the real ones: the same states, output, spike counts and synaptic operations.
+        as_tuple = lambda state: state if isinstance(state, tuple) else (state,)  # noqa: E731
+        nodes = (self.population_node, self.output_node)
+        copies = {n: tuple(a.copy() for a in as_tuple(states[n])) for n in nodes}
+        alone_synops = synops.copy()
+        statistics = self.synapse.events, self.synapse.inputs, dict(self.synapse.chunks)
+        current = self.synapse.run(signal, tc, batch, alone_synops)
+        self.synapse.events, self.synapse.inputs, self.synapse.chunks = statistics  # the chunk counts once
+        if self.pool is None:
+            alone, alone_counts = run(self.population, copies[self.population_node][0], current, tc, batch,
+                                      self.synapse.out_shape)
+        else:
+            alone, alone_counts = run_fused(self.follower, copies[self.population_node][0],
+                                            copies[self.output_node], current, tc, batch)
+        cython_engine._Population.run, cython_engine._PopulationMaxPool.run = original, original_fused
+        try:
+            out, counts = original_conv(self, signal, tc, batch, synops, states)
+        finally:
+            cython_engine._Population.run, cython_engine._PopulationMaxPool.run = run, run_fused
+        for n in nodes:
+            for a, b in zip(as_tuple(states[n]), copies[n]):
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(out.data, alone.data)
+        np.testing.assert_array_equal(counts, alone_counts)
+        np.testing.assert_array_equal(synops, alone_synops)
+        return out, counts
+
     cython_engine._Population.run = run
     cython_engine._PopulationMaxPool.run = run_fused
+    cython_engine._ConvPopulation.run = run_conv_fused
     try:
         yield
     finally:
         cython_engine._Population.run = original
         cython_engine._PopulationMaxPool.run = original_fused
+        cython_engine._ConvPopulation.run = original_conv
 
 
 def _group(trace: list, per_step: bool) -> list[np.ndarray]:
@@ -430,6 +463,33 @@ def test_a_population_read_only_by_max_pooling_runs_fused_with_it(also_read):
     engine = cython_engine.CythonSimulator(g, 20)
     assert engine.fused == ({} if also_read else {"pop": "pool"})
     _assert_agreement(g, rng.uniform(0, 1, (4, 3, 8, 8)).astype(np.float32), 20)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_a_spiking_convolution_read_only_by_a_population_runs_fused_with_it(pool, path, monkeypatch):
+    """Conv -> population (-> max pooling) in one kernel, on both paths of the convolution, and still the
+    reference's spikes (the recorder compares the fused kernel with the plans run one by one)."""
+    rng = np.random.default_rng(17)
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(2, 9, 9)), name="x")
+    h = g.add(ops.Population(neuron=IF(threshold=0.6)), [h], name="pop0")
+    h = g.add(ops.Conv2d(weight=rng.normal(size=(4, 2, 3, 3)) / 2, bias=np.arange(4) / 10, padding=(1, 1, 1, 1)),
+              [h], name="conv")
+    h = g.add(ops.Population(neuron=LIF(threshold=0.8, tau_mem=8.0, reset="zero")), [h], name="pop1")
+    if pool:
+        h = g.add(ops.SpikingMaxPool2d(kernel=(3, 3), stride=(2, 2)), [h], name="pool")
+    h = g.add(ops.Flatten(), [h])
+    # Weights on a grid of 1/8: the BLAS of the reference may sum them in any order and still get these sums.
+    h = g.add(ops.Linear(weight=np.round(rng.normal(size=(4, 64 if pool else 324))) / 8), [h], name="fc")
+    g.outputs = [g.add(ops.Readout(), [h], name="out")]
+    engine = cython_engine.CythonSimulator(g, 16)
+    plan = engine.plans["conv"]
+    assert isinstance(plan, cython_engine._ConvPopulation)
+    assert plan.output_node == ("pool" if pool else "pop1")
+    monkeypatch.setitem(cython_engine.DENSE_ABOVE, ops.Conv2d, 2.0 if path == "sparse" else -1.0)
+    result = _assert_agreement(g, rng.uniform(0, 1, (3, 2, 9, 9)).astype(np.float32), 16)
+    assert result["spikes"] > 0
 
 
 def test_stateful_ops_without_kernels_fall_back_to_the_reference_state():
