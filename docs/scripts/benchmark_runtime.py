@@ -240,9 +240,22 @@ def summarize(name: str, result: dict) -> dict:
     return summary
 
 
+def _git_commit() -> str | None:
+    """The checked-out commit, with ``+changes`` when tracked files differ from it; None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty else "")
+
+
 def markdown(results: dict, meta: dict) -> str:
+    code = f"Code: commit `{meta['commit']}`. " if meta.get("commit") else ""
     lines = ["# Runtime benchmark", "",
-             "Written by `python docs/scripts/benchmark_runtime.py`. "
+             "Written by `python docs/scripts/benchmark_runtime.py`. " + code +
              f"Batch {BATCH}, {meta['threads']} threads, Cython kernels: {meta['kernels']} variant, "
              f"calibration on the first {CALIBRATION} training images, inputs `pixels / 255`. Machine: "
              f"{meta['machine']}, shared with other work while measuring, so timings are noisy; each figure is "
@@ -462,6 +475,7 @@ def main() -> None:
         args.images = {name: int(args.images) for name in args.models.split(",")}
     results, peer_docs = {}, []
     run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    commit = _git_commit()  # the code measured, taken before the run
     if args.with_peers and not Path(args.with_peers).is_file():
         parser.error(f"--with-peers {args.with_peers}: no such interpreter")
     with tempfile.TemporaryDirectory() as tmp:
@@ -478,7 +492,8 @@ def main() -> None:
     meta = {"images": args.images, "threads": args.threads, "repeats": args.repeats, "batch": BATCH,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "python": platform.python_version(), "openmp": kernels.openmp_enabled(), "kernels": kernels.variant(),
-            "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"), "run_id": run_id}
+            "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"), "run_id": run_id,
+            "commit": commit}
     from snncc.api import write_json
 
     write_json({"meta": meta, "models": results}, args.out / "results" / "benchmark.json")
