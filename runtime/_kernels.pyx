@@ -713,6 +713,14 @@ cdef ConvGeometry _conv_geometry(in_shape, out_shape, const float[:, :, :, ::1] 
     return g
 
 
+def _conv_scratch(Py_ssize_t threads, ConvGeometry g):
+    """Per-thread rows of :func:`_conv_row`: the (Ho, Wo, O) accumulator, the spikes of one input row, the spiking
+    channels of each column and their number."""
+    return (_scratch(threads, g.out_height * g.out_width * g.out_channels, np.float32),
+            _scratch(threads, g.width, np.int32), _scratch(threads, g.width * g.channels, np.int32),
+            _scratch(threads, g.width, np.int32))
+
+
 def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weight_t, const float[::1] bias,
                   const double[::1] fan_out, float[:, :, :, ::1] out, double[::1] synops,
                   const int32_t[::1] row_start, const int32_t[:, ::1] row_taps,
@@ -738,10 +746,9 @@ def conv2d_events(const uint8_t[:, :, :, ::1] x, const float[:, :, :, ::1] weigh
     if rows == 0:
         raise ValueError("conv2d_events: empty operands")
     threads = max(1, threads)
-    cdef float[:, ::1] acc = _scratch(threads, g.out_height * g.out_width * g.out_channels, np.float32)
-    cdef int32_t[:, ::1] index = _scratch(threads, g.width, np.int32)  # spikes of one input row
-    cdef int32_t[:, ::1] active = _scratch(threads, g.width * g.channels, np.int32)  # channels per column
-    cdef int32_t[:, ::1] count = _scratch(threads, g.width, np.int32)
+    cdef float[:, ::1] acc
+    cdef int32_t[:, ::1] index, active, count
+    acc, index, active, count = _conv_scratch(threads, g)
     cdef const int32_t* rt = &row_taps[0, 0]
     cdef const int32_t* ct = &col_taps[0, 0]
     for r in prange(rows, nogil=True, num_threads=threads, schedule="dynamic", chunksize=2):
@@ -795,12 +802,10 @@ def conv2d_population_steps(const uint8_t[:, :, :, :, ::1] x, const float[:, :, 
     if tc == 0 or batch == 0:
         raise ValueError("conv2d_population_steps: empty operands")
     threads = max(1, threads)
-    cdef float[:, ::1] acc = _scratch(threads, n, np.float32)
-    cdef float[:, ::1] current = _scratch(threads, n, np.float32)
+    cdef float[:, ::1] acc, current = _scratch(threads, n, np.float32)
     cdef uint8_t[:, ::1] spikes = _scratch(threads, n, np.uint8)
-    cdef int32_t[:, ::1] index = _scratch(threads, g.width, np.int32)
-    cdef int32_t[:, ::1] active = _scratch(threads, g.width * g.channels, np.int32)
-    cdef int32_t[:, ::1] count = _scratch(threads, g.width, np.int32)
+    cdef int32_t[:, ::1] index, active, count
+    acc, index, active, count = _conv_scratch(threads, g)
     cdef int32_t[:, ::1] row_max = _maxpool_scratch(threads, pg)
     cdef Py_ssize_t[::1] ox_range = _ox_ranges(pg)
     cdef const int32_t* rt = &row_taps[0, 0]

@@ -40,7 +40,7 @@ from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
-from snncc.runtime.kernels import _IM2COL_BUDGET, apply
+from snncc.runtime.kernels import apply, conv2d
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
 from snncc.runtime.temporal import VIEW_OPS, TemporalSimulator
 
@@ -356,36 +356,18 @@ class _ConvPopulation:
 
 
 def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buffers) -> np.ndarray:
-    """:func:`snncc.runtime.kernels.conv2d` (the reference) with its im2col compiled and written into a buffer kept
-    from batch to batch: the same matrices in the same slices, so the same BLAS products and the same currents.
-    For the first layer's analog current, computed once per batch: numpy's strided copies and the fresh pages of
-    the column matrix cost twice the product itself there."""
-    out_ch, in_per_group, kh, kw = op.weight.shape
-    (sh, sw), (dh, dw) = op.stride, op.dilation
-    top, left, bottom, right = op.padding
-    n, channels, height, width = x.shape
-    ho = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    wo = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    """The reference's :func:`~snncc.runtime.kernels.conv2d` with a compiled im2col (the same matrix, so the same
+    BLAS product) and arrays kept from batch to batch. For the first layer's analog current, computed once per
+    batch: numpy's strided copies and the fresh pages of the column matrix cost twice the product itself there."""
     pad_value = None if op.pad_value is None else np.ascontiguousarray(
-        np.broadcast_to(np.asarray(op.pad_value, dtype=x.dtype), (channels,)), dtype=np.float32)
-    out = buffers.get("out", (n, out_ch, ho, wo), np.float32)  # constant within a batch; copied out if an output
-    out_per_group = out_ch // op.groups
-    rows = max(1, _IM2COL_BUDGET // max(1, ho * wo * in_per_group * kh * kw))
-    for start in range(0, n, rows):
-        part = x[start:start + rows]
-        m = part.shape[0]
-        for g in range(op.groups):
-            cols = buffers.get("im2col", (kh, kw, in_per_group, m, ho, wo), np.float32)
-            _kernels.im2col(part, cols, g * in_per_group, (sh, sw), (top, left), (dh, dw), pad_value,
-                            _threads(threads, cols.size))
-            w = op.weight[g * out_per_group:(g + 1) * out_per_group].transpose(0, 2, 3, 1).reshape(out_per_group, -1)
-            y = np.matmul(w, cols.reshape(kh * kw * in_per_group, m * ho * wo),
-                          out=buffers.get("product", (out_per_group, m * ho * wo), np.float32))
-            out[start:start + m, g * out_per_group:(g + 1) * out_per_group] = \
-                y.reshape(out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
-    if op.bias is not None:
-        out += op.bias[None, :, None, None]
-    return out
+        np.broadcast_to(np.asarray(op.pad_value, dtype=x.dtype), (x.shape[1],)), dtype=np.float32)
+
+    def columns(start: int, m: int, first_channel: int, cols: np.ndarray) -> None:
+        _kernels.im2col(x[start:start + m], cols, first_channel, op.stride, op.padding[:2], op.dilation, pad_value,
+                        _threads(threads, cols.size))
+
+    # The output is constant within a batch (copied out where it is a graph output), so its buffer can be reused.
+    return conv2d(op, x, columns, lambda name, shape: buffers.get(name, shape, np.float32))
 
 
 class CythonSimulator(ReferenceSimulator):

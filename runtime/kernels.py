@@ -30,35 +30,50 @@ def _pad_spatial(x: np.ndarray, padding: tuple[int, int, int, int], value: float
     return out
 
 
-def conv2d(op: ops.Conv2d, x: np.ndarray) -> np.ndarray:
+Columns = Callable[[int, int, int, np.ndarray], None]
+
+
+def conv2d(op: ops.Conv2d, x: np.ndarray, columns: Columns | None = None,
+           empty: Callable[[str, tuple[int, ...]], np.ndarray] | None = None) -> np.ndarray:
     """Cross-correlation by im2col: one matrix product per group over column blocks built slice by slice.
 
     The reduction axis is ordered channels-last, ``(ky, kx, c)``: with binary inputs the event-driven Cython kernel
     adds the same terms in the same order (it visits input positions one by one, all spiking channels of a
     position together), so both give the same float32 sums.
+
+    ``columns(start, m, first_channel, cols)`` fills one block of the im2col matrix, ``cols`` (kh, kw, C per group,
+    m, Ho, Wo), from samples ``start:start + m`` and channels from ``first_channel`` (default: numpy strided copies
+    of the padded input); ``empty(name, shape)`` gives the float32 arrays (default: fresh ones). The Cython runtime
+    passes a compiled copy loop and buffers it keeps: the same matrices, so the same products.
     """
-    pad_value = 0.0 if op.pad_value is None else op.pad_value
-    xp = _pad_spatial(x, op.padding, pad_value)
     out_ch, in_per_group, kh, kw = op.weight.shape
     (sh, sw), (dh, dw) = op.stride, op.dilation
+    top, left, bottom, right = op.padding
     n = x.shape[0]
-    ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    out = np.empty((n, out_ch, ho, wo), dtype=np.float32)
-    out_per_group = out_ch // op.groups
-    rows = max(1, _IM2COL_BUDGET // max(1, ho * wo * in_per_group * kh * kw))
-    for start in range(0, n, rows):
-        part = xp[start:start + rows]
-        m = part.shape[0]
-        for g in range(op.groups):
-            channels = part[:, g * in_per_group:(g + 1) * in_per_group]
-            cols = np.empty((kh, kw, in_per_group, m, ho, wo), dtype=np.float32)
+    ho = (x.shape[2] + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[3] + left + right - dw * (kw - 1) - 1) // sw + 1
+    if empty is None:
+        empty = lambda name, shape: np.empty(shape, dtype=np.float32)  # noqa: E731
+    if columns is None:
+        xp = _pad_spatial(x, op.padding, 0.0 if op.pad_value is None else op.pad_value)
+
+        def columns(start: int, m: int, first_channel: int, cols: np.ndarray) -> None:
+            channels = xp[start:start + m, first_channel:first_channel + in_per_group]
             for i in range(kh):
                 for j in range(kw):
                     window = channels[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
                     cols[i, j] = window.transpose(1, 0, 2, 3)
+    out = empty("out", (n, out_ch, ho, wo))
+    out_per_group = out_ch // op.groups
+    rows = max(1, _IM2COL_BUDGET // max(1, ho * wo * in_per_group * kh * kw))
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        for g in range(op.groups):
+            cols = empty("im2col", (kh, kw, in_per_group, m, ho, wo))
+            columns(start, m, g * in_per_group, cols)
             w = op.weight[g * out_per_group:(g + 1) * out_per_group].transpose(0, 2, 3, 1).reshape(out_per_group, -1)
-            y = w @ cols.reshape(kh * kw * in_per_group, m * ho * wo)
+            y = np.matmul(w, cols.reshape(kh * kw * in_per_group, m * ho * wo),
+                          out=empty("product", (out_per_group, m * ho * wo)))
             out[start:start + m, g * out_per_group:(g + 1) * out_per_group] = \
                 y.reshape(out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
     if op.bias is not None:

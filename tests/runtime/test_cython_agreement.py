@@ -426,7 +426,6 @@ def test_the_first_layers_current_is_the_references(op, shape, monkeypatch):
     x = np.random.default_rng(16).uniform(-1, 1, (7,) + shape).astype(np.float32)
     for budget in (kernels._IM2COL_BUDGET, 200):
         monkeypatch.setattr(kernels, "_IM2COL_BUDGET", budget)
-        monkeypatch.setattr(cython_engine, "_IM2COL_BUDGET", budget)
         got = cython_engine._constant_conv2d(op, x, 2, cython_engine._Buffers())
         np.testing.assert_array_equal(got, kernels.conv2d(op, x))
 
