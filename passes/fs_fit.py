@@ -1,7 +1,7 @@
 """Fitting FS and AMOS neuron parameters to an activation function on the inputs a layer actually receives.
 
 FS neurons (Stoeckl & Maass 2021) approximate an activation ``f`` by ``fs(x) = offset + sum_t d(t) z(t)`` with the
-spikes ``z(t)`` of :func:`snncc.runtime.fewspike.few_spike`. Two ways to get the parameters:
+spikes ``z(t)`` of the FS window of :data:`snncc.runtime.dynamics.DYNAMICS`. Two ways to get the parameters:
 
 - **Closed form for ReLU** (and Clip(0, c) with c at or above the range): a binary expansion of ``x`` on
   ``[0, alpha)``: ``h(t) = d(t) = alpha 2^-t``, and ``T(t) = alpha (2^-t - 2^-(K+1))``. The paper's thresholds
@@ -40,7 +40,8 @@ import numpy as np
 
 from snncc.errors import PassError
 from snncc.ir.neurons import Amos, FewSpike
-from snncc.runtime.fewspike import amos, few_spike
+from snncc.runtime.dynamics import (DYNAMICS, AmosParameters, FewSpikeParameters, SigmoidRelaxation,
+                                    StraightThroughLogistic, run_window)
 
 CACHE_SCHEMA_VERSION = 1
 # Bumped whenever the fitting procedure changes, so stale cache entries are not reused.
@@ -89,8 +90,7 @@ def fit_error(neuron: FewSpike | Amos, function: Callable[[np.ndarray], np.ndarr
               samples: np.ndarray) -> tuple[float, float]:
     """(mean squared error, max absolute error) of ``neuron`` against ``function`` on ``samples``, as simulated."""
     samples = np.asarray(samples, dtype=np.float32)
-    dynamics = few_spike if isinstance(neuron, FewSpike) else amos
-    out, _ = dynamics(neuron, samples)
+    out, _ = run_window(neuron, samples)
     diff = out.astype(np.float64) - np.asarray(function(samples), dtype=np.float64)
     return float(np.mean(diff ** 2)), float(np.max(np.abs(diff))) if diff.size else 0.0
 
@@ -186,15 +186,6 @@ def refine_amos(function: Callable[[np.ndarray], np.ndarray], description: dict,
 # --- gradient descent (torch is imported here only: fitting is training) ---------------------------------------
 
 
-def _spike(v, threshold, width):
-    """Heaviside in the forward pass, logistic derivative of ``width`` in the backward pass (surrogate gradient)."""
-    import torch
-
-    soft = torch.sigmoid((v - threshold) / width)
-    hard = (v >= threshold).to(v.dtype)
-    return hard + soft - soft.detach()
-
-
 def _inputs(function, samples: np.ndarray, settings: FitSettings):
     import torch
 
@@ -246,8 +237,9 @@ def _gradient_fit(function, samples: np.ndarray, steps: int, seed: int, settings
 
     def hard_spikes(threshold, height) -> np.ndarray:
         neuron = FewSpike(threshold=tuple(threshold), height=tuple(height), weight=(0.0,) * steps)
-        return few_spike(neuron, x.numpy())[1].reshape(steps, -1)
+        return run_window(neuron, x.numpy())[1].reshape(steps, -1)
 
+    fs_window = DYNAMICS[FewSpike].window
     best: FitResult | None = None
     # Starting ranges: the whole sample range, and (for functions flat below zero, like ReLU, SiLU, GELU) the
     # positive part, where such functions need their resolution.
@@ -276,13 +268,17 @@ def _gradient_fit(function, samples: np.ndarray, steps: int, seed: int, settings
             # on a smooth relaxation first, then ever closer to the hard threshold.
             tau = 0.5 * 0.02 ** (iteration / max(settings.iterations - 1, 1))
             optimizer.zero_grad()
-            v, out, penalty = x, offset.expand_as(x), 0.0
-            for t in range(steps):
-                z = torch.sigmoid((v - threshold[t]) / (height[t].detach().abs().clamp_min(1e-4) * tau))
-                out = out + weight[t] * z
-                v = v - height[t] * z
-                # keep the membrane within the input range of the thresholds (the paper's regularizer)
+            relaxed = [SigmoidRelaxation(height[t].detach().abs().clamp_min(1e-4) * tau) for t in range(steps)]
+            penalty = 0.0
+
+            def membrane_penalty(t, v):
+                # keep the membrane within the input range of the thresholds (the paper's regularizer); summed
+                # step by step inside the window, in the order the fit has always computed it
+                nonlocal penalty
                 penalty = penalty + torch.relu((v - threshold[t]).abs() - 2).pow(2).mean()
+
+            params = FewSpikeParameters(threshold=threshold, height=height, weight=weight, offset=offset)
+            out = fs_window(params, x, relaxed, offset_first=True, observe=membrane_penalty).value
             loss = (w * (out - y) ** 2).sum() + settings.membrane_weight * penalty
             loss.backward()
             optimizer.step()
@@ -313,19 +309,15 @@ def _gradient_refine_amos(function, samples: np.ndarray, initial: Amos, heights:
     optimizer = torch.optim.Adam(params, lr=0.1 * settings.learning_rate * span)
     mask = torch.tril(torch.ones(k, k), -1)
     widths = [max(abs(h), 1e-3 * span) / 4 for h in heights]  # the surrogate widths of the FS fit
+    surrogate = [StraightThroughLogistic(width) for width in widths]
+    amos_window = DYNAMICS[Amos].window
     for _ in range(settings.iterations // 2):
         optimizer.zero_grad()
         loss = 0.0
-        w = inhibition * mask
+        params = AmosParameters(threshold=threshold, weight=weight, gain=gain, inhibition=inhibition * mask,
+                                offset=offset)
         for inp, target, share in ((x, fx, 1 - settings.grid_weight), (g, fg, settings.grid_weight)):
-            spikes, out = [], offset.expand_as(inp)
-            for j in range(k):
-                u = gain[j] * inp
-                for i in range(j):
-                    u = u - w[j, i] * spikes[i]
-                z = _spike(u, threshold[j], widths[j])
-                spikes.append(z)
-                out = out + weight[j] * z
+            out = amos_window(params, inp, surrogate, offset_first=True).value
             loss = loss + share * ((out - target) ** 2).mean()
         loss.backward()
         optimizer.step()

@@ -5,7 +5,8 @@ step, in topological order (a feed-forward graph has no delays). Analog values t
 input image, and everything computed from it alone, such as the first layer's current) are computed once and reused
 at every step. Stateful ops:
 
-- :class:`~snncc.ir.ops.Population`: the neuron model's update (see :mod:`snncc.ir.neurons`), spikes of 0/1;
+- :class:`~snncc.ir.ops.Population`: the neuron model's step function from :mod:`snncc.runtime.dynamics` (the
+  one definition of the dynamics), spikes of 0/1 (-1/0/1 for signed IF neurons);
 - :class:`~snncc.ir.ops.SpikingMaxPool2d`: increments of the running max of cumulative inputs;
 - :class:`~snncc.ir.ops.Readout`: the running mean of its input.
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
-from snncc.ir.neurons import IF, LIF
+from snncc.runtime.dynamics import dynamics_of
 from snncc.runtime.kernels import _pad_spatial, _pool_reduce, apply, fan_out
 
 # Chunks of time steps are sized so that one node's output stays below this many float32 values.
@@ -39,33 +40,17 @@ class _Signal:
 
 
 class _PopulationState:
+    """A population's state in the reference: the entry of its neuron model in
+    :data:`~snncc.runtime.dynamics.DYNAMICS` (looked up when the batch starts), its parameters and its state."""
+
     def __init__(self, op: ops.Population, shape: tuple[int, ...]) -> None:
-        neuron = op.neuron
-        if not isinstance(neuron, (IF, LIF)):
-            raise SimulationError(f"the reference simulator has no dynamics for neuron model {neuron.kind}")
-        self.threshold = np.float32(neuron.threshold)
-        self.decay = np.float32(neuron.beta) if isinstance(neuron, LIF) else None
-        self.subtract = neuron.reset == "subtract"
-        self.v = np.full(shape, np.float32(neuron.v_init) * self.threshold, dtype=np.float32)
-        # Net spike count, kept only for signed neurons (a negative spike needs an earlier positive one).
-        self.count = np.zeros(shape, dtype=np.float32) if getattr(neuron, "signed", False) else None
+        self.dynamics = dynamics_of(op.neuron, stepped=True)
+        self.params = self.dynamics.parameters(op.neuron, shape[1:], np)
+        self.state = self.dynamics.start(self.params, shape)
 
     def step(self, current: np.ndarray) -> np.ndarray:
-        if self.decay is not None:
-            self.v *= self.decay
-        self.v += current
-        spikes = self.v >= self.threshold
-        if self.subtract:
-            self.v -= spikes * self.threshold
-        else:
-            self.v[spikes] = 0
-        if self.count is None:
-            return spikes.astype(np.float32)
-        negative = ~spikes & (self.v < 0) & (self.count > 0)
-        self.v += negative * self.threshold
-        out = spikes.astype(np.float32) - negative.astype(np.float32)
-        self.count += out
-        return out
+        self.state, spikes = self.dynamics.step(self.params, self.state, current)
+        return spikes
 
 
 class _MaxCountState:

@@ -32,7 +32,7 @@ import numpy as np
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import TEMPORAL_NEURONS
-from snncc.runtime.fewspike import temporal_unit
+from snncc.runtime.dynamics import run_window
 from snncc.runtime.kernels import apply, fan_out
 from snncc.runtime.reference import BatchResult
 
@@ -105,7 +105,7 @@ class TemporalSimulator:
         if isinstance(op, ops.Input):
             values[node] = x
         elif isinstance(op, ops.Population):
-            values[node], spikes[node] = temporal_unit(op.neuron, args[0])
+            values[node], spikes[node] = run_window(op.neuron, args[0])
         elif isinstance(op, ops.Readout):
             values[node] = args[0]
         else:

@@ -65,10 +65,11 @@ def _record_reference(trace: list):
     original = reference._PopulationState.step
 
     def step(self, current):
-        v = self.v * self.decay if self.decay is not None else self.v.copy()
+        params = self.params
+        v = self.state.v * params.decay if params.decay is not None else self.state.v.copy()
         v = v + current
         spikes = original(self, current)
-        trace.append((self, spikes.copy(), v, self.threshold))
+        trace.append((self, spikes.copy(), v, params.threshold))
         return spikes
 
     reference._PopulationState.step = step
@@ -334,7 +335,7 @@ def test_population_kernel_matches_the_reference_state_bit_for_bit(neuron, const
     spikes, counts = np.empty((T, B, n), dtype), np.empty((T, B), np.float32)
     variant.population_steps(current, v, spikes, counts, pop.threshold, pop.decay, pop.leak, pop.subtract, 2)
     np.testing.assert_array_equal(spikes, expected)
-    np.testing.assert_array_equal(v, state.v)
+    np.testing.assert_array_equal(v, state.state.v)
     np.testing.assert_array_equal(counts, expected.sum(axis=2))
 
 

@@ -10,7 +10,8 @@ from snncc.ir import Amos, FewSpike, load, save
 from snncc.passes import PassContext, run_pipeline
 from snncc.passes.fs_fit import relu_closed_form
 from snncc.runtime import Simulator, TemporalSimulator, cython_available
-from snncc.runtime.fewspike import amos, few_spike
+from snncc.runtime.dynamics import run_window as few_spike
+from snncc.runtime.dynamics import run_window as amos
 
 
 def _random_fs(rng: np.random.Generator, k: int) -> FewSpike:
