@@ -27,6 +27,9 @@ class NeuronModel:
         """Neurons per element of a population's input (1, except for circuits such as an AMOS unit)."""
         return 1
 
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise IRError if the parameters do not fit a population of this per-sample input shape."""
+
     def to_json(self) -> dict:
         return {"kind": self.kind, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
 
@@ -45,11 +48,53 @@ def _fmt(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _check_common(model: NeuronModel, threshold: float, reset: str) -> None:
-    if not np.isfinite(threshold) or threshold <= 0:
-        raise IRError(f"{model.kind}: threshold must be a positive finite number, got {threshold}")
+Parameter = float | tuple[float, ...]
+"""An IF/LIF parameter: one float for the whole population, or a tuple of one value per channel (axis 0 of a
+sample's shape: the channels of a convolution's output, the neurons of a linear layer's)."""
+
+
+def _parameter(model: NeuronModel, name: str) -> Parameter:
+    """Field ``name`` of ``model`` as a float, or as a tuple of floats for per-channel values (JSON gives lists)."""
+    value = getattr(model, name)
+    if isinstance(value, (tuple, list, np.ndarray)):
+        try:
+            value = tuple(float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1))
+        except (TypeError, ValueError):
+            raise IRError(f"{model.kind}: {name} must be a number or a sequence of numbers, got {value!r}") from None
+        if not value:
+            raise IRError(f"{model.kind}: {name} has no values; give one number, or one per channel")
+    else:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise IRError(f"{model.kind}: {name} must be a number or a sequence of numbers, got {value!r}") from None
+    object.__setattr__(model, name, value)
+    return value
+
+
+def _values(value: Parameter) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_common(model: NeuronModel, threshold: Parameter, reset: str) -> None:
+    if not all(np.isfinite(t) and t > 0 for t in _values(threshold)):
+        raise IRError(f"{model.kind}: threshold must be a positive finite number (or one per channel), got {threshold}")
     if reset not in RESETS:
         raise IRError(f"{model.kind}: reset must be one of {RESETS}, got {reset!r}")
+    if not all(np.isfinite(v) for v in _values(model.v_init)):
+        raise IRError(f"{model.kind}: v_init must be finite, got {model.v_init}")
+
+
+def _check_channels(model: NeuronModel, names: tuple[str, ...], shape: tuple[int, ...]) -> None:
+    """Per-channel parameters must have one value per channel, axis 0 of the population's per-sample shape."""
+    for name in names:
+        value = getattr(model, name)
+        if isinstance(value, tuple):
+            channels = shape[0] if shape else 1
+            if len(value) != channels:
+                raise IRError(f"{model.kind}: {name} has {len(value)} values but the population has {channels} "
+                              f"channels (axis 0 of its input shape {list(shape)}); give one value per channel, "
+                              "or one number for all")
 
 
 @dataclass(frozen=True)
@@ -68,6 +113,9 @@ class IF(NeuronModel):
     turns that floor into rounding and removes the expected quantization error (Bu et al., "Optimal ANN-SNN
     conversion for high-accuracy and ultra-low-latency spiking neural networks", ICLR 2022).
 
+    ``threshold`` and ``v_init`` are one number, or a tuple of one value per channel (axis 0 of the population's
+    per-sample shape), as fine-tuning learns them.
+
     ``signed=True`` adds negative spikes that take back earlier positive ones: with ``N(t)`` the net spike count,
     ``s(t) = -1`` when ``v(t) < 0`` and ``N(t-1) > 0``, and then ``v(t) = v(t) + threshold``. The net count then
     follows ``max(0, round(sum_tau I(tau) / threshold))`` at every step instead of over-counting when a positive
@@ -77,18 +125,26 @@ class IF(NeuronModel):
     """
 
     kind = "IF"
-    threshold: float = 1.0
+    threshold: Parameter = 1.0
     reset: str = "subtract"
-    v_init: float = 0.5
+    v_init: Parameter = 0.5
     signed: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "threshold", float(self.threshold))
-        object.__setattr__(self, "v_init", float(self.v_init))
+        _parameter(self, "threshold")
+        _parameter(self, "v_init")
         object.__setattr__(self, "signed", bool(self.signed))
         _check_common(self, self.threshold, self.reset)
         if self.signed and self.reset != "subtract":
             raise IRError("IF: signed spikes need reset='subtract' (a negative spike adds the threshold back)")
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether any parameter has one value per channel."""
+        return isinstance(self.threshold, tuple) or isinstance(self.v_init, tuple)
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        _check_channels(self, ("threshold", "v_init"), shape)
 
 
 @dataclass(frozen=True)
@@ -97,6 +153,7 @@ class LIF(NeuronModel):
 
     ``v(t) = beta * v(t-1) + I(t)`` with ``beta = exp(-1 / tau_mem)`` (``tau_mem`` in time steps), then the same
     threshold, spike and reset as :class:`IF`; ``v(0) = v_init * threshold``. ``tau_mem = inf`` is the IF neuron.
+    ``threshold``, ``tau_mem`` and ``v_init`` are one number, or a tuple of one value per channel.
 
     ``tau_mem = 0`` gives ``beta = 0``: a memoryless neuron, ``v(t) = I(t)`` and ``s(t) = 1`` exactly when
     ``I(t) >= threshold``. It is a threshold gate of its inputs at each step; the ``sew`` pass builds the AND and
@@ -104,24 +161,34 @@ class LIF(NeuronModel):
     """
 
     kind = "LIF"
-    threshold: float = 1.0
-    tau_mem: float = 20.0
+    threshold: Parameter = 1.0
+    tau_mem: Parameter = 20.0
     reset: str = "subtract"
-    v_init: float = 0.0
+    v_init: Parameter = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "threshold", float(self.threshold))
-        object.__setattr__(self, "tau_mem", float(self.tau_mem))
-        object.__setattr__(self, "v_init", float(self.v_init))
+        _parameter(self, "threshold")
+        _parameter(self, "tau_mem")
+        _parameter(self, "v_init")
         _check_common(self, self.threshold, self.reset)
-        if not self.tau_mem >= 0:
+        if not all(t >= 0 for t in _values(self.tau_mem)):
             raise IRError(f"LIF: tau_mem must be positive (in time steps), or 0 for a memoryless neuron, "
                           f"got {self.tau_mem}")
 
     @property
-    def beta(self) -> float:
-        """Per-step decay factor of the membrane (0 for a memoryless neuron, ``tau_mem = 0``)."""
-        return 0.0 if self.tau_mem == 0 else float(np.exp(-1.0 / self.tau_mem))
+    def beta(self) -> Parameter:
+        """Per-step decay factor of the membrane (0 for a memoryless neuron, ``tau_mem = 0``); a tuple for a
+        per-channel ``tau_mem``."""
+        betas = tuple(0.0 if tau == 0 else float(np.exp(-1.0 / tau)) for tau in _values(self.tau_mem))
+        return betas if isinstance(self.tau_mem, tuple) else betas[0]
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether any parameter has one value per channel."""
+        return any(isinstance(getattr(self, n), tuple) for n in ("threshold", "tau_mem", "v_init"))
+
+    def check_input_shape(self, shape: tuple[int, ...]) -> None:
+        _check_channels(self, ("threshold", "tau_mem", "v_init"), shape)
 
 
 def _vector(model: NeuronModel, name: str, length: int | None = None) -> tuple[float, ...]:

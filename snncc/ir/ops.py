@@ -608,6 +608,7 @@ class Population(Op):
             raise IRError(f"Population: neuron must be a neuron model, got {self.neuron!r}")
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
+        self.neuron.check_input_shape(inputs[0].shape)
         coding = FewSpikeCode() if isinstance(self.neuron, TEMPORAL_NEURONS) else Rate()
         return TensorType(inputs[0].shape, coding)
 
