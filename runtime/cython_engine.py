@@ -105,14 +105,93 @@ def _flat_steps(signal: _Signal, tc: int, batch: int) -> np.ndarray:
     return data.reshape(1 if signal.constant else tc, batch, -1)
 
 
-class _Population:
+@dataclass
+class _Chunk:
+    """What the plans of one batch share during a chunk of ``tc`` time steps from step ``t0``: the input ``x``, the
+    plans' states, the nodes' values, the spike counts of every population (T, B) and this chunk's synaptic
+    operations (a flat (Tc * B) view that kernels add into)."""
+
+    x: np.ndarray
+    tc: int
+    batch: int
+    t0: int
+    states: dict[str, object]
+    values: dict[str, _Signal]
+    spikes: dict[str, np.ndarray]
+    synops: np.ndarray
+
+    def count(self, population: str, counts: np.ndarray) -> None:
+        """Record a population's spikes per step and sample (Tc, B) for this chunk."""
+        self.spikes[population][self.t0:self.t0 + self.tc] = counts
+
+
+class _Plan:
+    """The run protocol every plan of the engine implements, so that the engine's loop is one call per node.
+
+    ``start(batch)``: the plan's state for a new batch (None when stateless). ``run(chunk, node, args)``: the value
+    of ``node`` over the chunk, from its operands' values ``args``; a plan for populations records their spike
+    counts with ``chunk.count``, and a fused plan also sets the values of the later nodes it computes in
+    ``chunk.values`` (and returns None for a value that exists only inside its kernel). A value constant in time is
+    kept by the engine for the rest of the batch."""
+
+    def start(self, batch: int) -> object:
+        return None
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal | None:
+        raise NotImplementedError
+
+
+class _InputPlan(_Plan):
+    """The network input: constant in time."""
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        return _Signal(chunk.x, True)
+
+
+class _BinaryView(_Plan):
+    """Flatten/Reshape/Identity of a binary spike train: the same bytes, reshaped."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        return _Signal(args[0].data.reshape((chunk.tc, chunk.batch) + self.shape), False, True)
+
+
+class _Stateless(_Plan):
+    """Any other op: computed once per batch when all its operands are constant in time (a convolution of the
+    input with a compiled im2col, see :func:`_constant_conv2d`), else the reference's numpy kernel on the
+    time-folded chunk (float32 inputs: identical arithmetic), counting synaptic operations for synaptic ops."""
+
+    def __init__(self, op: ops.Op, in_shapes: list[tuple[int, ...]], fan_out: np.ndarray | None,
+                 threads: int) -> None:
+        self.op, self.in_shapes, self.fan_out, self.threads = op, in_shapes, fan_out, threads
+        self.conv = isinstance(op, ops.Conv2d)
+        self.buffers = _Buffers()
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        op, tc, batch = self.op, chunk.tc, chunk.batch
+        if all(a.constant for a in args):
+            if self.conv and args[0].data.dtype == np.float32:
+                return _Signal(_constant_conv2d(op, args[0].data, self.threads, self.buffers), True)
+            return _Signal(apply(op, *(a.data for a in args)), True)
+        flat = [a.steps(tc).reshape((tc * batch,) + shape) for a, shape in zip(args, self.in_shapes)]
+        result = apply(op, *flat)
+        if self.fan_out is not None:
+            events = np.ascontiguousarray(args[0].data).reshape(tc * batch, -1)
+            _kernels.count_events(events, self.fan_out, chunk.synops, _threads(self.threads, events.size))
+        return _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
+
+
+class _Population(_Plan):
     """IF/LIF population (see :class:`~snncc.ir.neurons.IF`): state ``v`` (B, n) float32."""
 
-    def __init__(self, op: ops.Population, size: int, threads: int) -> None:
+    def __init__(self, op: ops.Population, size: int, threads: int, shape: tuple[int, ...] | None = None) -> None:
         neuron = op.neuron
         if not isinstance(neuron, (IF, LIF)):
             raise SimulationError(f"the Cython runtime has no dynamics for neuron model {neuron.kind}")
         self.size, self.threads = size, threads
+        self.shape = (size,) if shape is None else shape
         # The reference's float32 constants, computed the same way.
         self.threshold = np.float32(neuron.threshold)
         self.leak = isinstance(neuron, LIF)
@@ -124,8 +203,14 @@ class _Population:
     def start(self, batch: int) -> np.ndarray:
         return np.full((batch, self.size), self.v_init, dtype=np.float32)
 
-    def run(self, v: np.ndarray, signal: _Signal, tc: int, batch: int, shape: tuple[int, ...]
-            ) -> tuple[_Signal, np.ndarray]:
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        out, counts = self.advance(chunk.states[node], args[0], chunk.tc, chunk.batch, self.shape)
+        chunk.count(node, counts)
+        return out
+
+    def advance(self, v: np.ndarray, signal: _Signal, tc: int, batch: int, shape: tuple[int, ...]
+                ) -> tuple[_Signal, np.ndarray]:
+        """Advance the membranes ``v`` by the chunk's steps: the spike train and the counts per step and sample."""
         current = _flat_steps(signal, tc, batch)
         spikes = self.buffers.get("spikes", (tc, batch, self.size), np.uint8)
         counts = np.empty((tc, batch), dtype=np.float32)
@@ -141,8 +226,8 @@ class _SignedPopulation(_Population):
     def start(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         return super().start(batch), np.zeros((batch, self.size), dtype=np.float32)
 
-    def run(self, state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int, shape: tuple[int, ...]
-            ) -> tuple[_Signal, np.ndarray]:
+    def advance(self, state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int,
+                shape: tuple[int, ...]) -> tuple[_Signal, np.ndarray]:
         v, net = state
         current = _flat_steps(signal, tc, batch)
         spikes = self.buffers.get("spikes", (tc, batch, self.size), np.float32)
@@ -152,17 +237,21 @@ class _SignedPopulation(_Population):
         return _Signal(spikes.reshape((tc, batch) + shape), False), counts
 
 
-class _Readout:
+class _Readout(_Plan):
     """Running mean of the input current: state ``total`` (B, n) float64."""
 
-    def __init__(self, size: int, threads: int) -> None:
+    def __init__(self, size: int, threads: int, shape: tuple[int, ...] | None = None) -> None:
         self.size, self.threads = size, threads
+        self.shape = (size,) if shape is None else shape
 
     def start(self, batch: int) -> np.ndarray:
         return np.zeros((batch, self.size), dtype=np.float64)
 
-    def run(self, total: np.ndarray, signal: _Signal, tc: int, batch: int, t0: int, shape: tuple[int, ...]
-            ) -> _Signal:
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        return self.advance(chunk.states[node], args[0], chunk.tc, chunk.batch, chunk.t0, self.shape)
+
+    def advance(self, total: np.ndarray, signal: _Signal, tc: int, batch: int, t0: int, shape: tuple[int, ...]
+                ) -> _Signal:
         out = np.empty((tc, batch, self.size), dtype=np.float32)
         _kernels.readout_steps(_flat_steps(signal, tc, batch), total, t0, out, _threads(self.threads, out.size))
         return _Signal(out.reshape((tc, batch) + shape), False)
@@ -174,7 +263,7 @@ def _taps(size: int, out_size: int, kernel: int, stride: int, pad: int, dilation
     return start, np.ascontiguousarray(pairs, dtype=np.int32)
 
 
-class _MaxPool:
+class _MaxPool(_Plan):
     """Spiking max pooling of binary spikes: state (counts (B, C*H*W), running max (B, C*Ho*Wo)) int32."""
 
     def __init__(self, op: ops.SpikingMaxPool2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
@@ -195,7 +284,10 @@ class _MaxPool:
         return (np.zeros((batch, int(np.prod(self.in_shape))), dtype=np.int32),
                 np.zeros((batch, int(np.prod(self.out_shape))), dtype=np.int32))
 
-    def run(self, state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int) -> _Signal:
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        return self.advance(chunk.states[node], args[0], chunk.tc, chunk.batch)
+
+    def advance(self, state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int) -> _Signal:
         counts, window_max = state
         spikes = np.ascontiguousarray(signal.data).reshape((tc, batch) + self.in_shape)
         out = self.buffers.get("out", (tc, batch) + self.out_shape, np.uint8)
@@ -204,7 +296,7 @@ class _MaxPool:
         return _Signal(out, False, True)
 
 
-class _PopulationMaxPool:
+class _PopulationMaxPool(_Plan):
     """An IF/LIF population whose only consumer is a spiking max pooling, run as one kernel: the population's spike
     train is never written to memory (:func:`_kernels.population_maxpool_steps`). Runs at the population's node;
     the pooling's node then has its value already."""
@@ -215,8 +307,15 @@ class _PopulationMaxPool:
     def start(self, batch: int) -> np.ndarray:
         return self.population.start(batch)
 
-    def run(self, v: np.ndarray, pool_state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int, batch: int
-            ) -> tuple[_Signal, np.ndarray]:
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> None:
+        pooled, counts = self.advance(chunk.states[node], chunk.states[self.pool_node], args[0], chunk.tc,
+                                      chunk.batch)
+        chunk.count(node, counts)
+        chunk.values[self.pool_node] = pooled
+        return None  # the population's spikes exist only inside the fused kernel
+
+    def advance(self, v: np.ndarray, pool_state: tuple[np.ndarray, np.ndarray], signal: _Signal, tc: int,
+                batch: int) -> tuple[_Signal, np.ndarray]:
         pop, pool = self.population, self.pool
         counts, window_max = pool_state
         out = pool.buffers.get("out", (tc, batch) + pool.out_shape, np.uint8)
@@ -228,7 +327,7 @@ class _PopulationMaxPool:
         return _Signal(out, False, True), spike_counts
 
 
-class _ReferenceState:
+class _ReferenceState(_Plan):
     """A stateful op the kernels do not cover (e.g. max pooling of non-binary trains): the reference's own state."""
 
     def __init__(self, op: ops.Op, in_shape: tuple[int, ...]) -> None:
@@ -237,12 +336,27 @@ class _ReferenceState:
     def start(self, batch: int):
         return STATEFUL[type(self.op)](self.op, (batch,) + self.in_shape)
 
-    def run(self, state, signal: _Signal, tc: int) -> _Signal:
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        return self.advance(chunk.states[node], args[0], chunk.tc)
+
+    def advance(self, state, signal: _Signal, tc: int) -> _Signal:
         steps = signal.steps(tc)
         return _Signal(np.stack([state.step(steps[i]) for i in range(tc)]), False)
 
 
-class _EventSynapse:
+class _ReferencePopulation(_ReferenceState):
+    """An IF/LIF population with per-channel parameters: the kernels take one threshold, decay and initial
+    membrane per population, so these run the reference's state (the step function of
+    :mod:`snncc.runtime.dynamics`). Its spikes are float32, so the synapses after it take the dense path, the
+    reference's products: the same spikes as the reference by construction."""
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        out = self.advance(chunk.states[node], args[0], chunk.tc)
+        chunk.count(node, np.abs(out.data).reshape(chunk.tc, chunk.batch, -1).sum(axis=2))
+        return out
+
+
+class _EventSynapse(_Plan):
     """Conv2d or Linear fed by spikes: event-driven accumulation, or the dense BLAS product when spikes are dense."""
 
     def __init__(self, op: ops.Conv2d | ops.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
@@ -292,7 +406,10 @@ class _EventSynapse:
         self.chunks["sparse" if sparse else "dense"] += 1
         return sparse
 
-    def run(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray) -> _Signal:
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        return self.advance(args[0], chunk.tc, chunk.batch, chunk.synops)
+
+    def advance(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray) -> _Signal:
         rows = tc * batch
         x = np.ascontiguousarray(signal.data).reshape((rows,) + self.in_shape)
         if not self.sparse(x):
@@ -313,7 +430,7 @@ class _EventSynapse:
         return _Signal(out.reshape((tc, batch) + self.out_shape), False)
 
 
-class _ConvPopulation:
+class _ConvPopulation(_Plan):
     """An event-driven Conv2d whose only consumer is a population (possibly fused with its max pooling), run as
     one kernel sample by sample (:func:`_kernels.conv2d_population_steps`): the current never goes through
     memory. Runs at the convolution's node and gives the values of the population's (or the pooling's) node. Dense
@@ -327,8 +444,14 @@ class _ConvPopulation:
         self.pool = follower.pool if pooled else None
         self.output_node = follower.pool_node if pooled else population_node
 
-    def run(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray, states: dict
-            ) -> tuple[_Signal, np.ndarray]:
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> None:
+        chunk.values[self.output_node], counts = self.advance(args[0], chunk.tc, chunk.batch, chunk.synops,
+                                                              chunk.states)
+        chunk.count(self.population_node, counts)
+        return None  # the current exists only inside the fused kernel
+
+    def advance(self, signal: _Signal, tc: int, batch: int, synops: np.ndarray, states: dict
+                ) -> tuple[_Signal, np.ndarray]:
         """The output node's value and the population's spikes per step and sample (Tc, B)."""
         synapse, population, pool = self.synapse, self.population, self.pool
         x = np.ascontiguousarray(signal.data).reshape((tc * batch,) + synapse.in_shape)
@@ -336,8 +459,8 @@ class _ConvPopulation:
         if not synapse.sparse(x):
             current = synapse.dense(x, tc, batch, synops)
             if pool is None:
-                return population.run(v, current, tc, batch, synapse.out_shape)
-            return self.follower.run(v, states[self.output_node], current, tc, batch)
+                return population.advance(v, current, tc, batch, synapse.out_shape)
+            return self.follower.advance(v, states[self.output_node], current, tc, batch)
         spike_counts = np.empty((tc, batch), dtype=np.float32)
         if pool is None:
             out = population.buffers.get("spikes", (tc, batch) + synapse.out_shape, np.uint8)
@@ -385,42 +508,20 @@ class CythonSimulator(ReferenceSimulator):
         graph, types = self.graph, self.types
         self._fan_outs64 = {n: f.astype(np.float64) for n, f in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
-        self.plans: dict[str, object] = {}
-        self._constant_buffers = _Buffers()
-        # (node, op, operands) in topological order, looked up once: the graph's lookups go through networkx,
-        # which costs more per batch than the small layers' kernels.
-        self.steps = [(node, graph.op(node), graph.inputs(node)) for node in self.order]
-        for node, op, srcs in self.steps:
-            shape = types[node].shape
-            in_shape = types[srcs[0]].shape if srcs else ()
-            binary_in = bool(srcs) and self.binary[srcs[0]]
-            binary = False
-            if isinstance(op, ops.Population) and getattr(op.neuron, "signed", False):
-                self.plans[node] = _SignedPopulation(op, types[node].size, self.threads)
-            elif isinstance(op, ops.Population):
-                self.plans[node] = _Population(op, types[node].size, self.threads)
-                binary = True
-            elif isinstance(op, ops.Readout):
-                self.plans[node] = _Readout(types[node].size, self.threads)
-            elif isinstance(op, ops.SpikingMaxPool2d):
-                if binary_in and _MaxPool.supports(op, in_shape, shape):
-                    self.plans[node] = _MaxPool(op, in_shape, shape, self.threads)
-                    binary = True
-                else:
-                    self.plans[node] = _ReferenceState(op, in_shape)
-            elif isinstance(op, (ops.Conv2d, ops.Linear)) and binary_in and _EventSynapse.supports(op):
-                self.plans[node] = _EventSynapse(op, in_shape, shape, self.fan_outs[node], self.threads)
-            elif isinstance(op, VIEW_OPS):
-                binary = binary_in
-            self.binary[node] = binary
+        self.plans: dict[str, _Plan] = {}
+        for node in self.order:
+            op, srcs = graph.op(node), graph.inputs(node)
+            planner = _PLANNERS.get(type(op), _plan_stateless)
+            self.plans[node], self.binary[node] = planner(self, node, op, srcs)
         # A population feeding only a spiking max pooling runs fused with it (not a signed one: its float spikes
         # take the reference's pooling state).
         self.fused: dict[str, str] = {}  # population node -> pooling node
+        steps = [(node, graph.op(node), graph.inputs(node)) for node in self.order]
         consumers: dict[str, list[str]] = {n: [] for n in self.order}
-        for node, _, srcs in self.steps:
+        for node, _, srcs in steps:
             for u in srcs:
                 consumers[u].append(node)
-        for node, _, srcs in self.steps:
+        for node, _, srcs in steps:
             plan = self.plans.get(node)
             src = srcs[0] if len(srcs) == 1 else None
             if (isinstance(plan, _MaxPool) and type(self.plans.get(src)) is _Population and consumers[src] == [node]
@@ -428,7 +529,7 @@ class CythonSimulator(ReferenceSimulator):
                 self.plans[src] = _PopulationMaxPool(self.plans[src], plan, node)
                 self.fused[src] = node
         # An event-driven convolution read only by such a population (alone or with its pooling) runs with it too.
-        for node, op, _ in self.steps:
+        for node, op, _ in steps:
             plan = self.plans.get(node)
             users = consumers[node]
             follower = self.plans.get(users[0]) if len(users) == 1 else None
@@ -439,6 +540,10 @@ class CythonSimulator(ReferenceSimulator):
         self.computed_earlier = set(self.fused.values()) | {
             n for p in self.plans.values() if isinstance(p, _ConvPopulation)
             for n in (p.population_node, p.output_node)}
+        # The schedule: (node, operands, plan, operands whose last reader it is) in topological order, looked up
+        # once: the graph's lookups go through networkx, which costs more per batch than the small layers' kernels.
+        self.schedule = [(node, srcs, self.plans[node], [u for u in srcs if self.last_use.get(u) == node])
+                         for node, _, srcs in steps if node not in self.computed_earlier]
 
     def synapse_stats(self) -> dict[str, dict[str, float]]:
         """Per event-driven synaptic node: chunks run sparse and dense, and the mean input spike density."""
@@ -453,7 +558,7 @@ class CythonSimulator(ReferenceSimulator):
         if batch == 0:
             raise SimulationError("no input samples to simulate")
         tc_max = max(1, min(T, self._chunk_budget // batch))
-        states = {n: p.start(batch) for n, p in self.plans.items() if hasattr(p, "start")}
+        states = {n: p.start(batch) for n, p in self.plans.items()}
         spikes = {n: np.zeros((T, batch), dtype=np.float32) for n in self.populations()}
         synops = np.zeros((T, batch), dtype=np.float64)
         outputs = [np.zeros((T, batch) + types[o].shape, dtype=np.float32) for o in graph.outputs]
@@ -461,61 +566,72 @@ class CythonSimulator(ReferenceSimulator):
         for t0 in range(0, T, tc_max):
             tc = min(tc_max, T - t0)
             values: dict[str, _Signal] = dict(constants)
-            step_synops = synops[t0:t0 + tc].reshape(-1)  # a view: kernels add into it
-            for node, op, srcs in self.steps:
-                if node in constants or node in self.computed_earlier:
+            chunk = _Chunk(x, tc, batch, t0, states, values, spikes, synops[t0:t0 + tc].reshape(-1))
+            for node, srcs, plan, last_read in self.schedule:
+                if node in constants:
                     continue
-                args = [values[u] for u in srcs]
-                plan = self.plans.get(node)
-                shape = types[node].shape
-                if isinstance(op, ops.Input):
-                    out = constants[node] = _Signal(x, True)
-                elif isinstance(plan, _PopulationMaxPool):
-                    pooled, counts = plan.run(states[node], states[plan.pool_node], args[0], tc, batch)
-                    spikes[node][t0:t0 + tc] = counts
-                    values[plan.pool_node] = pooled
-                    out = None  # the population's spikes exist only inside the fused kernel
-                elif isinstance(plan, _Population):
-                    out, counts = plan.run(states[node], args[0], tc, batch, shape)
-                    spikes[node][t0:t0 + tc] = counts
-                elif isinstance(plan, _Readout):
-                    out = plan.run(states[node], args[0], tc, batch, t0, shape)
-                elif isinstance(plan, _MaxPool):
-                    out = plan.run(states[node], args[0], tc, batch)
-                elif isinstance(plan, _ReferenceState):
-                    out = plan.run(states[node], args[0], tc)
-                elif isinstance(op, ops.Conv2d) and args[0].constant and args[0].data.dtype == np.float32:
-                    out = constants[node] = _Signal(_constant_conv2d(op, args[0].data, self.threads,
-                                                                     self._constant_buffers), True)
-                elif all(a.constant for a in args):
-                    out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
-                elif isinstance(plan, _EventSynapse):
-                    out = plan.run(args[0], tc, batch, step_synops)
-                elif isinstance(plan, _ConvPopulation):
-                    values[plan.output_node], counts = plan.run(args[0], tc, batch, step_synops, states)
-                    spikes[plan.population_node][t0:t0 + tc] = counts
-                    out = None  # the current exists only inside the fused kernel
-                elif isinstance(op, VIEW_OPS) and self.binary[node]:
-                    out = _Signal(args[0].data.reshape((tc, batch) + shape), False, True)
-                else:
-                    out = self._dense(op, node, args, srcs, tc, batch, step_synops)
+                out = plan.run(chunk, node, [values[u] for u in srcs])
+                if out is not None and out.constant:
+                    constants[node] = out
                 values[node] = out
-                for u in srcs:
-                    if self.last_use.get(u) == node and u not in constants:
+                for u in last_read:
+                    if u not in constants:
                         del values[u]
             for i, o in enumerate(graph.outputs):
                 outputs[i][t0:t0 + tc] = values[o].steps(tc)
         return BatchResult(outputs, spikes, synops)
 
-    def _dense(self, op: ops.Op, node: str, args: list[_Signal], srcs: list[str], tc: int, batch: int,
-               synops: np.ndarray) -> _Signal:
-        """The reference's numpy kernel on the time-folded chunk (float32 inputs: identical arithmetic)."""
-        flat = [a.steps(tc).reshape((tc * batch,) + self.types[u].shape) for a, u in zip(args, srcs)]
-        result = apply(op, *flat)
-        if node in self.fan_outs:
-            events = np.ascontiguousarray(args[0].data).reshape(tc * batch, -1)
-            _kernels.count_events(events, self._fan_outs64[node], synops, _threads(self.threads, events.size))
-        return _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
+
+# Plans by op class (ops not in the table are _Stateless).
+# Each planner gives the node's plan and whether its value is a binary (uint8) spike train.
+
+def _plan_input(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) -> tuple[_Plan, bool]:
+    return _InputPlan(), False
+
+
+def _plan_stateless(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) -> tuple[_Plan, bool]:
+    return _Stateless(op, [engine.types[u].shape for u in srcs], engine._fan_outs64.get(node), engine.threads), False
+
+
+def _plan_population(engine: CythonSimulator, node: str, op: ops.Population, srcs: list[str]
+                     ) -> tuple[_Plan, bool]:
+    size, shape = engine.types[node].size, engine.types[node].shape
+    if getattr(op.neuron, "per_channel", False):
+        return _ReferencePopulation(op, shape), False
+    if getattr(op.neuron, "signed", False):
+        return _SignedPopulation(op, size, engine.threads, shape), False
+    return _Population(op, size, engine.threads, shape), True
+
+
+def _plan_readout(engine: CythonSimulator, node: str, op: ops.Readout, srcs: list[str]) -> tuple[_Plan, bool]:
+    return _Readout(engine.types[node].size, engine.threads, engine.types[node].shape), False
+
+
+def _plan_max_pool(engine: CythonSimulator, node: str, op: ops.SpikingMaxPool2d, srcs: list[str]
+                   ) -> tuple[_Plan, bool]:
+    in_shape, shape = engine.types[srcs[0]].shape, engine.types[node].shape
+    if engine.binary[srcs[0]] and _MaxPool.supports(op, in_shape, shape):
+        return _MaxPool(op, in_shape, shape, engine.threads), True
+    return _ReferenceState(op, in_shape), False
+
+
+def _plan_synapse(engine: CythonSimulator, node: str, op: ops.Conv2d | ops.Linear, srcs: list[str]
+                  ) -> tuple[_Plan, bool]:
+    if engine.binary[srcs[0]] and _EventSynapse.supports(op):
+        return _EventSynapse(op, engine.types[srcs[0]].shape, engine.types[node].shape, engine.fan_outs[node],
+                             engine.threads), False
+    return _plan_stateless(engine, node, op, srcs)
+
+
+def _plan_view(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) -> tuple[_Plan, bool]:
+    if engine.binary[srcs[0]]:
+        return _BinaryView(engine.types[node].shape), True
+    return _plan_stateless(engine, node, op, srcs)
+
+
+_PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Readout: _plan_readout,
+             ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse,
+             **{view: _plan_view for view in VIEW_OPS}}
 
 
 class CythonTemporalSimulator(TemporalSimulator):

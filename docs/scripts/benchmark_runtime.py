@@ -148,9 +148,9 @@ def child_crossover(args: argparse.Namespace) -> dict:
             times = {}
             for path, above in (("sparse", 2.0), ("dense", -1.0)):
                 synapse.dense_above = above
-                synapse.run(signal, 1, rows, np.zeros(rows))
+                synapse.advance(signal, 1, rows, np.zeros(rows))
                 start = time.perf_counter()
-                synapse.run(signal, 1, rows, np.zeros(rows))
+                synapse.advance(signal, 1, rows, np.zeros(rows))
                 times[path] = time.perf_counter() - start
             ratios[density] = times["dense"] / times["sparse"]
         table[name] = ratios

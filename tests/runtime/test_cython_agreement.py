@@ -84,8 +84,8 @@ def _record_cython(trace: list):
     """Record the spikes of every Cython population step. A population fused with its max pooling never writes
     its spikes: they are recomputed by the unfused kernel from a copy of the state, and the fused kernel must leave
     the same membranes and spike counts."""
-    original = cython_engine._Population.run
-    original_fused = cython_engine._PopulationMaxPool.run
+    original = cython_engine._Population.advance
+    original_fused = cython_engine._PopulationMaxPool.advance
 
     def run(self, v, signal, tc, batch, shape):
         out, counts = original(self, v, signal, tc, batch, shape)
@@ -101,7 +101,7 @@ def _record_cython(trace: list):
         trace.append((self.population, alone.data.reshape(tc, batch, -1).copy()))
         return pooled, counts
 
-    original_conv = cython_engine._ConvPopulation.run
+    original_conv = cython_engine._ConvPopulation.advance
 
     def run_conv_fused(self, signal, tc, batch, synops, states):
         # The unfused plans on copies of the states (recording the population's spikes), then the fused kernel on
@@ -111,7 +111,7 @@ def _record_cython(trace: list):
         copies = {n: tuple(a.copy() for a in as_tuple(states[n])) for n in nodes}
         alone_synops = synops.copy()
         statistics = self.synapse.events, self.synapse.inputs, dict(self.synapse.chunks)
-        current = self.synapse.run(signal, tc, batch, alone_synops)
+        current = self.synapse.advance(signal, tc, batch, alone_synops)
         self.synapse.events, self.synapse.inputs, self.synapse.chunks = statistics  # the chunk counts once
         if self.pool is None:
             alone, alone_counts = run(self.population, copies[self.population_node][0], current, tc, batch,
@@ -119,11 +119,11 @@ def _record_cython(trace: list):
         else:
             alone, alone_counts = run_fused(self.follower, copies[self.population_node][0],
                                             copies[self.output_node], current, tc, batch)
-        cython_engine._Population.run, cython_engine._PopulationMaxPool.run = original, original_fused
+        cython_engine._Population.advance, cython_engine._PopulationMaxPool.advance = original, original_fused
         try:
             out, counts = original_conv(self, signal, tc, batch, synops, states)
         finally:
-            cython_engine._Population.run, cython_engine._PopulationMaxPool.run = run, run_fused
+            cython_engine._Population.advance, cython_engine._PopulationMaxPool.advance = run, run_fused
         for n in nodes:
             for a, b in zip(as_tuple(states[n]), copies[n]):
                 np.testing.assert_array_equal(a, b)
@@ -132,15 +132,15 @@ def _record_cython(trace: list):
         np.testing.assert_array_equal(synops, alone_synops)
         return out, counts
 
-    cython_engine._Population.run = run
-    cython_engine._PopulationMaxPool.run = run_fused
-    cython_engine._ConvPopulation.run = run_conv_fused
+    cython_engine._Population.advance = run
+    cython_engine._PopulationMaxPool.advance = run_fused
+    cython_engine._ConvPopulation.advance = run_conv_fused
     try:
         yield
     finally:
-        cython_engine._Population.run = original
-        cython_engine._PopulationMaxPool.run = original_fused
-        cython_engine._ConvPopulation.run = original_conv
+        cython_engine._Population.advance = original
+        cython_engine._PopulationMaxPool.advance = original_fused
+        cython_engine._ConvPopulation.advance = original_conv
 
 
 def _group(trace: list, per_step: bool) -> list[np.ndarray]:
@@ -351,7 +351,7 @@ def test_spiking_maxpool_kernel_matches_the_reference_state(kernel, stride, padd
     state = reference._MaxCountState(op, (B,) + shape)
     expected = np.stack([state.step(spikes[t].astype(np.float32)) for t in range(T)])
     pool = cython_engine._MaxPool(op, shape, out_shape, threads=2)
-    got = pool.run(pool.start(B), cython_engine._Signal(spikes, False, True), T, B).data
+    got = pool.advance(pool.start(B), cython_engine._Signal(spikes, False, True), T, B).data
     np.testing.assert_array_equal(got, expected)
 
 
@@ -408,7 +408,7 @@ def test_event_driven_synapses_sum_in_ascending_order(op, shape, density, varian
     synapse = cython_engine._EventSynapse(op, shape, expected.shape[1:], fan_out, threads=2)
     synapse.dense_above = 2.0  # always event-driven
     synops = np.zeros(rows)
-    got = synapse.run(cython_engine._Signal(x.reshape((1, rows) + shape), False, True), 1, rows, synops).data
+    got = synapse.advance(cython_engine._Signal(x.reshape((1, rows) + shape), False, True), 1, rows, synops).data
     np.testing.assert_array_equal(got.reshape(expected.shape), expected)
     np.testing.assert_allclose(expected, kernels.apply(op, x.astype(np.float32)), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(synops, (x.reshape(rows, -1) != 0) @ fan_out)
