@@ -4,15 +4,19 @@ one facade.
 ``Simulator(graph, timesteps=T).run(x)`` returns a :class:`SimulationResult` whose ``outputs[t]`` is the network's
 answer after ``t + 1`` steps, so a single run gives the accuracy for every latency up to ``T``.
 
-Backends: ``"reference"`` (:mod:`snncc.runtime.reference`, numpy) and ``"cython"``
-(:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes). When the compiled extension is missing,
-``"cython"`` falls back to the reference with one warning saying how to build it.
+Backends are a registry, :data:`BACKENDS` (name -> :class:`Backend`), that later work extends with
+:func:`register_backend` (a target's emulator, the torch lowering): ``"reference"`` (:mod:`snncc.runtime.reference`,
+numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes).
+The default (``backend=None``) is the compiled runtime where it is built and the reference otherwise, silently;
+asking for ``"cython"`` by name when the extension is missing falls back to the reference with one warning saying
+how to build it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,9 +28,9 @@ from snncc.runtime.analog import check_input, run_analog
 from snncc.runtime.reference import ReferenceSimulator
 from snncc.runtime.temporal import TemporalSimulator, is_temporal
 
-BACKENDS = ("reference", "cython")
-# The backend of ``Simulator(..., backend=None)``; the test suite switches it with SNNCC_TEST_BACKEND.
-DEFAULT_BACKEND = "reference"
+# The backend of ``Simulator(..., backend=None)``: its fallback is silent (the user asked for no backend in
+# particular). The test suite switches it with SNNCC_TEST_BACKEND.
+DEFAULT_BACKEND = "cython"
 
 BUILD_HINT = ("build it with `python -m pip install -e .` in the snncc source tree (needs Cython and a C compiler; "
               "see setup.py)")
@@ -89,24 +93,97 @@ def cython_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _engine(graph: Graph, timesteps: int | None, backend: str, threads: int | None) -> tuple[object, str]:
-    """The engine for ``backend`` and the name of the backend that actually runs."""
+@dataclass(frozen=True)
+class Backend:
+    """A simulator backend of :class:`Simulator`.
+
+    ``rate(graph, timesteps, threads)`` and ``temporal(graph, timesteps, threads)`` build the engine for rate-coded
+    and for temporal (FS/AMOS) graphs (None: the backend does not run that kind); an engine has ``run_batch(x)``
+    returning a :class:`~snncc.runtime.reference.BatchResult`, ``populations()`` and ``timesteps`` (temporal engines
+    also ``latency``). ``available()`` says whether it can run here and, if not, why; ``fallback`` names the backend
+    that runs instead (None: refuse); ``hint`` tells the user how to make it available."""
+
+    name: str
+    rate: Callable[..., object] | None
+    temporal: Callable[..., object] | None
+    available: Callable[[], tuple[bool, str]] = lambda: (True, "")
+    fallback: str | None = None
+    hint: str = ""
+    description: str = ""
+
+
+#: The registered backends by name.
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend, replace: bool = False) -> None:
+    """Add ``backend`` to :data:`BACKENDS`; a name already registered is refused unless ``replace``."""
+    if backend.name in BACKENDS and not replace:
+        raise SimulationError(f"a backend named {backend.name!r} is already registered; pass replace=True to "
+                              "replace it")
+    if backend.fallback is not None and backend.fallback not in BACKENDS and backend.fallback != backend.name:
+        raise SimulationError(f"backend {backend.name!r}: its fallback {backend.fallback!r} is not registered; "
+                              f"registered: {', '.join(BACKENDS)}")
+    BACKENDS[backend.name] = backend
+
+
+def _reference_rate(graph: Graph, timesteps: int | None, threads: int | None) -> ReferenceSimulator:
+    return ReferenceSimulator(graph, timesteps)
+
+
+def _reference_temporal(graph: Graph, timesteps: int | None, threads: int | None) -> TemporalSimulator:
+    return TemporalSimulator(graph, timesteps)
+
+
+def _cython_rate(graph: Graph, timesteps: int | None, threads: int | None) -> object:
+    from snncc.runtime.cython_engine import CythonSimulator
+
+    return CythonSimulator(graph, timesteps, threads=threads)
+
+
+def _cython_temporal(graph: Graph, timesteps: int | None, threads: int | None) -> object:
+    from snncc.runtime.cython_engine import CythonTemporalSimulator
+
+    return CythonTemporalSimulator(graph, timesteps, threads=threads)
+
+
+register_backend(Backend("reference", _reference_rate, _reference_temporal,
+                         description="the numpy reference simulator (the specification)"))
+register_backend(Backend("cython", _cython_rate, _cython_temporal, available=lambda: cython_available(),
+                         fallback="reference", hint=BUILD_HINT,
+                         description="the compiled Cython runtime (the same spikes, several times faster)"))
+
+
+def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: int | None) -> tuple[object, str]:
+    """The engine for ``backend`` (None: :data:`DEFAULT_BACKEND`) and the name of the backend that actually runs."""
     global _warned_fallback
     temporal = is_temporal(graph)
     if not temporal and timesteps is None:
         raise SimulationError("timesteps must be given for a rate-coded network (its answer improves with time)")
-    if backend == "cython":
-        ok, why = cython_available()
+    explicit = backend is not None
+    name = backend if explicit else DEFAULT_BACKEND
+    seen = []
+    while True:
+        entry = BACKENDS.get(name)
+        if entry is None:
+            raise SimulationError(f"unknown backend {name!r}; registered: {', '.join(BACKENDS)}")
+        ok, why = entry.available()
         if ok:
-            from snncc.runtime.cython_engine import CythonSimulator, CythonTemporalSimulator
-
-            engine = CythonTemporalSimulator if temporal else CythonSimulator
-            return engine(graph, timesteps, threads=threads), "cython"
-        if not _warned_fallback:
+            break
+        if entry.fallback is None or entry.fallback in seen:
+            raise SimulationError(f"backend {name!r} is not available here ({why}); {entry.hint or 'choose another'}")
+        if explicit and not _warned_fallback:
             _warned_fallback = True
-            warnings.warn(f"the Cython runtime is not built ({why}); simulating with the numpy reference instead. "
-                          f"To use it, {BUILD_HINT}.", BackendFallbackWarning, stacklevel=3)
-    return (TemporalSimulator(graph, timesteps) if temporal else ReferenceSimulator(graph, timesteps)), "reference"
+            warnings.warn(f"the {name} backend is not available ({why}); simulating with the {entry.fallback} "
+                          f"backend instead. To use it, {entry.hint}.", BackendFallbackWarning, stacklevel=3)
+        seen.append(name)
+        name = entry.fallback
+    factory = entry.temporal if temporal else entry.rate
+    if factory is None:
+        kind = "temporal (FS/AMOS)" if temporal else "rate-coded"
+        raise SimulationError(f"backend {name!r} does not run {kind} graphs; use "
+                              f"{', '.join(n for n, b in BACKENDS.items() if (b.temporal if temporal else b.rate))}")
+    return factory(graph, timesteps, threads), name
 
 
 @dataclass
@@ -148,15 +225,14 @@ class SimulationResult:
 class Simulator:
     """Run an SNN-level graph on a batch of inputs for ``timesteps`` steps.
 
-    ``backend``: one of :data:`BACKENDS` (default :data:`DEFAULT_BACKEND`); ``self.backend`` is the one that runs
-    (the reference after a fallback). ``timesteps`` may be None for temporal codings (FS, AMOS): their latency. ``threads``: threads of the Cython kernels (default: OpenMP's default).
+    ``backend``: a name registered in :data:`BACKENDS`; None (the default) is the compiled runtime where it is
+    built and the reference otherwise. ``self.backend`` is the one that runs (the reference after a fallback). ``timesteps`` may be None for temporal codings (FS, AMOS): their latency. ``threads``: threads of the Cython kernels (default: OpenMP's default).
     """
 
     def __init__(self, graph: Graph, timesteps: int | None, backend: str | None = None, batch_size: int = 100,
                  threads: int | None = None) -> None:
-        backend = DEFAULT_BACKEND if backend is None else backend
-        if backend not in BACKENDS:
-            raise SimulationError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        if backend is not None and backend not in BACKENDS:
+            raise SimulationError(f"unknown backend {backend!r}; registered: {', '.join(BACKENDS)}")
         if batch_size < 1:
             raise SimulationError(f"batch size must be positive, got {batch_size}")
         if threads is not None and threads < 1:
@@ -184,5 +260,5 @@ class Simulator:
                                 latency=self.latency, max_spikes_per_neuron=most)
 
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "BackendFallbackWarning", "SimulationResult", "Simulator", "TemporalSimulator",
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "BackendFallbackWarning", "register_backend", "SimulationResult", "Simulator", "TemporalSimulator",
            "cython_available", "is_temporal", "run_analog"]

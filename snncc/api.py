@@ -123,8 +123,9 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
     K steps) and ``max_spikes_per_neuron`` checked over every neuron and input.
 
     ``x`` holds raw inputs; the graph's recorded input scaling is applied here. ``backend`` picks the simulator
-    (``snncc.runtime.BACKENDS``; default the reference) and ``threads`` the Cython runtime's threads. The report
-    records the backend that ran, the simulation's ``seconds`` and ``images_per_second``.
+    (a name in ``snncc.runtime.BACKENDS``; default the compiled runtime where it is built, else the reference) and
+    ``threads`` the Cython runtime's threads. The report records the backend that ran, the simulation's
+    ``seconds`` and ``images_per_second``.
     """
     if not timesteps or min(timesteps) < 1:
         raise SnnccError(f"timesteps must be positive integers, got {timesteps}")

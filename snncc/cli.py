@@ -159,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=100)
 
     def simulator_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backend", choices=["reference", "cython"], default=None,
-                       help="SNN simulator: the numpy reference (default) or the compiled Cython runtime (same "
-                            "spikes, faster; falls back to the reference with a warning when not built)")
+        p.add_argument("--backend", default=None, metavar="NAME",
+                       help="SNN simulator: cython, the compiled runtime (the default where it is built; the same "
+                            "spikes as the reference, several times faster), or reference, the numpy reference "
+                            "simulator (the default otherwise); --backend cython without the build falls back to "
+                            "the reference with a warning")
         p.add_argument("--threads", type=_positive, default=None,
                        help="threads of the Cython runtime (default: OMP_NUM_THREADS or all cores); numpy's BLAS "
                             "follows OPENBLAS_NUM_THREADS")

@@ -620,3 +620,32 @@ def test_signed_neurons_agree_spike_for_spike(inputs, maxpool):
     for node in ref.spikes:
         np.testing.assert_array_equal(fast.spikes[node], ref.spikes[node])
     np.testing.assert_array_equal(fast.synops, ref.synops)
+
+
+@pytest.mark.parametrize("neuron", [IF(threshold=(0.5, 1.0, 1.5, 0.8), v_init=(0.5, 0.0, 0.2, 0.5)),
+                                    LIF(threshold=1.0, tau_mem=(2.0, 5.0, 0.0, 9.0), reset="zero"),
+                                    IF(threshold=(0.7, 1.2, 1.0, 0.9), signed=True)])
+def test_per_channel_populations_run_the_reference_state_with_the_same_spikes(neuron):
+    """The kernels take one threshold per population, so a population with per-channel parameters runs the
+    reference's state inside the Cython engine; spikes, outputs and synaptic operations are the reference's."""
+    rng = np.random.default_rng(12)
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(2, 8, 8)), name="x")
+    h = g.add(ops.Conv2d(weight=rng.normal(0, 0.5, (4, 2, 3, 3)), padding=(1, 1, 1, 1)), [h], name="conv1")
+    h = g.add(ops.Population(neuron=neuron), [h], name="pop1")
+    h = g.add(ops.SpikingMaxPool2d(kernel=(2, 2), stride=(2, 2)), [h], name="pool")
+    h = g.add(ops.Conv2d(weight=rng.normal(0, 0.5, (4, 4, 3, 3)) * 8 // 1 / 8), [h], name="conv2")
+    h = g.add(ops.Population(neuron=IF()), [h], name="pop2")
+    h = g.add(ops.Flatten(), [h])
+    g.outputs = [g.add(ops.Readout(), [g.add(ops.Linear(weight=np.ones((3, 16)) / 4), [h])])]
+    x = rng.uniform(0, 1, (5, 2, 8, 8)).astype(np.float32)
+    engine = cython_engine.CythonSimulator(g, 24)
+    assert isinstance(engine.plans["pop1"], cython_engine._ReferencePopulation)
+    assert isinstance(engine.plans["pop2"], cython_engine._Population)
+    expected = reference.ReferenceSimulator(g, 24).run_batch(x)
+    got = engine.run_batch(x)
+    for name in expected.spikes:
+        np.testing.assert_array_equal(got.spikes[name], expected.spikes[name])
+    np.testing.assert_array_equal(got.outputs[0], expected.outputs[0])
+    np.testing.assert_array_equal(got.synops, expected.synops)
+    assert expected.spikes["pop1"].sum() > 0 and expected.spikes["pop2"].sum() > 0

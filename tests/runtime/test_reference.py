@@ -173,3 +173,34 @@ def test_signed_conversion_runs_and_counts_negative_spikes(cnn, inputs):
     assert all(snn.op(n).neuron.signed for n in snn.find(ops.Population))
     result = Simulator(snn, timesteps=64, backend="reference").run(inputs)  # only the reference has them
     assert sum(s.sum() for s in result.spikes.values()) > 0
+
+
+def _channels_graph(neuron, channels=3):
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(channels, 5, 5)), name="x")
+    h = g.add(ops.Population(neuron=neuron), [h], name="pop")
+    h = g.add(ops.Flatten(), [h])
+    g.outputs = [g.add(ops.Readout(), [h], name="out")]
+    return g
+
+
+@pytest.mark.parametrize("make", [lambda t, v: IF(threshold=t, v_init=v, reset="zero"),
+                                  lambda t, v: IF(threshold=t, v_init=v, signed=True),
+                                  lambda t, v: LIF(threshold=t, v_init=v, tau_mem=3.0)])
+def test_per_channel_parameters_run_each_channel_with_its_own_values(make):
+    """A per-channel population is bit for bit the scalar populations of its channels, and a tuple of equal values
+    is bit for bit the scalar."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-0.5, 1.5, (4, 3, 5, 5)).astype(np.float32)
+    thresholds, v_inits = (0.6, 1.0, 1.7), (0.5, 0.0, 0.3)
+    joint = reference.ReferenceSimulator(_channels_graph(make(thresholds, v_inits)), 20).run_batch(x)
+    per_channel = joint.outputs[0].reshape(20, 4, 3, 25)
+    for c in range(3):
+        alone = reference.ReferenceSimulator(_channels_graph(make(thresholds[c], v_inits[c]), 1), 20)
+        expected = alone.run_batch(x[:, c:c + 1]).outputs[0]
+        np.testing.assert_array_equal(per_channel[:, :, c], expected.reshape(20, 4, 25))
+    same = reference.ReferenceSimulator(_channels_graph(make((0.8,) * 3, (0.5,) * 3)), 20).run_batch(x)
+    scalar = reference.ReferenceSimulator(_channels_graph(make(0.8, 0.5)), 20).run_batch(x)
+    np.testing.assert_array_equal(same.outputs[0], scalar.outputs[0])
+    np.testing.assert_array_equal(same.spikes["pop"], scalar.spikes["pop"])
+    assert 0 < joint.spikes["pop"].sum()
