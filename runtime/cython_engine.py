@@ -637,7 +637,7 @@ _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Reado
 class CythonTemporalSimulator(TemporalSimulator):
     """The temporal (FS/AMOS) simulator with compiled units: the same schedule and numpy kernels for the linear ops
     (they act on decoded values, where BLAS is the fast path), and the units in :func:`_kernels.temporal_units`,
-    which reproduce :mod:`snncc.runtime.fewspike` bit for bit."""
+    which reproduce the window functions of :mod:`snncc.runtime.dynamics` bit for bit."""
 
     def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None) -> None:
         super().__init__(graph, timesteps)
