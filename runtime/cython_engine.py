@@ -505,7 +505,7 @@ class CythonSimulator(ReferenceSimulator):
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
-        graph, types = self.graph, self.types
+        graph = self.graph
         self._fan_outs64 = {n: f.astype(np.float64) for n, f in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, _Plan] = {}
