@@ -293,7 +293,7 @@ def population_steps(const float[:, :, ::1] current, float[:, ::1] v, spike_t[:,
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Temporal units (FS and AMOS, runtime/fewspike.py is the specification)
+# Temporal units (FS and AMOS; the window functions of runtime/dynamics.py are the specification)
 # --------------------------------------------------------------------------------------------------------------
 
 def temporal_units(const float[::1] x, const float[::1] threshold, const float[::1] height,
