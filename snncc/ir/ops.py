@@ -42,6 +42,18 @@ class Op:
     keeps_coding: ClassVar[bool] = True
     # Synaptic ops are the ones whose inputs arrive through weights: their events are counted as synaptic operations.
     synaptic: ClassVar[bool] = False
+    # Every output element is one of the input's elements, or the constant ``fill_value`` where the op pads: a
+    # binary spike train stays a binary spike train through the op when it pads with zero (silent inputs).
+    passes_spikes: ClassVar[bool] = False
+    # The output holds all of the input's elements in the same (row-major) order; only the per-sample shape changes.
+    # A view of a population's spikes is that population's spikes (the simulators read them in place).
+    is_view: ClassVar[bool] = False
+
+    @property
+    def fill_value(self) -> float:
+        """The constant an op of ``passes_spikes`` writes where an output element has no input element (0.0 when
+        it pads nothing); a padding with a non-zero constant does not pass spikes."""
+        return 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -262,11 +274,16 @@ class Pad2d(Op):
     """Constant padding of the two spatial axes, (top, left, bottom, right)."""
 
     kind: ClassVar[str] = "Pad2d"
+    passes_spikes: ClassVar[bool] = True
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     value: float = 0.0
 
     def validate(self) -> None:
         _pair("padding", self.kind, self.padding, n=4, minimum=0)
+
+    @property
+    def fill_value(self) -> float:
+        return self.value
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -284,12 +301,17 @@ class ChannelPad(Op):
     """
 
     kind: ClassVar[str] = "ChannelPad"
+    passes_spikes: ClassVar[bool] = True
     before: int = 0
     after: int = 0
     value: float = 0.0
 
     def validate(self) -> None:
         _pair("(before, after)", self.kind, (self.before, self.after), minimum=0)
+
+    @property
+    def fill_value(self) -> float:
+        return self.value
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -307,6 +329,7 @@ class Slice(Op):
     """
 
     kind: ClassVar[str] = "Slice"
+    passes_spikes: ClassVar[bool] = True
     starts: tuple[int, ...] = ()
     stops: tuple[int, ...] = ()
     steps: tuple[int, ...] = ()
@@ -336,6 +359,8 @@ class Flatten(Op):
     """Flatten every per-sample axis into one (ONNX Flatten with axis=1)."""
 
     kind: ClassVar[str] = "Flatten"
+    passes_spikes: ClassVar[bool] = True
+    is_view: ClassVar[bool] = True
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -347,6 +372,8 @@ class Reshape(Op):
     """Reshape to the per-sample ``shape`` (row-major, like numpy)."""
 
     kind: ClassVar[str] = "Reshape"
+    passes_spikes: ClassVar[bool] = True
+    is_view: ClassVar[bool] = True
     shape: tuple[int, ...] = ()
 
     def validate(self) -> None:
@@ -425,6 +452,8 @@ class Identity(Op):
     """Passes its input through (ONNX Identity and inference-mode Dropout); canonicalize removes it."""
 
     kind: ClassVar[str] = "Identity"
+    passes_spikes: ClassVar[bool] = True
+    is_view: ClassVar[bool] = True
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         return inputs[0]

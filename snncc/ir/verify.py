@@ -7,7 +7,7 @@ be pooled as a value); every operand of an Add or Concat carries the same coding
 
 Spikes only (opt-in, ``graph.attrs["spikes_only"]``, set by the ``sew`` pass): every signal between layers is a
 binary spike train. The operand of every synaptic op (Conv2d, Linear, AvgPool2d, GlobalAvgPool) and of every
-SpikingMaxPool2d must be, seen through views, slices and zero paddings (:data:`SPIKE_PRESERVING`), a Population, a
+SpikingMaxPool2d must be, seen through views, slices and zero paddings (ops with ``passes_spikes``), a Population, a
 SpikingMaxPool2d of spikes, the network input (the analog current of the encoding layer) or another synaptic op
 (consecutive linear maps, such as global average pooling into the classifier, are one synaptic layer); a Concat
 must join such signals. An Add or Affine of spike trains (a graded signal, e.g. 0, 1 or 2 after the ADD of two
@@ -24,8 +24,9 @@ from snncc.ir.ops import ANN, SNN, Add, Concat, MaxPool2d
 from snncc.ir.types import TensorType
 
 LEVELS = (ANN, SNN)
-#: Ops that carry a binary spike train through unchanged or rearranged (a zero padding adds silent inputs).
-SPIKE_PRESERVING = (ops.Flatten, ops.Reshape, ops.Identity, ops.Slice, ops.ChannelPad, ops.Pad2d)
+#: The op classes with ``passes_spikes``, derived from the property; kept only until passes/sew.py reads the
+#: property itself (``op.passes_spikes and op.fill_value == 0``), then to be removed.
+SPIKE_PRESERVING = tuple(cls for cls in ops.OPS.values() if cls.passes_spikes)
 #: Where a spike train (or a synaptic input) may originate under ``spikes_only``.
 _SPIKE_SOURCES = (ops.Population, ops.SpikingMaxPool2d, ops.Input)
 
@@ -33,9 +34,9 @@ _SPIKE_SOURCES = (ops.Population, ops.SpikingMaxPool2d, ops.Input)
 def _spike_source_problem(graph: Graph, node: str) -> str | None:
     """Why the value of ``node`` is not a spike train (or a synaptic current, or the input); None if it is one."""
     op = graph.op(node)
-    if isinstance(op, SPIKE_PRESERVING):
-        if isinstance(op, (ops.ChannelPad, ops.Pad2d)) and op.value != 0:
-            return f"{op.kind} {node!r} pads with {op.value:g}, which is not a spike"
+    if op.passes_spikes:
+        if op.fill_value != 0:
+            return f"{op.kind} {node!r} pads with {op.fill_value:g}, which is not a spike"
         return _spike_source_problem(graph, graph.inputs(node)[0])
     if isinstance(op, ops.Concat):  # a concatenation of spike trains is one
         return next(filter(None, (_spike_source_problem(graph, u) for u in graph.inputs(node))), None)
