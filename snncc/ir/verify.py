@@ -119,14 +119,14 @@ def _neuron_parameters_are_integers(graph: Graph, types: dict[str, TensorType]) 
 class Level:
     """The rules of one IR level, as data.
 
-    ``ops``: the op classes legal at the level (each op class lists its ``levels``). ``codings``: the coding
+    ``op_classes``: the op classes legal at the level (each op class lists its ``levels``). ``codings``: the coding
     classes its edges may carry; ``output_codings``: those of its graph outputs. ``array_kinds``: the numpy dtype
     kinds of array parameters (``"f"`` float, ``"iub"`` integers and booleans). ``placement``: whether nodes may
     carry a Placement. ``rules``: further properties that must hold.
     """
 
     name: str
-    ops: frozenset[type[ops.Op]]
+    op_classes: frozenset[type[ops.Op]]
     codings: frozenset[type[Coding]]
     output_codings: frozenset[type[Coding]]
     array_kinds: str
@@ -161,7 +161,7 @@ def _level_problems(level: Level, graph: Graph, types: dict[str, TensorType]) ->
     problems = []
     for node in graph.topological_order():
         op = graph.op(node)
-        if type(op) not in level.ops:
+        if type(op) not in level.op_classes:
             problems.append(f"{node!r}: {op.kind} is not legal at the {level.name} level")
         if type(types[node].coding) not in level.codings:
             problems.append(f"{node!r}: {types[node].coding} coding in an {level.name}-level graph")

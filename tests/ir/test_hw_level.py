@@ -109,9 +109,9 @@ def test_ann_and_snn_levels_reject_integer_arrays_and_placements():
 
 
 def test_ops_a_chip_does_not_hold_are_illegal_at_hw():
-    assert ops.MaxPool2d not in LEVELS[HW].ops and ops.Affine not in LEVELS[HW].ops
-    assert not any(cls in LEVELS[HW].ops for cls in ops.ACTIVATIONS)
-    assert {ops.Conv2d, ops.Linear, ops.Population, ops.Readout, ops.SpikingMaxPool2d} <= LEVELS[HW].ops
+    assert ops.MaxPool2d not in LEVELS[HW].op_classes and ops.Affine not in LEVELS[HW].op_classes
+    assert not any(cls in LEVELS[HW].op_classes for cls in ops.ACTIVATIONS)
+    assert {ops.Conv2d, ops.Linear, ops.Population, ops.Readout, ops.SpikingMaxPool2d} <= LEVELS[HW].op_classes
     g = hw_graph()
     g.insert_after("conv", ops.MaxPool2d(kernel=(1, 1), stride=(1, 1)), name="pool")
     with pytest.raises(VerificationError, match="'pool': MaxPool2d is not legal at the hw level"):
@@ -119,7 +119,7 @@ def test_ops_a_chip_does_not_hold_are_illegal_at_hw():
 
 
 def test_every_op_is_legal_at_some_level_and_unknown_levels_are_refused():
-    assert all(any(cls in level.ops for level in LEVELS.values()) for cls in ops.OPS.values())
+    assert all(any(cls in level.op_classes for level in LEVELS.values()) for cls in ops.OPS.values())
     g = hw_graph()
     g.attrs["level"] = "chip"
     with pytest.raises(VerificationError, match=r"unknown IR level 'chip'; expected one of \('ann', 'snn', 'hw'\)"):
