@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from snncc import fileio
 from snncc.data import InputScaling
 from snncc.errors import SnnccError
 from snncc.frontend.onnx import import_onnx, load_model
@@ -164,19 +163,8 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a report as JSON atomically (:func:`snncc.fileio.write_json`)."""
+    return fileio.write_json(data, path)
 
 
 def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -> Path:
@@ -207,20 +195,15 @@ def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    """Write a matplotlib figure as PNG atomically (:func:`snncc.fileio.atomic_writer`) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with fileio.atomic_writer(path) as fh:
+            fig.savefig(fh, format="png", dpi=120)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
-    return path
+    return Path(path)
 
 
 def format_table(report: dict) -> str:
