@@ -10,16 +10,22 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 
 from snncc import fileio
 from snncc.data import InputScaling
 from snncc.errors import SnnccError
 from snncc.frontend.onnx import import_onnx, load_model
+from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import Graph, ops
 from snncc.passes import PassContext, run_pipeline
 from snncc.runtime import Simulator, is_temporal
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("rate", "fs", "amos")
 DEFAULT_PIPELINES = {"rate": "canonicalize,normalize,convert-rate", "fs": "canonicalize,normalize,convert-fs",
@@ -45,20 +51,47 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def compile_model(model: str | Path, method: str = "rate", calibration: np.ndarray | None = None,
-                  pipeline: str | None = None, input_scaling: InputScaling | None = None,
-                  progress: bool = False, seed: int = 0, fs_steps: int | None = None) -> Graph:
-    """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here)."""
+def compile_model(model: str | Path | onnx.ModelProto | torch.nn.Module, method: str = "rate",
+                  calibration: np.ndarray | None = None, pipeline: str | None = None,
+                  input_scaling: InputScaling | None = None, progress: bool = False, seed: int = 0,
+                  fs_steps: int | None = None, example_input: object = None, exporter: str = "torchscript") -> Graph:
+    """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here).
+
+    ``model`` is an ONNX file, an ``onnx.ModelProto``, or a ``torch.nn.Module``; a module is exported to ONNX in
+    memory first (:mod:`snncc.frontend.torch_export`; ``example_input`` is a tensor or array of one input batch, or
+    its shape, and ``exporter`` is ``"torchscript"`` or ``"dynamo"``) and then compiled exactly as its ONNX file
+    would be. ``graph.attrs["source_model"]`` records the file's path and SHA-256, or the module's class and the
+    SHA-256 of the exported ONNX bytes.
+    """
     input_scaling = input_scaling or InputScaling()
+    model, source = _onnx_source(model, example_input, exporter)
     graph = import_onnx(model)
+    if source is None:  # a file: hashed once it is known to be a readable ONNX model
+        source = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
     calib = None if calibration is None else input_scaling.apply(calibration)
     if pipeline is not None and fs_steps is not None:
         raise SnnccError("give either a pipeline or --fs-steps (set steps in the pipeline: convert-fs{steps=K})")
     pipeline = pipeline or default_pipeline(method, fs_steps)
     graph = run_pipeline(graph, pipeline, PassContext(calibration=calib, seed=seed, progress=progress))
     graph.attrs["input_scaling"] = input_scaling.to_json()
-    graph.attrs["source_model"] = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
+    graph.attrs["source_model"] = source
     return graph
+
+
+def _onnx_source(model: object, example_input: object,
+                 exporter: str) -> tuple[str | Path | onnx.ModelProto, dict | None]:
+    """What ``import_onnx`` reads for ``model``, and the record of where it came from (None for a file)."""
+    if is_torch_module(model):
+        exported = export_module(model, example_input, exporter)
+        return exported.model, exported.source
+    if example_input is not None:
+        raise SnnccError(f"example_input applies to torch.nn.Module models only, not to {type(model).__name__}")
+    if isinstance(model, onnx.ModelProto):
+        return model, {"graph": model.graph.name, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
+    if isinstance(model, (str, Path)):
+        return model, None
+    raise SnnccError(f"cannot compile a {type(model).__name__}: give an ONNX file path, an onnx.ModelProto or a "
+                     "torch.nn.Module (with example_input=)")
 
 
 def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
