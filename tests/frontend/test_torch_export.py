@@ -68,7 +68,7 @@ def test_module_compiles_to_the_same_snn_as_its_onnx_file(name):
     module.classifier.eval()  # mixed modes: each submodule's flag must come back as it was
     modes = {n: m.training for n, m in module.named_modules()}
     dataset = data_dir(SHIPPED[name][1])
-    calib, _ = load_dataset(dataset, split="train", limit=300)
+    calib, _ = load_dataset(dataset, split="train", limit=100)
     x, _ = load_dataset(dataset, split="test", limit=50)
     from_file = compile_model(MODELS / f"{name}.onnx", calibration=calib, input_scaling=UNIT)
     from_module = snncc.compile_model(module, example_input=(1, 1, 28, 28), calibration=calib, input_scaling=UNIT)
@@ -77,7 +77,7 @@ def test_module_compiles_to_the_same_snn_as_its_onnx_file(name):
     source = from_module.attrs["source_model"]
     assert source["torch_module"].endswith(f".{SHIPPED[name][0]}") and len(source["sha256"]) == 64
     assert "path" not in source and source["exporter"] == "torchscript"
-    results = [Simulator(g, timesteps=16).run(UNIT.apply(x)) for g in (from_file, from_module)]
+    results = [Simulator(g, timesteps=8).run(UNIT.apply(x)) for g in (from_file, from_module)]
     np.testing.assert_array_equal(results[0].outputs, results[1].outputs)
     assert results[0].spikes.keys() == results[1].spikes.keys()
     for population, spikes in results[0].spikes.items():
