@@ -17,12 +17,13 @@ import onnx
 
 from snncc import fileio
 from snncc.data import InputScaling
-from snncc.errors import SnnccError
+from snncc.errors import DataError, SnnccError
 from snncc.frontend.onnx import import_onnx, load_model
 from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import Graph, ops
 from snncc.passes import PassContext, run_pipeline
 from snncc.runtime import Simulator, is_temporal
+from snncc.runtime.analog import check_input
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +105,10 @@ def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: in
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     meta = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else -1 for d in meta.shape]
+    sample = int(np.prod(x.shape[1:]))
+    if min(shape[1:], default=1) > 0 and sample != int(np.prod(shape[1:])):
+        raise DataError(f"input data of shape {tuple(x.shape[1:])} per sample does not fit the ONNX model input "
+                        f"{meta.name!r} of shape {tuple(shape[1:])} ({model}); check the data set")
     fixed_batch = shape[0] == 1
     correct = 0
     step = 1 if fixed_batch else batch_size
@@ -161,7 +166,7 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
     if not timesteps or min(timesteps) < 1:
         raise SnnccError(f"timesteps must be positive integers, got {timesteps}")
     scaling = InputScaling.from_json(graph.attrs.get("input_scaling", {}))
-    xs = scaling.apply(x)
+    xs = check_input(graph, scaling.apply(x))  # wrong-shape data fail here, before the ANN runs, with one message
     temporal = is_temporal(graph)
     simulator = Simulator(graph, timesteps=None if temporal else max(timesteps), backend=backend,
                           batch_size=batch_size, threads=threads)
@@ -198,6 +203,19 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
 def write_json(data: dict, path: str | Path) -> Path:
     """Write a report as JSON atomically (:func:`snncc.fileio.write_json`)."""
     return fileio.write_json(data, path)
+
+
+def model_name(graph: Graph, onnx_model: str | Path | None = None) -> str:
+    """The name of the model for titles and labels: ``graph.attrs["name"]`` if set, else the stem of the ONNX file it
+    was compiled from, else the torch module's class name, else the stem of ``onnx_model``, else ``"model"``."""
+    source = graph.attrs.get("source_model") or {}
+    if graph.attrs.get("name"):
+        return str(graph.attrs["name"])
+    if source.get("path"):
+        return Path(source["path"]).name.removesuffix(".onnx")
+    if source.get("torch_module"):
+        return source["torch_module"].rsplit(".", 1)[-1]
+    return Path(str(onnx_model)).name.removesuffix(".onnx") if onnx_model is not None else "model"
 
 
 def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -> Path:
