@@ -125,7 +125,6 @@ def _cache_read(key: str) -> FitResult | None:
 def _cache_write(key: str, result: FitResult) -> None:
     directory = _cache_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         data = {"schema_version": CACHE_SCHEMA_VERSION, "key": key, **result.to_json()}
         write_json(data, directory / f"{key}.json", indent=None)
     except OSError as exc:  # an unwritable cache only costs time

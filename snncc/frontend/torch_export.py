@@ -123,8 +123,6 @@ def export_module(module: object, example_input: object, exporter: str = "torchs
     module.eval()
     try:
         data = export(torch, module, x)
-    except SnnccError:
-        raise
     except Exception as exc:  # the exporters raise many types (tracing, unsupported aten ops, shape errors)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FrontendError(f"torch's {exporter} ONNX exporter failed on {type(module).__name__} with an example "

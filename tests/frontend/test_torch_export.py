@@ -15,7 +15,7 @@ from torch import nn
 import snncc
 from snncc.api import compile_model
 from snncc.data import InputScaling, load_dataset
-from snncc.errors import SnnccError, UnsupportedModelError
+from snncc.errors import FrontendError, SnnccError, UnsupportedModelError
 from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import to_text
 from snncc.runtime import Simulator
@@ -113,6 +113,15 @@ def test_a_module_with_an_unsupported_layer_gives_the_unsupported_operator_error
     with pytest.raises(UnsupportedModelError, match=r"1 node\(s\) cannot be converted") as info:
         compile_model(module, example_input=(1, 1, 8, 8))
     assert "'/1/Softplus' (Softplus): operator not supported" in str(info.value)
+
+
+def test_an_example_input_the_module_cannot_take_is_a_frontend_error():
+    module = nn.Sequential(nn.Flatten(), nn.Linear(10, 2))
+    module.train()
+    with pytest.raises(FrontendError, match=r"torch's torchscript ONNX exporter failed on Sequential with an example "
+                                            r"input of shape \(1, 5\): .*"):
+        compile_model(module, example_input=(1, 5))
+    assert module.training and module[1].training
 
 
 def test_a_module_needs_an_example_input():
