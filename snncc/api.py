@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from snncc.data import InputScaling
+from snncc.data import InputScaling, check_sample_shape
 from snncc.errors import SnnccError
+from snncc.frontend.metadata import check_calibration_range, choose_scaling, read_declaration
 from snncc.frontend.onnx import import_onnx, load_model
 from snncc.ir import Graph, ops
 from snncc.passes import PassContext, run_pipeline
@@ -49,15 +50,29 @@ def sha256_file(path: str | Path) -> str:
 def compile_model(model: str | Path, method: str = "rate", calibration: np.ndarray | None = None,
                   pipeline: str | None = None, input_scaling: InputScaling | None = None,
                   progress: bool = False, seed: int = 0, fs_steps: int | None = None) -> Graph:
-    """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here)."""
-    input_scaling = input_scaling or InputScaling()
-    graph = import_onnx(model)
+    """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here).
+
+    Without ``input_scaling`` the scaling the model declares in its ONNX metadata is used, else none
+    (:mod:`snncc.frontend.metadata`); ``graph.attrs["input_scaling_source"]`` says which. Calibration data far outside
+    the input range the model declares give an :class:`~snncc.errors.InputRangeWarning`.
+    """
+    proto = load_model(model)
+    declaration = read_declaration(proto, str(model))
+    input_scaling, scaling_source = choose_scaling(input_scaling, declaration)
+    graph = import_onnx(proto)
+    model_shape = graph.op(graph.input_nodes()[0]).shape
+    input_scaling.check_channels(model_shape, where=str(model))
+    if calibration is not None:
+        check_sample_shape(calibration.shape[1:], model_shape, "the calibration data", str(model))
     calib = None if calibration is None else input_scaling.apply(calibration)
+    if calib is not None:
+        check_calibration_range(calib, declaration, input_scaling, where=str(model))
     if pipeline is not None and fs_steps is not None:
         raise SnnccError("give either a pipeline or --fs-steps (set steps in the pipeline: convert-fs{steps=K})")
     pipeline = pipeline or default_pipeline(method, fs_steps)
     graph = run_pipeline(graph, pipeline, PassContext(calibration=calib, seed=seed, progress=progress))
     graph.attrs["input_scaling"] = input_scaling.to_json()
+    graph.attrs["input_scaling_source"] = scaling_source
     graph.attrs["source_model"] = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
     return graph
 

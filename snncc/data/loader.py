@@ -173,22 +173,29 @@ def _is_image_folder(path: Path) -> bool:
     return path.is_dir() and not idx.has_idx(path) and not list(path.glob("*.bin"))
 
 
+def check_sample_shape(data_shape: tuple[int, ...], model_shape: tuple[int, ...], data: str = "the data",
+                       where: str = "the model") -> None:
+    """Raise DataError when samples of ``data_shape`` cannot feed a model input of per-sample ``model_shape``.
+
+    Channel mismatches are named as such (grayscale against RGB); a size mismatch of images gets the resize remedy."""
+    data_shape, model_shape = tuple(data_shape), tuple(model_shape)
+    if data_shape == model_shape:
+        return
+    if len(data_shape) == 3 and len(model_shape) == 3 and data_shape[0] != model_shape[0]:
+        kinds = {1: "grayscale", 3: "RGB", 4: "RGBA"}
+        raise DataError(f"{data} {data_shape} have {data_shape[0]} channel{'s' * (data_shape[0] != 1)} "
+                        f"({kinds.get(data_shape[0], 'multi-channel')}) but {where} takes {model_shape[0]} "
+                        f"({kinds.get(model_shape[0], 'multi-channel')}, input shape {model_shape}); convert the "
+                        f"images (load_dataset(..., channels={model_shape[0]}) for image folders)")
+    remedy = f"; for images {images.SIZE_REMEDY}" if len(data_shape) == 3 and len(model_shape) == 3 else ""
+    raise DataError(f"{data} have samples of shape {data_shape} but {where} takes {model_shape}{remedy}")
+
+
 def check_against_model(info: DatasetInfo, sample_shape: tuple[int, ...], outputs: int | None = None,
                         where: str = "the model") -> None:
-    """Raise DataError when the data cannot be fed to a model input of per-sample ``sample_shape``.
-
-    Names the channel counts (grayscale against RGB), the image sizes with the resize remedy, or labels beyond the
-    model's ``outputs`` classes."""
-    data = tuple(info.sample_shape)
-    model = tuple(sample_shape)
-    if data != model and int(np.prod(data)) != int(np.prod(model)):
-        if len(data) == 3 and len(model) == 3 and data[0] != model[0]:
-            kinds = {1: "grayscale", 3: "RGB", 4: "RGBA"}
-            raise DataError(f"{info.path} has {data[0]}-channel ({kinds.get(data[0], 'multi-channel')}) samples but "
-                            f"{where} takes {model[0]} channel{'s' * (model[0] != 1)} "
-                            f"({kinds.get(model[0], 'multi-channel')}, input shape {model}); convert the images")
-        remedy = f"; {images.SIZE_REMEDY}" if info.format.startswith("image folder") else ""
-        raise DataError(f"{info.path} has samples of shape {data} but {where} takes {model}{remedy}")
+    """Raise DataError when the data set cannot be fed to a model input of per-sample ``sample_shape`` or has
+    labels beyond the model's ``outputs`` classes."""
+    check_sample_shape(info.sample_shape, sample_shape, f"the samples of {info.path}", where)
     if outputs is not None and info.max_label >= outputs:
         raise DataError(f"{info.path} has labels up to {info.max_label} but {where} has {outputs} outputs; "
                         f"check that the data set and the model match")
