@@ -59,8 +59,7 @@ def _size(text: str) -> tuple[int, int]:
 def _load(path: Path, split: str, limit: int | None, args: argparse.Namespace, role: str):
     """Load a data set with the image options of the command line and print what was found."""
     data = load_dataset(path, split=split, limit=limit, resize=args.resize, center_crop=args.center_crop)
-    if not args.quiet:
-        print(f"{role}: {data.info.describe()}")
+    print(f"{role}: {data.info.describe()}")
     return data
 
 
