@@ -86,15 +86,6 @@ class InputScaling:
         mean, std = self._operand(self.mean, x.ndim), self._operand(self.std, x.ndim)
         return ((x * np.float32(self.scale) - mean) / std).astype(np.float32)
 
-    def value_range(self, low: float, high: float) -> tuple[float, float]:
-        """The smallest and largest scaled value of stored values in ``[low, high]`` over all channels."""
-        ends = [(v * self.scale - m) / s for v in (low, high)
-                for m, s in zip(np.broadcast_to(self.mean, self._width()), np.broadcast_to(self.std, self._width()))]
-        return float(min(ends)), float(max(ends))
-
-    def _width(self) -> int:
-        return self.channels or 1
-
     def to_json(self) -> dict[str, float | list[float]]:
         """``{"scale", "mean", "std"}``; scalars stay numbers (the form of files written before per-channel values)."""
         def form(values: tuple[float, ...]) -> float | list[float]:
