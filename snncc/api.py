@@ -1,6 +1,6 @@
 """The Python API behind the command line: compile an ONNX model into an SNN, evaluate it, describe it.
 
->>> graph = compile_model("models/lenet5-mnist.onnx", calibration=x_train[:2000] / 255)
+>>> graph = compile_model("models/lenet5-mnist.onnx", calibration=x_train[:2000])  # pixels; the model declares x/255
 >>> report = evaluate(graph, x_test, y_test, timesteps=[8, 16, 32], onnx_model="models/lenet5-mnist.onnx")
 """
 
