@@ -10,4 +10,5 @@ from snncc.data.idx import read_idx
 from snncc.data.loader import Dataset, DatasetInfo, check_against_model, check_sample_shape, load_dataset
 from snncc.data.scaling import PRESETS, InputScaling
 
-__all__ = ["PRESETS", "Dataset", "DatasetInfo", "InputScaling", "check_against_model", "check_sample_shape", "load_dataset", "read_idx"]
+__all__ = ["PRESETS", "Dataset", "DatasetInfo", "InputScaling", "check_against_model", "check_sample_shape",
+           "load_dataset", "read_idx"]

@@ -91,6 +91,8 @@ def load_dataset(path: str | Path, split: str = "test", limit: int | None = None
         raise DataError(f"--limit must be positive, got {limit}")
     found = _read(path, split, limit, resize, center_crop, channels, cifar100_labels)
     x, y, fmt = found[:3]
+    if (resize is not None or center_crop is not None or channels is not None) and not fmt.startswith("image folder"):
+        raise DataError(f"resize, center crop and channels apply to folders of images; {path} is {fmt} data")
     class_names, labels_from = (found[3], found[4]) if len(found) > 3 else (None, None)
     if x.ndim == 3:
         x = x[:, None]
@@ -117,8 +119,6 @@ def load_dataset(path: str | Path, split: str = "test", limit: int | None = None
 
 def _read(path: Path, split: str, limit: int | None, resize, center_crop, channels, cifar100_labels) -> tuple:
     """``(x, y, format[, class names, labels from])`` of whatever ``path`` holds."""
-    if (resize is not None or center_crop is not None or channels is not None) and not _is_image_folder(path):
-        raise DataError(f"resize, center crop and channels apply to folders of images; {path} is not one")
     if not path.exists():
         pair = arrays.find_npy_pair(path, split)
         if pair is not None:
@@ -167,10 +167,6 @@ def _read_file(path: Path, cifar100_labels: str) -> tuple:
     if suffix in images.SUFFIXES:
         raise DataError(f"{path} is one image; point at the folder that holds the images")
     raise DataError(f"{path}: unknown data format; pass {SUPPORTED}")
-
-
-def _is_image_folder(path: Path) -> bool:
-    return path.is_dir() and not idx.has_idx(path) and not list(path.glob("*.bin"))
 
 
 def check_sample_shape(data_shape: tuple[int, ...], model_shape: tuple[int, ...], data: str = "the data",
