@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from snncc import __version__
 from snncc.data import InputScaling, load_dataset
 from snncc.data.loader import SUPPORTED as DATA_FORMATS
 from snncc.data.scaling import SYNTAX as SCALING_SYNTAX
-from snncc.errors import SnnccError
+from snncc.errors import SnnccError, SnnccWarning
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128"
 
@@ -229,9 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    """snncc's own warnings as one line ``snncc: warning: ...``; others as Python formats them."""
+    if issubclass(category, SnnccWarning):
+        return f"snncc: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning, formatter = _format_warning, warnings.formatwarning
     try:
         return args.func(args)
     except SnnccError as exc:
@@ -242,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snncc: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatter
 
 
 if __name__ == "__main__":

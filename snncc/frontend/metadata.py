@@ -105,7 +105,7 @@ def read_declaration(model: onnx.ModelProto, where: str = "the model") -> InputD
         scaling_source = f"ONNX metadata {entry[0]}"
     if (entry := get(RANGE_KEY)) is not None:
         input_range = _range(entry, where)
-        range_source = f"ONNX metadata {entry[0]} (the training inputs' range)"
+        range_source = f"ONNX metadata {entry[0]}, the training inputs' range"
     return InputDeclaration(scaling, scaling_source, input_range, range_source, channels)
 
 

@@ -4,6 +4,7 @@ user's flag wins), the message that says which scaling was used, and the calibra
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -165,3 +166,19 @@ def test_every_shipped_model_declares_its_card_scaling(name):
         assert declared.input_range == (0.0, 1.0) and declared.channels == card["input_shape"][1]
     sample = SAMPLE / "lenet5-mnist.onnx"
     assert sample.read_bytes() == (REPO / "models" / "lenet5-mnist.onnx").read_bytes()
+
+
+def test_cli_prints_the_range_warning_as_one_line(tmp_path, capsys):
+    calib = tmp_path / "calib.npz"
+    x, y = load_dataset(SAMPLE / "mnist-train-1000.npz", limit=20)
+    np.savez(calib, x=x.astype(np.uint8), y=y)
+    with warnings.catch_warnings():  # pytest records warnings; show them through the formatter as Python does
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        assert main(["compile", str(REPO / "models" / "lenet5-mnist.onnx"), "-o", str(tmp_path / "x.snn"),
+                     "--calib", str(calib), "--input-scaling", "none", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("snncc: warning: calibration data after the input scaling (none (x unchanged)) range over "
+                          "0..255") and "--input-scaling unit" in err and err.count("\n") == 1
+    assert warnings.formatwarning("m", UserWarning, "f.py", 1, "").startswith("f.py:1: UserWarning: m")
