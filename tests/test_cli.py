@@ -154,3 +154,27 @@ def test_fs_steps_only_with_a_temporal_method(tiny_model, tmp_path, capsys):
                  "--quiet"]) == 2
     assert "--fs-steps applies to --method fs or amos" in capsys.readouterr().err
     assert not (tmp_path / "x.snn").exists()
+
+
+def test_image_folder_of_mixed_sizes_needs_resize_and_then_compiles_and_evaluates(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    model, _ = tiny_model
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        size = (4, 4) if i % 2 else (8, 6)
+        Image.fromarray(rng.integers(0, 256, size).astype(np.uint8)).save(folder / f"img{i}_{i % 3}.png")
+    snn = tmp_path / "m.snn"
+    args = ["compile", str(model), "-o", str(snn), "--calib", str(folder), "--input-scaling", "unit", "--quiet"]
+    assert main(args) == 2
+    assert "images differ in size" in capsys.readouterr().err
+    assert main(args + ["--resize", "4,4"]) == 0
+    assert "calibration data: image folder" in capsys.readouterr().out
+    assert main(["eval", str(snn), "--data", str(folder), "--resize", "8,8", "--center-crop", "4,4", "--timesteps",
+                 "4", "--quiet"]) == 0
+    assert "6 samples of 1x4x4" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval", str(snn), "--data", str(folder), "--center-crop", "4,4,4"])
+    assert "expected HEIGHT,WIDTH in pixels, got '4,4,4'" in capsys.readouterr().err
