@@ -95,7 +95,7 @@ def _run_eval(graph, args: argparse.Namespace, onnx_model) -> dict:
                         where=str(args.snn) if getattr(args, "snn", None) else "the model")
     report = evaluate(graph, x, y, args.timesteps, onnx_model=onnx_model, backend=args.backend,
                       batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
-    report["data"] = {"path": str(args.data), "split": args.split}
+    report["data"] = {**data.info.to_json(), "path": str(args.data), "split": args.split}
     print(format_table(report))
     if args.report:
         write_json(report, args.report)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,9 +53,20 @@ class DatasetInfo:
         return text + (f" (labels from {self.labels_from})" if self.labels_from else "")
 
     def to_json(self) -> dict:
-        return {"format": self.format, "path": self.path, "count": self.count, "sample_shape": list(self.sample_shape),
+        return {"format": self.format, "path": self.path, "count": self.count,
+                "sample_shape": list(self.sample_shape),
                 "stored_dtype": self.stored_dtype, "value_range": list(self.value_range), "classes": self.classes,
                 "max_label": self.max_label}
+
+
+class _Found(NamedTuple):
+    """What one format reader found, before the common checks."""
+
+    x: np.ndarray
+    y: np.ndarray
+    format: str
+    class_names: list[str] | None = None
+    labels_from: str | None = None
 
 
 class Dataset(tuple):
@@ -90,10 +102,9 @@ def load_dataset(path: str | Path, split: str = "test", limit: int | None = None
     if limit is not None and limit <= 0:
         raise DataError(f"--limit must be positive, got {limit}")
     found = _read(path, split, limit, resize, center_crop, channels, cifar100_labels)
-    x, y, fmt = found[:3]
+    x, y, fmt, class_names, labels_from = found
     if (resize is not None or center_crop is not None or channels is not None) and not fmt.startswith("image folder"):
         raise DataError(f"resize, center crop and channels apply to folders of images; {path} is {fmt} data")
-    class_names, labels_from = (found[3], found[4]) if len(found) > 3 else (None, None)
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim not in (2, 4):
@@ -117,24 +128,24 @@ def load_dataset(path: str | Path, split: str = "test", limit: int | None = None
     return Dataset(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64), info)
 
 
-def _read(path: Path, split: str, limit: int | None, resize, center_crop, channels, cifar100_labels) -> tuple:
-    """``(x, y, format[, class names, labels from])`` of whatever ``path`` holds."""
+def _read(path: Path, split: str, limit: int | None, resize, center_crop, channels, cifar100_labels) -> _Found:
+    """What ``path`` holds, read by the reader of its format."""
     if not path.exists():
         pair = arrays.find_npy_pair(path, split)
         if pair is not None:
-            return (*arrays.load_npy_pair(pair), ".npy pair")
+            return _Found(*arrays.load_npy_pair(pair), ".npy pair")
         raise DataError(f"data path {path} does not exist; pass {SUPPORTED}")
     if path.is_file():
         return _read_file(path, cifar100_labels)
     if idx.has_idx(path):
-        return (*idx.load_idx_directory(path, split), "IDX")
+        return _Found(*idx.load_idx_directory(path, split), "IDX")
     pair = arrays.find_npy_pair(path, split)
     if pair is not None:
-        return (*arrays.load_npy_pair(pair), ".npy pair")
+        return _Found(*arrays.load_npy_pair(pair), ".npy pair")
     bins = cifar.find_cifar_files(path, split)
     if bins is not None:
         x, y, variant = cifar.load_cifar_files(bins, cifar100_labels)
-        return x, y, f"CIFAR-{variant} binary"
+        return _Found(x, y, f"CIFAR-{variant} binary")
     if cifar.python_batches(path):
         raise cifar.refuse_python(path)
     folder = images.split_folder(path, split) or path
@@ -144,24 +155,26 @@ def _read(path: Path, split: str, limit: int | None, resize, center_crop, channe
         labels = np.concatenate([np.full(len(group), i, dtype=np.int64) for i, (_, group) in enumerate(classes)])
         files, labels = files[:limit], labels[:limit]
         x = images.read_images(files, channels, resize, center_crop)
-        return x, labels, "image folder (class per subfolder)", [name for name, _ in classes], "subfolder names"
+        return _Found(x, labels, "image folder (class per subfolder)", [name for name, _ in classes],
+                      "subfolder names")
     files = images.image_files(folder)
     if files:
         y, names, labels_from = images.flat_labels(folder, files)
         files, y = files[:limit], y[:limit]
-        return images.read_images(files, channels, resize, center_crop), y, "image folder", names, labels_from
+        x = images.read_images(files, channels, resize, center_crop)
+        return _Found(x, y, "image folder", names, labels_from)
     raise DataError(f"{path}: found no data set; expected {SUPPORTED}")
 
 
-def _read_file(path: Path, cifar100_labels: str) -> tuple:
+def _read_file(path: Path, cifar100_labels: str) -> _Found:
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return (*arrays.load_npz(path), ".npz")
+        return _Found(*arrays.load_npz(path), ".npz")
     if suffix == ".npy":
-        return (*arrays.load_npy_pair(arrays.find_npy_pair(path, "")), ".npy pair")
+        return _Found(*arrays.load_npy_pair(arrays.find_npy_pair(path, "")), ".npy pair")
     if suffix == ".bin":
         x, y, variant = cifar.load_cifar_files([path], cifar100_labels)
-        return x, y, f"CIFAR-{variant} binary"
+        return _Found(x, y, f"CIFAR-{variant} binary")
     if cifar.is_python_batch(path) or path.name.endswith((".pkl", ".pickle")):
         raise cifar.refuse_python(path)
     if suffix in images.SUFFIXES:

@@ -80,6 +80,8 @@ def test_compile_records_cifar10_scaling_and_eval_reads_folder_and_binary_alike(
     for report in reports:
         assert report["ann"]["accuracy"] == pytest.approx(float((cifar["ann"] == labels).mean()))
     assert reports[0]["snn"] == reports[1]["snn"]  # the same accuracy, spikes and synops from either file
+    assert [r["data"]["format"] for r in reports] == ["image folder", "CIFAR-10 binary"]
+    assert reports[1]["data"]["count"] == 20 and reports[1]["data"]["value_range"] == [0.0, 255.0]
     out = capsys.readouterr().out
     assert "data: image folder" in out and "data: CIFAR-10 binary" in out and "20 samples of 3x32x32" in out
 
