@@ -42,7 +42,7 @@ from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
 from snncc.runtime.kernels import apply, conv2d
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
-from snncc.runtime.temporal import VIEW_OPS, TemporalSimulator
+from snncc.runtime.temporal import TemporalSimulator
 
 _kernels = load_kernels()  # sets the OpenMP wait policy first (see load_kernels)
 
@@ -511,7 +511,7 @@ class CythonSimulator(ReferenceSimulator):
         self.plans: dict[str, _Plan] = {}
         for node in self.order:
             op, srcs = graph.op(node), graph.inputs(node)
-            planner = _PLANNERS.get(type(op), _plan_stateless)
+            planner = _PLANNERS.get(type(op), _plan_view if op.is_view else _plan_stateless)
             self.plans[node], self.binary[node] = planner(self, node, op, srcs)
         # A population feeding only a spiking max pooling runs fused with it (not a signed one: its float spikes
         # take the reference's pooling state).
@@ -582,7 +582,7 @@ class CythonSimulator(ReferenceSimulator):
         return BatchResult(outputs, spikes, synops)
 
 
-# Plans by op class (ops not in the table are _Stateless).
+# Plans by op class (views of the spikes, ``op.is_view``, keep them binary; other ops are _Stateless).
 # Each planner gives the node's plan and whether its value is a binary (uint8) spike train.
 
 def _plan_input(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) -> tuple[_Plan, bool]:
@@ -630,8 +630,7 @@ def _plan_view(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) 
 
 
 _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Readout: _plan_readout,
-             ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse,
-             **{view: _plan_view for view in VIEW_OPS}}
+             ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse}
 
 
 class CythonTemporalSimulator(TemporalSimulator):

@@ -27,6 +27,7 @@ import numpy as np
 
 from snncc.api import compile_model, evaluate, save_figure, write_json
 from snncc.data import InputScaling
+from snncc.fileio import write_text
 from shipped import load_model_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +99,7 @@ def cifar_agreement(data: Path, backend: str, steps: int = 256) -> dict:
     x = InputScaling(scale=1 / 255).apply(raw[:, 1:].reshape(20, 3, 32, 32).astype(np.float32))
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     ann = session.run(None, {session.get_inputs()[0].name: x})[0].argmax(1)
-    graph = compile_model(model, calibration=x)
+    graph = compile_model(model, calibration=x, input_scaling=InputScaling())  # x is already scaled
     start = time.perf_counter()
     result = Simulator(graph, timesteps=steps, backend=backend, batch_size=20).run(x)
     agreement = {t: float((result.outputs[t - 1].argmax(1) == ann).mean()) for t in RATE_T if t <= steps}
@@ -279,7 +280,7 @@ def main() -> None:
             print(f"{key}: written", flush=True)
     reports = load_reports()
     plot(reports, RESULTS / "residual-fmnist.png")
-    (DOCS / "residual.md").write_text(markdown(reports))
+    write_text(DOCS / "residual.md", markdown(reports))
     print(f"wrote {DOCS / 'residual.md'}")
 
 

@@ -18,6 +18,7 @@ from snncc.runtime import Simulator, run_analog
 from tests.conftest import MODELS, data_dir
 
 UNIT = InputScaling(scale=1 / 255)
+NONE = InputScaling()  # for images already scaled (the models declare pixels / 255 in their metadata)
 EXPORTERS = ["", ".dynamo"]
 
 
@@ -71,7 +72,7 @@ def test_fmnist_resnet_canonical_graph_agrees_with_onnxruntime(exporter):
 
 def test_both_cifar_exports_compile_to_the_same_rate_snn():
     x, _ = cifar20()
-    graphs = [compile_model(_model("resnet20-cifar10", e), calibration=x) for e in EXPORTERS]
+    graphs = [compile_model(_model("resnet20-cifar10", e), calibration=x, input_scaling=NONE) for e in EXPORTERS]
     kinds = [[g.op(n).kind for n in g.topological_order()] for g in graphs]
     assert kinds[0] == kinds[1]
     assert kinds[0].count("Population") == 19 and kinds[0].count("Slice") == 2
@@ -86,7 +87,7 @@ def test_cifar_resnet_rate_snn_predicts_like_onnxruntime_at_t256():
     """Issue 5 acceptance: at least 95 % agreement with onnxruntime at T=256 (here calibrated on the same images)."""
     x, _ = cifar20()
     model = _model("resnet20-cifar10")
-    snn = compile_model(model, calibration=x)
+    snn = compile_model(model, calibration=x, input_scaling=NONE)
     result = Simulator(snn, timesteps=256, batch_size=20).run(x)
     agreement = (result.outputs[-1].argmax(1) == _onnxruntime(model, x).argmax(1)).mean()
     assert agreement >= 0.95
@@ -101,7 +102,7 @@ def test_sew_pass_runs_on_both_shipped_resnets(connect):
     cifar, _ = cifar20()
     fmnist, _ = load_dataset(data_dir("fashion-mnist"), split="test", limit=8)
     for name, x, blocks in (("resnet-fmnist", UNIT.apply(fmnist), 6), ("resnet20-cifar10", cifar, 9)):
-        rate = compile_model(_model(name), calibration=x)
+        rate = compile_model(_model(name), calibration=x, input_scaling=NONE)
         sew = run_pipeline(rate, f"sew{{connect={connect}}}")
         assert sew.attrs["sew"]["residual_blocks"] == blocks and len(sew.attrs["sew"]["blocks"]) == blocks
         assert not spikes_only_problems(sew)

@@ -58,3 +58,15 @@ def test_every_registered_pass_is_idempotent(cnn, inputs):
             twice, changed = p.apply(once, context)
             assert not changed, f"{name} changed the graph on its second run"
         graph = once
+
+
+def test_pass_options_with_a_known_cost_carry_their_note():
+    from snncc.passes import pipeline_notes
+    from snncc.passes.convert_rate import ConvertRate
+
+    assert ConvertRate().notes() == [] and ConvertRate(maxpool="count").notes() == []
+    (note,) = ConvertRate(maxpool="avg").notes()
+    assert note.startswith("convert-rate{maxpool=avg}: average pooling of spikes has no compiled kernel")
+    assert pipeline_notes("canonicalize,normalize{percentile=99.9},convert-rate{maxpool=avg,signed=true}") == [
+        ConvertRate(maxpool="avg", signed=True).notes()[0]]
+    assert pipeline_notes("canonicalize,normalize,convert-rate") == []
