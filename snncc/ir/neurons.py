@@ -84,6 +84,9 @@ def _check_common(model: NeuronModel, threshold: Parameter, reset: str) -> None:
         raise IRError(f"{model.kind}: threshold must be a positive finite number (or one per channel), got {threshold}")
     if reset not in RESETS:
         raise IRError(f"{model.kind}: reset must be one of {RESETS}, got {reset!r}")
+
+
+def _check_v_init(model: IF | LIF) -> None:
     if not all(np.isfinite(v) for v in _values(model.v_init)):
         raise IRError(f"{model.kind}: v_init must be finite, got {model.v_init}")
 
@@ -138,6 +141,7 @@ class IF(NeuronModel):
         _parameter(self, "v_init")
         object.__setattr__(self, "signed", bool(self.signed))
         _check_common(self, self.threshold, self.reset)
+        _check_v_init(self)
         if self.signed and self.reset != "subtract":
             raise IRError("IF: signed spikes need reset='subtract' (a negative spike adds the threshold back)")
 
@@ -174,6 +178,7 @@ class LIF(NeuronModel):
         _parameter(self, "tau_mem")
         _parameter(self, "v_init")
         _check_common(self, self.threshold, self.reset)
+        _check_v_init(self)
         if not all(t >= 0 for t in _values(self.tau_mem)):
             raise IRError(f"LIF: tau_mem must be positive (in time steps), or 0 for a memoryless neuron, "
                           f"got {self.tau_mem}")
