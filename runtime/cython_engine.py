@@ -313,6 +313,35 @@ class _EventSynapse:
         return _Signal(out.reshape((tc, batch) + self.out_shape), False)
 
 
+class _SharedWeightSynapse:
+    """A Conv2d or Linear with several operands (``input_gains``, see ``ops._SharedWeights``): one synapse per
+    operand on the op's per-input copies (``op.per_input()``), event-driven where the operand is a binary spike
+    train, and their currents added in operand order: the reference's sum (``kernels.per_input_sum``), so the
+    same arithmetic as the per-train copies and their Adds. Each operand's events cost its own fan-out."""
+
+    def __init__(self, op: ops.Conv2d | ops.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 fan_outs: list[np.ndarray], binary: list[bool], threads: int) -> None:
+        self.singles, self.in_shape, self.out_shape, self.threads = op.per_input(), in_shape, out_shape, threads
+        self.fan_outs = [np.ascontiguousarray(f, dtype=np.float64) for f in fan_outs]
+        self.synapses = [_EventSynapse(single, in_shape, out_shape, fan_out, threads)
+                         if spikes and _EventSynapse.supports(single) else None
+                         for single, fan_out, spikes in zip(self.singles, fan_outs, binary)]
+
+    def run(self, signals: list[_Signal], tc: int, batch: int, synops: np.ndarray) -> _Signal:
+        total = None
+        for single, synapse, fan_out, signal in zip(self.singles, self.synapses, self.fan_outs, signals):
+            if synapse is not None:
+                current = synapse.run(signal, tc, batch, synops).data
+            else:  # graded values: the reference's kernel, as CythonSimulator._dense runs it
+                current = apply(single, signal.steps(tc).reshape((tc * batch,) + self.in_shape))
+                if not signal.constant:
+                    events = np.ascontiguousarray(signal.data).reshape(tc * batch, -1)
+                    _kernels.count_events(events, fan_out, synops, _threads(self.threads, events.size))
+                current = current.reshape((tc, batch) + self.out_shape)
+            total = current if total is None else total + current
+        return _Signal(total, False)
+
+
 class _ConvPopulation:
     """An event-driven Conv2d whose only consumer is a population (possibly fused with its max pooling), run as
     one kernel sample by sample (:func:`_kernels.conv2d_population_steps`): the current never goes through
@@ -383,7 +412,7 @@ class CythonSimulator(ReferenceSimulator):
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
         graph, types = self.graph, self.types
-        self._fan_outs64 = {n: f.astype(np.float64) for n, f in self.fan_outs.items()}
+        self._fan_outs64 = {n: [f.astype(np.float64) for f in fs] for n, fs in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, object] = {}
         self._constant_buffers = _Buffers()
@@ -408,8 +437,11 @@ class CythonSimulator(ReferenceSimulator):
                     binary = True
                 else:
                     self.plans[node] = _ReferenceState(op, in_shape)
+            elif isinstance(op, (ops.Conv2d, ops.Linear)) and op.input_gains is not None:
+                self.plans[node] = _SharedWeightSynapse(op, in_shape, shape, self.fan_outs[node],
+                                                        [self.binary[u] for u in srcs], self.threads)
             elif isinstance(op, (ops.Conv2d, ops.Linear)) and binary_in and _EventSynapse.supports(op):
-                self.plans[node] = _EventSynapse(op, in_shape, shape, self.fan_outs[node], self.threads)
+                self.plans[node] = _EventSynapse(op, in_shape, shape, self.fan_outs[node][0], self.threads)
             elif isinstance(op, VIEW_OPS):
                 binary = binary_in
             self.binary[node] = binary
@@ -443,6 +475,9 @@ class CythonSimulator(ReferenceSimulator):
     def synapse_stats(self) -> dict[str, dict[str, float]]:
         """Per event-driven synaptic node: chunks run sparse and dense, and the mean input spike density."""
         synapses = {n: p.synapse if isinstance(p, _ConvPopulation) else p for n, p in self.plans.items()}
+        for n, p in list(synapses.items()):
+            if isinstance(p, _SharedWeightSynapse):  # one entry per operand: "node[i]"
+                synapses.update({f"{n}[{i}]": s for i, s in enumerate(p.synapses) if s is not None})
         return {n: {**p.chunks, "density": p.events / p.inputs if p.inputs else 0.0}
                 for n, p in synapses.items() if isinstance(p, _EventSynapse)}
 
@@ -484,13 +519,16 @@ class CythonSimulator(ReferenceSimulator):
                     out = plan.run(states[node], args[0], tc, batch)
                 elif isinstance(plan, _ReferenceState):
                     out = plan.run(states[node], args[0], tc)
-                elif isinstance(op, ops.Conv2d) and args[0].constant and args[0].data.dtype == np.float32:
+                elif isinstance(op, ops.Conv2d) and op.input_gains is None and args[0].constant and \
+                        args[0].data.dtype == np.float32:
                     out = constants[node] = _Signal(_constant_conv2d(op, args[0].data, self.threads,
                                                                      self._constant_buffers), True)
                 elif all(a.constant for a in args):
                     out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
                 elif isinstance(plan, _EventSynapse):
                     out = plan.run(args[0], tc, batch, step_synops)
+                elif isinstance(plan, _SharedWeightSynapse):
+                    out = plan.run(args, tc, batch, step_synops)
                 elif isinstance(plan, _ConvPopulation):
                     values[plan.output_node], counts = plan.run(args[0], tc, batch, step_synops, states)
                     spikes[plan.population_node][t0:t0 + tc] = counts
@@ -512,9 +550,10 @@ class CythonSimulator(ReferenceSimulator):
         """The reference's numpy kernel on the time-folded chunk (float32 inputs: identical arithmetic)."""
         flat = [a.steps(tc).reshape((tc * batch,) + self.types[u].shape) for a, u in zip(args, srcs)]
         result = apply(op, *flat)
-        if node in self.fan_outs:
-            events = np.ascontiguousarray(args[0].data).reshape(tc * batch, -1)
-            _kernels.count_events(events, self._fan_outs64[node], synops, _threads(self.threads, events.size))
+        for arg, fan_out in zip(args, self._fan_outs64.get(node, ())):
+            if not arg.constant:  # as in the reference: each operand's events cost its own fan-out
+                events = np.ascontiguousarray(arg.data).reshape(tc * batch, -1)
+                _kernels.count_events(events, fan_out, synops, _threads(self.threads, events.size))
         return _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
 
 

@@ -7,8 +7,9 @@ Example::
       %conv1 = Conv2d(%input; weight=f32[6,1,5,5], bias=f32[6], stride=(1, 1), ...) : [6,28,28] analog
       %relu1 = Population(%conv1; neuron=IF(threshold=1, reset=subtract, v_init=0.5)) : [6,28,28] rate
 
-Arrays print as their dtype and shape; the text form is for reading and for structural comparison in tests, the
-``.snn`` file form holds the values.
+Arrays print as their dtype and shape (a one-element array as its value; a tuple of arrays, such as the
+``input_gains`` of a shared-weight layer, element by element: ``input_gains=(1, f32[16], 0.5)``); the text form is
+for reading and for structural comparison in tests, the ``.snn`` file form holds the values.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def _value(value: object) -> str:
         return f"f32[{','.join(map(str, value.shape))}]"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple) and any(isinstance(v, np.ndarray) for v in value):  # e.g. input_gains
+        return f"({', '.join(_value(v) for v in value)})"
     return repr(value) if isinstance(value, str) else str(value)
 
 

@@ -6,11 +6,11 @@ spike trains (those are pooled by SpikingMaxPool2d; a few-spike value is complet
 be pooled as a value); every operand of an Add or Concat carries the same coding.
 
 Spikes only (opt-in, ``graph.attrs["spikes_only"]``, set by the ``sew`` pass): every signal between layers is a
-binary spike train. The operand of every synaptic op (Conv2d, Linear, AvgPool2d, GlobalAvgPool) and of every
-SpikingMaxPool2d must be, seen through views, slices and zero paddings (:data:`SPIKE_PRESERVING`), a Population, a
-SpikingMaxPool2d of spikes, the network input (the analog current of the encoding layer) or another synaptic op
-(consecutive linear maps, such as global average pooling into the classifier, are one synaptic layer); a Concat
-must join such signals. An Add or Affine of spike trains (a graded signal, e.g. 0, 1 or 2 after the ADD of two
+binary spike train. Every operand of every synaptic op (Conv2d, Linear, AvgPool2d, GlobalAvgPool; a Conv2d or
+Linear with ``input_gains`` has several) and of every SpikingMaxPool2d must be, seen through views, slices and
+zero paddings (:data:`SPIKE_PRESERVING`), a Population, a SpikingMaxPool2d of spikes, the network input (the analog
+current of the encoding layer) or another synaptic op (consecutive linear maps, such as global average pooling into
+the classifier, are one synaptic layer); a Concat must join such signals. An Add or Affine of spike trains (a graded signal, e.g. 0, 1 or 2 after the ADD of two
 trains) may feed only a Population or a Readout, where it is the sum of the neuron's synaptic inputs.
 """
 
@@ -45,16 +45,18 @@ def _spike_source_problem(graph: Graph, node: str) -> str | None:
 
 
 def spikes_only_problems(graph: Graph) -> list[str]:
-    """One line per synaptic op (or spiking max pooling) whose operand is not a binary spike train."""
+    """One line per operand of a synaptic op (or spiking max pooling) that is not a binary spike train."""
     problems = []
     for node in graph.topological_order():
         op = graph.op(node)
         if not (op.synaptic or isinstance(op, ops.SpikingMaxPool2d)):
             continue
-        (src,) = graph.inputs(node)
-        if (why := _spike_source_problem(graph, src)) is not None:
-            problems.append(f"{node!r}: the input of {op.kind} is not a spike train: {why}; lower it into one "
-                            "synaptic copy per spike train (the sew pass does) or end it in a Population")
+        srcs = graph.inputs(node)
+        for port, src in enumerate(srcs):
+            if (why := _spike_source_problem(graph, src)) is not None:
+                which = "the input" if len(srcs) == 1 else f"operand {port} ({src!r})"
+                problems.append(f"{node!r}: {which} of {op.kind} is not a spike train: {why}; make each spike "
+                                "train a synaptic input of its own (the sew pass does) or end it in a Population")
     return problems
 
 
