@@ -415,7 +415,9 @@ class CythonSimulator(ReferenceSimulator):
         self._fan_outs64 = {n: [f.astype(np.float64) for f in fs] for n, fs in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, object] = {}
-        self._constant_buffers = _Buffers()
+        # Kept arrays of each constant convolution, per node: two first-layer convolutions of one shape must not
+        # write into the same output buffer.
+        self._constant_buffers: dict[str, _Buffers] = {}
         # (node, op, operands) in topological order, looked up once: the graph's lookups go through networkx,
         # which costs more per batch than the small layers' kernels.
         self.steps = [(node, graph.op(node), graph.inputs(node)) for node in self.order]
@@ -521,8 +523,8 @@ class CythonSimulator(ReferenceSimulator):
                     out = plan.run(states[node], args[0], tc)
                 elif isinstance(op, ops.Conv2d) and op.input_gains is None and args[0].constant and \
                         args[0].data.dtype == np.float32:
-                    out = constants[node] = _Signal(_constant_conv2d(op, args[0].data, self.threads,
-                                                                     self._constant_buffers), True)
+                    buffers = self._constant_buffers.setdefault(node, _Buffers())
+                    out = constants[node] = _Signal(_constant_conv2d(op, args[0].data, self.threads, buffers), True)
                 elif all(a.constant for a in args):
                     out = constants[node] = _Signal(apply(op, *(a.data for a in args)), True)
                 elif isinstance(plan, _EventSynapse):
