@@ -18,6 +18,7 @@ from snncc.ir import LIF, ops
 from snncc.passes import run_pipeline
 from snncc.runtime import Simulator, run_analog
 from tests.conftest import MODELS, data_dir
+from tests.passes.test_sew import record
 
 UNIT = InputScaling(scale=1 / 255)
 EXPORTERS = ["", ".dynamo"]
@@ -94,21 +95,6 @@ def test_cifar_resnet_rate_snn_predicts_like_onnxruntime_at_t256():
     assert agreement >= 0.95
 
 
-def _record(graph, nodes: list[str], x: np.ndarray, timesteps: int) -> dict[str, np.ndarray]:
-    """The value of every node in ``nodes`` at every step, (T, B, ...), read through Readouts added to a copy of
-    ``graph`` (a Readout reports the running mean of its input, so the per-step values are its differences)."""
-    probe = graph.clone()
-    probe.outputs = [probe.add(ops.Readout(), [n], name=f"{n}.probe") for n in nodes] + probe.outputs
-    result = Simulator(probe, timesteps=timesteps, batch_size=len(x)).run(x)
-    steps = np.arange(1, timesteps + 1).reshape((-1,) + (1,) * (result.all_outputs[0].ndim - 1))
-    values = {}
-    for node, mean in zip(nodes, result.all_outputs):
-        total = mean.astype(np.float64) * steps
-        values[node] = np.diff(total, axis=0, prepend=0)
-    values["output"] = result.all_outputs[-1]
-    return values
-
-
 def _gate_operands(graph, gate: str) -> tuple[str, str]:
     """(branch spikes A, shortcut train S) of a SEW gate population ``Population(Add(S, a))`` with ``a = A`` (AND)
     or ``a = Affine(-1)(A)`` (IAND)."""
@@ -131,7 +117,7 @@ def test_sew_gates_of_both_shipped_resnets_compute_their_truth_table_at_every_st
         gates = [n for n in sew.find(ops.Population) if isinstance(sew.op(n).neuron, LIF)]
         assert len(gates) == blocks, "one gate per block (each identity shortcut carries one train)"
         operands = {gate: _gate_operands(sew, gate) for gate in gates}
-        values = _record(sew, sorted({n for pair in operands.values() for n in pair} | set(gates)), x[:3], 6)
+        values = record(sew, sorted({n for pair in operands.values() for n in pair} | set(gates)), x[:3], 6)
         fired = 0
         for gate, (a, shortcut) in operands.items():
             spikes = {n: np.rint(values[n]) for n in (gate, a, shortcut)}
@@ -186,7 +172,7 @@ def test_sew_add_of_the_fmnist_resnet_stores_each_weight_once_and_reads_every_tr
         np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio), rtol=1e-5, err_msg=n)
     fc = sew.op("fc_Gemm")
     trains = sew.inputs("fc_Gemm")
-    values = _record(sew, trains, x[:4], 5)
+    values = record(sew, trains, x[:4], 5)
     current = sum(values[t] @ (fc.weight.astype(np.float64) * np.asarray(g, np.float64).reshape(1, -1)).T
                   for t, g in zip(trains, fc.input_gains)) + fc.bias
     expected = np.cumsum(current, axis=0) / np.arange(1, 6).reshape(-1, 1, 1)

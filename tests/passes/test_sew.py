@@ -111,20 +111,43 @@ def _sew(graph: Graph, options: str, inputs: np.ndarray) -> Graph:
                         PassContext(calibration=inputs))
 
 
+def record(graph: Graph, nodes: list[str], x: np.ndarray, timesteps: int) -> dict[str, np.ndarray]:
+    """The value of each of ``nodes`` at every step (T, B, ...), read through Readouts added to a copy of the graph
+    (a Readout reports the running mean of its input; its differences are the per-step values), and under
+    ``"output"`` the graph's first output."""
+    probe = graph.clone()
+    probe.outputs = [probe.add(ops.Readout(), [n], name=f"{n}.probe") for n in nodes] + probe.outputs
+    result = Simulator(probe, timesteps=timesteps, batch_size=len(x)).run(x)
+    steps = np.arange(1, timesteps + 1).reshape((-1,) + (1,) * (result.all_outputs[0].ndim - 1))
+    values = {n: np.diff(m.astype(np.float64) * steps, axis=0, prepend=0) for n, m in zip(nodes, result.all_outputs)}
+    values["output"] = result.all_outputs[len(nodes)]
+    return values
+
+
 @pytest.mark.parametrize("connect", sorted(TRUTH))
 def test_every_inter_layer_signal_of_the_sew_graph_is_spikes(inputs, connect):
     graph = _sew(option_a_block(), f"connect={connect}", inputs)
     assert graph.attrs["spikes_only"] is True
     assert spikes_only_problems(graph) == []
     verify(graph)
+    (x,) = graph.find(ops.Input)
+    operands = set()
     for node in graph.topological_order():  # every synaptic op reads a population (or the input) directly
         op = graph.op(node)
-        if isinstance(op, (ops.Conv2d, ops.Linear)) and graph.find(ops.Input)[0] not in graph.inputs(node):
-            src = graph.inputs(node)[0]
-            while isinstance(graph.op(src), (ops.Flatten, ops.Slice, ops.ChannelPad, ops.GlobalAvgPool)):
-                src = graph.inputs(src)[0]
-            assert isinstance(graph.op(src), ops.Population), (node, src)
-    Simulator(graph, timesteps=4).run(inputs[:4])
+        if isinstance(op, (ops.Conv2d, ops.Linear)) and x not in graph.inputs(node):
+            for src in graph.inputs(node):
+                operands.add(src)
+                while isinstance(graph.op(src), (ops.Flatten, ops.Slice, ops.ChannelPad, ops.GlobalAvgPool)):
+                    src = graph.inputs(src)[0]
+                assert isinstance(graph.op(src), ops.Population), (node, src)
+    # ... and what they read is 0 or 1 at every step and neuron (a GlobalAvgPool's mean of such values excepted)
+    spiking = [n for n in operands if not isinstance(graph.op(graph.inputs(n)[0]), ops.GlobalAvgPool)]
+    assert spiking
+    values_of = record(graph, spiking, inputs[:4], 8)
+    for node in spiking:
+        values = values_of[node]
+        assert set(np.unique(np.rint(values))) == {0.0, 1.0}, node
+        np.testing.assert_allclose(values, np.rint(values), atol=1e-4)
 
 
 GAINS = np.array([0.3, 0.7, 1.9])
@@ -293,9 +316,16 @@ def test_per_block_selection_rewrites_only_the_chosen_blocks(inputs):
     mixed = _sew(two_block_net(), "connect=add:iand", inputs)
     assert [b["connect"] for b in mixed.attrs["sew"]["blocks"]] == ["add", "iand"]
     assert "b1_out.iand" in set(mixed.nodes()) and "b0_add" not in set(mixed.nodes())
-    for graph in (only_second, mixed):
+    rate = run_pipeline(two_block_net(), "canonicalize,normalize,convert-rate", PassContext(calibration=inputs))
+    runs = {name: Simulator(g, timesteps=6).run(inputs[:3]) for name, g in
+            (("rate", rate), ("only_second", only_second), ("mixed", mixed))}
+    for name, graph in (("only_second", only_second), ("mixed", mixed)):
         assert spikes_only_problems(graph) == []
-        assert np.isfinite(Simulator(graph, timesteps=4).run(inputs[:3]).outputs).all()
+        assert not np.array_equal(runs[name].outputs, runs["rate"].outputs), f"{name}: block 1 is rewritten"
+    # Upstream of block 1 the rate SNN is untouched where block 0 is not selected: the same spikes, step by step.
+    for population in ("stem_relu", "b0_relu1", "b0_out"):
+        np.testing.assert_array_equal(runs["only_second"].spikes[population], runs["rate"].spikes[population])
+    assert "b0_out" not in runs["mixed"].spikes and "b0_out.branch" in runs["mixed"].spikes
 
 
 def test_and_after_add_gates_each_shortcut_train(inputs):
@@ -351,13 +381,15 @@ def test_pipeline_text_round_trips():
     assert parse_pipeline("sew")[0].to_text() == "sew"
 
 
-def test_sew_graph_survives_save_and_load(tmp_path, inputs):
+@pytest.mark.parametrize("connect", ["add", "iand"])
+def test_sew_graph_survives_save_and_load(tmp_path, inputs, connect):
     import snncc
 
-    graph = _sew(two_block_net(), "connect=iand", inputs)
+    graph = _sew(two_block_net(), f"connect={connect}", inputs)
     snncc.save(graph, tmp_path / "sew.snn")
     loaded = snncc.load(tmp_path / "sew.snn")
     assert loaded.attrs["spikes_only"] is True
+    assert to_text(loaded) == to_text(graph) and all(loaded.op(n).same_as(graph.op(n)) for n in graph.nodes())
     np.testing.assert_array_equal(Simulator(graph, timesteps=6).run(inputs[:2]).outputs,
                                   Simulator(loaded, timesteps=6).run(inputs[:2]).outputs)
 
