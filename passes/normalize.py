@@ -24,6 +24,7 @@ are left for few-spike coding, which fits its neurons in the original units; rat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +36,21 @@ from snncc.passes.base import Pass, PassContext, register
 from snncc.runtime import run_analog
 
 GRANULARITIES = ("layer", "channel")
-_NORMALIZED_ACTIVATIONS = (ops.Relu, ops.Clip)
+
+#: The activations whose scale ``lambda`` is measured, and the cap of that scale: a Clip's upper bound (its
+#: normalized bound ``max / lambda`` is then at least 1). A Clip keeps scalar bounds, so its scale is per layer
+#: (``max / lambda`` stays one number); a ReLU's may be per channel.
+_NORMALIZED_ACTIVATIONS: dict[type[ops.Op], Callable[[ops.Op], tuple[float, bool]]] = {
+    ops.Relu: lambda op: (np.inf, True),
+    ops.Clip: lambda op: (op.max, False),
+}
+"""activation class -> ``op -> (cap of lambda, whether lambda may be per channel)``."""
 
 
 def activation_scales(graph: Graph, x: np.ndarray, percentile: float, granularity: str,
                       progress: bool = False) -> dict[str, np.ndarray]:
     """``lambda`` of every ReLU/Clip node: a scalar (layer) or a per-channel array broadcastable to its shape."""
-    nodes = graph.find(_NORMALIZED_ACTIVATIONS)
+    nodes = graph.find(tuple(_NORMALIZED_ACTIVATIONS))
     collected: dict[str, list[np.ndarray]] = {n: [] for n in nodes}
 
     def keep(values: dict[str, np.ndarray]) -> None:
@@ -55,9 +64,8 @@ def activation_scales(graph: Graph, x: np.ndarray, percentile: float, granularit
     for n in nodes:
         acts = np.concatenate(collected.pop(n))
         op = graph.op(n)
-        cap = op.max if isinstance(op, ops.Clip) else np.inf
-        # A Clip keeps scalar bounds, so its scale is per layer: max / lambda stays one number.
-        if granularity == "layer" or isinstance(op, ops.Clip):
+        cap, per_channel_allowed = _NORMALIZED_ACTIVATIONS[type(op)](op)
+        if granularity == "layer" or not per_channel_allowed:
             lam = _positive_percentile(acts.reshape(-1), percentile)
             scales[n] = np.array(min(lam, cap) if lam > 0 else 1.0, dtype=np.float64)
         else:
@@ -121,87 +129,12 @@ class _Rescaler:
         self.graph.set_inputs(node, operands)
 
     def visit(self, node: str) -> None:
-        g, op = self.graph, self.graph.op(node)
-        operands = g.inputs(node)
-        s_in = [self.scale[u] for u in operands]
-        one = np.ones(())
-        if isinstance(op, ops.Input):
-            self.scale[node] = one
-        elif isinstance(op, (ops.Conv2d, ops.Linear)):
-            in_shape = self.types[operands[0]].shape
-            s_out = self.target(node)
-            s_out = one if s_out is None else s_out
-            out_vec = np.broadcast_to(np.asarray(s_out, np.float64).reshape(-1), (op.weight.shape[0],))
-            if isinstance(op, ops.Linear):
-                in_vec = np.broadcast_to(s_in[0], in_shape).astype(np.float64)
-                weight = op.weight * in_vec[None, :] / out_vec[:, None]
-                changes = {}
-            else:
-                in_vec = _channel_scale(s_in[0], in_shape, node)
-                out_ch, per_group, kh, kw = op.weight.shape
-                grouped = op.weight.astype(np.float64).reshape(op.groups, out_ch // op.groups, per_group, kh, kw)
-                grouped = grouped * in_vec.reshape(op.groups, 1, per_group, 1, 1)
-                weight = grouped.reshape(op.weight.shape) / out_vec[:, None, None, None]
-                changes = {} if op.pad_value is None else {"pad_value": op.pad_value / in_vec}
-            bias = None if op.bias is None else op.bias / out_vec
-            g.replace(node, op.replace(weight=weight, bias=bias, **changes))
-            self.scale[node] = np.asarray(s_out, np.float64)
-        elif isinstance(op, ops.Affine):
-            s_out = self.target(node)
-            s_out = s_in[0] if s_out is None else s_out
-            g.replace(node, ops.Affine(scale=_compact(op.scale * np.asarray(s_in[0]) / s_out),
-                                       shift=_compact(op.shift / np.asarray(s_out))))
-            self.scale[node] = np.asarray(s_out, np.float64)
-        elif node in self.lambdas:
-            lam = self.lambdas[node]
-            if not _same(s_in[0], lam):
-                self.rescale_input(node, 0, s_in[0], lam)
-            if isinstance(op, ops.Clip):
-                g.replace(node, ops.Clip(min=op.min / float(lam), max=op.max / float(lam)))
-            self.scale[node] = lam
-        elif isinstance(op, (ops.Relu, ops.LeakyRelu, ops.MaxPool2d, ops.AvgPool2d, ops.GlobalAvgPool,
-                             ops.Identity)):
-            self.scale[node] = s_in[0]
-        elif isinstance(op, ops.Pad2d):
-            if op.value and np.ndim(s_in[0]):
-                raise PassError(f"node {node!r}: non-zero padding after a per-channel scale is not supported")
-            g.replace(node, ops.Pad2d(padding=op.padding, value=op.value / float(s_in[0])))
-            self.scale[node] = s_in[0]
-        elif isinstance(op, ops.Slice):
-            self.scale[node] = _slice_scale(s_in[0], op, len(self.types[node].shape))
-        elif isinstance(op, ops.ChannelPad):
-            if np.ndim(s_in[0]) == 0:
-                g.replace(node, op.replace(value=op.value / float(s_in[0])))
-                self.scale[node] = s_in[0]
-            else:  # the new channels hold value in scale 1: exact for any value, and 0 stays 0 under any rescale
-                scale = _full_rank(s_in[0], len(self.types[node].shape))
-                scale = np.broadcast_to(scale, (self.types[operands[0]].shape[0],) + scale.shape[1:])
-                widths = [(op.before, op.after)] + [(0, 0)] * (scale.ndim - 1)
-                self.scale[node] = np.pad(scale, widths, constant_values=1.0)
-        elif isinstance(op, (ops.Flatten, ops.Reshape)):
-            shape = self.types[node].shape
-            self.scale[node] = (s_in[0] if np.ndim(s_in[0]) == 0
-                                else np.broadcast_to(s_in[0], self.types[operands[0]].shape).reshape(shape))
-        elif isinstance(op, ops.Add):
-            if not _same(s_in[0], s_in[1]):
-                self.rescale_input(node, 1, s_in[1], s_in[0])
-            self.scale[node] = s_in[0]
-        elif isinstance(op, ops.Concat):
-            if all(np.ndim(s) == 0 for s in s_in) and all(_same(s, s_in[0]) for s in s_in):
-                self.scale[node] = s_in[0]
-            else:
-                parts = [np.broadcast_to(s, self.types[u].shape) for s, u in zip(s_in, operands)]
-                self.scale[node] = np.concatenate(parts, axis=op.axis)
-        elif isinstance(op, ops.PointwiseActivation):  # not homogeneous: a scale barrier, original units
-            if not _same(s_in[0], one):
-                self.rescale_input(node, 0, s_in[0], one)
-            self.scale[node] = one
-        elif isinstance(op, ops.Softmax):
-            if not _same(s_in[0], one):
-                self.rescale_input(node, 0, s_in[0], one)
-            self.scale[node] = one
-        else:
+        """Rewrite ``node`` for the scales of its operands and record the scale of its output."""
+        op = self.graph.op(node)
+        rule = next((SCALE_RULES[cls] for cls in type(op).__mro__ if cls in SCALE_RULES), None)
+        if rule is None:
             raise PassError(f"node {node!r}: normalize does not handle {op.kind}")
+        self.scale[node] = rule(self, node, op, [self.scale[u] for u in self.graph.inputs(node)])
 
     def finish_outputs(self) -> None:
         for i, out in enumerate(list(self.graph.outputs)):
@@ -232,6 +165,150 @@ def _compact(value: np.ndarray) -> np.ndarray:
     value = np.asarray(value, dtype=np.float64)
     flat = value.reshape(-1)
     return np.asarray(flat[0]) if flat.size and np.all(flat == flat[0]) else value
+
+
+# ---- scale rules: one per op class, ``rule(rescaler, node, op, operand scales) -> output scale`` ----------------
+# A rule may rewrite the op (weights, bounds, padding constants) or insert an Affine before it; the table is looked
+# up along the op class's MRO, so a rule for PointwiseActivation covers every activation without its own rule.
+
+ScaleRule = Callable[[_Rescaler, str, ops.Op, list[np.ndarray]], np.ndarray]
+_ONE = np.ones(())
+_ONE.setflags(write=False)  # shared by every rule that returns scale 1
+
+
+def _layer_scales(r: _Rescaler, node: str, op: ops.Conv2d | ops.Linear) -> tuple[np.ndarray, np.ndarray]:
+    """The output scale of a Conv2d or Linear (its activation's lambda, else 1) and that scale per output."""
+    s_out = r.target(node)
+    s_out = _ONE if s_out is None else s_out
+    out_vec = np.broadcast_to(np.asarray(s_out, np.float64).reshape(-1), (op.weight.shape[0],))
+    return np.asarray(s_out, np.float64), out_vec
+
+
+def _scale_linear(r: _Rescaler, node: str, op: ops.Linear, s_in: list[np.ndarray]) -> np.ndarray:
+    s_out, out_vec = _layer_scales(r, node, op)
+    in_vec = np.broadcast_to(s_in[0], r.types[r.graph.inputs(node)[0]].shape).astype(np.float64)
+    weight = op.weight * in_vec[None, :] / out_vec[:, None]
+    bias = None if op.bias is None else op.bias / out_vec
+    r.graph.replace(node, op.replace(weight=weight, bias=bias))
+    return s_out
+
+
+def _scale_conv(r: _Rescaler, node: str, op: ops.Conv2d, s_in: list[np.ndarray]) -> np.ndarray:
+    s_out, out_vec = _layer_scales(r, node, op)
+    in_vec = _channel_scale(s_in[0], r.types[r.graph.inputs(node)[0]].shape, node)
+    out_ch, per_group, kh, kw = op.weight.shape
+    grouped = op.weight.astype(np.float64).reshape(op.groups, out_ch // op.groups, per_group, kh, kw)
+    grouped = grouped * in_vec.reshape(op.groups, 1, per_group, 1, 1)
+    weight = grouped.reshape(op.weight.shape) / out_vec[:, None, None, None]
+    changes = {} if op.pad_value is None else {"pad_value": op.pad_value / in_vec}
+    bias = None if op.bias is None else op.bias / out_vec
+    r.graph.replace(node, op.replace(weight=weight, bias=bias, **changes))
+    return s_out
+
+
+def _scale_affine(r: _Rescaler, node: str, op: ops.Affine, s_in: list[np.ndarray]) -> np.ndarray:
+    s_out = r.target(node)
+    s_out = s_in[0] if s_out is None else s_out
+    r.graph.replace(node, ops.Affine(scale=_compact(op.scale * np.asarray(s_in[0]) / s_out),
+                                     shift=_compact(op.shift / np.asarray(s_out))))
+    return np.asarray(s_out, np.float64)
+
+
+def _scale_relu(r: _Rescaler, node: str, op: ops.Op, s_in: list[np.ndarray]) -> np.ndarray:
+    """A normalized activation: its input arrives in the scale ``lambda`` of the activation, its output keeps it."""
+    lam = r.lambdas[node]
+    if not _same(s_in[0], lam):
+        r.rescale_input(node, 0, s_in[0], lam)
+    return lam
+
+
+def _scale_clip(r: _Rescaler, node: str, op: ops.Clip, s_in: list[np.ndarray]) -> np.ndarray:
+    lam = _scale_relu(r, node, op, s_in)
+    r.graph.replace(node, ops.Clip(min=op.min / float(lam), max=op.max / float(lam)))
+    return lam
+
+
+def _keep_scale(r: _Rescaler, node: str, op: ops.Op, s_in: list[np.ndarray]) -> np.ndarray:
+    """Positively homogeneous ops (pooling, LeakyReLU, Identity): the output has the input's scale."""
+    return s_in[0]
+
+
+def _scale_input(r: _Rescaler, node: str, op: ops.Input, s_in: list[np.ndarray]) -> np.ndarray:
+    return _ONE
+
+
+def _scale_pad2d(r: _Rescaler, node: str, op: ops.Pad2d, s_in: list[np.ndarray]) -> np.ndarray:
+    if op.value and np.ndim(s_in[0]):
+        raise PassError(f"node {node!r}: non-zero padding after a per-channel scale is not supported")
+    r.graph.replace(node, ops.Pad2d(padding=op.padding, value=op.value / float(s_in[0])))
+    return s_in[0]
+
+
+def _scale_slice(r: _Rescaler, node: str, op: ops.Slice, s_in: list[np.ndarray]) -> np.ndarray:
+    return _slice_scale(s_in[0], op, len(r.types[node].shape))
+
+
+def _scale_channel_pad(r: _Rescaler, node: str, op: ops.ChannelPad, s_in: list[np.ndarray]) -> np.ndarray:
+    if np.ndim(s_in[0]) == 0:
+        r.graph.replace(node, op.replace(value=op.value / float(s_in[0])))
+        return s_in[0]
+    # The new channels hold value in scale 1: exact for any value, and 0 stays 0 under any rescale.
+    scale = _full_rank(s_in[0], len(r.types[node].shape))
+    scale = np.broadcast_to(scale, (r.types[r.graph.inputs(node)[0]].shape[0],) + scale.shape[1:])
+    widths = [(op.before, op.after)] + [(0, 0)] * (scale.ndim - 1)
+    return np.pad(scale, widths, constant_values=1.0)
+
+
+def _scale_reshape(r: _Rescaler, node: str, op: ops.Op, s_in: list[np.ndarray]) -> np.ndarray:
+    """Flatten and Reshape: a per-element scale is reshaped with the values."""
+    if np.ndim(s_in[0]) == 0:
+        return s_in[0]
+    return np.broadcast_to(s_in[0], r.types[r.graph.inputs(node)[0]].shape).reshape(r.types[node].shape)
+
+
+def _scale_add(r: _Rescaler, node: str, op: ops.Add, s_in: list[np.ndarray]) -> np.ndarray:
+    if not _same(s_in[0], s_in[1]):
+        r.rescale_input(node, 1, s_in[1], s_in[0])
+    return s_in[0]
+
+
+def _scale_concat(r: _Rescaler, node: str, op: ops.Concat, s_in: list[np.ndarray]) -> np.ndarray:
+    if all(np.ndim(s) == 0 for s in s_in) and all(_same(s, s_in[0]) for s in s_in):
+        return s_in[0]
+    operands = r.graph.inputs(node)
+    return np.concatenate([np.broadcast_to(s, r.types[u].shape) for s, u in zip(s_in, operands)], axis=op.axis)
+
+
+def _scale_barrier(r: _Rescaler, node: str, op: ops.Op, s_in: list[np.ndarray]) -> np.ndarray:
+    """An activation that is not positively homogeneous (and Softmax): original units in and out."""
+    if not _same(s_in[0], _ONE):
+        r.rescale_input(node, 0, s_in[0], _ONE)
+    return _ONE
+
+
+SCALE_RULES: dict[type[ops.Op], ScaleRule] = {
+    ops.Input: _scale_input,
+    ops.Conv2d: _scale_conv,
+    ops.Linear: _scale_linear,
+    ops.Affine: _scale_affine,
+    ops.Relu: _scale_relu,
+    ops.Clip: _scale_clip,
+    ops.LeakyRelu: _keep_scale,
+    ops.MaxPool2d: _keep_scale,
+    ops.AvgPool2d: _keep_scale,
+    ops.GlobalAvgPool: _keep_scale,
+    ops.Identity: _keep_scale,
+    ops.Pad2d: _scale_pad2d,
+    ops.Slice: _scale_slice,
+    ops.ChannelPad: _scale_channel_pad,
+    ops.Flatten: _scale_reshape,
+    ops.Reshape: _scale_reshape,
+    ops.Add: _scale_add,
+    ops.Concat: _scale_concat,
+    ops.PointwiseActivation: _scale_barrier,
+    ops.Softmax: _scale_barrier,
+}
+"""How each op class rewrites itself for its operands' scales and which scale its output has."""
 
 
 @register

@@ -61,7 +61,6 @@ import numpy as np
 
 from snncc.errors import PassError
 from snncc.ir import IF, LIF, SNN, Graph, ops
-from snncc.ir.verify import SPIKE_PRESERVING
 from snncc.passes.base import Pass, PassContext, register
 
 CONNECTS = ("add", "and", "iand")
@@ -87,22 +86,22 @@ class Block:
 # ---- analysis ----------------------------------------------------------------------------------------------------
 
 def _is_spikes(graph: Graph, node: str) -> bool:
-    """Whether ``node`` carries binary spike trains: a population, or one seen through spike-preserving ops."""
+    """Whether ``node`` carries binary spike trains: a population, or one seen through ops that pass spikes
+    (``passes_spikes``, padding with zeros)."""
     op = graph.op(node)
     if isinstance(op, (ops.Population, ops.SpikingMaxPool2d)):
         return True
-    if isinstance(op, SPIKE_PRESERVING):
-        return (not isinstance(op, (ops.ChannelPad, ops.Pad2d)) or op.value == 0) and \
-            _is_spikes(graph, graph.inputs(node)[0])
+    if op.passes_spikes:
+        return op.fill_value == 0 and _is_spikes(graph, graph.inputs(node)[0])
     return False
 
 
 def _sources(graph: Graph, node: str) -> set[str]:
-    """What a value is made of, looking through Affine, Add and spike-preserving ops: 'spikes' and/or 'current'."""
+    """What a value is made of, looking through Affine, Add and ops that pass spikes: 'spikes' and/or 'current'."""
     if _is_spikes(graph, node):
         return {"spikes"}
     op = graph.op(node)
-    if isinstance(op, (ops.Affine, ops.Add) + SPIKE_PRESERVING):
+    if isinstance(op, (ops.Affine, ops.Add)) or op.passes_spikes:
         return set().union(*(_sources(graph, u) for u in graph.inputs(node)))
     return {"current"}
 
@@ -174,35 +173,40 @@ def _compact(gain: np.ndarray) -> np.ndarray:
     return gain if channels is None else channels.reshape((-1,) + (1,) * (gain.ndim - 1))
 
 
-def _carry_gain(op: ops.Op, gain: np.ndarray) -> np.ndarray:
-    """The gain of a spike-preserving op's output, given its input's. Padded positions carry no spikes; they take
-    a neighbour's gain so that per-channel gains stay per channel."""
-    if isinstance(op, ops.Slice):
-        return gain[tuple(slice(a, b, c) for a, b, c in zip(op.starts, op.stops, op.steps))]
-    if isinstance(op, ops.ChannelPad):
-        return np.pad(gain, [(op.before, op.after)] + [(0, 0)] * (gain.ndim - 1), mode="edge")
-    if isinstance(op, ops.Pad2d):
-        t, l, b, r = op.padding
-        return np.pad(gain, [(0, 0), (t, b), (l, r)], mode="edge")
-    if isinstance(op, ops.Flatten):
-        return gain.reshape(-1)
-    if isinstance(op, ops.Reshape):
-        return gain.reshape(op.shape)
-    return gain
+def _pad_edges(widths: list[tuple[int, int]]):
+    return lambda gain: np.pad(gain, widths + [(0, 0)] * (gain.ndim - len(widths)), mode="edge")
+
+
+#: How a per-element gain passes an op with ``passes_spikes`` that is not a view (a view only reshapes it). Padded
+#: positions carry no spikes; they take a neighbour's gain so that per-channel gains stay per channel.
+_GAIN_THROUGH = {
+    ops.Slice: lambda op, gain: gain[tuple(slice(a, b, c) for a, b, c in zip(op.starts, op.stops, op.steps))],
+    ops.ChannelPad: lambda op, gain: _pad_edges([(op.before, op.after)])(gain),
+    ops.Pad2d: lambda op, gain: _pad_edges([(0, 0), (op.padding[0], op.padding[2]),
+                                            (op.padding[1], op.padding[3])])(gain),
+}
+
+
+def _carry_gain(op: ops.Op, gain: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+    """The gain of the output (of shape ``out_shape``) of an op with ``passes_spikes``, given its input's."""
+    if op.is_view:
+        return gain.reshape(out_shape)
+    if type(op) not in _GAIN_THROUGH:
+        raise PassError(f"sew: no rule carries a spike train's gain through {op.kind}; add one to _GAIN_THROUGH")
+    return _GAIN_THROUGH[type(op)](op, gain)
 
 
 def _refuse_constant_padding(graph: Graph, node: str, where: str) -> None:
     op = graph.op(node)
-    if isinstance(op, (ops.ChannelPad, ops.Pad2d)) and op.value != 0:
-        raise PassError(f"sew: {op.kind} {node!r} {where} pads with {op.value:g}; a constant is not a spike train "
-                        "(only zero padding, as in option-A shortcuts, can be carried)")
+    if op.passes_spikes and op.fill_value != 0:
+        raise PassError(f"sew: {op.kind} {node!r} {where} pads with {op.fill_value:g}; a constant is not a spike "
+                        "train (only zero padding, as in option-A shortcuts, can be carried)")
 
 
 def _without_constants(op: ops.Op) -> ops.Op:
-    """The copy of a weightless linear op for a second spike train: padding with zeros (constants are added once)."""
-    if isinstance(op, (ops.ChannelPad, ops.Pad2d)) and op.value != 0:
-        return op.replace(value=0.0)
-    return op
+    """The copy of a padding for a second spike train: padding with zeros (constants are added once). Only the
+    paddings (ChannelPad, Pad2d: a ``value`` field) have a non-zero ``fill_value``."""
+    return op.replace(value=0.0) if op.passes_spikes and op.fill_value != 0 else op
 
 
 # ---- the rewrite -------------------------------------------------------------------------------------------------
@@ -235,12 +239,12 @@ class _Rewriter:
             return [(t, gain * scale) for t, gain in self.trains(g.inputs(node)[0])]
         if isinstance(op, ops.Add):
             return [part for u in g.inputs(node) for part in self.trains(u)]
-        if isinstance(op, SPIKE_PRESERVING):
+        if op.passes_spikes:
             _refuse_constant_padding(g, node, "on a residual shortcut")
             copies = []
             for t, gain in self.trains(g.inputs(node)[0]):
                 copy = g.add(_without_constants(op), [t], name=f"{t}.{op.kind.lower()}", created_by="sew")
-                copies.append((copy, _carry_gain(op, gain)))
+                copies.append((copy, _carry_gain(op, gain, shape)))
             return copies
         raise PassError(f"sew: {node!r} ({op.kind}) on a shortcut is neither spikes nor a rescaling of spikes")
 
@@ -314,7 +318,7 @@ class _Rewriter:
 
     # ---- lowering of sums of spike trains into per-train synaptic inputs ---------------------------------------
     def lower(self) -> None:
-        """Until no synaptic op, spike-preserving op or spiking max pooling reads an Add or Affine: distribute."""
+        """Until no synaptic op, op that passes spikes or spiking max pooling reads an Add or Affine: distribute."""
         while self._lower_one():
             self.graph.remove_dead()
             self.types = self.graph.types()
@@ -323,7 +327,7 @@ class _Rewriter:
         g = self.graph
         for node in g.topological_order():
             op = g.op(node)
-            if not (op.synaptic or isinstance(op, SPIKE_PRESERVING + (ops.SpikingMaxPool2d, ops.MaxPool2d))):
+            if not (op.synaptic or op.passes_spikes or isinstance(op, (ops.SpikingMaxPool2d, ops.MaxPool2d))):
                 continue
             for port, src in enumerate(g.inputs(node)):
                 if isinstance(g.op(src), ops.Add):
@@ -398,16 +402,16 @@ class _Rewriter:
             if channels is None or (not op.synaptic and np.any(channels <= 0)):
                 raise PassError(f"sew: the gain into {node!r} ({op.kind}) is not a positive per-channel factor")
             after = channels.reshape((-1, 1, 1))
-        else:  # spike-preserving: the gain moves behind it
+        else:  # an op that passes spikes: the gain moves behind it
             _refuse_constant_padding(g, node, "after a rescaling of spikes")
-            after = _compact(_carry_gain(op, scale))
+            after = _compact(_carry_gain(op, scale, self.shape(node)))
         moved = g.add(op, [x], name=self.copy_name(node, "x"), created_by="sew")
         self._replace_by(node, g.add(ops.Affine(scale=after, shift=np.zeros(())), [moved],
                                      name=self.copy_name(node, "gain"), created_by="sew"))
 
 
 def lower_spike_sums(graph: Graph) -> None:
-    """Rewrite ``graph`` in place so that no synaptic op, spike-preserving op or max pooling reads a sum (Add) or a
+    """Rewrite ``graph`` in place so that no synaptic op, op that passes spikes or max pooling reads a sum (Add) or a
     rescaling (Affine) of spike trains: a Conv2d or Linear reads every train as an operand of its own, with the
     train's gain (``input_gains``, one weight array); pooling, slices, paddings and reshapes are copied per train
     (see the module docstring). The currents are those of one copy of the layer per train with the gain folded

@@ -42,7 +42,7 @@ from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
 from snncc.runtime.kernels import apply, conv2d
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
-from snncc.runtime.temporal import VIEW_OPS, TemporalSimulator
+from snncc.runtime.temporal import TemporalSimulator
 
 _kernels = load_kernels()  # sets the OpenMP wait policy first (see load_kernels)
 
@@ -444,7 +444,7 @@ class CythonSimulator(ReferenceSimulator):
                                                         [self.binary[u] for u in srcs], self.threads)
             elif isinstance(op, (ops.Conv2d, ops.Linear)) and binary_in and _EventSynapse.supports(op):
                 self.plans[node] = _EventSynapse(op, in_shape, shape, self.fan_outs[node][0], self.threads)
-            elif isinstance(op, VIEW_OPS):
+            elif op.is_view:
                 binary = binary_in
             self.binary[node] = binary
         # A population feeding only a spiking max pooling runs fused with it (not a signed one: its float spikes
@@ -535,7 +535,7 @@ class CythonSimulator(ReferenceSimulator):
                     values[plan.output_node], counts = plan.run(args[0], tc, batch, step_synops, states)
                     spikes[plan.population_node][t0:t0 + tc] = counts
                     out = None  # the current exists only inside the fused kernel
-                elif isinstance(op, VIEW_OPS) and self.binary[node]:
+                elif op.is_view and self.binary[node]:
                     out = _Signal(args[0].data.reshape((tc, batch) + shape), False, True)
                 else:
                     out = self._dense(op, node, args, srcs, tc, batch, step_synops)

@@ -36,9 +36,6 @@ from snncc.runtime.fewspike import temporal_unit
 from snncc.runtime.kernels import apply, fan_outs
 from snncc.runtime.reference import BatchResult
 
-# Ops through which a population's spikes pass unchanged (relabelled axes): the synaptic op after them sees spikes.
-VIEW_OPS = (ops.Flatten, ops.Reshape, ops.Identity)
-
 
 def is_temporal(graph: Graph) -> bool:
     """Whether ``graph`` has populations of a temporal neuron model (and so runs on this simulator)."""
@@ -81,7 +78,7 @@ class TemporalSimulator:
 
     def _spike_source(self, node: str) -> str | None:
         """The population whose spikes reach ``node``'s output unchanged, or None for a graded value."""
-        while isinstance(self.graph.op(node), VIEW_OPS):
+        while self.graph.op(node).is_view:  # a view of a population's spikes is those spikes, relabelled
             (node,) = self.graph.inputs(node)
         return node if isinstance(self.graph.op(node), ops.Population) else None
 

@@ -2,8 +2,9 @@
 
 A thin wrapper around a private ``networkx.MultiDiGraph`` (the only place snncc touches networkx). Each node has
 one output; an edge ``u -> v`` with key ``port`` says that ``u`` is operand ``port`` of ``v``. Side tables hold
-per-node metadata (calibration statistics, the pass that made a node) and graph attributes (level, pipeline, input
-scaling). Types are inferred on demand by :meth:`Graph.types`.
+per-node metadata (calibration statistics, the pass that made a node), the typed placement of a node on a chip
+(hw level) and graph attributes (level, pipeline, input scaling). Types are inferred on demand by
+:meth:`Graph.types`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import networkx as nx
 
 from snncc.errors import IRError
 from snncc.ir.ops import ANN, Input, Op
+from snncc.ir.placement import Placement
 from snncc.ir.types import TensorType
 
 _ID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -35,6 +37,7 @@ class Graph:
         self.outputs: list[str] = []
         self.attrs: dict[str, object] = {"level": level}
         self.meta: dict[str, dict[str, object]] = {}
+        self._placement: dict[str, Placement] = {}
 
     # ---- queries -----------------------------------------------------------------------------------------------
     @property
@@ -52,6 +55,11 @@ class Graph:
             return self._g.nodes[node]["op"]
         except KeyError:
             raise IRError(f"no node {node!r} in the graph") from None
+
+    def placement(self, node: str) -> Placement | None:
+        """Where ``node`` runs on a chip (hw level), or None if it is not placed."""
+        self.op(node)  # raises for an unknown node
+        return self._placement.get(node)
 
     def inputs(self, node: str) -> list[str]:
         """The operands of ``node`` in port order."""
@@ -117,6 +125,16 @@ class Graph:
         self.meta[node] = dict(meta)
         return node
 
+    def place(self, node: str, placement: Placement | None) -> None:
+        """Place ``node`` on a chip and core (None removes its placement); the verifier allows it at hw only."""
+        self.op(node)
+        if placement is None:
+            self._placement.pop(node, None)
+        elif not isinstance(placement, Placement):
+            raise IRError(f"node {node!r}: a placement must be a Placement(chip, core), got {placement!r}")
+        else:
+            self._placement[node] = placement
+
     def replace(self, node: str, op: Op) -> None:
         """Swap the op of ``node`` keeping its operands and users."""
         current = self.op(node)
@@ -145,6 +163,7 @@ class Graph:
             raise IRError(f"cannot remove {node!r}: it is still used")
         self._g.remove_node(node)
         self.meta.pop(node, None)
+        self._placement.pop(node, None)
 
     def bypass(self, node: str) -> None:
         """Remove a single-input node, connecting its operand to its users."""
@@ -171,6 +190,7 @@ class Graph:
         for n in dead:
             self._g.remove_node(n)
             self.meta.pop(n, None)
+            self._placement.pop(n, None)
         return bool(dead)
 
     def clone(self) -> Graph:
@@ -180,4 +200,5 @@ class Graph:
         other.outputs = list(self.outputs)
         other.attrs = copy.deepcopy(self.attrs)
         other.meta = copy.deepcopy(self.meta)
+        other._placement = dict(self._placement)  # placements are immutable records
         return other

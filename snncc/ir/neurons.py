@@ -8,6 +8,7 @@ threshold is 1); time constants are in time steps. A neuron model enters a graph
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,6 +22,8 @@ class NeuronModel:
     """Base of neuron models; ``kind`` names the model in the text and file forms."""
 
     kind = "neuron"
+    #: The parameters a chip stores as integers: at the hw level each must be an integer (or a tuple of them).
+    hw_integer_fields: ClassVar[tuple[str, ...]] = ("threshold",)
 
     @property
     def neurons_per_unit(self) -> int:
@@ -122,6 +125,83 @@ class LIF(NeuronModel):
     def beta(self) -> float:
         """Per-step decay factor of the membrane (0 for a memoryless neuron, ``tau_mem = 0``)."""
         return 0.0 if self.tau_mem == 0 else float(np.exp(-1.0 / self.tau_mem))
+
+
+def _number(model: NeuronModel, name: str) -> int | float:
+    """Field ``name`` as a Python int (an integer stays one, as a chip stores it) or a finite float."""
+    value = getattr(model, name)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise IRError(f"{model.kind}: {name} must be a number, got {value!r}")
+    value = int(value) if isinstance(value, (int, np.integer)) else float(value)
+    if not np.isfinite(value):
+        raise IRError(f"{model.kind}: {name} must be finite, got {value}")
+    object.__setattr__(model, name, value)
+    return value
+
+
+@dataclass(frozen=True)
+class CubaLIF(NeuronModel):
+    """Current-based leaky integrate-and-fire neuron: a synaptic current with its own decay feeds a leaky membrane.
+
+    The record holds the parameters as a chip stores them. Per time step ``t`` with synaptic input ``I(t)`` (the
+    weighted sum of the spikes that arrive at ``t``)::
+
+        u(t) = R(u(t-1) * (D - current_decay) / D) + I(t)                 synaptic current
+        v(t) = R(v(t-1) * (D - voltage_decay) / D) + u(t) + bias          membrane
+        s(t) = 1 if v(t) >= threshold else 0
+        v(t) = 0                                  where s(t) = 1         (reset="zero", as Loihi does)
+        v(t) = v(t) - threshold                   where s(t) = 1         (reset="subtract")
+
+    with ``u(0) = 0`` and ``v(0) = initial_voltage`` (in the units of ``v``, not a fraction of the threshold as
+    IF's ``v_init``). The current is not reset by a spike. ``D = decay_unit`` makes the decays fractions
+    ``current_decay / D`` of the state lost per step: ``D = 1`` with float decays in ``[0, 1]``, or ``D = 4096``
+    with the 12-bit integer decays ``du, dv`` of Loihi. ``R`` is the rounding of the arithmetic the model runs
+    in: none in floating point; on Loihi the product is truncated toward zero (``sign(x) (|x| >> 12)``), the
+    states are 24-bit (``u`` wraps, ``v`` saturates) and ``s`` compares strictly, ``v > vth``, so an integer
+    threshold here is ``(vThMant << 6) + 1`` (Davies et al., "Loihi: a neuromorphic manycore processor with
+    on-chip learning", IEEE Micro 38(1), 2018; Lava's bit-accurate LIF process model). A target's integer
+    emulator plugs in that arithmetic; the step itself is the one of the neuron dynamics table.
+
+    ``current_decay = D`` (no memory: ``u(t) = I(t)``) and ``voltage_decay = 0`` is the IF neuron;
+    ``voltage_decay = D (1 - beta)`` with ``current_decay = D`` is the LIF neuron of decay ``beta``.
+
+    NIR's CubaLIF (Pedersen et al., "Neuromorphic intermediate representation: a unified instruction set for
+    interoperable brain-inspired computing", Nature Communications 15, 2024) is the continuous form
+    ``tau_syn dI/dt = -I + w_in S``, ``tau_mem dv/dt = (v_leak - v) + r I``; its forward-Euler step of length
+    ``dt`` is this record with ``D = 1``, ``current_decay = dt / tau_syn``, ``voltage_decay = dt / tau_mem``,
+    the input scaled by ``w_in dt / tau_syn``, the current by ``r dt / tau_mem`` and ``bias = v_leak dt /
+    tau_mem``; an exporter folds those scales into the weights. ``dt`` is the length of a time step in seconds,
+    kept so that a target or NIR can state time constants; the discrete dynamics above do not depend on it.
+
+    Integer fields stay integers (as Python ints), so at the hw level the record is what the chip stores:
+    :attr:`hw_integer_fields` must then all be integers.
+    """
+
+    kind = "CubaLIF"
+    hw_integer_fields = ("threshold", "current_decay", "voltage_decay", "bias", "initial_voltage")
+    threshold: int | float = 1.0
+    current_decay: int | float = 1.0
+    voltage_decay: int | float = 0.0
+    decay_unit: int = 1
+    bias: int | float = 0.0
+    reset: str = "zero"
+    initial_voltage: int | float = 0.0
+    dt: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "current_decay", "voltage_decay", "bias", "initial_voltage"):
+            _number(self, name)
+        _check_common(self, self.threshold, self.reset)
+        unit = _number(self, "decay_unit")
+        if not isinstance(unit, int) or unit < 1:
+            raise IRError(f"CubaLIF: decay_unit must be a positive integer (1 for float decays, 4096 for Loihi's "
+                          f"12-bit decays), got {self.decay_unit!r}")
+        for name in ("current_decay", "voltage_decay"):
+            if not 0 <= getattr(self, name) <= unit:
+                raise IRError(f"CubaLIF: {name} must lie in [0, decay_unit={unit}], got {getattr(self, name)}")
+        object.__setattr__(self, "dt", float(_number(self, "dt")))
+        if self.dt <= 0:
+            raise IRError(f"CubaLIF: dt (the time step in seconds) must be positive, got {self.dt}")
 
 
 def _vector(model: NeuronModel, name: str, length: int | None = None) -> tuple[float, ...]:
@@ -242,7 +322,7 @@ class Amos(NeuronModel):
 TEMPORAL_NEURONS = (FewSpike, Amos)
 """Neuron models of the temporal (layer-pipelined) codings: a layer takes ``steps`` time steps per input."""
 
-NEURON_MODELS: dict[str, type[NeuronModel]] = {m.kind: m for m in (IF, LIF, FewSpike, Amos)}
+NEURON_MODELS: dict[str, type[NeuronModel]] = {m.kind: m for m in (IF, LIF, CubaLIF, FewSpike, Amos)}
 
 
 def neuron_from_json(data: dict) -> NeuronModel:

@@ -7,12 +7,21 @@ shape.
 
 ``infer`` computes the output type from the input types and raises :class:`~snncc.errors.IRError` naming the field
 and the shapes when they do not fit. Linear ops keep the coding of their input (:attr:`Op.keeps_coding`).
+
+Array parameters keep their kind: a float array is stored as float32 (whatever float width it came in), an integer
+or boolean array keeps its dtype (the int8 weight mantissas, exponents and integer biases of the hw level), so a
+graph at the ann and snn levels holds float32 arrays only and one at the hw level what the chip stores.
+
+Properties that passes and simulators read instead of lists of op classes: ``synaptic`` (inputs arrive through
+weights), ``passes_spikes`` with ``fill_value`` (a binary spike train stays one through the op: rearrangements,
+subsampling and zero padding), ``is_view`` (all elements in order, only the shape changes) and ``levels`` (the IR
+levels at which the op is legal; :data:`snncc.ir.verify.LEVELS` holds each level's other rules).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import numpy as np
@@ -21,13 +30,19 @@ from snncc.errors import IRError
 from snncc.ir import functions
 from snncc.ir.codings import Analog, Coding, FewSpikeCode, Rate
 from snncc.ir.neurons import TEMPORAL_NEURONS, NeuronModel
-from snncc.ir.types import TensorType
+from snncc.ir.types import DEFAULT_DTYPE, TensorType, check_format
 
-ANN, SNN = "ann", "snn"
+ANN, SNN, HW = "ann", "snn", "hw"
+#: The levels of ops a chip can hold as they are (synaptic layers, rearrangements, populations, readouts).
+_EVERY_LEVEL = frozenset({ANN, SNN, HW})
 
 
-def _frozen_array(value: object) -> np.ndarray:
-    array = np.array(value, dtype=np.float32, copy=True)
+def _frozen_array(value: np.ndarray) -> np.ndarray:
+    """A read-only copy: float32 for floats, the same dtype for integers and booleans."""
+    kind = np.asarray(value).dtype.kind
+    if kind not in "fiub":
+        raise IRError(f"array parameters must be real numbers or integers, got dtype {np.asarray(value).dtype}")
+    array = np.array(value, dtype=np.float32 if kind == "f" else None, copy=True)
     array.setflags(write=False)
     return array
 
@@ -42,6 +57,18 @@ class Op:
     keeps_coding: ClassVar[bool] = True
     # Synaptic ops are the ones whose inputs arrive through weights: their events are counted as synaptic operations.
     synaptic: ClassVar[bool] = False
+    # Every output element is one of the input's elements, or the constant ``fill_value`` where the op pads: a
+    # binary spike train stays a binary spike train through the op when it pads with zero (silent inputs).
+    passes_spikes: ClassVar[bool] = False
+    # The output holds all of the input's elements in the same (row-major) order; only the per-sample shape changes.
+    # A view of a population's spikes is that population's spikes (the simulators read them in place).
+    is_view: ClassVar[bool] = False
+
+    @property
+    def fill_value(self) -> float:
+        """The constant an op of ``passes_spikes`` writes where an output element has no input element (0.0 when
+        it pads nothing); a padding with a non-zero constant does not pass spikes."""
+        return 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -86,7 +113,7 @@ class Op:
 def _same_value(a: object, b: object) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
-                and np.array_equal(a, b))
+                and a.dtype == b.dtype and np.array_equal(a, b))
     if isinstance(a, tuple) and isinstance(b, tuple):
         return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
     return a == b
@@ -133,15 +160,11 @@ class _SharedWeights(Op):
     parameter; a chip stores each weight once and scales an input by its gain (a per-axon or per-connection
     weight exponent on most neuromorphic chips). The sum order and the rounding of ``W * g_i`` are those of the
     copies: ``per_input()`` returns exactly those copies, and every kernel runs through them, so the numbers are
-    the same as the graph of copies, bit for bit. Legal at the SNN level only: the ANN passes (canonicalize,
-    normalize) fold and rescale one operand.
+    the same as the graph of copies, bit for bit. Not legal at the ANN level (a rule of the ann level in
+    :mod:`snncc.ir.verify`): the ANN passes (canonicalize, normalize) fold into and rescale one operand.
     """
 
     arity: ClassVar[int | None] = None
-
-    @property
-    def levels(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset({ANN, SNN}) if self.input_gains is None else frozenset({SNN})
 
     @property
     def input_count(self) -> int:
@@ -158,7 +181,9 @@ class _SharedWeights(Op):
     def _freeze_gains(self) -> None:
         if self.input_gains is None:
             return
-        gains = tuple(_frozen_array(g) for g in self.input_gains)
+        # Gains take the number kind of the weights: float32 beside float weights, as given beside integer ones.
+        floats = self.weight.dtype.kind == "f"
+        gains = tuple(_frozen_array(np.asarray(g, np.float32) if floats else np.asarray(g)) for g in self.input_gains)
         object.__setattr__(self, "input_gains", gains)
         if not gains:
             raise IRError(f"{self.kind}: input_gains must hold one gain per input, got none")
@@ -196,19 +221,25 @@ class _SharedWeights(Op):
 
 @dataclass(frozen=True, eq=False)
 class Input(Op):
-    """A graph input of per-sample ``shape``; its coding is always analog (the data enter as constant currents)."""
+    """A graph input of per-sample ``shape``; its coding is always analog (the data enter as constant currents).
+
+    ``dtype`` and ``bits`` give its number format (:class:`~snncc.ir.types.TensorType`); unset, float32."""
 
     kind: ClassVar[str] = "Input"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     arity: ClassVar[int | None] = 0
     shape: tuple[int, ...] = ()
     name: str = "input"
+    dtype: str | None = None  # None: float32, the format of every ann- and snn-level input
+    bits: int | None = None
 
     def validate(self) -> None:
         if not self.shape or any(int(d) != d or d < 1 for d in self.shape):
             raise IRError(f"Input {self.name!r}: shape must be positive integers, got {self.shape}")
+        check_format(self.dtype or DEFAULT_DTYPE, self.bits, f"Input {self.name!r}")
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
-        return TensorType(tuple(self.shape), Analog())
+        return TensorType(tuple(self.shape), Analog(), self.dtype or DEFAULT_DTYPE, self.bits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,6 +253,7 @@ class Conv2d(_SharedWeights):
     """
 
     kind: ClassVar[str] = "Conv2d"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     synaptic: ClassVar[bool] = True
     weight: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 1, 1)))
     bias: np.ndarray | None = None
@@ -281,6 +313,7 @@ class Linear(_SharedWeights):
     input feature)."""
 
     kind: ClassVar[str] = "Linear"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     synaptic: ClassVar[bool] = True
     weight: np.ndarray = field(default_factory=lambda: np.zeros((1, 1)))
     bias: np.ndarray | None = None
@@ -330,6 +363,7 @@ class AvgPool2d(_Pool2d):
     """Average pooling; with ``count_include_pad`` false the divisor counts only the real (unpadded) inputs."""
 
     kind: ClassVar[str] = "AvgPool2d"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     synaptic: ClassVar[bool] = True
     count_include_pad: bool = False
 
@@ -352,7 +386,7 @@ class SpikingMaxPool2d(_Pool2d):
     """
 
     kind: ClassVar[str] = "SpikingMaxPool2d"
-    levels: ClassVar[frozenset[str]] = frozenset({SNN})
+    levels: ClassVar[frozenset[str]] = frozenset({SNN, HW})
 
 
 @dataclass(frozen=True, eq=False)
@@ -360,6 +394,7 @@ class GlobalAvgPool(Op):
     """Mean over the spatial axes: [C, H, W] -> [C]. (ONNX keeps [C, 1, 1]; the frontend adds a Reshape if used.)"""
 
     kind: ClassVar[str] = "GlobalAvgPool"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     synaptic: ClassVar[bool] = True
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
@@ -373,17 +408,23 @@ class Pad2d(Op):
     """Constant padding of the two spatial axes, (top, left, bottom, right)."""
 
     kind: ClassVar[str] = "Pad2d"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
+    passes_spikes: ClassVar[bool] = True
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     value: float = 0.0
 
     def validate(self) -> None:
         _pair("padding", self.kind, self.padding, n=4, minimum=0)
 
+    @property
+    def fill_value(self) -> float:
+        return self.value
+
     def infer(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         _expect_rank(self.kind, x, 3)
         t, l, b, r = self.padding
-        return TensorType((x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r), self.output_coding(inputs))
+        return replace(x, shape=(x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r))
 
 
 @dataclass(frozen=True, eq=False)
@@ -395,6 +436,8 @@ class ChannelPad(Op):
     """
 
     kind: ClassVar[str] = "ChannelPad"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
+    passes_spikes: ClassVar[bool] = True
     before: int = 0
     after: int = 0
     value: float = 0.0
@@ -402,11 +445,15 @@ class ChannelPad(Op):
     def validate(self) -> None:
         _pair("(before, after)", self.kind, (self.before, self.after), minimum=0)
 
+    @property
+    def fill_value(self) -> float:
+        return self.value
+
     def infer(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         if not x.shape:
             raise IRError(f"ChannelPad: needs an input with a channel axis, got shape {x.shape}")
-        return TensorType((x.shape[0] + self.before + self.after,) + x.shape[1:], self.output_coding(inputs))
+        return replace(x, shape=(x.shape[0] + self.before + self.after,) + x.shape[1:])
 
 
 @dataclass(frozen=True, eq=False)
@@ -418,6 +465,8 @@ class Slice(Op):
     """
 
     kind: ClassVar[str] = "Slice"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
+    passes_spikes: ClassVar[bool] = True
     starts: tuple[int, ...] = ()
     stops: tuple[int, ...] = ()
     steps: tuple[int, ...] = ()
@@ -439,7 +488,7 @@ class Slice(Op):
         if any(stop > d for stop, d in zip(self.stops, x.shape)):
             raise IRError(f"Slice: stops {self.stops} exceed the input shape {x.shape}")
         shape = tuple(len(range(a, b, c)) for a, b, c in zip(self.starts, self.stops, self.steps))
-        return TensorType(shape, self.output_coding(inputs))
+        return replace(x, shape=shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -447,10 +496,13 @@ class Flatten(Op):
     """Flatten every per-sample axis into one (ONNX Flatten with axis=1)."""
 
     kind: ClassVar[str] = "Flatten"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
+    passes_spikes: ClassVar[bool] = True
+    is_view: ClassVar[bool] = True
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
-        return TensorType((x.size,), self.output_coding(inputs))
+        return replace(x, shape=(x.size,))
 
 
 @dataclass(frozen=True, eq=False)
@@ -458,6 +510,9 @@ class Reshape(Op):
     """Reshape to the per-sample ``shape`` (row-major, like numpy)."""
 
     kind: ClassVar[str] = "Reshape"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
+    passes_spikes: ClassVar[bool] = True
+    is_view: ClassVar[bool] = True
     shape: tuple[int, ...] = ()
 
     def validate(self) -> None:
@@ -468,7 +523,7 @@ class Reshape(Op):
         (x,) = inputs
         if math.prod(self.shape) != x.size:
             raise IRError(f"Reshape: cannot reshape {x.shape} ({x.size} values) to {self.shape}")
-        return TensorType(tuple(self.shape), self.output_coding(inputs))
+        return replace(x, shape=tuple(self.shape))
 
 
 @dataclass(frozen=True, eq=False)
@@ -501,6 +556,7 @@ class Add(Op):
     """Element-wise sum of two inputs of equal shape (residual connections)."""
 
     kind: ClassVar[str] = "Add"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     arity: ClassVar[int | None] = 2
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
@@ -515,6 +571,7 @@ class Concat(Op):
     """Concatenation along per-sample ``axis`` (0 is the channel axis)."""
 
     kind: ClassVar[str] = "Concat"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     arity: ClassVar[int | None] = None
     axis: int = 0
 
@@ -536,6 +593,9 @@ class Identity(Op):
     """Passes its input through (ONNX Identity and inference-mode Dropout); canonicalize removes it."""
 
     kind: ClassVar[str] = "Identity"
+    levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
+    passes_spikes: ClassVar[bool] = True
+    is_view: ClassVar[bool] = True
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         return inputs[0]
@@ -710,7 +770,7 @@ class Population(Op):
     neurons). IF/LIF populations emit rate-coded spike trains; FS and AMOS populations the few-spike code."""
 
     kind: ClassVar[str] = "Population"
-    levels: ClassVar[frozenset[str]] = frozenset({SNN})
+    levels: ClassVar[frozenset[str]] = frozenset({SNN, HW})
     keeps_coding: ClassVar[bool] = False
     neuron: NeuronModel | None = None
 
@@ -732,7 +792,7 @@ class Readout(Op):
     """
 
     kind: ClassVar[str] = "Readout"
-    levels: ClassVar[frozenset[str]] = frozenset({SNN})
+    levels: ClassVar[frozenset[str]] = frozenset({SNN, HW})
     keeps_coding: ClassVar[bool] = False
 
     def infer(self, inputs: list[TensorType]) -> TensorType:

@@ -7,9 +7,15 @@
      "nodes": [{"id": "conv1", "kind": "Conv2d", "inputs": ["input"], "params": {...}, "meta": {...}}, ...]}
 
 A parameter value is JSON, except ``{"array": "arrays/3.npy"}`` for a numpy array, ``{"neuron": {...}}`` for a neuron
-model and ``{"float": "inf"}`` for a non-finite float. Reading uses ``allow_pickle=False`` and validates everything
-(format, version, op kinds, parameter names, shapes via the op constructors, the level verifier); writing goes to a
-temporary file renamed into place, so a failure never leaves a half-written file.
+model and ``{"float": "inf"}`` for a non-finite float; a parameter that is None by default and None is left out.
+Arrays keep their dtype (float32 at the ann and snn levels; int8, int32, ... at the hw level) and integer neuron
+parameters stay JSON integers. A node placed on a chip (hw level) has ``"placement": {"chip": 0, "core": 3}``.
+Reading uses ``allow_pickle=False`` and validates everything (format, version, node keys, op kinds, parameter
+names, shapes via the op constructors, the level verifier); writing goes to a temporary file renamed into place,
+so a failure never leaves a half-written file.
+
+Version 1 covers all of this: ann- and snn-level files are written exactly as before the hw level existed (an old
+reader refuses an hw-level file by its unknown level, never misreads it), so there is no version 2 yet.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from snncc.errors import FormatError, IRError
 from snncc.ir.graph import Graph
 from snncc.ir.neurons import NeuronModel, neuron_from_json
 from snncc.ir.ops import OPS
+from snncc.ir.placement import Placement
 from snncc.ir.verify import verify
 
 FORMAT = "snncc.snn"
 SCHEMA_VERSION = 1
+_NODE_KEYS = frozenset({"id", "kind", "inputs", "params", "meta", "placement"})
 
 
 def _encode(value: object, arrays: dict[str, np.ndarray]) -> object:
@@ -82,9 +90,14 @@ def graph_to_json(graph: Graph, arrays: dict[str, np.ndarray]) -> dict:
     nodes = []
     for node in graph.topological_order():
         op = graph.op(node)
-        nodes.append({"id": node, "kind": op.kind, "inputs": graph.inputs(node),
-                      "params": {k: _encode(v, arrays) for k, v in op.params().items()},
-                      "meta": graph.meta.get(node, {})})
+        params = {f.name: getattr(op, f.name) for f in fields(op)
+                  if not (f.default is None and getattr(op, f.name) is None)}
+        entry = {"id": node, "kind": op.kind, "inputs": graph.inputs(node),
+                 "params": {k: _encode(v, arrays) for k, v in params.items()},
+                 "meta": graph.meta.get(node, {})}
+        if graph.placement(node) is not None:
+            entry["placement"] = graph.placement(node).to_json()
+        nodes.append(entry)
     return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "snncc_version": __version__,
             "level": graph.level, "attrs": graph.attrs, "outputs": graph.outputs, "nodes": nodes}
 
@@ -141,7 +154,10 @@ def _graph_from_json(doc: dict, archive: zipfile.ZipFile, path: Path) -> Graph:
     graph.attrs = dict(doc["attrs"])
     graph.attrs["level"] = doc["level"]
     for entry in doc["nodes"]:
-        where = f"{path}: node {entry.get('id')!r}"
+        where = f"{path}: node {entry.get('id')!r}" if isinstance(entry, dict) else f"{path}: node {entry!r}"
+        if not isinstance(entry, dict) or not set(entry) <= _NODE_KEYS:
+            raise FormatError(f"{where}: a node entry is an object with the keys {sorted(_NODE_KEYS)}, got "
+                              f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
         kind = entry.get("kind")
         if kind not in OPS:
             raise FormatError(f"{where}: unknown op kind {kind!r}")
@@ -157,6 +173,14 @@ def _graph_from_json(doc: dict, archive: zipfile.ZipFile, path: Path) -> Graph:
             raise FormatError(f"{where}: {exc}") from None
         if node != entry["id"]:
             raise FormatError(f"{where}: duplicate node id")
+        if "placement" in entry:
+            place = entry["placement"]
+            if not isinstance(place, dict) or set(place) != {"chip", "core"}:
+                raise FormatError(f"{where}: placement must be {{\"chip\": int, \"core\": int}}, got {place!r}")
+            try:
+                graph.place(node, Placement(**place))
+            except IRError as exc:
+                raise FormatError(f"{where}: {exc}") from None
     graph.outputs = list(doc["outputs"])
     try:
         verify(graph)

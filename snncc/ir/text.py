@@ -7,9 +7,11 @@ Example::
       %conv1 = Conv2d(%input; weight=f32[6,1,5,5], bias=f32[6], stride=(1, 1), ...) : [6,28,28] analog
       %relu1 = Population(%conv1; neuron=IF(threshold=1, reset=subtract, v_init=0.5)) : [6,28,28] rate
 
-Arrays print as their dtype and shape (a one-element array as its value; a tuple of arrays, such as the
-``input_gains`` of a shared-weight layer, element by element: ``input_gains=(1, f32[16], 0.5)``); the text form is
-for reading and for structural comparison in tests, the ``.snn`` file form holds the values.
+At the hw level a placed node ends with its placement, ``@chip0.core3``. Arrays print as their dtype and shape
+(``f32[6,1,5,5]``, ``i8[10,84]``); a one-element array prints its value (an integer one with its dtype, ``i32(7)``),
+and a tuple of arrays, such as the ``input_gains`` of a shared-weight layer, element by element
+(``input_gains=(1, f32[16], 0.5)``). The text form is for reading and for structural comparison in tests, the
+``.snn`` file form holds the values.
 """
 
 from __future__ import annotations
@@ -20,11 +22,17 @@ from snncc.errors import IRError
 from snncc.ir.graph import Graph
 
 
+#: Short dtype names of arrays: ``f32[6,1,5,5]``, ``i8[10,84]``.
+_SHORT_DTYPES = {"float32": "f32", "bool": "b1", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
+                 "uint8": "u8", "uint16": "u16", "uint32": "u32"}
+
+
 def _value(value: object) -> str:
     if isinstance(value, np.ndarray):
         if value.size == 1:
-            return f"{float(value.reshape(-1)[0]):g}"
-        return f"f32[{','.join(map(str, value.shape))}]"
+            scalar = value.reshape(-1)[0]
+            return f"{float(scalar):g}" if value.dtype.kind == "f" else f"{_SHORT_DTYPES[value.dtype.name]}({scalar})"
+        return f"{_SHORT_DTYPES.get(value.dtype.name, value.dtype.name)}[{','.join(map(str, value.shape))}]"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, tuple) and any(isinstance(v, np.ndarray) for v in value):  # e.g. input_gains
@@ -40,6 +48,8 @@ def format_node(graph: Graph, node: str, types: dict | None = None) -> str:
     line = f"%{node} = {op.kind}({body})"
     if types is not None and node in types:
         line += f" : {types[node]}"
+    if graph.placement(node) is not None:
+        line += f" {graph.placement(node)}"
     return line
 
 

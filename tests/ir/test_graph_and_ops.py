@@ -86,7 +86,7 @@ def test_a_shared_weight_layer_takes_one_operand_per_gain_of_one_shape():
     g = Graph()  # an ANN-level graph: the ANN passes fold and rescale one operand, so the form is SNN-only
     x = g.add(ops.Input(shape=(3,)))
     g.outputs = [g.add(ops.Linear(weight=np.ones((2, 3)), input_gains=(1.0, 2.0)), [x, x], name="shared")]
-    with pytest.raises(VerificationError, match="'shared': Linear is not legal at the ann level"):
+    with pytest.raises(VerificationError, match="'shared': Linear with input_gains reads 2 operands; shared-weight layers are an snn-level form"):
         verify(g)
 
 

@@ -2,9 +2,17 @@
 
 Spikes are compared per population, step, sample and neuron by recording what every population emits in both
 engines (the tests wrap the population update of each engine; the engines themselves have no tracing code).
-Spikes may differ only where the reference's membrane lies within float rounding of the threshold: the synaptic
-sums of the two engines add the same float32 terms, in the same order unless the BLAS splits a long reduction axis.
-Such flips must be rarer than 1 in 100,000 spikes and must not change a predicted class.
+What is exact and what is bounded:
+
+- Where snncc controls the order of every sum, the results are bit-identical: the kernels against an explicit
+  ascending-order sum, and whole graphs whose weights, biases and inputs are multiples of 1/8 (every float32 sum of
+  them is exact in any order).
+- Where the reference's synaptic current is a BLAS product, its summation order is the BLAS's: OpenBLAS splits long
+  reductions into blocks and uses small-matrix kernels with their own order, which differ between machines and
+  instruction sets (AVX2, AVX-512). The event-driven kernels add the same float32 terms in ascending order. Spikes
+  and predicted classes must still be equal; the readouts agree within the bound of the summation order,
+  :func:`_order_bound`. A spike may flip only where the reference's membrane lies within that bound of the threshold
+  (accumulated over the steps up to the flip); flips must be rarer than 1 in 100,000 spikes and change no class.
 """
 
 from __future__ import annotations
@@ -26,6 +34,50 @@ from snncc.runtime import Simulator, _kernels, cython_engine, kernels, reference
 from tests.conftest import MODELS, data_dir  # noqa: E402
 
 MAX_FLIP_RATE = 1e-5
+UNIT_ROUNDOFF = 2.0 ** -24  # float32
+
+
+def _gamma(n: int) -> float:
+    """Higham's gamma_n = n u / (1 - n u): a float32 sum of n + 1 terms in any order (any summation tree of depth at
+    most n) differs from the exact sum by at most gamma_n times the sum of the terms' magnitudes (Higham, Accuracy
+    and Stability of Numerical Algorithms, 2nd ed., section 4.2). Products with a 0/1 spike are exact."""
+    return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
+
+
+def _synaptic_bound(op: ops.Op) -> np.ndarray:
+    """Per output channel, the largest difference between two float32 sums of one output of ``op`` over binary
+    inputs that add the same terms in different orders: twice gamma_n of the sum of |weights| and |bias| (n + 1
+    terms at most). The same bound holds for every spatial position of a convolution."""
+    weight = np.abs(op.weight.astype(np.float64)).reshape(op.weight.shape[0], -1)
+    magnitude = weight.sum(axis=1) + (0 if op.bias is None else np.abs(op.bias.astype(np.float64)))
+    return 2 * _gamma(weight.shape[1] + 1) * magnitude
+
+
+def _readout_bound(graph: Graph, readout: str) -> np.ndarray:
+    """Per readout value, how far the two engines' readouts may lie apart (same spikes, sums in another order).
+
+    A readout is the mean over steps of its input; the input is a Conv2d or Linear of spikes, seen through views.
+    The mean of currents that each differ by at most b differs by at most b; each engine rounds it once more to
+    float32 (the relative term added by the caller)."""
+    (node,) = graph.inputs(readout)
+    while isinstance(graph.op(node), (ops.Flatten, ops.Reshape, ops.Identity)):
+        (node,) = graph.inputs(node)
+    op = graph.op(node)
+    if not isinstance(op, (ops.Conv2d, ops.Linear)):
+        pytest.fail(f"no summation-order bound for a readout of {type(op).__name__} {node}")
+    bound = _synaptic_bound(op)
+    shape = graph.types()[node].shape
+    per_value = np.broadcast_to(bound.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+    return per_value.reshape(graph.types()[readout].shape)
+
+
+def _largest_current_bound(graph: Graph) -> float:
+    """The order bound of the largest synaptic current fed by spikes (currents from the analog input are the same
+    BLAS call in both engines, hence identical; average pooling runs the reference's numpy code in both)."""
+    bounds = [float(_synaptic_bound(graph.op(n)).max()) for n in graph.topological_order()
+              if isinstance(graph.op(n), (ops.Conv2d, ops.Linear))
+              and not isinstance(graph.op(graph.inputs(n)[0]), ops.Input)]
+    return max(bounds, default=0.0)
 
 
 def _built_variants() -> list[str]:
@@ -190,8 +242,12 @@ def _assert_agreement(graph, x, timesteps, threads=2, exact=True) -> dict:
         v, threshold = membranes[i]
         where = ref_spikes[i][t] != cy_spikes[i][t]
         gap = np.abs(v[t][where] - threshold)
-        assert gap.max() <= 1e-4 * max(1.0, float(threshold)), \
-            f"a spike flipped at step {t} of population {i} with the membrane {gap.max()} from the threshold"
+        # Up to the first flip both engines saw the same spikes, so each step's current differed by at most the
+        # order bound, and each membrane update rounded once more (relative u of the membrane).
+        allowed = (t + 1) * (_largest_current_bound(graph) + 2 * UNIT_ROUNDOFF * float(np.abs(v[:t + 1]).max()))
+        assert gap.max() <= allowed, \
+            f"a spike flipped at step {t} of population {i} with the membrane {gap.max()} from the threshold " \
+            f"(the summation order explains at most {allowed})"
     assert flips <= MAX_FLIP_RATE * total, f"{flips} flipped spikes out of {total}"
     for a, b in zip(ref.outputs, cy.outputs):
         np.testing.assert_array_equal(a[-1].reshape(len(x), -1).argmax(1), b[-1].reshape(len(x), -1).argmax(1))
@@ -203,9 +259,13 @@ def _assert_agreement(graph, x, timesteps, threads=2, exact=True) -> dict:
                 np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(ref.synops, cy.synops)
         else:
-            for a, b in zip(ref.outputs, cy.outputs):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(ref.synops, cy.synops, rtol=1e-6)
+            for output, a, b in zip(graph.outputs, ref.outputs, cy.outputs):
+                allowed = _readout_bound(graph, output) + 2 * UNIT_ROUNDOFF * np.abs(a)
+                excess = np.abs(a.astype(np.float64) - b) - allowed
+                assert excess.max() <= 0, \
+                    f"readout {output}: {int((excess > 0).sum())} values differ by more than the summation-order " \
+                    f"bound (largest difference {np.abs(a - b).max()})"
+            np.testing.assert_array_equal(ref.synops, cy.synops)  # spike counts times fan-outs: exact below 2^24
     predictions = [o[-1].reshape(len(x), -1).argmax(1) for o in (ref.outputs[0], cy.outputs[0])]
     return {"flips": flips, "spikes": total, "predictions": predictions}
 
@@ -548,9 +608,10 @@ def test_shipped_models_on_real_images(name, dataset):
     flips = spikes = 0
     correct = np.zeros(2, dtype=int)
     for start in range(0, len(xs), 100):
-        # VGG's fc1 sums 3136 inputs and its convolutions 288 and 576: the BLAS may split or reorder those sums,
-        # so rare flips are possible there and the outputs agree to rounding.
-        result = _assert_agreement(graph, xs[start:start + 100], 32, exact=name == "lenet5-mnist")
+        # The reference's currents are BLAS products whose summation order depends on the machine (block splits of
+        # VGG's 3136-input fc1, small-matrix kernels on AVX-512 even for LeNet's short sums): readouts agree within
+        # the order bound, spikes exactly (or with rare flips at the threshold, see _assert_agreement).
+        result = _assert_agreement(graph, xs[start:start + 100], 32, exact=False)
         flips, spikes = flips + result["flips"], spikes + result["spikes"]
         correct += [int((p == y[start:start + 100]).sum()) for p in result["predictions"]]
     assert spikes > 100_000 and flips <= MAX_FLIP_RATE * spikes, (flips, spikes)
