@@ -249,11 +249,18 @@ def test_a_sum_of_trains_becomes_one_weight_array_with_a_gain_per_train():
     assert "input_gains=(1, f32[3])" in to_text(lowered) and "input_gains=(1, f32[27])" in to_text(lowered)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_shared_weight_layers_compute_what_per_train_copies_compute_bit_for_bit(backend):
+@pytest.mark.parametrize("backend", BACKENDS + (["cython-dense"] if "cython" in BACKENDS else []))
+def test_shared_weight_layers_compute_what_per_train_copies_compute_bit_for_bit(backend, monkeypatch):
     """Against the copies written out by hand (non-dyadic weights and gains, so that the rounding of ``W * g``
     and the order of the sums matter): the same readouts, spikes and synaptic operations, bit for bit; and
-    within float rounding of the unlowered graph, which adds the graded sum before the layer."""
+    within float rounding of the unlowered graph, which adds the graded sum before the layer. ``cython-dense``:
+    the compiled runtime with every chunk on the dense path (the event-driven one is taken at these densities)."""
+    if backend == "cython-dense":
+        from snncc.runtime import cython_engine
+
+        for kind in (ops.Conv2d, ops.Linear):
+            monkeypatch.setitem(cython_engine.DENSE_ABOVE, kind, -1.0)
+        backend = "cython"
     graph = _sum_of_spikes_into_a_conv(dyadic=False)
     lowered = graph.clone()
     lower_spike_sums(lowered)
