@@ -173,17 +173,18 @@ def _compact(gain: np.ndarray) -> np.ndarray:
     return gain if channels is None else channels.reshape((-1,) + (1,) * (gain.ndim - 1))
 
 
-def _pad_edges(widths: list[tuple[int, int]]):
-    return lambda gain: np.pad(gain, widths + [(0, 0)] * (gain.ndim - len(widths)), mode="edge")
+def _pad_edges(gain: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
+    """``gain`` padded along its leading axes by ``widths`` with its edge values."""
+    return np.pad(gain, widths + [(0, 0)] * (gain.ndim - len(widths)), mode="edge")
 
 
 #: How a per-element gain passes an op with ``passes_spikes`` that is not a view (a view only reshapes it). Padded
 #: positions carry no spikes; they take a neighbour's gain so that per-channel gains stay per channel.
 _GAIN_THROUGH = {
     ops.Slice: lambda op, gain: gain[tuple(slice(a, b, c) for a, b, c in zip(op.starts, op.stops, op.steps))],
-    ops.ChannelPad: lambda op, gain: _pad_edges([(op.before, op.after)])(gain),
-    ops.Pad2d: lambda op, gain: _pad_edges([(0, 0), (op.padding[0], op.padding[2]),
-                                            (op.padding[1], op.padding[3])])(gain),
+    ops.ChannelPad: lambda op, gain: _pad_edges(gain, [(op.before, op.after)]),
+    ops.Pad2d: lambda op, gain: _pad_edges(gain, [(0, 0), (op.padding[0], op.padding[2]),
+                                                  (op.padding[1], op.padding[3])]),
 }
 
 
