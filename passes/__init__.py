@@ -4,6 +4,8 @@ Importing this package registers every pass in :data:`PASSES`, so pipelines can 
 """
 
 from snncc.passes import canonicalize, convert_fs, convert_rate, normalize, quantize_neurons, sew  # noqa: F401
-from snncc.passes.base import PASSES, Pass, PassContext, parse_pipeline, pipeline_text, register, run_pipeline
+from snncc.passes.base import (PASSES, Pass, PassContext, parse_pipeline, pipeline_notes, pipeline_text, register,
+                               run_pipeline)
 
-__all__ = ["PASSES", "Pass", "PassContext", "parse_pipeline", "pipeline_text", "register", "run_pipeline"]
+__all__ = ["PASSES", "Pass", "PassContext", "parse_pipeline", "pipeline_notes", "pipeline_text", "register",
+           "run_pipeline"]

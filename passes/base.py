@@ -37,6 +37,13 @@ class Pass:
     name: ClassVar[str] = ""
     #: Level the input graph must be at (None: any).
     requires_level: ClassVar[str | None] = None
+    #: (option, value) -> a known cost of that choice that the user should hear about (``snncc compile`` prints it).
+    option_notes: ClassVar[dict[tuple[str, object], str]] = {}
+
+    def notes(self) -> list[str]:
+        """The :attr:`option_notes` that apply to this pass's options, each prefixed with the pass."""
+        return [f"{self.to_text()}: {note}" for (option, value), note in self.option_notes.items()
+                if getattr(self, option) == value]
 
     def run(self, graph: Graph, context: PassContext) -> bool:
         raise NotImplementedError
@@ -138,6 +145,12 @@ def parse_pipeline(text: str) -> list[Pass]:
 
 def pipeline_text(passes: list[Pass]) -> str:
     return ",".join(p.to_text() for p in passes)
+
+
+def pipeline_notes(pipeline: str | list[Pass]) -> list[str]:
+    """Every note on a known cost of the options in ``pipeline`` (:meth:`Pass.notes`), in pipeline order."""
+    passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
+    return [note for p in passes for note in p.notes()]
 
 
 def run_pipeline(graph: Graph, pipeline: str | list[Pass], context: PassContext | None = None) -> Graph:

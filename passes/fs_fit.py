@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from snncc.errors import PassError
+from snncc.fileio import write_json
 from snncc.ir.neurons import Amos, FewSpike
 from snncc.runtime.fewspike import amos, few_spike
 
@@ -125,12 +125,8 @@ def _cache_read(key: str) -> FitResult | None:
 def _cache_write(key: str, result: FitResult) -> None:
     directory = _cache_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         data = {"schema_version": CACHE_SCHEMA_VERSION, "key": key, **result.to_json()}
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, directory / f"{key}.json")
+        write_json(data, directory / f"{key}.json", indent=None)
     except OSError as exc:  # an unwritable cache only costs time
         warnings.warn(f"could not write the FS fit cache in {directory}: {exc}", stacklevel=3)
 

@@ -7,20 +7,26 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 
+from snncc import fileio
 from snncc.data import InputScaling
-from snncc.errors import SnnccError
+from snncc.errors import DataError, SnnccError
 from snncc.frontend.onnx import import_onnx, load_model
+from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import Graph, ops
 from snncc.passes import PassContext, run_pipeline
 from snncc.runtime import Simulator, is_temporal
+from snncc.runtime.analog import check_input
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("rate", "fs", "amos")
 DEFAULT_PIPELINES = {"rate": "canonicalize,normalize,convert-rate", "fs": "canonicalize,normalize,convert-fs",
@@ -46,20 +52,47 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def compile_model(model: str | Path, method: str = "rate", calibration: np.ndarray | None = None,
-                  pipeline: str | None = None, input_scaling: InputScaling | None = None,
-                  progress: bool = False, seed: int = 0, fs_steps: int | None = None) -> Graph:
-    """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here)."""
+def compile_model(model: str | Path | onnx.ModelProto | torch.nn.Module, method: str = "rate",
+                  calibration: np.ndarray | None = None, pipeline: str | None = None,
+                  input_scaling: InputScaling | None = None, progress: bool = False, seed: int = 0,
+                  fs_steps: int | None = None, example_input: object = None, exporter: str = "torchscript") -> Graph:
+    """Import ``model`` and run the conversion pipeline. ``calibration`` holds raw inputs (scaled here).
+
+    ``model`` is an ONNX file, an ``onnx.ModelProto``, or a ``torch.nn.Module``; a module is exported to ONNX in
+    memory first (:mod:`snncc.frontend.torch_export`; ``example_input`` is a tensor or array of one input batch, or
+    its shape, and ``exporter`` is ``"torchscript"`` or ``"dynamo"``) and then compiled exactly as its ONNX file
+    would be. ``graph.attrs["source_model"]`` records the file's path and SHA-256, or the module's class and the
+    SHA-256 of the exported ONNX bytes.
+    """
     input_scaling = input_scaling or InputScaling()
+    model, source = _onnx_source(model, example_input, exporter)
     graph = import_onnx(model)
+    if source is None:  # a file: hashed once it is known to be a readable ONNX model
+        source = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
     calib = None if calibration is None else input_scaling.apply(calibration)
     if pipeline is not None and fs_steps is not None:
         raise SnnccError("give either a pipeline or --fs-steps (set steps in the pipeline: convert-fs{steps=K})")
     pipeline = pipeline or default_pipeline(method, fs_steps)
     graph = run_pipeline(graph, pipeline, PassContext(calibration=calib, seed=seed, progress=progress))
     graph.attrs["input_scaling"] = input_scaling.to_json()
-    graph.attrs["source_model"] = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
+    graph.attrs["source_model"] = source
     return graph
+
+
+def _onnx_source(model: object, example_input: object,
+                 exporter: str) -> tuple[str | Path | onnx.ModelProto, dict | None]:
+    """What ``import_onnx`` reads for ``model``, and the record of where it came from (None for a file)."""
+    if is_torch_module(model):
+        exported = export_module(model, example_input, exporter)
+        return exported.model, exported.source
+    if example_input is not None:
+        raise SnnccError(f"example_input applies to torch.nn.Module models only, not to {type(model).__name__}")
+    if isinstance(model, onnx.ModelProto):
+        return model, {"graph": model.graph.name, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
+    if isinstance(model, (str, Path)):
+        return model, None
+    raise SnnccError(f"cannot compile a {type(model).__name__}: give an ONNX file path, an onnx.ModelProto or a "
+                     "torch.nn.Module (with example_input=)")
 
 
 def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
@@ -72,6 +105,10 @@ def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: in
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     meta = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else -1 for d in meta.shape]
+    sample = int(np.prod(x.shape[1:]))
+    if min(shape[1:], default=1) > 0 and sample != int(np.prod(shape[1:])):
+        raise DataError(f"input data of shape {tuple(x.shape[1:])} per sample does not fit the ONNX model input "
+                        f"{meta.name!r} of shape {tuple(shape[1:])} ({model}); check the data set")
     fixed_batch = shape[0] == 1
     correct = 0
     step = 1 if fixed_batch else batch_size
@@ -135,7 +172,7 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
     if not timesteps or min(timesteps) < 1:
         raise SnnccError(f"timesteps must be positive integers, got {timesteps}")
     scaling = InputScaling.from_json(graph.attrs.get("input_scaling", {}))
-    xs = scaling.apply(x)
+    xs = check_input(graph, scaling.apply(x))  # wrong-shape data fail here, before the ANN runs, with one message
     temporal = is_temporal(graph)
     simulator = Simulator(graph, timesteps=None if temporal else max(timesteps), backend=backend,
                           batch_size=batch_size, threads=threads)
@@ -170,19 +207,21 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a report as JSON atomically (:func:`snncc.fileio.write_json`)."""
+    return fileio.write_json(data, path)
+
+
+def model_name(graph: Graph, onnx_model: str | Path | None = None) -> str:
+    """The name of the model for titles and labels: ``graph.attrs["name"]`` if set, else the stem of the ONNX file it
+    was compiled from, else the torch module's class name, else the stem of ``onnx_model``, else ``"model"``."""
+    source = graph.attrs.get("source_model") or {}
+    if graph.attrs.get("name"):
+        return str(graph.attrs["name"])
+    if source.get("path"):
+        return Path(source["path"]).name.removesuffix(".onnx")
+    if source.get("torch_module"):
+        return source["torch_module"].rsplit(".", 1)[-1]
+    return Path(str(onnx_model)).name.removesuffix(".onnx") if onnx_model is not None else "model"
 
 
 def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -> Path:
@@ -213,20 +252,15 @@ def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    """Write a matplotlib figure as PNG atomically (:func:`snncc.fileio.atomic_writer`) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with fileio.atomic_writer(path) as fh:
+            fig.savefig(fh, format="png", dpi=120)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
-    return path
+    return Path(path)
 
 
 def format_table(report: dict) -> str:

@@ -51,6 +51,7 @@ def _sample(name: str) -> Path:
 def cmd_compile(args: argparse.Namespace) -> int:
     from snncc.api import compile_model
     from snncc.ir import save
+    from snncc.passes import pipeline_notes
 
     calibration = None
     if args.calib is not None:
@@ -59,22 +60,30 @@ def cmd_compile(args: argparse.Namespace) -> int:
                           input_scaling=args.input_scaling, progress=not args.quiet, fs_steps=args.fs_steps)
     save(graph, args.output)
     print(f"wrote {args.output} ({graph.attrs['pipeline']})")
+    for note in pipeline_notes(graph.attrs["pipeline"]):
+        print(f"note: {note}")
     return 0
 
 
 def _run_eval(graph, args: argparse.Namespace, onnx_model) -> dict:
-    from snncc.api import evaluate, format_table, plot_accuracy, write_json
+    from snncc.api import evaluate, format_table, model_name, plot_accuracy, write_json
+    from snncc.runtime import is_temporal
 
     x, y = load_dataset(args.data, split=args.split, limit=args.limit)
-    report = evaluate(graph, x, y, args.timesteps, onnx_model=onnx_model, backend=args.backend,
+    timesteps = args.timesteps or _timesteps(DEFAULT_TIMESTEPS)
+    report = evaluate(graph, x, y, timesteps, onnx_model=onnx_model, backend=args.backend,
                       batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
     report["data"] = {"path": str(args.data), "split": args.split}
+    if is_temporal(graph) and args.timesteps is not None:  # FS/AMOS: one answer, at the latency
+        print(f"note: --timesteps is ignored: {report['coding']} coding answers once, at its latency of "
+              f"{report['latency']} steps")
     print(format_table(report))
     if args.report:
         write_json(report, args.report)
         print(f"wrote {args.report}")
     if args.plot:
-        plot_accuracy({Path(str(onnx_model or "model")).stem: report}, args.plot, title=f"{args.data}")
+        name = model_name(graph, onnx_model)
+        plot_accuracy({name: report}, args.plot, title=f"{name}: {report['images']:,} images")
         print(f"wrote {args.plot}")
     return report
 
@@ -154,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     def eval_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--timesteps", type=_timesteps, default=_timesteps(DEFAULT_TIMESTEPS),
-                       help=f"comma-separated list of T (default {DEFAULT_TIMESTEPS})")
+        p.add_argument("--timesteps", type=_timesteps, default=None,
+                       help=f"comma-separated list of T of a rate-coded model (default {DEFAULT_TIMESTEPS}); FS and "
+                            "AMOS models answer at their latency and ignore it")
         p.add_argument("--batch-size", type=int, default=100)
 
     def simulator_options(p: argparse.ArgumentParser) -> None:

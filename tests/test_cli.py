@@ -185,3 +185,84 @@ def test_fs_steps_only_with_a_temporal_method(tiny_model, tmp_path, capsys):
                  "--quiet"]) == 2
     assert "--fs-steps applies to --method fs or amos" in capsys.readouterr().err
     assert not (tmp_path / "x.snn").exists()
+
+
+@pytest.mark.parametrize("source", ["found", "moved"])
+def test_wrong_shape_data_at_eval_is_one_clean_error(tiny_model, tmp_path, capsys, source):
+    """With the recorded ONNX file found (the ANN is evaluated too) or not, 5x5 data for a 4x4 model is the same
+    one-line error with status 2, not a traceback from onnxruntime."""
+    model, _ = tiny_model
+    snn = tmp_path / "tiny.snn"
+    assert main(["compile", str(model), "-o", str(snn), "--quiet"] + _calib(tiny_model)) == 0
+    if source == "moved":
+        model.rename(tmp_path / "elsewhere.onnx")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((10, 1, 5, 5), np.uint8), y=np.zeros(10, np.uint8))
+    capsys.readouterr()
+    assert main(["eval", str(snn), "--data", str(wrong), "--timesteps", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("snncc: error: input data of shape (1, 5, 5) per sample does not fit the model input 'x' of shape "
+                   "(1, 4, 4); check the data set and --input-scaling\n")
+
+
+def test_wrong_shape_data_for_the_ann_alone_is_a_data_error(tiny_model):
+    from snncc.api import ann_accuracy
+    from snncc.errors import DataError
+
+    model, _ = tiny_model
+    with pytest.raises(DataError, match=r"shape \(1, 5, 5\) per sample does not fit the ONNX model input 'x' of "
+                                        r"shape \(1, 4, 4\)"):
+        ann_accuracy(model, np.zeros((3, 1, 5, 5), np.float32), np.zeros(3))
+
+
+def _calib(tiny_model) -> list[str]:
+    return ["--calib", str(tiny_model[1]), "--input-scaling", "unit"]
+
+
+@pytest.mark.parametrize("method", ["fs", "amos"])
+def test_timesteps_on_a_temporal_model_says_it_answers_at_its_latency(tiny_model, tmp_path, capsys, method):
+    model, data = tiny_model
+    snn = tmp_path / "t.snn"
+    assert main(["compile", str(model), "-o", str(snn), "--method", method, "--fs-steps", "4", "--quiet"]
+                + _calib(tiny_model)) == 0
+    capsys.readouterr()
+    assert main(["eval", str(snn), "--data", str(data), "--timesteps", "8,16", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: --timesteps is ignored: {method} coding answers once, at its latency of 4 steps" in out
+    assert main(["eval", str(snn), "--data", str(data), "--quiet"]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_timesteps_default_for_rate_models(tiny_model, tmp_path, capsys):
+    model, data = tiny_model
+    snn, report = tmp_path / "r.snn", tmp_path / "r.json"
+    assert main(["compile", str(model), "-o", str(snn), "--quiet"] + _calib(tiny_model)) == 0
+    assert main(["eval", str(snn), "--data", str(data), "--quiet", "--report", str(report)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert [e["timesteps"] for e in json.loads(report.read_text())["snn"]] == [8, 16, 32, 64, 128]
+
+
+def test_compile_names_the_runtime_cost_of_a_pass_option(tiny_model, tmp_path, capsys):
+    model, _ = tiny_model
+    out = tmp_path / "x.snn"
+    assert main(["compile", str(model), "-o", str(out), "--quiet", "--pipeline",
+                 "canonicalize,normalize,convert-rate{maxpool=avg}"] + _calib(tiny_model)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("note: convert-rate{maxpool=avg}: average pooling of spikes has no compiled kernel; "
+                               "the Cython runtime runs it on its numpy path, several times slower")
+    assert main(["compile", str(model), "-o", str(out), "--quiet"] + _calib(tiny_model)) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_plot_title_names_the_model_and_the_image_count(tiny_model, tmp_path, monkeypatch):
+    import snncc.api
+
+    drawn = {}
+    monkeypatch.setattr(snncc.api, "plot_accuracy", lambda reports, path, title="": drawn.update(
+        labels=list(reports), title=title))
+    model, data = tiny_model
+    snn = tmp_path / "tiny.snn"
+    assert main(["compile", str(model), "-o", str(snn), "--quiet"] + _calib(tiny_model)) == 0
+    assert main(["eval", str(snn), "--data", str(data), "--timesteps", "4", "--plot", str(tmp_path / "p.png"),
+                 "--limit", "120", "--quiet"]) == 0
+    assert drawn == {"labels": ["tiny"], "title": "tiny: 120 images"}

@@ -421,6 +421,8 @@ def merge_peers(docs: list[dict], run_id: str) -> dict:
 
 
 def main() -> None:
+    from snncc.fileio import write_text  # lazily, as every snncc import here
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--models", default="lenet5-mnist,vgg-fmnist")
@@ -459,7 +461,7 @@ def main() -> None:
         for result in data["models"].values():  # JSON object keys are strings
             result["summary"] = {int(t): s for t, s in result["summary"].items()}
         data["meta"]["peers"] = _peers(args.out)
-        (args.out / "benchmark.md").write_text(markdown(data["models"], data["meta"]))
+        write_text(args.out / "benchmark.md", markdown(data["models"], data["meta"]))
         print(f"wrote {args.out / 'benchmark.md'}")
         return
     if args.crossover:
@@ -499,7 +501,7 @@ def main() -> None:
     write_json({"meta": meta, "models": results}, args.out / "results" / "benchmark.json")
     if peer_docs:
         write_json(merge_peers(peer_docs, run_id), args.out / "results" / "peers.json")
-    (args.out / "benchmark.md").write_text(markdown(results, {**meta, "peers": _peers(args.out)}))
+    write_text(args.out / "benchmark.md", markdown(results, {**meta, "peers": _peers(args.out)}))
     written = ["benchmark.md", "results/benchmark.json"] + (["results/peers.json"] if peer_docs else [])
     print("wrote " + ", ".join(str(args.out / w) for w in written))
 

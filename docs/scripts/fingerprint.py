@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shipped import load_model_data  # noqa: E402
 
 from snncc.api import compile_model  # noqa: E402
+from snncc.fileio import write_json  # noqa: E402
 from snncc.runtime import Simulator  # noqa: E402
 
 RATE = "canonicalize,normalize,convert-rate"
@@ -99,7 +100,7 @@ def main() -> int:
         print(f"{name:20s} {found[name]['sha256'][:16]} acc {found[name]['accuracy']:.4f} "
               f"spikes/image {found[name]['spikes_per_image']:.1f}{status}", flush=True)
     if args.write:
-        args.write.write_text(json.dumps(found, indent=1) + "\n")
+        write_json(found, args.write, indent=1)
     if different:
         print(f"{len(different)} configuration(s) differ: {', '.join(different)}")
         return 1

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from snncc.api import compile_model, evaluate, plot_accuracy, write_json
+from snncc.fileio import write_text
 from shipped import load_model_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             path = DOCS / "results" / f"{name}.json"
             if path.is_file():
                 merged[name] = json.loads(path.read_text())
-        (DOCS / "results.md").write_text(markdown(merged))
+        write_text(DOCS / "results.md", markdown(merged))
     return 0
 
 

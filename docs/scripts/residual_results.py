@@ -27,6 +27,7 @@ import numpy as np
 
 from snncc.api import compile_model, evaluate, save_figure, write_json
 from snncc.data import InputScaling
+from snncc.fileio import write_text
 from shipped import load_model_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -279,7 +280,7 @@ def main() -> None:
             print(f"{key}: written", flush=True)
     reports = load_reports()
     plot(reports, RESULTS / "residual-fmnist.png")
-    (DOCS / "residual.md").write_text(markdown(reports))
+    write_text(DOCS / "residual.md", markdown(reports))
     print(f"wrote {DOCS / 'residual.md'}")
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from snncc.api import compile_model, evaluate, save_figure, write_json
+from snncc.fileio import write_text
 from shipped import load_model_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 known[name] = results[name]
             elif path.exists():
                 known[name] = {"reports": json.loads(path.read_text()), "rate": rate_rows(name)}
-        (DOCS / "temporal.md").write_text(markdown(known))
+        write_text(DOCS / "temporal.md", markdown(known))
         print(f"wrote {DOCS / 'temporal.md'}")
     return 0
 

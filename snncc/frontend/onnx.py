@@ -12,7 +12,8 @@ Before the walk, activations that exporters write as several nodes (SiLU as ``x 
 
 The batch axis is symbolic: ``Shape`` of a dynamic tensor reports :data:`BATCH` for axis 0, so a Reshape target
 computed from it is recognised; a batch dimension fixed at 1 in the model is treated as the batch axis all the same.
-Nodes that cannot be converted are collected and reported together in one :class:`UnsupportedModelError`.
+Nodes that cannot be converted are collected and reported together in one :class:`UnsupportedModelError`, with a
+summary per operator type first (:mod:`snncc.frontend.unsupported`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from onnx.reference import ReferenceEvaluator
 
 from snncc.errors import FrontendError, IRError, UnsupportedModelError
 from snncc.frontend.fusion import PATTERN_ONLY_OPERATORS, PRODUCTS, fuse_activations
+from snncc.frontend.unsupported import Problem, unsupported_model_error
 from snncc.ir import ops
 from snncc.ir.graph import Graph
 from snncc.ir.types import TensorType
@@ -567,7 +569,7 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
 
     used = {name for n in onnx_graph.node for name in n.input} | {o.name for o in onnx_graph.output}
     fusion = fuse_activations(onnx_graph.node, constants, input_name, [o.name for o in onnx_graph.output])
-    problems: list[str] = []
+    problems: list[Problem] = []
     # Outputs of failed or skipped nodes that would have been constants (shape computations, failed folds).
     unknown_constants: set[str] = set()
     for node in fusion.nodes:
@@ -580,10 +582,10 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
             if node.op_type == "Shape" or constant_inputs:
                 unknown_constants.update(node.output)
             elif (reason := _unknown_operator(node)) is not None:
-                problems.append(f"{label}: {reason}{fusion.note(node)}")
+                problems.append(Problem(label, node.op_type, f"{reason}{fusion.note(node)}"))
             continue
         if node.domain not in ("", "ai.onnx"):
-            problems.append(f"{label}: {_unknown_operator(node)}")
+            problems.append(Problem(label, node.op_type, _unknown_operator(node)))
             if constant_inputs:
                 unknown_constants.update(node.output)
             continue
@@ -600,15 +602,11 @@ def import_onnx(source: str | Path | onnx.ModelProto) -> Graph:
             else:
                 raise _Unsupported(_unknown_operator(node))
         except (_Unsupported, IRError) as exc:  # IRError: a converter built an op from invalid attribute values
-            problems.append(f"{label}: {exc}{fusion.note(node)}")
+            problems.append(Problem(label, node.op_type, f"{exc}{fusion.note(node)}"))
             if constant_inputs:
                 unknown_constants.update(node.output)
     if problems:
-        raise UnsupportedModelError(
-            f"{len(problems)} node(s) cannot be converted:\n  " + "\n  ".join(problems)
-            + "\nsnncc converts float CNNs and MLPs (Conv, Gemm/MatMul, BatchNormalization, Relu/Clip/LeakyRelu, "
-            "Sigmoid/Tanh/HardSigmoid/HardSwish/SiLU/GELU, pooling, Add, Concat, Flatten/Reshape); export the float "
-            "model (not a quantized one) in eval mode, or replace these layers")
+        raise unsupported_model_error(problems)
     for out, origin in fusion.fused.items():  # record the exporter's nodes, not the operator they were fused into
         if out in ctx.dynamic:
             graph.meta[ctx.dynamic[out]]["onnx_op"] = origin

@@ -11,8 +11,8 @@ model and ``{"float": "inf"}`` for a non-finite float; a parameter that is None 
 Arrays keep their dtype (float32 at the ann and snn levels; int8, int32, ... at the hw level) and integer neuron
 parameters stay JSON integers. A node placed on a chip (hw level) has ``"placement": {"chip": 0, "core": 3}``.
 Reading uses ``allow_pickle=False`` and validates everything (format, version, node keys, op kinds, parameter
-names, shapes via the op constructors, the level verifier); writing goes to a temporary file renamed into place,
-so a failure never leaves a half-written file.
+names, shapes via the op constructors, the level verifier); writing goes through
+:func:`snncc.fileio.atomic_writer`, so a failure never leaves a half-written file.
 
 Version 1 covers all of this: ann- and snn-level files are written exactly as before the hw level existed (an old
 reader refuses an hw-level file by its unknown level, never misreads it), so there is no version 2 yet.
@@ -23,8 +23,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 
 from snncc import __version__
 from snncc.errors import FormatError, IRError
+from snncc.fileio import atomic_writer
 from snncc.ir.graph import Graph
 from snncc.ir.neurons import NeuronModel, neuron_from_json
 from snncc.ir.ops import OPS
@@ -108,19 +107,12 @@ def save(graph: Graph, path: str | Path) -> Path:
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
     document = json.dumps(graph_to_json(graph, arrays), indent=1, default=_json_default, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("graph.json", document)
-            for name, array in arrays.items():
-                buffer = io.BytesIO()
-                np.save(buffer, np.array(array, order="C"), allow_pickle=False)
-                archive.writestr(name, buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("graph.json", document)
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.array(array, order="C"), allow_pickle=False)
+            archive.writestr(name, buffer.getvalue())
     return path
 
 

@@ -304,3 +304,61 @@ def test_opset_6() -> None:
     model = make_model("y = Relu(x)", 6)
     with pytest.raises(UnsupportedModelError, match="opset 6 is older than the oldest supported opset 7"):
         import_onnx(model)
+
+
+def _quantized_chain(convs: int) -> onnx.ModelProto:
+    """A quantized-style CNN built with onnx.helper: QuantizeLinear, ``convs`` QLinearConv, DequantizeLinear, then
+    one float Softplus and a float Conv (supported)."""
+    from onnx import TensorProto, helper
+
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z", TensorProto.UINT8, [], [0]),
+             helper.make_tensor("wq", TensorProto.UINT8, [1, 1, 3, 3], [1] * 9),
+             helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [0.5] * 9)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q0"], name="quant")]
+    for i in range(convs):
+        nodes.append(helper.make_node("QLinearConv", [f"q{i}", "s", "z", "wq", "s", "z", "s", "z"], [f"q{i + 1}"],
+                                      name=f"qconv{i}", pads=[1, 1, 1, 1]))
+    nodes += [helper.make_node("DequantizeLinear", [f"q{convs}", "s", "z"], ["d"], name="dequant"),
+              helper.make_node("Softplus", ["d"], ["sp"], name="softplus"),
+              helper.make_node("Conv", ["sp", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "quantized", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_many_unsupported_nodes_open_with_one_summary_line_per_type_and_truncate_the_list() -> None:
+    with pytest.raises(UnsupportedModelError) as info:
+        import_onnx(_quantized_chain(30))
+    lines = str(info.value).splitlines()
+    assert lines[0] == "33 node(s) cannot be converted (4 operator type(s)):"
+    # most frequent type first, each with its count and remedy
+    assert lines[1].startswith("  QLinearConv x 30: quantized operator; compile the float model")
+    assert lines[2].startswith("  QuantizeLinear x 1: quantized operator")
+    assert lines[3].startswith("  DequantizeLinear x 1: quantized operator")
+    assert lines[4] == "  Softplus x 1: operator not supported"
+    assert lines[5] == "nodes:"
+    listed = lines[6:26]
+    assert listed[0] == "  'quant' (QuantizeLinear): operator not supported"
+    assert listed[1:] == [f"  'qconv{i}' (QLinearConv): operator not supported" for i in range(19)]
+    assert lines[26] == "  ... and 13 more"
+    assert lines[27].startswith("snncc converts float CNNs and MLPs")
+    assert len(lines) == 28 and "'conv'" not in str(info.value)
+
+
+def test_few_unsupported_nodes_are_all_listed_without_a_count_line() -> None:
+    with pytest.raises(UnsupportedModelError) as info:
+        import_onnx(_quantized_chain(2))
+    message = str(info.value)
+    assert message.startswith("5 node(s) cannot be converted (4 operator type(s)):\n  QLinearConv x 2: ")
+    assert "'qconv1' (QLinearConv)" in message and "'softplus' (Softplus)" in message and "more" not in message
+
+
+def test_a_type_whose_nodes_fail_for_different_reasons_says_so() -> None:
+    from snncc.frontend.unsupported import Problem, unsupported_model_error
+
+    error = unsupported_model_error([Problem("'a' (Conv)", "Conv", "only 2-D convolutions are supported"),
+                                     Problem("'b' (Conv)", "Conv", "only 2-D convolutions are supported"),
+                                     Problem("'c' (Conv)", "Conv", "input 1 ('r') must be a constant")])
+    assert str(error).splitlines()[1] == ("  Conv x 3: only 2-D convolutions are supported (and 1 other reason(s), "
+                                          "see the nodes)")

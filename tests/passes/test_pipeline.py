@@ -88,3 +88,15 @@ def test_every_registered_pass_is_idempotent_or_refuses_a_second_run(name, cnn, 
     twice, changed = p.apply(once, context)
     assert not changed, f"{name} reported a change on its second run"
     assert _same_graph(once, twice), f"{name} changed the graph on its second run"
+
+
+def test_pass_options_with_a_known_cost_carry_their_note():
+    from snncc.passes import pipeline_notes
+    from snncc.passes.convert_rate import ConvertRate
+
+    assert ConvertRate().notes() == [] and ConvertRate(maxpool="count").notes() == []
+    (note,) = ConvertRate(maxpool="avg").notes()
+    assert note.startswith("convert-rate{maxpool=avg}: average pooling of spikes has no compiled kernel")
+    assert pipeline_notes("canonicalize,normalize{percentile=99.9},convert-rate{maxpool=avg,signed=true}") == [
+        ConvertRate(maxpool="avg", signed=True).notes()[0]]
+    assert pipeline_notes("canonicalize,normalize,convert-rate") == []
