@@ -20,7 +20,8 @@ that snncc imports and converts the residual pattern exporters emit for the opti
 The model is exported twice, like the trained models (``models/train.py``): ``<out>/resnet20-cifar10.onnx``
 (TorchScript exporter, opset 13) and ``<out>/resnet20-cifar10.dynamo.onnx`` (``torch.export``, opset 18), both with
 a dynamic batch axis, each checked with ``onnx.checker`` and onnxruntime against torch and described by a JSON card.
-Inputs are ``pixels / 255`` of shape ``(N, 3, 32, 32)``; the per-channel CIFAR-10 normalisation is inside the model.
+Inputs are ``pixels / 255`` of shape ``(N, 3, 32, 32)``; the per-channel CIFAR-10 normalisation is inside the model,
+and the files record that preprocessing in their ONNX metadata.
 ``--data`` is the directory holding ``test_first20.bin`` (CIFAR-10 binary records: 1 label byte, then 1024 R, 1024
 G, 1024 B bytes, row-major) or that file itself. ``--npz`` also writes the 20 images as an ``.npz`` (``x`` uint8
 ``(20, 3, 32, 32)``, ``y`` uint8) that ``snncc compile --calib`` and ``snncc eval --data`` read.
@@ -47,6 +48,7 @@ if str(REPO_ROOT) not in sys.path:
 from models.architectures import ResNetCifar, count_parameters  # noqa: E402
 from models.train import (  # noqa: E402
     DYNAMO_OPSET, INPUT_SCALING, LEGACY_OPSET, export_dynamo, export_legacy, make_session, onnx_predict,
+    training_input_range, write_input_metadata,
 )
 
 NAME = "resnet20-cifar10"
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                           (".dynamo.onnx", True, export_dynamo, DYNAMO_OPSET)):
         path = args.out / f"{NAME}{suffix}"
         export(model, path, SAMPLE_SHAPE)
+        write_input_metadata(path, "Rgb8", training_input_range(x))
         session = make_session(path)
         for n in (1, 7):
             out = session.run(None, {session.get_inputs()[0].name: x[:n].numpy()})[0]

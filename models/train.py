@@ -16,7 +16,8 @@ exported twice, each next to a small JSON card:
   self-contained file (no external data).
 
 Both files are checked (``onnx.checker``, onnxruntime at batch sizes 1 and 7 against torch) and evaluated with
-onnxruntime on the full test set. Inputs are ``pixels / 255``; the dataset normalisation is inside the model.
+onnxruntime on the full test set. Inputs are ``pixels / 255``; the dataset normalisation is inside the model, and the
+files record their preprocessing in their ONNX metadata (``write_input_metadata``), which ``snncc compile`` reads.
 
 Everything is seeded (``--seed``): weight initialisation, the shuffling order and the augmentation draw from
 generators seeded per run, and torch runs on ``--threads`` CPU threads (2 by default), so a rerun on the same
@@ -240,6 +241,28 @@ def export_dynamo(model: nn.Module, path: Path, sample_shape: tuple[int, ...] = 
         raise RuntimeError(f"{external} was written; the dynamo export must be a single file")
 
 
+def write_input_metadata(path: Path, pixel_format: str, input_range: tuple[float, float]) -> None:
+    """Record the model's preprocessing in the file's ``metadata_props`` (``snncc.frontend.metadata``): the ONNX
+    image convention's pixel format, sRGB gamma and nominal range, snncc's input scaling and the range of the
+    training inputs, so that ``snncc compile`` needs no ``--input-scaling``. The graph is left byte for byte as is."""
+    import onnx
+
+    from snncc.frontend.metadata import image_metadata, set_metadata
+
+    model = onnx.load(str(path))
+    graph = model.graph.SerializeToString()
+    set_metadata(model, image_metadata(pixel_format, INPUT_SCALING, input_range))
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    if onnx.load(str(path)).graph.SerializeToString() != graph:
+        raise RuntimeError(f"{path}: writing the metadata changed the graph")
+
+
+def training_input_range(x: torch.Tensor) -> tuple[float, float]:
+    """The range of the (scaled) training inputs; the augmentations (shifts with zero fill, flips) stay inside it
+    as long as it contains 0."""
+    return min(float(x.min()), 0.0), float(x.max())
+
+
 def make_session(path: Path) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session for ``path`` (checked with ``onnx.checker`` first)."""
     import onnx
@@ -350,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     for suffix, dynamo, export in ((".onnx", False, export_legacy), (".dynamo.onnx", True, export_dynamo)):
         path = args.out / f"{config.name}{suffix}"
         export(model, path)
+        write_input_metadata(path, "Gray8", training_input_range(x_train))
         check = check_onnx(path, x_test, y_test, torch_logits)
         write_card(path.with_name(path.name.removesuffix(".onnx") + ".json"), config,
                    f"torch.onnx.export(dynamo={dynamo})", check, torch_acc, model, history, train_seconds, command)

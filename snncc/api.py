@@ -1,6 +1,6 @@
 """The Python API behind the command line: compile an ONNX model into an SNN, evaluate it, describe it.
 
->>> graph = compile_model("models/lenet5-mnist.onnx", calibration=x_train[:2000] / 255)
+>>> graph = compile_model("models/lenet5-mnist.onnx", calibration=x_train[:2000])  # pixels; the model declares x/255
 >>> report = evaluate(graph, x_test, y_test, timesteps=[8, 16, 32], onnx_model="models/lenet5-mnist.onnx")
 """
 
@@ -16,8 +16,9 @@ import numpy as np
 import onnx
 
 from snncc import fileio
-from snncc.data import InputScaling
+from snncc.data import InputScaling, check_sample_shape
 from snncc.errors import DataError, SnnccError
+from snncc.frontend.metadata import check_calibration_range, choose_scaling, read_declaration
 from snncc.frontend.onnx import import_onnx, load_model
 from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import Graph, ops
@@ -63,18 +64,32 @@ def compile_model(model: str | Path | onnx.ModelProto | torch.nn.Module, method:
     its shape, and ``exporter`` is ``"torchscript"`` or ``"dynamo"``) and then compiled exactly as its ONNX file
     would be. ``graph.attrs["source_model"]`` records the file's path and SHA-256, or the module's class and the
     SHA-256 of the exported ONNX bytes.
+
+    Without ``input_scaling`` the scaling the model declares in its ONNX metadata is used, else none
+    (:mod:`snncc.frontend.metadata`); ``graph.attrs["input_scaling_source"]`` says which. Calibration data far outside
+    the input range the model declares give an :class:`~snncc.errors.InputRangeWarning`.
     """
-    input_scaling = input_scaling or InputScaling()
     model, source = _onnx_source(model, example_input, exporter)
-    graph = import_onnx(model)
+    proto = load_model(model)
+    where = str(model) if source is None else source.get("torch_module", source.get("graph", "<model>"))
+    declaration = read_declaration(proto, where)
+    input_scaling, scaling_source = choose_scaling(input_scaling, declaration)
+    graph = import_onnx(proto)
     if source is None:  # a file: hashed once it is known to be a readable ONNX model
         source = {"path": str(Path(model).resolve()), "sha256": sha256_file(model)}
+    model_shape = graph.op(graph.input_nodes()[0]).shape
+    input_scaling.check_channels(model_shape, where=where)
+    if calibration is not None:
+        check_sample_shape(calibration.shape[1:], model_shape, "the calibration data", where)
     calib = None if calibration is None else input_scaling.apply(calibration)
+    if calib is not None:
+        check_calibration_range(calib, declaration, input_scaling, where=where)
     if pipeline is not None and fs_steps is not None:
         raise SnnccError("give either a pipeline or --fs-steps (set steps in the pipeline: convert-fs{steps=K})")
     pipeline = pipeline or default_pipeline(method, fs_steps)
     graph = run_pipeline(graph, pipeline, PassContext(calibration=calib, seed=seed, progress=progress))
     graph.attrs["input_scaling"] = input_scaling.to_json()
+    graph.attrs["input_scaling_source"] = scaling_source
     graph.attrs["source_model"] = source
     return graph
 

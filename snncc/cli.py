@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
 from snncc import __version__
 from snncc.data import InputScaling, load_dataset
-from snncc.errors import SnnccError
+from snncc.data.loader import SUPPORTED as DATA_FORMATS
+from snncc.data.scaling import SYNTAX as SCALING_SYNTAX
+from snncc.errors import SnnccError, SnnccWarning
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128"
 
@@ -44,6 +47,23 @@ def _scaling(text: str) -> InputScaling:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH in pixels, got {text!r}")
+    return values
+
+
+def _load(path: Path, split: str, limit: int | None, args: argparse.Namespace, role: str):
+    """Load a data set with the image options of the command line and print what was found."""
+    data = load_dataset(path, split=split, limit=limit, resize=args.resize, center_crop=args.center_crop)
+    print(f"{role}: {data.info.describe()}")
+    return data
+
+
 def _sample(name: str) -> Path:
     return Path(str(resources.files("snncc") / "sample" / name))
 
@@ -55,9 +75,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     calibration = None
     if args.calib is not None:
-        calibration, _ = load_dataset(args.calib, split=args.calib_split, limit=args.calib_limit)
+        calibration, _ = _load(args.calib, args.calib_split, args.calib_limit, args, "calibration data")
     graph = compile_model(args.model, method=args.method, calibration=calibration, pipeline=args.pipeline,
                           input_scaling=args.input_scaling, progress=not args.quiet, fs_steps=args.fs_steps)
+    scaling = InputScaling.from_json(graph.attrs["input_scaling"])
+    print(f"input scaling: {scaling.describe()}; {graph.attrs['input_scaling_source']}")
     save(graph, args.output)
     print(f"wrote {args.output} ({graph.attrs['pipeline']})")
     for note in pipeline_notes(graph.attrs["pipeline"]):
@@ -69,11 +91,16 @@ def _run_eval(graph, args: argparse.Namespace, onnx_model) -> dict:
     from snncc.api import evaluate, format_table, model_name, plot_accuracy, write_json
     from snncc.runtime import is_temporal
 
-    x, y = load_dataset(args.data, split=args.split, limit=args.limit)
+    from snncc.data import check_against_model
+
+    data = _load(args.data, args.split, args.limit, args, "data")
+    x, y = data
+    check_against_model(data.info, graph.op(graph.input_nodes()[0]).shape, graph.types()[graph.outputs[0]].size,
+                        where=str(args.snn) if getattr(args, "snn", None) else "the model")
     timesteps = args.timesteps or _timesteps(DEFAULT_TIMESTEPS)
     report = evaluate(graph, x, y, timesteps, onnx_model=onnx_model, backend=args.backend,
                       batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
-    report["data"] = {"path": str(args.data), "split": args.split}
+    report["data"] = {**data.info.to_json(), "path": str(args.data), "split": args.split}
     if is_temporal(graph) and args.timesteps is not None:  # FS/AMOS: one answer, at the latency
         print(f"note: --timesteps is ignored: {report['coding']} coding answers once, at its latency of "
               f"{report['latency']} steps")
@@ -138,6 +165,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resize", type=_size, default=None, metavar="H,W",
+                   help="resize every image of an image folder to H x W pixels (bilinear)")
+    p.add_argument("--center-crop", type=_size, default=None, metavar="H,W",
+                   help="crop the center H x W pixels of every image of an image folder (after --resize)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snncc", description="ANN-to-SNN conversion compiler")
     parser.add_argument("--version", action="version", version=f"snncc {__version__}")
@@ -154,12 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(at most one spike per neuron, Stoeckl & Maass 2020)")
     p.add_argument("--fs-steps", type=_positive, default=None,
                    help="K, time steps per layer of the fs and amos methods (default 8)")
-    p.add_argument("--calib", type=Path, help="calibration data: a directory of IDX files or an .npz with x, y")
+    p.add_argument("--calib", type=Path, help="calibration data: " + DATA_FORMATS)
     p.add_argument("--calib-split", default="train", help="split of an IDX directory used for calibration")
     p.add_argument("--calib-limit", type=int, default=2000, help="number of calibration samples")
     p.add_argument("--pipeline", help="pass pipeline, e.g. 'canonicalize,normalize{percentile=99.9},convert-rate'")
-    p.add_argument("--input-scaling", type=_scaling, default=InputScaling(),
-                   help="map stored pixels to model inputs: none, unit (x/255) or SCALE[,MEAN[,STD]]")
+    p.add_argument("--input-scaling", type=_scaling, default=None,
+                   help=f"map stored pixels to model inputs x' = (x * SCALE - MEAN[c]) / STD[c]: {SCALING_SYNTAX}; "
+                        "default: what the model declares in its ONNX metadata, else none")
+    image_options(p)
     p.set_defaults(func=cmd_compile)
 
     def eval_options(p: argparse.ArgumentParser) -> None:
@@ -178,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[common], help="evaluate ANN and SNN accuracy, spikes and synaptic operations")
     p.add_argument("snn", type=Path, help=".snn file written by compile")
-    p.add_argument("--data", type=Path, required=True, help="a directory of IDX files or an .npz with x, y")
+    p.add_argument("--data", type=Path, required=True, help=DATA_FORMATS)
     p.add_argument("--split", default="test")
     p.add_argument("--onnx", type=Path, help="the original ONNX model, for the ANN accuracy (default: the model "
                    "the .snn was compiled from, if it is unchanged at the recorded path)")
@@ -186,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--plot", type=Path, help="write a PNG of accuracy against T here")
     p.add_argument("--input-scaling", type=_scaling, default=None,
-                   help="override the input scaling recorded in the .snn file")
+                   help=f"override the input scaling recorded in the .snn file: {SCALING_SYNTAX}")
+    image_options(p)
     eval_options(p)
     simulator_options(p)
     p.set_defaults(func=cmd_eval)
@@ -198,14 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="compile the bundled LeNet-5 and evaluate it on bundled MNIST images")
     p.add_argument("--out", default="snncc-demo", help="directory for the .snn file, report and plot")
     simulator_options(p)
-    p.set_defaults(timesteps=_timesteps("8,16,32,64"), batch_size=100)
+    p.set_defaults(timesteps=_timesteps("8,16,32,64"), batch_size=100, resize=None, center_crop=None)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    """snncc's own warnings as one line ``snncc: warning: ...``; others as Python formats them."""
+    if issubclass(category, SnnccWarning):
+        return f"snncc: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning, formatter = _format_warning, warnings.formatwarning
     try:
         return args.func(args)
     except SnnccError as exc:
@@ -216,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snncc: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatter
 
 
 if __name__ == "__main__":

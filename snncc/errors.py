@@ -45,3 +45,15 @@ class PipelineSyntaxError(PassError):
 
 class SimulationError(SnnccError):
     """A graph could not be executed (wrong input shape, unsupported op in the simulator)."""
+
+
+class SnnccWarning(UserWarning):
+    """Base class of the warnings snncc emits (filter them with ``warnings.simplefilter(..., SnnccWarning)``)."""
+
+
+class InputRangeWarning(SnnccWarning):
+    """Calibration data, after the input scaling, fall far outside the input range the model declares."""
+
+
+class ModelMetadataWarning(SnnccWarning):
+    """The model's metadata asks for preprocessing snncc does not perform (channel order, linear gamma)."""

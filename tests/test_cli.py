@@ -266,3 +266,27 @@ def test_plot_title_names_the_model_and_the_image_count(tiny_model, tmp_path, mo
     assert main(["eval", str(snn), "--data", str(data), "--timesteps", "4", "--plot", str(tmp_path / "p.png"),
                  "--limit", "120", "--quiet"]) == 0
     assert drawn == {"labels": ["tiny"], "title": "tiny: 120 images"}
+
+
+def test_image_folder_of_mixed_sizes_needs_resize_and_then_compiles_and_evaluates(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    model, _ = tiny_model
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        size = (4, 4) if i % 2 else (8, 6)
+        Image.fromarray(rng.integers(0, 256, size).astype(np.uint8)).save(folder / f"img{i}_{i % 3}.png")
+    snn = tmp_path / "m.snn"
+    args = ["compile", str(model), "-o", str(snn), "--calib", str(folder), "--input-scaling", "unit", "--quiet"]
+    assert main(args) == 2
+    assert "images differ in size" in capsys.readouterr().err
+    assert main(args + ["--resize", "4,4"]) == 0
+    assert "calibration data: image folder" in capsys.readouterr().out
+    assert main(["eval", str(snn), "--data", str(folder), "--resize", "8,8", "--center-crop", "4,4", "--timesteps",
+                 "4", "--quiet"]) == 0
+    assert "6 samples of 1x4x4" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval", str(snn), "--data", str(folder), "--center-crop", "4,4,4"])
+    assert "expected HEIGHT,WIDTH in pixels, got '4,4,4'" in capsys.readouterr().err

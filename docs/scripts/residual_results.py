@@ -99,7 +99,7 @@ def cifar_agreement(data: Path, backend: str, steps: int = 256) -> dict:
     x = InputScaling(scale=1 / 255).apply(raw[:, 1:].reshape(20, 3, 32, 32).astype(np.float32))
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     ann = session.run(None, {session.get_inputs()[0].name: x})[0].argmax(1)
-    graph = compile_model(model, calibration=x)
+    graph = compile_model(model, calibration=x, input_scaling=InputScaling())  # x is already scaled
     start = time.perf_counter()
     result = Simulator(graph, timesteps=steps, backend=backend, batch_size=20).run(x)
     agreement = {t: float((result.outputs[t - 1].argmax(1) == ann).mean()) for t in RATE_T if t <= steps}

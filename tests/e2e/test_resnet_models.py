@@ -21,6 +21,7 @@ from tests.conftest import MODELS, data_dir
 from tests.passes.test_sew import record
 
 UNIT = InputScaling(scale=1 / 255)
+NONE = InputScaling()  # for images already scaled (the models declare pixels / 255 in their metadata)
 EXPORTERS = ["", ".dynamo"]
 
 
@@ -74,7 +75,7 @@ def test_fmnist_resnet_canonical_graph_agrees_with_onnxruntime(exporter):
 
 def test_both_cifar_exports_compile_to_the_same_rate_snn():
     x, _ = cifar20()
-    graphs = [compile_model(_model("resnet20-cifar10", e), calibration=x) for e in EXPORTERS]
+    graphs = [compile_model(_model("resnet20-cifar10", e), calibration=x, input_scaling=NONE) for e in EXPORTERS]
     kinds = [[g.op(n).kind for n in g.topological_order()] for g in graphs]
     assert kinds[0] == kinds[1]
     assert kinds[0].count("Population") == 19 and kinds[0].count("Slice") == 2
@@ -89,7 +90,7 @@ def test_cifar_resnet_rate_snn_predicts_like_onnxruntime_at_t256():
     """Issue 5 acceptance: at least 95 % agreement with onnxruntime at T=256 (here calibrated on the same images)."""
     x, _ = cifar20()
     model = _model("resnet20-cifar10")
-    snn = compile_model(model, calibration=x)
+    snn = compile_model(model, calibration=x, input_scaling=NONE)
     result = Simulator(snn, timesteps=256, batch_size=20).run(x)
     agreement = (result.outputs[-1].argmax(1) == _onnxruntime(model, x).argmax(1)).mean()
     assert agreement >= 0.95
@@ -138,7 +139,7 @@ def _resnet_inputs(name: str) -> tuple[np.ndarray, int]:
 @functools.cache
 def _rate_snn(name: str):
     """The rate SNN of a shipped ResNet calibrated on :func:`_resnet_inputs` (compiled once; passes clone it)."""
-    return compile_model(_model(name), calibration=_resnet_inputs(name)[0])
+    return compile_model(_model(name), calibration=_resnet_inputs(name)[0], input_scaling=NONE)
 
 
 def test_sew_add_of_the_fmnist_resnet_stores_each_weight_once_and_reads_every_train(tmp_path):
