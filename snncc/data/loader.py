@@ -197,14 +197,14 @@ def check_sample_shape(data_shape: tuple[int, ...], model_shape: tuple[int, ...]
                         f"({kinds.get(model_shape[0], 'multi-channel')}, input shape {model_shape}); convert the "
                         f"images (load_dataset(..., channels={model_shape[0]}) for image folders)")
     remedy = f"; for images {images.SIZE_REMEDY}" if len(data_shape) == 3 and len(model_shape) == 3 else ""
-    raise DataError(f"{data} have samples of shape {data_shape} but {where} takes {model_shape}{remedy}")
+    raise DataError(f"{data}: samples of shape {data_shape}, but {where} takes {model_shape}{remedy}")
 
 
 def check_against_model(info: DatasetInfo, sample_shape: tuple[int, ...], outputs: int | None = None,
                         where: str = "the model") -> None:
     """Raise DataError when the data set cannot be fed to a model input of per-sample ``sample_shape`` or has
     labels beyond the model's ``outputs`` classes."""
-    check_sample_shape(info.sample_shape, sample_shape, f"the samples of {info.path}", where)
+    check_sample_shape(info.sample_shape, sample_shape, str(info.path), where)
     if outputs is not None and info.max_label >= outputs:
         raise DataError(f"{info.path} has labels up to {info.max_label} but {where} has {outputs} outputs; "
                         f"check that the data set and the model match")

@@ -103,7 +103,7 @@ def test_compile_defaults_to_the_declared_scaling_and_an_explicit_one_wins(tmp_p
     assert compile_model(plain, calibration=pixels).attrs["input_scaling_source"].startswith("default")
     with pytest.raises(DataError, match="3 per-channel values but .*plain.onnx has 1 channels"):
         compile_model(plain, calibration=pixels, input_scaling=PRESETS["imagenet"])
-    with pytest.raises(DataError, match="the calibration data have samples of shape \\(1, 5, 5\\) but"):
+    with pytest.raises(DataError, match="the calibration data: samples of shape \\(1, 5, 5\\), but"):
         compile_model(plain, calibration=np.zeros((2, 1, 5, 5), dtype=np.float32))
 
 
