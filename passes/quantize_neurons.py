@@ -64,6 +64,7 @@ class QuantizeNeurons(Pass):
         if not populations:
             raise PassError("quantize-neurons: the graph has no FS or AMOS populations "
                             "(run convert-fs or convert-amos first)")
+        changed = False
         for node in populations:
             neuron = graph.op(node).neuron
             changes, steps = {}, {}
@@ -71,7 +72,9 @@ class QuantizeNeurons(Pass):
                 rounded, step = quantize_group({name: getattr(neuron, name) for name in group}, self.bits)
                 changes.update(rounded)
                 steps["+".join(group)] = step
-            graph.replace(node, ops.Population(neuron=replace(neuron, **changes)))
+            quantized = replace(neuron, **changes)
+            changed |= quantized != neuron  # parameters already on the grid stay (a second run changes nothing)
+            graph.replace(node, ops.Population(neuron=quantized))
             graph.meta.setdefault(node, {})["quantization"] = {"bits": self.bits, "steps": steps}
         graph.attrs["neuron_quantization"] = {"bits": self.bits}
-        return True
+        return changed

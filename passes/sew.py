@@ -33,13 +33,16 @@ path). For each selected block:
 
 The block's Add, its rescalings and its output population are removed; their users read the weighted sum.
 
-**How ADD (0, 1 or 2) is carried.** As a list of binary spike trains with gains, never as a graded signal. Every
-synaptic op that reads a sum is duplicated, one copy per train, with the train's gain folded into the copy's input
-weights (and the bias in the first copy only); the copies' currents are added at the consumer's population, where
-they are simply two synaptic inputs of one neuron: ``conv(A + g S) = conv(A) + conv_g(S)``. Slices, paddings and
-reshapes are duplicated the same way, and the identity shortcut of a following block carries the list on (its
-output then holds up to one train per block of the stage). Average pooling takes the gain after it (pooling is per
-channel). Max pooling does not distribute over a sum and is refused.
+**How ADD (0, 1 or 2) is carried.** As a list of binary spike trains with gains, never as a graded signal. A Conv2d or
+Linear that reads a sum reads every train as an operand of its own, with the train's gain as that operand's input
+gain (``input_gains``, see :class:`snncc.ir.ops._SharedWeights`): ``conv(A + g S) = conv(A; W) + conv(S; g W)``
+with one weight array ``W`` and the bias once, the trains being separate synaptic inputs of the same neurons.
+Fine-tuning then trains ``W`` once and a chip stores it once. A layer with a single operand takes a gain into its
+weights instead (nothing is shared). Slices, paddings, reshapes and pooling, which hold no weights, are duplicated
+per train, and the identity shortcut of a following block carries the list on (its output then holds up to one
+train per block of the stage). Average pooling takes the gain after it (pooling is per channel). Max pooling does
+not distribute over a sum and is refused. The currents are bit for bit those of one copy of the layer per train
+with ``g W`` rounded to float32 and the copies added in the order of the trains (the form of earlier versions).
 
 After the pass every signal between layers is a binary spike train: the pass sets ``graph.attrs["spikes_only"]``
 and the verifier checks it (:func:`snncc.ir.verify.spikes_only_problems`). Every new population is an ordinary
@@ -58,7 +61,6 @@ import numpy as np
 
 from snncc.errors import PassError
 from snncc.ir import IF, LIF, SNN, Graph, ops
-from snncc.ir.verify import SPIKE_PRESERVING
 from snncc.passes.base import Pass, PassContext, register
 
 CONNECTS = ("add", "and", "iand")
@@ -84,22 +86,22 @@ class Block:
 # ---- analysis ----------------------------------------------------------------------------------------------------
 
 def _is_spikes(graph: Graph, node: str) -> bool:
-    """Whether ``node`` carries binary spike trains: a population, or one seen through spike-preserving ops."""
+    """Whether ``node`` carries binary spike trains: a population, or one seen through ops that pass spikes
+    (``passes_spikes``, padding with zeros)."""
     op = graph.op(node)
     if isinstance(op, (ops.Population, ops.SpikingMaxPool2d)):
         return True
-    if isinstance(op, SPIKE_PRESERVING):
-        return (not isinstance(op, (ops.ChannelPad, ops.Pad2d)) or op.value == 0) and \
-            _is_spikes(graph, graph.inputs(node)[0])
+    if op.passes_spikes:
+        return op.fill_value == 0 and _is_spikes(graph, graph.inputs(node)[0])
     return False
 
 
 def _sources(graph: Graph, node: str) -> set[str]:
-    """What a value is made of, looking through Affine, Add and spike-preserving ops: 'spikes' and/or 'current'."""
+    """What a value is made of, looking through Affine, Add and ops that pass spikes: 'spikes' and/or 'current'."""
     if _is_spikes(graph, node):
         return {"spikes"}
     op = graph.op(node)
-    if isinstance(op, (ops.Affine, ops.Add) + SPIKE_PRESERVING):
+    if isinstance(op, (ops.Affine, ops.Add)) or op.passes_spikes:
         return set().union(*(_sources(graph, u) for u in graph.inputs(node)))
     return {"current"}
 
@@ -171,37 +173,41 @@ def _compact(gain: np.ndarray) -> np.ndarray:
     return gain if channels is None else channels.reshape((-1,) + (1,) * (gain.ndim - 1))
 
 
-def _carry_gain(op: ops.Op, gain: np.ndarray) -> np.ndarray:
-    """The gain of a spike-preserving op's output, given its input's. Padded positions carry no spikes; they take
-    a neighbour's gain so that per-channel gains stay per channel."""
-    if isinstance(op, ops.Slice):
-        return gain[tuple(slice(a, b, c) for a, b, c in zip(op.starts, op.stops, op.steps))]
-    if isinstance(op, ops.ChannelPad):
-        return np.pad(gain, [(op.before, op.after)] + [(0, 0)] * (gain.ndim - 1), mode="edge")
-    if isinstance(op, ops.Pad2d):
-        t, l, b, r = op.padding
-        return np.pad(gain, [(0, 0), (t, b), (l, r)], mode="edge")
-    if isinstance(op, ops.Flatten):
-        return gain.reshape(-1)
-    if isinstance(op, ops.Reshape):
-        return gain.reshape(op.shape)
-    return gain
+def _pad_edges(gain: np.ndarray, widths: list[tuple[int, int]]) -> np.ndarray:
+    """``gain`` padded along its leading axes by ``widths`` with its edge values."""
+    return np.pad(gain, widths + [(0, 0)] * (gain.ndim - len(widths)), mode="edge")
+
+
+#: How a per-element gain passes an op with ``passes_spikes`` that is not a view (a view only reshapes it). Padded
+#: positions carry no spikes; they take a neighbour's gain so that per-channel gains stay per channel.
+_GAIN_THROUGH = {
+    ops.Slice: lambda op, gain: gain[tuple(slice(a, b, c) for a, b, c in zip(op.starts, op.stops, op.steps))],
+    ops.ChannelPad: lambda op, gain: _pad_edges(gain, [(op.before, op.after)]),
+    ops.Pad2d: lambda op, gain: _pad_edges(gain, [(0, 0), (op.padding[0], op.padding[2]),
+                                                  (op.padding[1], op.padding[3])]),
+}
+
+
+def _carry_gain(op: ops.Op, gain: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+    """The gain of the output (of shape ``out_shape``) of an op with ``passes_spikes``, given its input's."""
+    if op.is_view:
+        return gain.reshape(out_shape)
+    if type(op) not in _GAIN_THROUGH:
+        raise PassError(f"sew: no rule carries a spike train's gain through {op.kind}; add one to _GAIN_THROUGH")
+    return _GAIN_THROUGH[type(op)](op, gain)
 
 
 def _refuse_constant_padding(graph: Graph, node: str, where: str) -> None:
     op = graph.op(node)
-    if isinstance(op, (ops.ChannelPad, ops.Pad2d)) and op.value != 0:
-        raise PassError(f"sew: {op.kind} {node!r} {where} pads with {op.value:g}; a constant is not a spike train "
-                        "(only zero padding, as in option-A shortcuts, can be carried)")
+    if op.passes_spikes and op.fill_value != 0:
+        raise PassError(f"sew: {op.kind} {node!r} {where} pads with {op.fill_value:g}; a constant is not a spike "
+                        "train (only zero padding, as in option-A shortcuts, can be carried)")
 
 
 def _without_constants(op: ops.Op) -> ops.Op:
-    """The copy of a linear op for a second spike train: no bias, padding with zeros (constants are added once)."""
-    if isinstance(op, (ops.Conv2d, ops.Linear)) and op.bias is not None:
-        return op.replace(bias=None)
-    if isinstance(op, (ops.ChannelPad, ops.Pad2d)) and op.value != 0:
-        return op.replace(value=0.0)
-    return op
+    """The copy of a padding for a second spike train: padding with zeros (constants are added once). Only the
+    paddings (ChannelPad, Pad2d: a ``value`` field) have a non-zero ``fill_value``."""
+    return op.replace(value=0.0) if op.passes_spikes and op.fill_value != 0 else op
 
 
 # ---- the rewrite -------------------------------------------------------------------------------------------------
@@ -234,12 +240,12 @@ class _Rewriter:
             return [(t, gain * scale) for t, gain in self.trains(g.inputs(node)[0])]
         if isinstance(op, ops.Add):
             return [part for u in g.inputs(node) for part in self.trains(u)]
-        if isinstance(op, SPIKE_PRESERVING):
+        if op.passes_spikes:
             _refuse_constant_padding(g, node, "on a residual shortcut")
             copies = []
             for t, gain in self.trains(g.inputs(node)[0]):
                 copy = g.add(_without_constants(op), [t], name=f"{t}.{op.kind.lower()}", created_by="sew")
-                copies.append((copy, _carry_gain(op, gain)))
+                copies.append((copy, _carry_gain(op, gain, shape)))
             return copies
         raise PassError(f"sew: {node!r} ({op.kind}) on a shortcut is neither spikes nor a rescaling of spikes")
 
@@ -311,9 +317,9 @@ class _Rewriter:
         g.remove_dead()
         self.types = g.types()
 
-    # ---- lowering of sums of spike trains into per-train synaptic copies ----------------------------------------
+    # ---- lowering of sums of spike trains into per-train synaptic inputs ---------------------------------------
     def lower(self) -> None:
-        """Until no synaptic op, spike-preserving op or spiking max pooling reads an Add or Affine: distribute."""
+        """Until no synaptic op, op that passes spikes or spiking max pooling reads an Add or Affine: distribute."""
         while self._lower_one():
             self.graph.remove_dead()
             self.types = self.graph.types()
@@ -322,43 +328,68 @@ class _Rewriter:
         g = self.graph
         for node in g.topological_order():
             op = g.op(node)
-            if not (op.synaptic or isinstance(op, SPIKE_PRESERVING + (ops.SpikingMaxPool2d, ops.MaxPool2d))):
+            if not (op.synaptic or op.passes_spikes or isinstance(op, (ops.SpikingMaxPool2d, ops.MaxPool2d))):
                 continue
-            (src,) = g.inputs(node)
-            if isinstance(g.op(src), ops.Add):
-                self._distribute(node, src)
-                return True
-            if isinstance(g.op(src), ops.Affine):
-                self._sink(node, src)
-                return True
+            for port, src in enumerate(g.inputs(node)):
+                if isinstance(g.op(src), ops.Add):
+                    self._distribute(node, port)
+                    return True
+                if isinstance(g.op(src), ops.Affine):
+                    self._sink(node, port)
+                    return True
         return False
 
     def _replace_by(self, node: str, new: str) -> None:
         self.graph.rewire(node, new)
         self.graph.remove(node)
 
-    def _distribute(self, node: str, src: str) -> None:
+    def _set_operands(self, node: str, op: ops.Op, inputs: list[str]) -> None:
+        """Give ``node`` the shared-weight layer ``op`` with operands ``inputs`` (its name and users stay)."""
+        self.graph.set_inputs(node, inputs)
+        self.graph.replace(node, op)
+
+    def _distribute(self, node: str, port: int) -> None:
+        """``node`` reads ``Add(p, q)`` at ``port``. A Conv2d/Linear reads ``p`` and ``q`` instead, both with that
+        operand's gain (its weights stay one array); any other op is copied, one copy per operand of the Add."""
         g, op = self.graph, self.graph.op(node)
+        inputs = g.inputs(node)
+        src = inputs[port]
         if isinstance(op, (ops.SpikingMaxPool2d, ops.MaxPool2d)):
             raise PassError(f"sew: {node!r} ({op.kind}) pools the sum of spike trains {src!r} of an ADD block; max "
                             "pooling does not distribute over a sum: use connect=and or iand for that block")
         p, q = g.inputs(src)
+        if isinstance(op, (ops.Conv2d, ops.Linear)):
+            gains = op.input_gains or (np.ones(()),)
+            self._set_operands(node, op.replace(input_gains=gains[:port] + (gains[port],) * 2 + gains[port + 1:]),
+                               inputs[:port] + [p, q] + inputs[port + 1:])
+            return
         first = g.add(op, [p], name=self.copy_name(node, "0"), created_by="sew")
         second = g.add(_without_constants(op), [q], name=self.copy_name(node, "1"), created_by="sew")
         self._replace_by(node, g.add(ops.Add(), [first, second], name=self.copy_name(node, "sum"),
                                      created_by="sew"))
 
-    def _sink(self, node: str, src: str) -> None:
-        """``node(Affine(x))``: fold the scale into ``node``'s input weights, or move it behind ``node``."""
+    def _sink(self, node: str, port: int) -> None:
+        """``node`` reads ``Affine(x)`` at ``port``: the scale becomes that operand's gain (a Conv2d/Linear with
+        several operands), is folded into the input weights (a Conv2d/Linear with one), or moves behind ``node``."""
         g, op = self.graph, self.graph.op(node)
+        inputs = g.inputs(node)
+        src = inputs[port]
         (x,) = g.inputs(src)
         scale = _affine_scale(g, src, self.shape(src))
+        channels = _per_channel(scale)
+        if isinstance(op, (ops.Conv2d, ops.Linear)) and op.input_gains is not None:
+            if isinstance(op, ops.Conv2d) and channels is None:
+                raise PassError(f"sew: the gain into {node!r} varies within channels and cannot be an input gain")
+            factor = channels if isinstance(op, ops.Conv2d) else scale.reshape(-1)
+            gain = _compact(np.asarray(op.input_gains[port], np.float64) * factor)
+            gains = op.input_gains[:port] + (gain,) + op.input_gains[port + 1:]
+            self._set_operands(node, op.replace(input_gains=gains), inputs[:port] + [x] + inputs[port + 1:])
+            return
         if isinstance(op, ops.Linear):
             new = g.add(op.replace(weight=op.weight * scale.reshape(1, -1)), [x], name=self.copy_name(node, "w"),
                         created_by="sew")
             self._replace_by(node, new)
             return
-        channels = _per_channel(scale)
         if isinstance(op, ops.Conv2d):
             if channels is None:
                 raise PassError(f"sew: the gain into {node!r} varies within channels and cannot become weights")
@@ -372,18 +403,21 @@ class _Rewriter:
             if channels is None or (not op.synaptic and np.any(channels <= 0)):
                 raise PassError(f"sew: the gain into {node!r} ({op.kind}) is not a positive per-channel factor")
             after = channels.reshape((-1, 1, 1))
-        else:  # spike-preserving: the gain moves behind it
+        else:  # an op that passes spikes: the gain moves behind it
             _refuse_constant_padding(g, node, "after a rescaling of spikes")
-            after = _compact(_carry_gain(op, scale))
+            after = _compact(_carry_gain(op, scale, self.shape(node)))
         moved = g.add(op, [x], name=self.copy_name(node, "x"), created_by="sew")
         self._replace_by(node, g.add(ops.Affine(scale=after, shift=np.zeros(())), [moved],
                                      name=self.copy_name(node, "gain"), created_by="sew"))
 
 
 def lower_spike_sums(graph: Graph) -> None:
-    """Rewrite ``graph`` in place so that no synaptic op, spike-preserving op or max pooling reads a sum (Add) or a
-    rescaling (Affine) of spike trains: each such op becomes one copy per term, gains folded into weights (see the
-    module docstring). The currents are the same up to the order of floating-point additions."""
+    """Rewrite ``graph`` in place so that no synaptic op, op that passes spikes or max pooling reads a sum (Add) or a
+    rescaling (Affine) of spike trains: a Conv2d or Linear reads every train as an operand of its own, with the
+    train's gain (``input_gains``, one weight array); pooling, slices, paddings and reshapes are copied per train
+    (see the module docstring). The currents are those of one copy of the layer per train with the gain folded
+    into its weights, added in the order of the trains (bit for bit when every sum is a left fold, as the pass
+    builds them)."""
     _Rewriter(graph).lower()
 
 

@@ -163,10 +163,10 @@ class _Stateless(_Plan):
     input with a compiled im2col, see :func:`_constant_conv2d`), else the reference's numpy kernel on the
     time-folded chunk (float32 inputs: identical arithmetic), counting synaptic operations for synaptic ops."""
 
-    def __init__(self, op: ops.Op, in_shapes: list[tuple[int, ...]], fan_out: np.ndarray | None,
+    def __init__(self, op: ops.Op, in_shapes: list[tuple[int, ...]], fan_outs: list[np.ndarray],
                  threads: int) -> None:
-        self.op, self.in_shapes, self.fan_out, self.threads = op, in_shapes, fan_out, threads
-        self.conv = isinstance(op, ops.Conv2d)
+        self.op, self.in_shapes, self.fan_outs, self.threads = op, in_shapes, fan_outs, threads
+        self.conv = isinstance(op, ops.Conv2d) and op.input_gains is None
         self.buffers = _Buffers()
 
     def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
@@ -177,9 +177,10 @@ class _Stateless(_Plan):
             return _Signal(apply(op, *(a.data for a in args)), True)
         flat = [a.steps(tc).reshape((tc * batch,) + shape) for a, shape in zip(args, self.in_shapes)]
         result = apply(op, *flat)
-        if self.fan_out is not None:
-            events = np.ascontiguousarray(args[0].data).reshape(tc * batch, -1)
-            _kernels.count_events(events, self.fan_out, chunk.synops, _threads(self.threads, events.size))
+        for arg, fan_out in zip(args, self.fan_outs):
+            if not arg.constant:  # as in the reference: each operand's events cost its own fan-out
+                events = np.ascontiguousarray(arg.data).reshape(tc * batch, -1)
+                _kernels.count_events(events, fan_out, chunk.synops, _threads(self.threads, events.size))
         return _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
 
 
@@ -430,6 +431,38 @@ class _EventSynapse(_Plan):
         return _Signal(out.reshape((tc, batch) + self.out_shape), False)
 
 
+class _SharedWeightSynapse(_Plan):
+    """A Conv2d or Linear with several operands (``input_gains``, see ``ops._SharedWeights``): one synapse per
+    operand on the op's per-input copies (``op.per_input()``), event-driven where the operand is a binary spike
+    train, and their currents added in operand order: the reference's sum (``kernels.per_input_sum``), so the
+    same arithmetic as the per-train copies and their Adds. Each operand's events cost its own fan-out."""
+
+    def __init__(self, op: ops.Conv2d | ops.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 fan_outs: list[np.ndarray], binary: list[bool], threads: int) -> None:
+        self.singles, self.in_shape, self.out_shape, self.threads = op.per_input(), in_shape, out_shape, threads
+        self.fan_outs = [np.ascontiguousarray(f, dtype=np.float64) for f in fan_outs]
+        self.synapses = [_EventSynapse(single, in_shape, out_shape, fan_out, threads)
+                         if spikes and _EventSynapse.supports(single) else None
+                         for single, fan_out, spikes in zip(self.singles, fan_outs, binary)]
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        return self.advance(args, chunk.tc, chunk.batch, chunk.synops)
+
+    def advance(self, signals: list[_Signal], tc: int, batch: int, synops: np.ndarray) -> _Signal:
+        total = None
+        for single, synapse, fan_out, signal in zip(self.singles, self.synapses, self.fan_outs, signals):
+            if synapse is not None:
+                current = synapse.advance(signal, tc, batch, synops).data
+            else:  # graded values: the reference's kernel, as _Stateless runs it
+                current = apply(single, signal.steps(tc).reshape((tc * batch,) + self.in_shape))
+                if not signal.constant:
+                    events = np.ascontiguousarray(signal.data).reshape(tc * batch, -1)
+                    _kernels.count_events(events, fan_out, synops, _threads(self.threads, events.size))
+                current = current.reshape((tc, batch) + self.out_shape)
+            total = current if total is None else total + current
+        return _Signal(total, False)
+
+
 class _ConvPopulation(_Plan):
     """An event-driven Conv2d whose only consumer is a population (possibly fused with its max pooling), run as
     one kernel sample by sample (:func:`_kernels.conv2d_population_steps`): the current never goes through
@@ -506,7 +539,7 @@ class CythonSimulator(ReferenceSimulator):
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
         graph = self.graph
-        self._fan_outs64 = {n: f.astype(np.float64) for n, f in self.fan_outs.items()}
+        self._fan_outs64 = {n: [f.astype(np.float64) for f in fs] for n, fs in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, _Plan] = {}
         for node in self.order:
@@ -548,6 +581,9 @@ class CythonSimulator(ReferenceSimulator):
     def synapse_stats(self) -> dict[str, dict[str, float]]:
         """Per event-driven synaptic node: chunks run sparse and dense, and the mean input spike density."""
         synapses = {n: p.synapse if isinstance(p, _ConvPopulation) else p for n, p in self.plans.items()}
+        for n, p in list(synapses.items()):
+            if isinstance(p, _SharedWeightSynapse):  # one entry per operand: "node[i]"
+                synapses.update({f"{n}[{i}]": s for i, s in enumerate(p.synapses) if s is not None})
         return {n: {**p.chunks, "density": p.events / p.inputs if p.inputs else 0.0}
                 for n, p in synapses.items() if isinstance(p, _EventSynapse)}
 
@@ -590,7 +626,8 @@ def _plan_input(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str])
 
 
 def _plan_stateless(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) -> tuple[_Plan, bool]:
-    return _Stateless(op, [engine.types[u].shape for u in srcs], engine._fan_outs64.get(node), engine.threads), False
+    return _Stateless(op, [engine.types[u].shape for u in srcs], engine._fan_outs64.get(node, []),
+                      engine.threads), False
 
 
 def _plan_population(engine: CythonSimulator, node: str, op: ops.Population, srcs: list[str]
@@ -617,9 +654,12 @@ def _plan_max_pool(engine: CythonSimulator, node: str, op: ops.SpikingMaxPool2d,
 
 def _plan_synapse(engine: CythonSimulator, node: str, op: ops.Conv2d | ops.Linear, srcs: list[str]
                   ) -> tuple[_Plan, bool]:
+    in_shape, shape = engine.types[srcs[0]].shape, engine.types[node].shape
+    if op.input_gains is not None:  # several operands sharing the weights (the sew pass's ADD trains)
+        return _SharedWeightSynapse(op, in_shape, shape, engine.fan_outs[node], [engine.binary[u] for u in srcs],
+                                    engine.threads), False
     if engine.binary[srcs[0]] and _EventSynapse.supports(op):
-        return _EventSynapse(op, engine.types[srcs[0]].shape, engine.types[node].shape, engine.fan_outs[node],
-                             engine.threads), False
+        return _EventSynapse(op, in_shape, shape, engine.fan_outs[node][0], engine.threads), False
     return _plan_stateless(engine, node, op, srcs)
 
 

@@ -33,6 +33,25 @@ def _pad_spatial(x: np.ndarray, padding: tuple[int, int, int, int], value: float
 Columns = Callable[[int, int, int, np.ndarray], None]
 
 
+def _require_one_operand(op: ops.Op) -> None:
+    if getattr(op, "input_gains", None) is not None:
+        raise SimulationError(f"{op.kind} with input_gains reads several operands: run it through op.per_input() "
+                              "(kernels.apply does)")
+
+
+def per_input_sum(kernel: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """The kernel of a synaptic op with several operands (``input_gains``, see ``ops._SharedWeights``): ``kernel``
+    on each single-input op of ``op.per_input()`` and its operand, added in operand order. That is exactly what
+    the per-train copies and their Adds computed, so the float32 sums are the same."""
+    def run(op: ops.Op, *xs: np.ndarray) -> np.ndarray:
+        singles = op.per_input()
+        out = kernel(singles[0], xs[0])
+        for single, x in zip(singles[1:], xs[1:]):
+            out = out + kernel(single, x)
+        return out
+    return run
+
+
 def conv2d(op: ops.Conv2d, x: np.ndarray, columns: Columns | None = None,
            empty: Callable[[str, tuple[int, ...]], np.ndarray] | None = None) -> np.ndarray:
     """Cross-correlation by im2col: one matrix product per group over column blocks built slice by slice.
@@ -46,6 +65,7 @@ def conv2d(op: ops.Conv2d, x: np.ndarray, columns: Columns | None = None,
     of the padded input); ``empty(name, shape)`` gives the float32 arrays (default: fresh ones). The Cython runtime
     passes a compiled copy loop and buffers it keeps: the same matrices, so the same products.
     """
+    _require_one_operand(op)
     out_ch, in_per_group, kh, kw = op.weight.shape
     (sh, sw), (dh, dw) = op.stride, op.dilation
     top, left, bottom, right = op.padding
@@ -98,6 +118,7 @@ def _pool_reduce(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
 
 
 def linear(op: ops.Linear, x: np.ndarray) -> np.ndarray:
+    _require_one_operand(op)
     y = x @ op.weight.T
     if op.bias is not None:
         y += op.bias
@@ -153,8 +174,8 @@ def _reshape_to(shape: Callable[[ops.Op, np.ndarray], tuple[int, ...]]):
 
 
 KERNELS: dict[type[ops.Op], Callable[..., np.ndarray]] = {
-    ops.Conv2d: conv2d,
-    ops.Linear: linear,
+    ops.Conv2d: per_input_sum(conv2d),
+    ops.Linear: per_input_sum(linear),
     ops.MaxPool2d: max_pool2d,
     ops.AvgPool2d: avg_pool2d,
     ops.GlobalAvgPool: global_avg_pool,
@@ -186,8 +207,10 @@ def apply(op: ops.Op, *inputs: np.ndarray) -> np.ndarray:
 def fan_out(op: ops.Op, sample_shape: tuple[int, ...]) -> np.ndarray:
     """Number of synapses leaving each input element of synaptic ``op`` (same shape as one input sample).
 
-    A spike on input element ``i`` costs ``fan_out[i]`` synaptic operations (accumulates).
+    A spike on input element ``i`` costs ``fan_out[i]`` synaptic operations (accumulates). An op with several
+    operands has one fan-out per operand: :func:`fan_outs`.
     """
+    _require_one_operand(op)
     if isinstance(op, ops.Linear):
         return (op.weight != 0).sum(axis=0).astype(np.float64)
     if isinstance(op, ops.GlobalAvgPool):
@@ -214,3 +237,9 @@ def fan_out(op: ops.Op, sample_shape: tuple[int, ...]) -> np.ndarray:
                     += per_channel[:, i, j][:, None, None]
         return padded[:, t:t + h, l:l + w]
     raise SimulationError(f"{op.kind} is not a synaptic op")
+
+
+def fan_outs(op: ops.Op, sample_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The fan-out of every operand of synaptic ``op`` (one shape for all): a spike on element ``i`` of operand
+    ``j`` costs ``fan_outs[j][i]`` synaptic operations, the non-zero weights ``W * g_j`` leaving it."""
+    return [fan_out(single, sample_shape) for single in op.per_input()]

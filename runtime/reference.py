@@ -24,7 +24,7 @@ import numpy as np
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.runtime.dynamics import dynamics_of
-from snncc.runtime.kernels import _pad_spatial, _pool_reduce, apply, fan_out
+from snncc.runtime.kernels import _pad_spatial, _pool_reduce, apply, fan_outs
 
 # Chunks of time steps are sized so that one node's output stays below this many float32 values.
 _CHUNK_VALUES = 1 << 24
@@ -103,12 +103,13 @@ class ReferenceSimulator:
         self.graph, self.timesteps = graph, timesteps
         self.order = graph.topological_order()
         self.types = graph.types()
+        # Per synaptic node, one fan-out per operand (a shared-weight layer has several, see ops._SharedWeights).
         self.fan_outs = {}
         for node in self.order:
             op = graph.op(node)
             if op.synaptic:
-                (src,) = graph.inputs(node)
-                self.fan_outs[node] = fan_out(op, self.types[src].shape).ravel().astype(np.float32)
+                shape = self.types[graph.inputs(node)[0]].shape
+                self.fan_outs[node] = [f.ravel().astype(np.float32) for f in fan_outs(op, shape)]
         self.last_use = {}
         for node in self.order:
             for u in graph.inputs(node):
@@ -155,9 +156,10 @@ class ReferenceSimulator:
                             for a, u in zip(args, graph.inputs(node))]
                     result = apply(op, *flat)
                     out = _Signal(result.reshape((tc, batch) + result.shape[1:]), False)
-                    if node in self.fan_outs:
-                        events = (args[0].data != 0).reshape(tc, batch, -1).astype(np.float32)
-                        synops[t0:t0 + tc] += events @ self.fan_outs[node]
+                    for arg, weights in zip(args, self.fan_outs.get(node, ())):
+                        if not arg.constant:  # each operand's events cost its own fan-out
+                            events = (arg.data != 0).reshape(tc, batch, -1).astype(np.float32)
+                            synops[t0:t0 + tc] += events @ weights
                 values[node] = out
                 for u in graph.inputs(node):
                     if self.last_use.get(u) == node and u not in constants:

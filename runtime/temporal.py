@@ -33,7 +33,7 @@ from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import TEMPORAL_NEURONS
 from snncc.runtime.dynamics import run_window
-from snncc.runtime.kernels import apply, fan_out
+from snncc.runtime.kernels import apply, fan_outs
 from snncc.runtime.reference import BatchResult
 
 
@@ -67,14 +67,14 @@ class TemporalSimulator:
         self.timesteps = self.latency if timesteps is None else timesteps
         if self.timesteps < 1:
             raise SimulationError(f"timesteps must be at least 1, got {self.timesteps}")
-        self.fan_outs = {}
-        self.fed_by_spikes = {}
+        # Every operand of a synaptic op: (operand, its fan-out, the population whose spikes reach it or None).
+        self.synaptic_inputs: list[tuple[str, np.ndarray, str | None]] = []
         for node in self.order:
             op = graph.op(node)
             if op.synaptic:
-                (src,) = graph.inputs(node)
-                self.fan_outs[node] = fan_out(op, self.types[src].shape).ravel()
-                self.fed_by_spikes[node] = self._spike_source(src)
+                srcs = graph.inputs(node)
+                for src, weights in zip(srcs, fan_outs(op, self.types[srcs[0]].shape)):
+                    self.synaptic_inputs.append((src, weights.ravel(), self._spike_source(src)))
 
     def _spike_source(self, node: str) -> str | None:
         """The population whose spikes reach ``node``'s output unchanged, or None for a graded value."""
@@ -127,9 +127,7 @@ class TemporalSimulator:
             per_neuron = trains if self.graph.op(n).neuron.neurons_per_unit > 1 else trains.sum(axis=0, dtype=np.int64)
             max_per_neuron[n] = int(per_neuron.max()) if per_neuron.size else 0
         synops = np.zeros((T, batch), dtype=np.float64)
-        for node, weights in self.fan_outs.items():
-            (src,) = self.graph.inputs(node)
-            source = self.fed_by_spikes[node]
+        for src, weights, source in self.synaptic_inputs:
             if source is not None:
                 trains = spike_trains[source].reshape(spike_trains[source].shape[0], batch, -1)
                 self._place(synops, self.start[source], trains.astype(np.float64) @ weights)

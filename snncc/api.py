@@ -137,9 +137,10 @@ def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: in
 def _synapses(graph: Graph) -> int:
     """Synapses of the network: the non-zero weights, plus the circuits of AMOS units.
 
-    Every neuron of an AMOS unit of K neurons receives the unit's gate input, so the weights into an AMOS population
+    A layer with several operands (``input_gains``) has a synapse per operand and weight: its weights are stored
+    once, but every operand's neurons connect through them (:func:`_layer_synapses`). Every neuron of an AMOS unit of K neurons receives the unit's gate input, so the weights into an AMOS population
     count K times, and each unit adds its K (K - 1) / 2 inhibitory synapses (Stoeckl & Maass 2020)."""
-    weights = {n: int(np.count_nonzero(graph.op(n).weight)) for n in graph.find((ops.Conv2d, ops.Linear))}
+    weights = {n: _layer_synapses(graph.op(n)) for n in graph.find((ops.Conv2d, ops.Linear))}
     total = sum(weights.values())
     types = graph.types()
     for node in graph.find(ops.Population):
@@ -150,6 +151,11 @@ def _synapses(graph: Graph) -> int:
         total += types[node].size * k * (k - 1) // 2
         total += (k - 1) * sum(weights[n] for n in _feeding_layers(graph, node))
     return total
+
+
+def _layer_synapses(op: ops.Conv2d | ops.Linear) -> int:
+    """The non-zero weights of a Conv2d/Linear, counted once per operand (``W * g_i`` for operand ``i``)."""
+    return sum(int(np.count_nonzero(single.weight)) for single in op.per_input())
 
 
 def _feeding_layers(graph: Graph, node: str) -> set[str]:
@@ -302,7 +308,7 @@ def describe(graph: Graph) -> str:
     for node in graph.topological_order():
         op = graph.op(node)
         neurons = types[node].size * op.neuron.neurons_per_unit if isinstance(op, ops.Population) else 0
-        synapses = int(np.count_nonzero(op.weight)) if isinstance(op, (ops.Conv2d, ops.Linear)) else 0
+        synapses = _layer_synapses(op) if isinstance(op, (ops.Conv2d, ops.Linear)) else 0
         detail = f" {op.neuron}" if isinstance(op, ops.Population) else ""
         total_neurons += neurons
         total_synapses += synapses

@@ -102,15 +102,21 @@ class Op:
         """Structural equality, comparing arrays by value."""
         if type(self) is not type(other):
             return False
-        for name, a in self.params().items():
-            b = getattr(other, name)
-            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-                if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-                        and a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)):
-                    return False
-            elif a != b:
-                return False
-        return True
+        return all(_same_value(a, getattr(other, name)) for name, a in self.params().items())
+
+    def per_input(self) -> tuple[Op, ...]:
+        """A synaptic op as single-input ops, one per operand, whose outputs added up in operand order are this
+        op's output: ``(self,)`` for an op with one operand (see :class:`_SharedWeights` for the others)."""
+        return (self,)
+
+
+def _same_value(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+                and a.dtype == b.dtype and np.array_equal(a, b))
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _pair(name: str, kind: str, value: tuple[int, ...], n: int = 2, minimum: int = 1) -> None:
@@ -133,6 +139,84 @@ def _spatial_out(kind: str, size: tuple[int, int], kernel: tuple[int, int], stri
 def _expect_rank(kind: str, t: TensorType, rank: int) -> None:
     if len(t.shape) != rank:
         raise IRError(f"{kind}: expected an input of rank {rank} per sample, got shape {t.shape}")
+
+
+@dataclass(frozen=True, eq=False)
+class _SharedWeights(Op):
+    """A Conv2d or Linear that reads ``k`` inputs through one weight array, with one gain per input.
+
+    With ``input_gains = (g_0, ..., g_{k-1})`` (each a scalar or one value per input channel, i.e. per input
+    feature of a Linear) the op computes, from its operands ``x_0, ..., x_{k-1}`` of one shape,
+
+        y = (((op(x_0; W * g_0) + b) + op(x_1; W * g_1)) + ...) + op(x_{k-1}; W * g_{k-1})
+
+    where ``W * g_i`` scales the input-channel axis of the weights and is rounded to float32, and the bias is added
+    once, after the first input's product. Without ``input_gains`` (None) the op has one operand and gain 1.
+
+    This is how the ``sew`` pass carries ``conv(A + g S)``, a sum of binary spike trains, without a graded signal:
+    every train is a synaptic input of its own (its events cost their own fan-out), and the weights stay one array.
+    Why one op rather than one copy per input with ``W * g_i`` folded in (what the pass did before): fine-tuning
+    (a torch lowering) must train ``W`` once, and ``d y / d W = sum_i g_i x_i`` only flows through a shared
+    parameter; a chip stores each weight once and scales an input by its gain (a per-axon or per-connection
+    weight exponent on most neuromorphic chips). The sum order and the rounding of ``W * g_i`` are those of the
+    copies: ``per_input()`` returns exactly those copies, and every kernel runs through them, so the numbers are
+    the same as the graph of copies, bit for bit. Not legal at the ANN level (a rule of the ann level in
+    :mod:`snncc.ir.verify`): the ANN passes (canonicalize, normalize) fold into and rescale one operand.
+    """
+
+    arity: ClassVar[int | None] = None
+
+    @property
+    def input_count(self) -> int:
+        return 1 if self.input_gains is None else len(self.input_gains)
+
+    def _gains_axis(self) -> int:
+        """The length of a per-channel gain: the input channels (Conv2d) or input features (Linear)."""
+        raise NotImplementedError
+
+    def _scaled_weight(self, gain: np.ndarray) -> np.ndarray:
+        """``W * gain`` over the input-channel axis, in float64 (exact for float32 factors)."""
+        raise NotImplementedError
+
+    def _freeze_gains(self) -> None:
+        if self.input_gains is None:
+            return
+        # Gains take the number kind of the weights: float32 beside float weights, as given beside integer ones.
+        floats = self.weight.dtype.kind == "f"
+        gains = tuple(_frozen_array(np.asarray(g, np.float32) if floats else np.asarray(g)) for g in self.input_gains)
+        object.__setattr__(self, "input_gains", gains)
+        if not gains:
+            raise IRError(f"{self.kind}: input_gains must hold one gain per input, got none")
+        for i, g in enumerate(gains):
+            if g.shape not in ((), (self._gains_axis(),)):
+                raise IRError(f"{self.kind}: input gain {i} has shape {g.shape}; expected a scalar or one value per "
+                              f"input channel ({self._gains_axis()},)")
+            if not np.all(np.isfinite(g)):
+                raise IRError(f"{self.kind}: input gain {i} is not finite")
+
+    def per_input(self) -> tuple[Op, ...]:
+        """One single-input op per operand: weights ``W * g_i`` rounded to float32, the bias in the first only
+        (the per-train copies the op stands for; the kernels and the synaptic-operation count use them)."""
+        if self.input_gains is None:
+            return (self,)
+        cached = self.__dict__.get("_per_input")
+        if cached is None:
+            cached = tuple(self.replace(weight=self._scaled_weight(g), input_gains=None,
+                                        bias=self.bias if i == 0 else None)
+                           for i, g in enumerate(self.input_gains))
+            self.__dict__["_per_input"] = cached  # the op is immutable, so its copies are too
+        return cached
+
+    def _operand(self, inputs: list[TensorType]) -> TensorType:
+        """The operands' common type; raises IRError when their number or shapes do not fit."""
+        if len(inputs) != self.input_count:
+            raise IRError(f"{self.kind}: {len(inputs)} operands but {self.input_count} input gain(s); give one gain "
+                          "per operand (input_gains) or a single operand")
+        shapes = {t.shape for t in inputs}
+        if len(shapes) > 1:
+            raise IRError(f"{self.kind}: operands of one shared-weight layer must have one shape, got "
+                          f"{[t.shape for t in inputs]}")
+        return inputs[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,12 +243,13 @@ class Input(Op):
 
 
 @dataclass(frozen=True, eq=False)
-class Conv2d(Op):
+class Conv2d(_SharedWeights):
     """2-D convolution ``y[o] = b[o] + sum_{i,kh,kw} W[o,i,kh,kw] * pad(x)[i, s*y+d*kh, s*x+d*kw]`` (cross-correlation).
 
     ``padding`` is (top, left, bottom, right). ``pad_value`` is the value padded in per input channel: 0 except after
     an input normalization ``(x - mean) / std`` has been folded into the weights, where padding with ``mean`` keeps
-    the folded layer exact at the borders.
+    the folded layer exact at the borders. ``input_gains``: several operands through the same weights, see
+    :class:`_SharedWeights` (a gain is a scalar or one value per input channel).
     """
 
     kind: ClassVar[str] = "Conv2d"
@@ -177,6 +262,7 @@ class Conv2d(Op):
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     pad_value: np.ndarray | None = None
+    input_gains: tuple[np.ndarray, ...] | None = None
 
     def validate(self) -> None:
         if self.weight.ndim != 4:
@@ -192,13 +278,26 @@ class Conv2d(Op):
         if self.pad_value is not None and self.pad_value.shape != (self.in_channels,):
             raise IRError(f"Conv2d: pad_value must have one entry per input channel ({self.in_channels}), "
                           f"got shape {self.pad_value.shape}")
+        if self.pad_value is not None and self.input_gains is not None:
+            raise IRError("Conv2d: pad_value applies to one analog operand; a layer with input_gains reads spike "
+                          "trains, which are padded with zeros")
+        self._freeze_gains()
 
     @property
     def in_channels(self) -> int:
         return self.weight.shape[1] * self.groups
 
+    def _gains_axis(self) -> int:
+        return self.in_channels
+
+    def _scaled_weight(self, gain: np.ndarray) -> np.ndarray:
+        out_ch, per_group, kh, kw = self.weight.shape
+        grouped = self.weight.astype(np.float64).reshape(self.groups, out_ch // self.groups, per_group, kh, kw)
+        factor = np.broadcast_to(np.asarray(gain, np.float64), (self.in_channels,))
+        return (grouped * factor.reshape(self.groups, 1, per_group, 1, 1)).reshape(self.weight.shape)
+
     def infer(self, inputs: list[TensorType]) -> TensorType:
-        (x,) = inputs
+        x = self._operand(inputs)
         _expect_rank(self.kind, x, 3)
         if x.shape[0] != self.in_channels:
             raise IRError(f"Conv2d: input has {x.shape[0]} channels, weight {self.weight.shape} with "
@@ -208,23 +307,33 @@ class Conv2d(Op):
 
 
 @dataclass(frozen=True, eq=False)
-class Linear(Op):
-    """Fully connected layer ``y = W x + b`` with ``W`` of shape [out, in] on a rank-1 input."""
+class Linear(_SharedWeights):
+    """Fully connected layer ``y = W x + b`` with ``W`` of shape [out, in] on a rank-1 input. ``input_gains``:
+    several operands through the same weights, see :class:`_SharedWeights` (a gain is a scalar or one value per
+    input feature)."""
 
     kind: ClassVar[str] = "Linear"
     levels: ClassVar[frozenset[str]] = _EVERY_LEVEL
     synaptic: ClassVar[bool] = True
     weight: np.ndarray = field(default_factory=lambda: np.zeros((1, 1)))
     bias: np.ndarray | None = None
+    input_gains: tuple[np.ndarray, ...] | None = None
 
     def validate(self) -> None:
         if self.weight.ndim != 2:
             raise IRError(f"Linear: weight must be [out, in], got shape {self.weight.shape}")
         if self.bias is not None and self.bias.shape != (self.weight.shape[0],):
             raise IRError(f"Linear: bias shape {self.bias.shape} does not match {self.weight.shape[0]} outputs")
+        self._freeze_gains()
+
+    def _gains_axis(self) -> int:
+        return self.weight.shape[1]
+
+    def _scaled_weight(self, gain: np.ndarray) -> np.ndarray:
+        return self.weight.astype(np.float64) * np.asarray(gain, np.float64).reshape(1, -1)
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
-        (x,) = inputs
+        x = self._operand(inputs)
         if x.shape != (self.weight.shape[1],):
             raise IRError(f"Linear: input shape {x.shape} does not match weight {self.weight.shape} "
                           f"(expected ({self.weight.shape[1]},))")

@@ -8,8 +8,10 @@ Example::
       %relu1 = Population(%conv1; neuron=IF(threshold=1, reset=subtract, v_init=0.5)) : [6,28,28] rate
 
 At the hw level a placed node ends with its placement, ``@chip0.core3``. Arrays print as their dtype and shape
-(``f32[6,1,5,5]``, ``i8[10,84]``); a one-element array prints its value (an integer one with its dtype, ``i32(7)``).
-The text form is for reading and for structural comparison in tests, the ``.snn`` file form holds the values.
+(``f32[6,1,5,5]``, ``i8[10,84]``); a one-element array prints its value (an integer one with its dtype, ``i32(7)``),
+and a tuple of arrays, such as the ``input_gains`` of a shared-weight layer, element by element
+(``input_gains=(1, f32[16], 0.5)``). The text form is for reading and for structural comparison in tests, the
+``.snn`` file form holds the values.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def _value(value: object) -> str:
         return f"{_SHORT_DTYPES.get(value.dtype.name, value.dtype.name)}[{','.join(map(str, value.shape))}]"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple) and any(isinstance(v, np.ndarray) for v in value):  # e.g. input_gains
+        return f"({', '.join(_value(v) for v in value)})"
     return repr(value) if isinstance(value, str) else str(value)
 
 

@@ -18,12 +18,13 @@ on level names.
 At every level the operands of an Add or Concat carry the same coding.
 
 Spikes only (opt-in, ``graph.attrs["spikes_only"]``, set by the ``sew`` pass): every signal between layers is a
-binary spike train. The operand of every synaptic op (Conv2d, Linear, AvgPool2d, GlobalAvgPool) and of every
-SpikingMaxPool2d must be, seen through views, slices and zero paddings (ops with ``passes_spikes``), a Population, a
-SpikingMaxPool2d of spikes, the network input (the analog current of the encoding layer) or another synaptic op
-(consecutive linear maps, such as global average pooling into the classifier, are one synaptic layer); a Concat
-must join such signals. An Add or Affine of spike trains (a graded signal, e.g. 0, 1 or 2 after the ADD of two
-trains) may feed only a Population or a Readout, where it is the sum of the neuron's synaptic inputs.
+binary spike train. Every operand of every synaptic op (Conv2d, Linear, AvgPool2d, GlobalAvgPool; a Conv2d or
+Linear with ``input_gains`` has several) and of every SpikingMaxPool2d must be, seen through views, slices and
+zero paddings (ops with ``passes_spikes``), a Population, a SpikingMaxPool2d of spikes, the network input (the
+analog current of the encoding layer) or another synaptic op (consecutive linear maps, such as global average
+pooling into the classifier, are one synaptic layer); a Concat must join such signals. An Add or Affine of spike
+trains (a graded signal, e.g. 0, 1 or 2 after the ADD of two trains) may feed only a Population or a Readout,
+where it is the sum of the neuron's synaptic inputs.
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ from snncc.ir.graph import Graph
 from snncc.ir.ops import ANN, HW, SNN
 from snncc.ir.types import TensorType
 
-#: The op classes with ``passes_spikes``, derived from the property; kept only until passes/sew.py reads the
-#: property itself (``op.passes_spikes and op.fill_value == 0``), then to be removed.
-SPIKE_PRESERVING = tuple(cls for cls in ops.OPS.values() if cls.passes_spikes)
 #: Where a spike train (or a synaptic input) may originate under ``spikes_only``.
 _SPIKE_SOURCES = (ops.Population, ops.SpikingMaxPool2d, ops.Input)
 #: Ops whose operands must all carry one coding.
@@ -64,16 +62,18 @@ def _spike_source_problem(graph: Graph, node: str) -> str | None:
 
 
 def spikes_only_problems(graph: Graph) -> list[str]:
-    """One line per synaptic op (or spiking max pooling) whose operand is not a binary spike train."""
+    """One line per operand of a synaptic op (or spiking max pooling) that is not a binary spike train."""
     problems = []
     for node in graph.topological_order():
         op = graph.op(node)
         if not (op.synaptic or isinstance(op, ops.SpikingMaxPool2d)):
             continue
-        (src,) = graph.inputs(node)
-        if (why := _spike_source_problem(graph, src)) is not None:
-            problems.append(f"{node!r}: the input of {op.kind} is not a spike train: {why}; lower it into one "
-                            "synaptic copy per spike train (the sew pass does) or end it in a Population")
+        srcs = graph.inputs(node)
+        for port, src in enumerate(srcs):
+            if (why := _spike_source_problem(graph, src)) is not None:
+                which = "the input" if len(srcs) == 1 else f"operand {port} ({src!r})"
+                problems.append(f"{node!r}: {which} of {op.kind} is not a spike train: {why}; make each spike "
+                                "train a synaptic input of its own (the sew pass does) or end it in a Population")
     return problems
 
 
@@ -94,6 +94,13 @@ def _operands_share_coding(graph: Graph, types: dict[str, TensorType]) -> list[s
 def _no_max_pooling_of_rates(graph: Graph, types: dict[str, TensorType]) -> list[str]:
     return [f"{node!r}: MaxPool2d on a {types[graph.inputs(node)[0]].coding} edge; spike trains are pooled by "
             "SpikingMaxPool2d" for node in graph.find(ops.MaxPool2d) if types[graph.inputs(node)[0]].coding == Rate()]
+
+
+def _one_operand_per_synaptic_layer(graph: Graph, types: dict[str, TensorType]) -> list[str]:
+    """No shared-weight layers (``input_gains``): the ANN passes fold into and rescale a layer's one operand."""
+    return [f"{node!r}: {graph.op(node).kind} with input_gains reads {len(graph.inputs(node))} operands; "
+            "shared-weight layers are an snn-level form (the sew pass makes them), not legal at the ann level"
+            for node in graph.find((ops.Conv2d, ops.Linear)) if graph.op(node).input_gains is not None]
 
 
 def _spikes_only_if_asked(graph: Graph, types: dict[str, TensorType]) -> list[str]:
@@ -143,7 +150,7 @@ def _legal_at(level: str) -> frozenset[type[ops.Op]]:
 _EVERY_CODING = frozenset(CODINGS.values())
 LEVELS: dict[str, Level] = {level.name: level for level in (
     Level(ANN, _legal_at(ANN), frozenset({Analog}), frozenset({Analog}), "f", False,
-          (_operands_share_coding,),
+          (_operands_share_coding, _one_operand_per_synaptic_layer),
           "ann-level arrays are float32"),
     Level(SNN, _legal_at(SNN), _EVERY_CODING, frozenset({Analog}), "f", False,
           (_operands_share_coding, _no_max_pooling_of_rates, _spikes_only_if_asked),

@@ -27,7 +27,10 @@ def every_op_graph() -> Graph:
     p = g.add(ops.Population(neuron=IF(threshold=1.0, reset="zero", v_init=0.25)), [h])
     p2 = g.add(ops.Population(neuron=IF(signed=True)), [p])
     q = g.add(ops.Population(neuron=LIF(tau_mem=float("inf"))), [h])
-    a = g.add(ops.Add(), [p2, q])
+    # A shared-weight layer: two operands through one weight array, a scalar and a per-channel gain.
+    s = g.add(ops.Conv2d(weight=rng.normal(size=(4, 4, 1, 1)), bias=rng.normal(size=4),
+                         input_gains=(np.float32(1), rng.uniform(0.5, 2, 4))), [p, q])
+    a = g.add(ops.Add(), [p2, g.add(ops.Population(neuron=IF()), [s])])
     m = g.add(ops.SpikingMaxPool2d(kernel=(2, 2), stride=(1, 1)), [a])
     v = g.add(ops.AvgPool2d(kernel=(2, 2), stride=(1, 1), count_include_pad=True), [m])
     c = g.add(ops.Concat(axis=0), [v, v])
@@ -36,7 +39,7 @@ def every_op_graph() -> Graph:
     gap = g.add(ops.GlobalAvgPool(), [c])
     r = g.add(ops.Reshape(shape=(8,)), [gap])
     f = g.add(ops.Flatten(), [r])
-    lin = g.add(ops.Linear(weight=rng.normal(size=(3, 8))), [f])
+    lin = g.add(ops.Linear(weight=rng.normal(size=(3, 8)), input_gains=(0.5, rng.uniform(0.5, 2, 8))), [f, f])
     out = g.add(ops.Readout(), [lin], note="the output")
     g.outputs = [out]
     g.attrs["pipeline"] = "test"
@@ -76,6 +79,20 @@ def test_every_registered_op_round_trips(tmp_path):
     for i, g in enumerate(graphs):
         path = save(g, tmp_path / f"g{i}.snn")
         assert_same_graph(g, load(path))
+
+
+def test_input_gains_keep_their_values_and_operands_through_a_file(tmp_path):
+    g = every_op_graph()
+    loaded = load(save(g, tmp_path / "g.snn"))
+    for kind in (ops.Conv2d, ops.Linear):
+        shared = [n for n in g.find(kind) if g.op(n).input_gains is not None]
+        assert len(shared) == 1
+        (node,) = shared
+        assert loaded.inputs(node) == g.inputs(node) and len(g.inputs(node)) == 2
+        for a, b in zip(g.op(node).input_gains, loaded.op(node).input_gains):
+            assert a.dtype == b.dtype == np.float32
+            np.testing.assert_array_equal(a, b)
+    assert "input_gains=(1, f32[4])" in to_text(loaded) and "input_gains=(0.5, f32[8])" in to_text(loaded)
 
 
 def test_saving_twice_gives_identical_graphs(tmp_path):

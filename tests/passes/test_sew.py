@@ -8,6 +8,7 @@ import pytest
 
 from snncc.errors import PassError, PipelineSyntaxError, VerificationError
 from snncc.ir import IF, LIF, SNN, Graph, ops, verify
+from snncc.ir.text import to_text
 from snncc.ir.verify import spikes_only_problems
 from snncc.passes import PassContext, parse_pipeline, run_pipeline
 from snncc.passes.sew import find_blocks, lower_spike_sums
@@ -110,42 +111,91 @@ def _sew(graph: Graph, options: str, inputs: np.ndarray) -> Graph:
                         PassContext(calibration=inputs))
 
 
+def record(graph: Graph, nodes: list[str], x: np.ndarray, timesteps: int) -> dict[str, np.ndarray]:
+    """The value of each of ``nodes`` at every step (T, B, ...), read through Readouts added to a copy of the graph
+    (a Readout reports the running mean of its input; its differences are the per-step values), and under
+    ``"output"`` the graph's first output."""
+    probe = graph.clone()
+    probe.outputs = [probe.add(ops.Readout(), [n], name=f"{n}.probe") for n in nodes] + probe.outputs
+    result = Simulator(probe, timesteps=timesteps, batch_size=len(x)).run(x)
+    steps = np.arange(1, timesteps + 1).reshape((-1,) + (1,) * (result.all_outputs[0].ndim - 1))
+    values = {n: np.diff(m.astype(np.float64) * steps, axis=0, prepend=0) for n, m in zip(nodes, result.all_outputs)}
+    values["output"] = result.all_outputs[len(nodes)]
+    return values
+
+
 @pytest.mark.parametrize("connect", sorted(TRUTH))
 def test_every_inter_layer_signal_of_the_sew_graph_is_spikes(inputs, connect):
     graph = _sew(option_a_block(), f"connect={connect}", inputs)
     assert graph.attrs["spikes_only"] is True
     assert spikes_only_problems(graph) == []
     verify(graph)
+    (x,) = graph.find(ops.Input)
+    operands = set()
     for node in graph.topological_order():  # every synaptic op reads a population (or the input) directly
         op = graph.op(node)
-        if isinstance(op, (ops.Conv2d, ops.Linear)) and graph.find(ops.Input)[0] not in graph.inputs(node):
-            src = graph.inputs(node)[0]
-            while isinstance(graph.op(src), (ops.Flatten, ops.Slice, ops.ChannelPad, ops.GlobalAvgPool)):
-                src = graph.inputs(src)[0]
-            assert isinstance(graph.op(src), ops.Population), (node, src)
-    Simulator(graph, timesteps=4).run(inputs[:4])
+        if isinstance(op, (ops.Conv2d, ops.Linear)) and x not in graph.inputs(node):
+            for src in graph.inputs(node):
+                operands.add(src)
+                while isinstance(graph.op(src), (ops.Flatten, ops.Slice, ops.ChannelPad, ops.GlobalAvgPool)):
+                    src = graph.inputs(src)[0]
+                assert isinstance(graph.op(src), ops.Population), (node, src)
+    # ... and what they read is 0 or 1 at every step and neuron (a GlobalAvgPool's mean of such values excepted)
+    spiking = [n for n in operands if not isinstance(graph.op(graph.inputs(n)[0]), ops.GlobalAvgPool)]
+    assert spiking
+    values_of = record(graph, spiking, inputs[:4], 8)
+    for node in spiking:
+        values = values_of[node]
+        assert set(np.unique(np.rint(values))) == {0.0, 1.0}, node
+        np.testing.assert_allclose(values, np.rint(values), atol=1e-4)
 
 
-def _sum_of_spikes_into_a_conv() -> Graph:
-    """Two populations, their sum (the second at gain 1/2) read by a convolution: a graded, non-spike input."""
+GAINS = np.array([0.3, 0.7, 1.9])
+
+
+def _sum_of_spikes_into_a_conv(dyadic: bool = True) -> Graph:
+    """Two populations, their sum (the second at per-channel gains) read by a convolution and, pooled, by a linear
+    layer: a graded, non-spike input. ``dyadic``: weights and gains in multiples of 1/8 (every order of the
+    additions gives the same float32 sums); otherwise normal weights and the gains :data:`GAINS`, where the
+    rounding of ``W * g`` and the order of the sums show."""
     rng = np.random.default_rng(3)
+    weights = (lambda shape: rng.integers(-8, 9, shape) / 8) if dyadic else (lambda shape: rng.normal(0, 0.4, shape))
     g = Graph(level=SNN)
     x = g.add(ops.Input(shape=(2, 6, 6)), name="input")
-    conv_a = g.add(ops.Conv2d(weight=rng.integers(-8, 9, (3, 2, 3, 3)) / 8, padding=(1, 1, 1, 1)), [x], name="ca")
-    conv_b = g.add(ops.Conv2d(weight=rng.integers(-8, 9, (3, 2, 3, 3)) / 8, padding=(1, 1, 1, 1)), [x], name="cb")
+    conv_a = g.add(ops.Conv2d(weight=weights((3, 2, 3, 3)), padding=(1, 1, 1, 1)), [x], name="ca")
+    conv_b = g.add(ops.Conv2d(weight=weights((3, 2, 3, 3)), padding=(1, 1, 1, 1)), [x], name="cb")
     a = g.add(ops.Population(neuron=IF()), [conv_a], name="a")
     b = g.add(ops.Population(neuron=IF()), [conv_b], name="b")
-    half = g.add(ops.Affine(scale=np.array([0.5, 0.25, 2.0]).reshape(3, 1, 1), shift=np.zeros(())), [b],
-                 name="gain")
+    gains = np.array([0.5, 0.25, 2.0]) if dyadic else GAINS
+    half = g.add(ops.Affine(scale=gains.reshape(3, 1, 1), shift=np.zeros(())), [b], name="gain")
     total = g.add(ops.Add(), [a, half], name="sum")
-    conv = g.add(ops.Conv2d(weight=rng.integers(-8, 9, (4, 3, 3, 3)) / 8, bias=rng.integers(-4, 5, 4) / 8,
-                            padding=(1, 1, 1, 1)), [total], name="next")
+    conv = g.add(ops.Conv2d(weight=weights((4, 3, 3, 3)), bias=weights(4) / 2, padding=(1, 1, 1, 1)), [total],
+                 name="next")
     pooled = g.add(ops.AvgPool2d(kernel=(2, 2), stride=(2, 2)), [total], name="pool")
     flat = g.add(ops.Flatten(), [pooled], name="flat")
-    fc = g.add(ops.Linear(weight=rng.integers(-8, 9, (2, 27)) / 8), [flat], name="fc")
+    fc = g.add(ops.Linear(weight=weights((2, 27)), bias=weights(2)), [flat], name="fc")
     g.outputs = [g.add(ops.Readout(), [conv], name="out"), g.add(ops.Readout(), [fc], name="out_fc")]
     return g
 
+
+def _per_train_copies(graph: Graph) -> Graph:
+    """``_sum_of_spikes_into_a_conv`` lowered by hand the way the pass did before it shared weights: one copy of
+    each layer per train, the train's gain folded into the copy's weights (rounded to float32), the bias in the
+    first copy, the copies' currents added; pooling and flattening copied per train."""
+    g = graph.clone()
+    conv, fc = g.op("next"), g.op("fc")
+    gains = g.op("gain").scale.reshape(-1).astype(np.float64)
+    feature_gains = np.repeat(gains, 9)  # (3, 3, 3) after the 2x2 pooling of 6x6, flattened
+    copies = [g.add(conv, ["a"], name="next_a"),
+              g.add(ops.Conv2d(weight=conv.weight * gains.reshape(1, 3, 1, 1), padding=conv.padding), ["b"],
+                    name="next_b")]
+    g.set_inputs("out", [g.add(ops.Add(), copies)])
+    flats = [g.add(ops.Flatten(), [g.add(ops.AvgPool2d(kernel=(2, 2), stride=(2, 2)), [t])]) for t in "ab"]
+    copies = [g.add(fc, [flats[0]]), g.add(ops.Linear(weight=fc.weight * feature_gains.reshape(1, -1)), [flats[1]])]
+    g.set_inputs("out_fc", [g.add(ops.Add(), copies)])
+    g.remove_dead()
+    verify(g)
+    return g
 
 def test_verifier_rejects_a_sum_of_spikes_feeding_a_synaptic_op_only_when_asked():
     graph = _sum_of_spikes_into_a_conv()
@@ -168,19 +218,66 @@ def test_verifier_rejects_padding_spikes_with_a_non_zero_value():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_add_lowered_to_per_train_projections_gives_the_same_currents(backend):
+def test_add_lowered_to_shared_weight_layers_gives_the_same_currents(backend):
     graph = _sum_of_spikes_into_a_conv()
     lowered = graph.clone()
     lower_spike_sums(lowered)
     assert spikes_only_problems(graph) and spikes_only_problems(lowered) == []
-    assert not lowered.find(ops.Affine), "per-channel gains fold into the copies' weights"
-    assert len(lowered.find(ops.Conv2d)) == 4 and len(lowered.find(ops.Linear)) == 2
+    assert not lowered.find(ops.Affine) and not lowered.find(ops.Add), "the gains become input gains"
+    assert lowered.find(ops.Conv2d) == ["ca", "cb", "next"] and lowered.find(ops.Linear) == ["fc"]
     x = np.random.default_rng(0).uniform(0, 1, (5, 2, 6, 6)).astype(np.float32)
     before = Simulator(graph, timesteps=12, backend=backend).run(x)
     after = Simulator(lowered, timesteps=12, backend=backend).run(x)
     for i in range(2):  # weights in multiples of 1/8: every order of the additions gives the same float32 sums
         np.testing.assert_array_equal(before.all_outputs[i], after.all_outputs[i])
     assert np.abs(before.all_outputs[0]).max() > 0
+
+
+def test_a_sum_of_trains_becomes_one_weight_array_with_a_gain_per_train():
+    graph = _sum_of_spikes_into_a_conv(dyadic=False)
+    lowered = graph.clone()
+    lower_spike_sums(lowered)
+    assert lowered.inputs("next") == ["a", "b"]
+    flats = lowered.inputs("fc")
+    assert [lowered.inputs(lowered.inputs(f)[0]) for f in flats] == [["a"], ["b"]], "fc reads pool(a), pool(b)"
+    for node, gains in (("next", GAINS), ("fc", np.repeat(GAINS, 9))):
+        op, original = lowered.op(node), graph.op(node)
+        np.testing.assert_array_equal(op.weight, original.weight)  # the layer's own weights, not a scaled copy
+        np.testing.assert_array_equal(op.bias, original.bias)
+        assert op.input_gains[0].shape == () and op.input_gains[0] == 1
+        np.testing.assert_array_equal(op.input_gains[1], gains.astype(np.float32))
+    assert "input_gains=(1, f32[3])" in to_text(lowered) and "input_gains=(1, f32[27])" in to_text(lowered)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + (["cython-dense"] if "cython" in BACKENDS else []))
+def test_shared_weight_layers_compute_what_per_train_copies_compute_bit_for_bit(backend, monkeypatch):
+    """Against the copies written out by hand (non-dyadic weights and gains, so that the rounding of ``W * g``
+    and the order of the sums matter): the same readouts, spikes and synaptic operations, bit for bit; and
+    within float rounding of the unlowered graph, which adds the graded sum before the layer. ``cython-dense``:
+    the compiled runtime with every chunk on the dense path (the event-driven one is taken at these densities)."""
+    if backend == "cython-dense":
+        from snncc.runtime import cython_engine
+
+        for kind in (ops.Conv2d, ops.Linear):
+            monkeypatch.setitem(cython_engine.DENSE_ABOVE, kind, -1.0)
+        backend = "cython"
+    graph = _sum_of_spikes_into_a_conv(dyadic=False)
+    lowered = graph.clone()
+    lower_spike_sums(lowered)
+    copies = _per_train_copies(graph)
+    x = np.random.default_rng(0).uniform(0, 1, (6, 2, 6, 6)).astype(np.float32)
+    shared, copied = (Simulator(g, timesteps=16, backend=backend).run(x) for g in (lowered, copies))
+    for a, b in zip(shared.all_outputs, copied.all_outputs):
+        np.testing.assert_array_equal(a, b)
+    assert shared.spikes.keys() == copied.spikes.keys()
+    for node in shared.spikes:
+        np.testing.assert_array_equal(shared.spikes[node], copied.spikes[node])
+    np.testing.assert_array_equal(shared.synops, copied.synops)
+    graded = Simulator(graph, timesteps=16, backend=backend).run(x)
+    for a, b in zip(shared.all_outputs, graded.all_outputs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    differ = [not np.array_equal(a, b) for a, b in zip(shared.all_outputs, graded.all_outputs)]
+    assert any(differ), "the weights must make the order of the sums show, or bit identity proves nothing"
 
 
 def two_block_net(seed: int = 0, projection: bool = True) -> Graph:
@@ -226,9 +323,16 @@ def test_per_block_selection_rewrites_only_the_chosen_blocks(inputs):
     mixed = _sew(two_block_net(), "connect=add:iand", inputs)
     assert [b["connect"] for b in mixed.attrs["sew"]["blocks"]] == ["add", "iand"]
     assert "b1_out.iand" in set(mixed.nodes()) and "b0_add" not in set(mixed.nodes())
-    for graph in (only_second, mixed):
+    rate = run_pipeline(two_block_net(), "canonicalize,normalize,convert-rate", PassContext(calibration=inputs))
+    runs = {name: Simulator(g, timesteps=6).run(inputs[:3]) for name, g in
+            (("rate", rate), ("only_second", only_second), ("mixed", mixed))}
+    for name, graph in (("only_second", only_second), ("mixed", mixed)):
         assert spikes_only_problems(graph) == []
-        assert np.isfinite(Simulator(graph, timesteps=4).run(inputs[:3]).outputs).all()
+        assert not np.array_equal(runs[name].outputs, runs["rate"].outputs), f"{name}: block 1 is rewritten"
+    # Upstream of block 1 the rate SNN is untouched where block 0 is not selected: the same spikes, step by step.
+    for population in ("stem_relu", "b0_relu1", "b0_out"):
+        np.testing.assert_array_equal(runs["only_second"].spikes[population], runs["rate"].spikes[population])
+    assert "b0_out" not in runs["mixed"].spikes and "b0_out.branch" in runs["mixed"].spikes
 
 
 def test_and_after_add_gates_each_shortcut_train(inputs):
@@ -284,13 +388,15 @@ def test_pipeline_text_round_trips():
     assert parse_pipeline("sew")[0].to_text() == "sew"
 
 
-def test_sew_graph_survives_save_and_load(tmp_path, inputs):
+@pytest.mark.parametrize("connect", ["add", "iand"])
+def test_sew_graph_survives_save_and_load(tmp_path, inputs, connect):
     import snncc
 
-    graph = _sew(two_block_net(), "connect=iand", inputs)
+    graph = _sew(two_block_net(), f"connect={connect}", inputs)
     snncc.save(graph, tmp_path / "sew.snn")
     loaded = snncc.load(tmp_path / "sew.snn")
     assert loaded.attrs["spikes_only"] is True
+    assert to_text(loaded) == to_text(graph) and all(loaded.op(n).same_as(graph.op(n)) for n in graph.nodes())
     np.testing.assert_array_equal(Simulator(graph, timesteps=6).run(inputs[:2]).outputs,
                                   Simulator(loaded, timesteps=6).run(inputs[:2]).outputs)
 

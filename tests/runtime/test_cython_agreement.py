@@ -491,6 +491,18 @@ def test_the_first_layers_current_is_the_references(op, shape, monkeypatch):
         np.testing.assert_array_equal(got, kernels.conv2d(op, x))
 
 
+def test_two_first_layer_convolutions_of_one_shape_keep_their_own_currents():
+    """Each constant convolution keeps its own output buffer (they once shared one, so the second overwrote the
+    first's current and both populations fired alike)."""
+    rng = np.random.default_rng(21)
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(2, 6, 6)), name="input")
+    convs = [g.add(ops.Conv2d(weight=rng.normal(0, s, (3, 2, 3, 3)), padding=(1, 1, 1, 1)), [x]) for s in (1, 0.3)]
+    pops = [g.add(ops.Population(neuron=IF()), [c]) for c in convs]  # after both convolutions in the order
+    g.outputs = [g.add(ops.Readout(), [p]) for p in pops]
+    _assert_agreement(g, rng.uniform(0, 1, (4, 2, 6, 6)).astype(np.float32), timesteps=6)
+
+
 @pytest.mark.parametrize("stride, dilation", [(2, 1), (1, 2)])
 def test_row_blocks_are_refused_where_a_row_of_taps_is_not_contiguous(stride, dilation):
     """Row blocks assume stride and dilation 1 along x; the kernel checks that on the column taps."""

@@ -139,6 +139,34 @@ def test_synops_count_spikes_times_fan_out():
     np.testing.assert_allclose(batch.synops, expected)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cython"])
+def test_synops_of_a_shared_weight_layer_count_each_operands_spikes_times_its_fan_out(backend):
+    """Operand j of a layer with input gains costs its spikes times the non-zero weights of ``W * g_j``: a zero
+    gain silences a feature's synapses for that operand only."""
+    from snncc.runtime import cython_available
+
+    if backend == "cython" and not cython_available()[0]:
+        pytest.skip("the Cython runtime is not built")
+    rng = np.random.default_rng(7)
+    weight = np.where(rng.random((7, 10)) > 0.4, 1.0, 0.0)
+    gains = np.where(np.arange(10) < 3, 0.0, 0.5)  # features 0-2 of the second operand have no synapses
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(10,)))
+    pops = [g.add(ops.Population(neuron=IF(v_init=v)), [x], name=f"pop{i}") for i, v in enumerate((0.5, 0.0))]
+    shared = g.add(ops.Linear(weight=weight, input_gains=(1.0, gains)), pops)
+    g.outputs = [g.add(ops.Readout(), [shared])]
+    current = rng.uniform(0, 1, (4, 10)).astype(np.float32)
+    T = 12
+    batch = Simulator(g, T, backend=backend).run(current)
+    trains = [np.stack([_python_neuron(IF(v_init=v), c, T) for c in current.ravel()]).reshape(4, 10, T)
+              for v in (0.5, 0.0)]
+    fan_outs = [(weight != 0).sum(axis=0), (weight * gains != 0).sum(axis=0)]
+    expected = sum(np.einsum("bit,i->tb", s, f) for s, f in zip(trains, fan_outs))
+    np.testing.assert_array_equal(batch.synops, expected)
+    readout = (trains[0] @ np.ones(T) @ weight.T + trains[1] @ np.ones(T) @ (weight * gains).T) / T
+    np.testing.assert_allclose(batch.outputs[-1], readout.reshape(4, 7), rtol=1e-6)
+
+
 def test_simulator_rejects_ann_graphs_and_bad_inputs(cnn):
     from snncc.errors import SimulationError
 
@@ -166,13 +194,60 @@ def test_signed_if_net_count_tracks_the_rounded_cumulative_input():
         np.testing.assert_array_equal(net[~close_to_tie], expected[~close_to_tie])
 
 
-def test_signed_conversion_runs_and_counts_negative_spikes(cnn, inputs):
+#: Inputs of the signed-neuron graph: a driver A that fires at every step and a driver B that fires at steps 4, 8,
+#: ... (IF neurons from v = 0 on constant currents 1 and 1/4), and per signed neuron the weights (w_A, w_B).
+SIGNED_WEIGHTS = np.array([[0.5, -1.0], [-0.125, 1.0], [1.0, -1.0], [0.75, -1.0], [-0.25, 0.0]])
+
+
+def _signed_neuron_graph() -> Graph:
+    """Drivers A, B -> Linear(SIGNED_WEIGHTS) -> signed IF (threshold 1, v(0) = 1/2) -> identity -> Readout: the
+    signed neurons get the time-varying currents ``I(t) = w_A + w_B [t mod 4 = 0]``, all dyadic with |I| <= 1,
+    so float32 arithmetic is exact and one spike per step always suffices."""
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(2,)), name="x")
+    drive = g.add(ops.Population(neuron=IF(v_init=0.0)), [x], name="drive")
+    current = g.add(ops.Linear(weight=SIGNED_WEIGHTS), [drive], name="current")
+    signed = g.add(ops.Population(neuron=IF(signed=True)), [current], name="signed")
+    n = len(SIGNED_WEIGHTS)
+    g.outputs = [g.add(ops.Readout(), [g.add(ops.Linear(weight=np.eye(n)), [signed])], name="out")]
+    return g
+
+
+@pytest.mark.parametrize("backend", ["reference", "cython"])
+def test_signed_neurons_take_back_spikes_to_follow_the_rounded_cumulative_input(backend):
+    """Signed IF with memory (Wang et al. 2022): the net count is N(t) = max(0, floor(S(t) + 1/2)) at every step,
+    S(t) the cumulative input; a negative spike comes only where the membrane falls below 0 after an earlier
+    positive spike (never from a count of 0); both kinds count as spike events."""
+    from snncc.runtime import cython_available
+
+    if backend == "cython" and not cython_available()[0]:
+        pytest.skip("the Cython runtime is not built")
+    T = 16
+    result = Simulator(_signed_neuron_graph(), timesteps=T, backend=backend).run(np.array([[1.0, 0.25]], np.float32))
+    steps = np.arange(1, T + 1)
+    net = np.rint(result.outputs[:, 0] * steps[:, None])  # the readout's running mean of the net spikes
+    spikes = np.diff(net, axis=0, prepend=0)  # per step and neuron: -1, 0 or 1
+    drivers = np.stack([np.ones(T), steps % 4 == 0], axis=1)
+    cumulative = np.cumsum(drivers @ SIGNED_WEIGHTS.T, axis=0)
+    np.testing.assert_array_equal(net, np.maximum(0, np.floor(cumulative + 0.5)))
+    # Neuron 0, I = 1/2 except -1/2 at every 4th step: S = .5, 1, 1.5, 1, ...: it takes a spike back at 4, 8, ...
+    assert spikes[:8, 0].tolist() == [1, 0, 1, -1, 1, 0, 1, -1]
+    # Neuron 1, I = -1/8 except 7/8 at every 4th step: silent while its count is 0 although v < 0 at steps 1-3,
+    # fires at 4, takes it back at 5 (S = 3/8 rounds to 0), fires again at 8.
+    assert spikes[:9, 1].tolist() == [0, 0, 0, 1, -1, 0, 0, 1, 0]
+    assert (spikes[:, 4] == 0).all(), "a neuron whose cumulative input stays negative never spikes, either sign"
+    assert set(np.unique(spikes)) == {-1.0, 0.0, 1.0} and (net >= 0).all()
+    events = np.abs(spikes).sum(axis=1) + drivers.sum(axis=1)  # the drivers' spikes are events too
+    np.testing.assert_array_equal(result.spikes["signed"][:, 0] + result.spikes["drive"][:, 0], events)
+    np.testing.assert_array_equal(result.spikes["signed"][:, 0], np.abs(spikes).sum(axis=1))
+
+
+def test_signed_conversion_gives_every_population_signed_if_neurons(cnn, inputs):
     from snncc.passes import PassContext, run_pipeline
 
     snn = run_pipeline(cnn, "canonicalize,normalize,convert-rate{signed=true}", PassContext(calibration=inputs))
-    assert all(snn.op(n).neuron.signed for n in snn.find(ops.Population))
-    result = Simulator(snn, timesteps=64, backend="reference").run(inputs)  # only the reference has them
-    assert sum(s.sum() for s in result.spikes.values()) > 0
+    neurons = [snn.op(n).neuron for n in snn.find(ops.Population)]
+    assert neurons and all(n == IF(threshold=1.0, reset="subtract", v_init=0.5, signed=True) for n in neurons)
 
 
 def _channels_graph(neuron, channels=3):
