@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from snncc.data import InputScaling
 from snncc.errors import SimulationError
 from snncc.ir import Graph
 from snncc.runtime.analog import check_input, run_analog
@@ -242,7 +243,16 @@ class Simulator:
         self.timesteps = self._engine.timesteps
         self.latency = getattr(self._engine, "latency", None)
 
-    def run(self, x: np.ndarray, progress: bool = False) -> SimulationResult:
+    def run(self, x: np.ndarray, progress: bool = False, apply_scaling: bool = True) -> SimulationResult:
+        """Simulate the samples ``x`` (N, *input shape).
+
+        ``x`` holds the data as stored (pixels, say): the input scaling recorded in the graph by ``compile``
+        (``graph.attrs["input_scaling"]``, none for a graph without one) maps them to the model's inputs, as
+        ``snncc eval`` and :func:`snncc.api.evaluate` do. ``apply_scaling=False`` takes ``x`` as model inputs,
+        already scaled.
+        """
+        if apply_scaling:
+            x = InputScaling.from_json(self.graph.attrs.get("input_scaling", {})).apply(np.asarray(x))
         x = check_input(self.graph, x)
         parts = []
         for start in tqdm(range(0, len(x), self.batch_size), desc=f"simulating T={self.timesteps}",

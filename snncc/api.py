@@ -203,7 +203,7 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
         report["ann"] = {"accuracy": ann_accuracy(onnx_model, xs, y), "model": str(onnx_model),
                          "seconds": time.perf_counter() - start}
     start = time.perf_counter()
-    result = simulator.run(xs, progress=progress)
+    result = simulator.run(xs, progress=progress, apply_scaling=False)
     seconds = time.perf_counter() - start
     neurons = result.total_neurons
     report.update({"neurons": neurons, "synapses": _synapses(graph), "seconds": seconds,

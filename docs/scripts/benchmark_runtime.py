@@ -74,15 +74,15 @@ def child_snn(args: argparse.Namespace) -> dict:
 
     graph = load(args.snn)
     x, y = load_dataset(args.data_dir, split="test", limit=args.images)
-    xs = InputScaling(scale=1 / 255).apply(x)
+    xs = InputScaling.from_json(graph.attrs["input_scaling"]).apply(x)  # scaled once, outside the timed runs
     simulator = Simulator(graph, timesteps=args.T, backend=args.backend, batch_size=BATCH, threads=args.threads)
     assert simulator.backend == args.backend, "the Cython runtime is not built (python -m pip install -e .)"
-    simulator.run(xs[:BATCH])  # warm up: imports, first-touch of buffers
+    simulator.run(xs[:BATCH], apply_scaling=False)  # warm up: imports, first-touch of buffers
     baseline = _peak_rss_mib()
     best, result = float("inf"), None
     for _ in range(args.repeats):
         start = time.perf_counter()
-        result = simulator.run(xs)
+        result = simulator.run(xs, apply_scaling=False)
         best = min(best, time.perf_counter() - start)
     predictions = result.outputs[-1].reshape(len(xs), -1).argmax(axis=1)
     return {"seconds": best, "images": len(xs), "images_per_second": len(xs) / best,

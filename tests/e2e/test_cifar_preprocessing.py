@@ -91,12 +91,10 @@ def test_snn_predicts_like_onnxruntime_at_t256(cifar):
     """20 of 20 classes equal onnxruntime's at T=256 (measured: 9, 13, 16, 20 of 20 at T=32, 64, 128, 256). About 40 s
     on the Cython runtime on a loaded 2-core machine, minutes on the reference, hence slow."""
     import snncc
-    from snncc.data import InputScaling
     from snncc.runtime import Simulator, cython_available
 
     graph = snncc.load(cifar["snn"])
     x, _ = load_dataset(cifar["png"])
-    xs = InputScaling.from_json(graph.attrs["input_scaling"]).apply(x)  # what eval feeds the SNN
     backend = "cython" if cython_available()[0] else "reference"
-    result = Simulator(graph, timesteps=256, backend=backend, batch_size=20).run(xs)
+    result = Simulator(graph, timesteps=256, backend=backend, batch_size=20).run(x)  # the recorded cifar10 scaling
     np.testing.assert_array_equal(result.outputs[-1].argmax(1), cifar["ann"])

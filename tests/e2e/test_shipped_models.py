@@ -52,7 +52,7 @@ def test_both_torch_exporters_compile_to_the_same_snn(name, dataset):
         for field, value in op_a.params().items():
             if isinstance(value, np.ndarray):
                 np.testing.assert_allclose(value, getattr(op_b, field), rtol=1e-5, atol=1e-6)
-    results = [Simulator(g, timesteps=32).run(UNIT.apply(x)) for g in graphs]
+    results = [Simulator(g, timesteps=32).run(x) for g in graphs]
     np.testing.assert_array_equal(results[0].outputs[-1].argmax(1), results[1].outputs[-1].argmax(1))
     first, second = graphs
     if all(first.op(n).same_as(second.op(m)) for n, m in zip(first.topological_order(),

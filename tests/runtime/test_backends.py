@@ -116,3 +116,21 @@ def test_eval_without_backend_reports_the_default_backend(tmp_path, monkeypatch,
     assert main(["eval", str(tmp_path / "m.snn"), "--data", str(tmp_path / "d.npz"), "--timesteps", "4",
                  "--backend", "gpu", "--quiet"]) == 2
     assert "unknown backend 'gpu'; registered: reference, cython" in capsys.readouterr().err
+
+
+def test_run_applies_the_input_scaling_recorded_in_the_graph(cnn, inputs):
+    """``Simulator.run`` takes stored data and applies the graph's recorded scaling, as eval does; with
+    ``apply_scaling=False`` it takes model inputs."""
+    from snncc.data import InputScaling
+    from snncc.passes import PassContext, run_pipeline
+
+    snn = run_pipeline(cnn, "canonicalize,normalize,convert-rate", PassContext(calibration=inputs))
+    scaling = InputScaling(scale=1 / 255, mean=0.25, std=0.5)
+    stored = (inputs * 0.5 + 0.25) * 255  # what scaling maps back to the model inputs
+    plain = Simulator(snn, timesteps=6).run(inputs)
+    snn.attrs["input_scaling"] = scaling.to_json()
+    scaled = Simulator(snn, timesteps=6).run(stored)
+    np.testing.assert_array_equal(scaled.outputs, Simulator(snn, timesteps=6).run(scaling.apply(stored),
+                                                                                   apply_scaling=False).outputs)
+    np.testing.assert_allclose(scaled.outputs, plain.outputs, atol=1e-4)
+    assert not np.allclose(Simulator(snn, timesteps=6).run(inputs).outputs, plain.outputs, atol=1e-4)
