@@ -260,6 +260,8 @@ def plot_accuracy(reports: dict[str, dict], path: str | Path, title: str = "") -
     ax.set_xscale("log", base=2)
     ax.set_xlabel("time steps T")
     ax.set_ylabel("test accuracy (%)")
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, min(top, 100.5))  # accuracy never exceeds 100 %; matplotlib's margin would show 104 %
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
