@@ -630,11 +630,16 @@ def _plan_stateless(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[s
                       engine.threads), False
 
 
+#: Neuron models with a compiled kernel (scalar parameters); others (CubaLIF, per-channel parameters) run the
+#: reference's state, i.e. the dynamics table.
+_COMPILED_NEURONS = (IF, LIF)
+
+
 def _plan_population(engine: CythonSimulator, node: str, op: ops.Population, srcs: list[str]
                      ) -> tuple[_Plan, bool]:
     size, shape = engine.types[node].size, engine.types[node].shape
-    if getattr(op.neuron, "per_channel", False):
-        return _ReferencePopulation(op, shape), False
+    if getattr(op.neuron, "per_channel", False) or type(op.neuron) not in _COMPILED_NEURONS:
+        return _ReferencePopulation(op, shape), False  # the dynamics table's step, as the reference runs it
     if getattr(op.neuron, "signed", False):
         return _SignedPopulation(op, size, engine.threads, shape), False
     return _Population(op, size, engine.threads, shape), True

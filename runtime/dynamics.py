@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from snncc.errors import SimulationError
-from snncc.ir.neurons import IF, LIF, Amos, FewSpike, NeuronModel
+from snncc.ir.neurons import IF, LIF, Amos, CubaLIF, FewSpike, NeuronModel
 
 Array = Any  # a numpy array or a torch tensor
 
@@ -306,6 +306,66 @@ def membrane_step(params: MembraneParameters, state: MembraneState, current: Arr
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Current-based LIF: a step model with two states
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class CurrentParameters:
+    """Float32 parameters of a :class:`~snncc.ir.neurons.CubaLIF` population: the fractions of current and
+    voltage kept per step, ``keep_u = (D - current_decay) / D`` and ``keep_v = (D - voltage_decay) / D``, the
+    threshold, the bias and the initial voltage."""
+
+    keep_u: Array
+    keep_v: Array
+    threshold: Array
+    bias: Array
+    v_init: Array
+    subtract: bool
+
+
+@dataclass
+class CurrentState:
+    """State of a CubaLIF population: the synaptic current ``u`` and the membrane ``v``, each (batch, *shape)."""
+
+    u: Array
+    v: Array
+
+
+def current_parameters(neuron: CubaLIF, shape: tuple[int, ...], xp: Any = np) -> CurrentParameters:
+    unit = float(neuron.decay_unit)
+    return CurrentParameters(_float32((unit - neuron.current_decay) / unit, xp),
+                             _float32((unit - neuron.voltage_decay) / unit, xp), _float32(neuron.threshold, xp),
+                             _float32(neuron.bias, xp), _float32(neuron.initial_voltage, xp),
+                             neuron.reset == "subtract")
+
+
+def current_start(params: CurrentParameters, shape: tuple[int, ...]) -> CurrentState:
+    """``u(0) = 0``, ``v(0) = initial_voltage``."""
+    if _is_numpy(params.v_init):
+        return CurrentState(np.zeros(shape, np.float32), np.full(shape, params.v_init, np.float32))
+    return CurrentState(params.v_init.new_zeros(shape), params.v_init.expand(shape).clone())
+
+
+def current_step(params: CurrentParameters, state: CurrentState, current: Array,
+                 spike: SpikeFunction = HEAVISIDE) -> tuple[CurrentState, Array]:
+    """One time step of current-based LIF neurons in floating point (the ``R`` of the record's docstring is the
+    identity; a chip's integer emulator supplies its own rounding)::
+
+        u = keep_u * u + I(t)
+        v = keep_v * v + u + bias
+        s = H(v - theta)
+        v = v - s * theta     (reset by subtraction)
+        v = v * (1 - s)       (reset to zero, as Loihi)
+
+    The current is not reset by a spike."""
+    u = state.u * params.keep_u + current
+    v = state.v * params.keep_v + u + params.bias
+    s = spike(v, params.threshold)
+    v = v - s * params.threshold if params.subtract else v * (1 - s)
+    return CurrentState(u, v), s
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # FS and AMOS: window models
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -432,6 +492,7 @@ _MEMBRANE = NeuronDynamics(membrane_parameters, start=membrane_start, step=membr
 DYNAMICS: dict[type[NeuronModel], NeuronDynamics] = {
     IF: _MEMBRANE,
     LIF: _MEMBRANE,
+    CubaLIF: NeuronDynamics(current_parameters, start=current_start, step=current_step),
     FewSpike: NeuronDynamics(few_spike_parameters, window=few_spike_window),
     Amos: NeuronDynamics(amos_parameters, window=amos_window),
 }

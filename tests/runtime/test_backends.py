@@ -134,3 +134,23 @@ def test_run_applies_the_input_scaling_recorded_in_the_graph(cnn, inputs):
                                                                                    apply_scaling=False).outputs)
     np.testing.assert_allclose(scaled.outputs, plain.outputs, atol=1e-4)
     assert not np.allclose(Simulator(snn, timesteps=6).run(inputs).outputs, plain.outputs, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cython"])
+def test_a_cuba_lif_population_simulates_with_the_dynamics_table(backend):
+    """A CubaLIF population has no compiled kernel: the Cython runtime runs the table's step as the reference
+    does, with the same spikes and readouts."""
+    from snncc.ir.neurons import CubaLIF
+
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(4,)), name="x")
+    h = g.add(ops.Linear(weight=np.random.default_rng(0).normal(size=(6, 4)), bias=None), [h], name="fc")
+    h = g.add(ops.Population(neuron=CubaLIF(current_decay=0.5, voltage_decay=0.25)), [h], name="pop")
+    h = g.add(ops.Linear(weight=np.random.default_rng(1).normal(size=(3, 6)), bias=None), [h], name="fc2")
+    g.outputs = [g.add(ops.Readout(), [h], name="out")]
+    x = np.random.default_rng(2).uniform(0, 1, (5, 4)).astype(np.float32)
+    expected = ReferenceSimulator(g, 10).run_batch(x)
+    got = Simulator(g, 10, backend=backend).run(x)
+    assert got.spikes["pop"].sum() > 0
+    np.testing.assert_array_equal(got.spikes["pop"], expected.spikes["pop"])
+    np.testing.assert_array_equal(got.outputs, expected.outputs[0])

@@ -117,7 +117,7 @@ def test_unknown_models_and_kinds_are_refused_by_name():
     class Izhikevich(IF):
         kind = "Izhikevich"
 
-    with pytest.raises(SimulationError, match="no dynamics for neuron model Izhikevich; known models: AMOS, FS, IF"):
+    with pytest.raises(SimulationError, match="no dynamics for neuron model Izhikevich; known models: AMOS, CubaLIF, FS, IF"):
         dynamics_of(Izhikevich())
 
 
@@ -257,3 +257,43 @@ def test_dynamics_never_imports_torch_at_import_time():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert dynamics.__name__ == "snncc.runtime.dynamics"
+
+
+def test_cuba_lif_step_follows_its_equations_and_reduces_to_if_and_lif():
+    """The CubaLIF entry against the record's equations, step by step, in float64; with no current memory and no
+    leak it is the IF neuron, spike for spike (float or Loihi's 12-bit decay units)."""
+    from snncc.ir.neurons import CubaLIF
+    from snncc.runtime import dynamics
+
+    rng = np.random.default_rng(5)
+    currents = rng.normal(0.4, 0.6, (30, 3, 7)).astype(np.float32)
+    neuron = CubaLIF(threshold=1.0, current_decay=0.25, voltage_decay=0.125, bias=0.05, reset="subtract",
+                     initial_voltage=0.3)
+    entry = dynamics.dynamics_of(neuron, stepped=True)
+    params = entry.parameters(neuron, (7,), np)
+    state = entry.start(params, (3, 7))
+    u, v = np.zeros((3, 7)), np.full((3, 7), 0.3)
+    for current in currents:
+        state, s = entry.step(params, state, current)
+        u = 0.75 * u + current
+        v = 0.875 * v + u + 0.05
+        expected = (v >= 1.0).astype(np.float64)
+        v = v - expected
+        np.testing.assert_array_equal(s, expected)
+        np.testing.assert_allclose(state.v, v, atol=1e-5)
+
+    def spikes(model):
+        e = dynamics.dynamics_of(model, stepped=True)
+        p = e.parameters(model, (7,), np)
+        st = e.start(p, (3, 7))
+        out = []
+        for current in currents:
+            st, s = e.step(p, st, current)
+            out.append(s)
+        return np.stack(out)
+
+    np.testing.assert_array_equal(spikes(CubaLIF(threshold=1.0, current_decay=1.0, voltage_decay=0.0,
+                                                 reset="subtract")), spikes(IF(v_init=0.0)))
+    np.testing.assert_array_equal(spikes(CubaLIF(threshold=1.0, current_decay=4096, voltage_decay=0, decay_unit=4096,
+                                                 reset="zero")), spikes(IF(reset="zero", v_init=0.0)))
+    assert spikes(CubaLIF(current_decay=1.0, voltage_decay=0.5)).sum() > 0
