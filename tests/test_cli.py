@@ -46,8 +46,8 @@ def _direct(snn_path, data, timesteps: int):
     from snncc.runtime import Simulator
 
     with np.load(data) as archive:
-        x, y = archive["x"].astype(np.float32) / 255, archive["y"]
-    return Simulator(snncc.load(snn_path), timesteps=timesteps).run(x), y
+        x, y = archive["x"], archive["y"]
+    return Simulator(snncc.load(snn_path), timesteps=timesteps).run(x), y  # the recorded scaling applies
 
 
 def test_compile_eval_inspect(tiny_model, tmp_path, capsys):
