@@ -86,10 +86,9 @@ def test_compile_records_cifar10_scaling_and_eval_reads_folder_and_binary_alike(
     assert "data: image folder" in out and "data: CIFAR-10 binary" in out and "20 samples of 3x32x32" in out
 
 
-@pytest.mark.slow
 def test_snn_predicts_like_onnxruntime_at_t256(cifar):
-    """20 of 20 classes equal onnxruntime's at T=256 (measured: 9, 13, 16, 20 of 20 at T=32, 64, 128, 256). About 40 s
-    on the Cython runtime on a loaded 2-core machine, minutes on the reference, hence slow."""
+    """20 of 20 classes equal onnxruntime's at T=256 (measured: 9, 13, 16, 20 of 20 at T=32, 64, 128, 256). About 9 s
+    on the Cython runtime on an idle 2-core machine (40 s on a loaded one), minutes on the reference."""
     import snncc
     from snncc.runtime import Simulator, cython_available
 
