@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from snncc.errors import PassError, UnsupportedModelError
 from snncc.ir import ANN, SNN, Graph, ops
-from snncc.ir.neurons import Amos, FewSpike
+from snncc.ir.neurons import Amos
 from snncc.passes.base import Pass, PassContext, register
 from snncc.passes.fs_fit import FitResult, FitSettings, fit_error, fit_few_spike, refine_amos, relu_closed_form, subsample
 from snncc.runtime import run_analog

@@ -6,6 +6,7 @@ Errors reach stderr as one line ``snncc: error: ...`` with exit status 2 (no tra
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from importlib import resources
@@ -263,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snncc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`snncc inspect m.snn | head`): stop quietly, as command-line tools do.
+        # stdout now points at /dev/null so that the interpreter's final flush raises nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
     finally:
         warnings.formatwarning = formatter
 

@@ -291,3 +291,18 @@ def test_image_folder_of_mixed_sizes_needs_resize_and_then_compiles_and_evaluate
     with pytest.raises(SystemExit):
         main(["eval", str(snn), "--data", str(folder), "--center-crop", "4,4,4"])
     assert "expected HEIGHT,WIDTH in pixels, got '4,4,4'" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tiny_model):
+    """`snncc inspect MODEL | head`: when the reader has gone, no BrokenPipeError traceback. The reader end is closed
+    before the command writes (it is still importing), so every write meets a closed pipe."""
+    import subprocess
+    import sys
+
+    model, _ = tiny_model
+    child = subprocess.Popen([sys.executable, "-m", "snncc", "inspect", str(model)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdout.close()
+    stderr = child.stderr.read()
+    assert child.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
