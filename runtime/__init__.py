@@ -148,11 +148,29 @@ def _cython_temporal(graph: Graph, timesteps: int | None, threads: int | None) -
     return CythonTemporalSimulator(graph, timesteps, threads=threads)
 
 
+def torch_available() -> tuple[bool, str]:
+    """Whether torch imports (the torch backend's only requirement)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False, "torch is not installed"
+    return True, ""
+
+
+def _torch_rate(graph: Graph, timesteps: int | None, threads: int | None) -> object:
+    from snncc.runtime.torch_lowering import TorchSimulator  # torch is imported only here
+
+    return TorchSimulator(graph, timesteps)
+
+
 register_backend(Backend("reference", _reference_rate, _reference_temporal,
                          description="the numpy reference simulator (the specification)"))
 register_backend(Backend("cython", _cython_rate, _cython_temporal, available=lambda: cython_available(),
                          fallback="reference", hint=BUILD_HINT,
                          description="the compiled Cython runtime (the same spikes, several times faster)"))
+register_backend(Backend("torch", _torch_rate, None, available=torch_available,
+                         hint="install torch (python -m pip install torch)",
+                         description="the torch lowering (runtime/torch_lowering.py), rate-coded graphs on CPU"))
 
 
 def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: int | None) -> tuple[object, str]:
