@@ -6,7 +6,8 @@ answer after ``t + 1`` steps, so a single run gives the accuracy for every laten
 
 Backends are a registry, :data:`BACKENDS` (name -> :class:`Backend`), that later work extends with
 :func:`register_backend` (a target's emulator, the torch lowering): ``"reference"`` (:mod:`snncc.runtime.reference`,
-numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes).
+numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes) and ``"torch"``
+(:mod:`snncc.runtime.torch_lowering`, rate-coded graphs; torch is imported only when it runs).
 The default (``backend=None``) is the compiled runtime where it is built and the reference otherwise, silently;
 asking for ``"cython"`` by name when the extension is missing falls back to the reference with one warning saying
 how to build it.

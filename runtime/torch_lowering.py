@@ -328,6 +328,8 @@ class LoweredGraph(nn.Module):
                                        for f in fan_outs(op, types[graph.inputs(node)[0]].shape)]
         self.populations = [n for n in self.order if isinstance(graph.op(n), ops.Population)]
         self._population_set = frozenset(self.populations)
+        # Where each value is read for the last time: it is dropped there (outputs are kept), bounding memory.
+        self.last_use = {u: node for node in self.order for u in graph.inputs(node)}
 
     def _lower(self, node: str, op: ops.Op, in_shape: tuple[int, ...], device: torch.device) -> nn.Module:
         if isinstance(op, ops.Population):
@@ -382,6 +384,9 @@ class LoweredGraph(nn.Module):
                         if not values[u][1]:  # each operand's events cost its own fan-out
                             events = (steps(u) != 0).reshape(T, batch, -1).to(torch.float32)
                             synops += (events @ weights).to(torch.float64)
+            for u in inputs:
+                if self.last_use[u] == node and u not in graph.outputs:
+                    values.pop(u, None)
         outputs = [steps(o) for o in graph.outputs]
         return LoweredResult(outputs, spikes, synops)
 
