@@ -6,8 +6,8 @@ answer after ``t + 1`` steps, so a single run gives the accuracy for every laten
 
 Backends are a registry, :data:`BACKENDS` (name -> :class:`Backend`), that later work extends with
 :func:`register_backend` (a target's emulator, the torch lowering): ``"reference"`` (:mod:`snncc.runtime.reference`,
-numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes) and ``"torch"``
-(:mod:`snncc.runtime.torch_lowering`, rate-coded graphs; torch is imported only when it runs).
+numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes)
+and ``"torch"`` (:mod:`snncc.runtime.torch_lowering`, rate-coded graphs; torch is imported only when it runs).
 The default (``backend=None``) is the compiled runtime where it is built and the reference otherwise, silently;
 asking for ``"cython"`` by name when the extension is missing falls back to the reference with one warning saying
 how to build it.
@@ -170,7 +170,7 @@ register_backend(Backend("cython", _cython_rate, _cython_temporal, available=lam
                          fallback="reference", hint=BUILD_HINT,
                          description="the compiled Cython runtime (the same spikes, several times faster)"))
 register_backend(Backend("torch", _torch_rate, None, available=torch_available,
-                         hint="install torch (python -m pip install torch)",
+                         hint="install torch: python -m pip install -e \".[torch]\" in the snncc source tree",
                          description="the torch lowering (runtime/torch_lowering.py), rate-coded graphs on CPU"))
 
 

@@ -55,7 +55,8 @@ def _parameter(value: np.ndarray | None, device: torch.device) -> nn.Parameter |
     return None if value is None else nn.Parameter(_tensor(value, device))
 
 
-def _pad_spatial(x: torch.Tensor, padding: tuple[int, int, int, int], value: float | torch.Tensor = 0.0) -> torch.Tensor:
+def _pad_spatial(x: torch.Tensor, padding: tuple[int, int, int, int],
+                 value: float | torch.Tensor = 0.0) -> torch.Tensor:
     """Pad (top, left, bottom, right) with a scalar, or with one value per channel (a tensor of shape (C,))."""
     t, l, b, r = padding
     if not (t or l or b or r):
