@@ -6,7 +6,8 @@ answer after ``t + 1`` steps, so a single run gives the accuracy for every laten
 
 Backends are a registry, :data:`BACKENDS` (name -> :class:`Backend`), that later work extends with
 :func:`register_backend` (a target's emulator, the torch lowering): ``"reference"`` (:mod:`snncc.runtime.reference`,
-numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes).
+numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes)
+and ``"torch"`` (:mod:`snncc.runtime.torch_lowering`, rate-coded graphs; torch is imported only when it runs).
 The default (``backend=None``) is the compiled runtime where it is built and the reference otherwise, silently;
 asking for ``"cython"`` by name when the extension is missing falls back to the reference with one warning saying
 how to build it.
@@ -148,11 +149,29 @@ def _cython_temporal(graph: Graph, timesteps: int | None, threads: int | None) -
     return CythonTemporalSimulator(graph, timesteps, threads=threads)
 
 
+def torch_available() -> tuple[bool, str]:
+    """Whether torch imports (the torch backend's only requirement)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False, "torch is not installed"
+    return True, ""
+
+
+def _torch_rate(graph: Graph, timesteps: int | None, threads: int | None) -> object:
+    from snncc.runtime.torch_lowering import TorchSimulator  # torch is imported only here
+
+    return TorchSimulator(graph, timesteps)
+
+
 register_backend(Backend("reference", _reference_rate, _reference_temporal,
                          description="the numpy reference simulator (the specification)"))
 register_backend(Backend("cython", _cython_rate, _cython_temporal, available=lambda: cython_available(),
                          fallback="reference", hint=BUILD_HINT,
                          description="the compiled Cython runtime (the same spikes, several times faster)"))
+register_backend(Backend("torch", _torch_rate, None, available=torch_available,
+                         hint="install torch: python -m pip install -e \".[torch]\" in the snncc source tree",
+                         description="the torch lowering (runtime/torch_lowering.py), rate-coded graphs on CPU"))
 
 
 def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: int | None) -> tuple[object, str]:

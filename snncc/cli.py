@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", default=None, metavar="NAME",
                        help="SNN simulator: cython, the compiled runtime (the default where it is built; the same "
                             "spikes as the reference, several times faster), or reference, the numpy reference "
-                            "simulator (the default otherwise); --backend cython without the build falls back to "
-                            "the reference with a warning")
+                            "simulator (the default otherwise), or torch, the torch lowering (rate-coded graphs, "
+                            "CPU); --backend cython without the build falls back to the reference with a warning")
         p.add_argument("--threads", type=_positive, default=None,
                        help="threads of the Cython runtime (default: OMP_NUM_THREADS or all cores); numpy's BLAS "
                             "follows OPENBLAS_NUM_THREADS")
