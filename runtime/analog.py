@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from snncc.data import sample_fits
 from snncc.errors import SimulationError
 from snncc.ir import Graph
 from snncc.ir.ops import Input
@@ -26,7 +27,7 @@ def check_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.shape[1:] == shape:
         return x
-    if x.ndim >= 2 and int(np.prod(x.shape[1:])) == int(np.prod(shape)) and (len(shape) == 1 or x.ndim == 2):
+    if x.ndim >= 2 and sample_fits(x.shape[1:], shape):
         return x.reshape((x.shape[0],) + shape)
     raise SimulationError(f"input data of shape {x.shape[1:]} per sample does not fit the model input "
                           f"{graph.op(node).name!r} of shape {shape}; check the data set and --input-scaling")

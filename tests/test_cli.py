@@ -306,3 +306,22 @@ def test_a_closed_pipe_ends_the_command_quietly(tiny_model):
     stderr = child.stderr.read()
     assert child.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_flat_data_feed_an_image_model(tiny_model, tmp_path, capsys):
+    """Samples stored flat, (N, H*W), feed a (1, H, W) model in compile and eval, as the simulators always took them
+    (one rule for all the shape checks: snncc.data.sample_fits)."""
+    model, data = tiny_model
+    with np.load(data) as archive:
+        x, y = archive["x"], archive["y"]
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=x.reshape(len(x), -1), y=y)
+    snn = tmp_path / "flat.snn"
+    assert main(["compile", str(model), "-o", str(snn), "--calib", str(flat), "--input-scaling", "unit",
+                 "--quiet"]) == 0
+    report = tmp_path / "flat.json"
+    assert main(["eval", str(snn), "--data", str(flat), "--timesteps", "16", "--report", str(report),
+                 "--quiet"]) == 0
+    assert main(["eval", str(snn), "--data", str(data), "--timesteps", "16", "--report", str(tmp_path / "img.json"),
+                 "--quiet"]) == 0
+    assert json.loads(report.read_text())["snn"] == json.loads((tmp_path / "img.json").read_text())["snn"]

@@ -7,8 +7,8 @@ stored values to the model's input. One module per format family: :mod:`~snncc.d
 """
 
 from snncc.data.idx import read_idx
-from snncc.data.loader import Dataset, DatasetInfo, check_against_model, check_sample_shape, load_dataset
+from snncc.data.loader import Dataset, DatasetInfo, check_against_model, check_sample_shape, load_dataset, sample_fits
 from snncc.data.scaling import PRESETS, InputScaling
 
 __all__ = ["PRESETS", "Dataset", "DatasetInfo", "InputScaling", "check_against_model", "check_sample_shape",
-           "load_dataset", "read_idx"]
+           "load_dataset", "read_idx", "sample_fits"]

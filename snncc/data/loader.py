@@ -182,13 +182,23 @@ def _read_file(path: Path, cifar100_labels: str) -> _Found:
     raise DataError(f"{path}: unknown data format; pass {SUPPORTED}")
 
 
+def sample_fits(data_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:
+    """Whether samples of ``data_shape`` feed a model input of per-sample ``model_shape``: the same shape, or flat
+    samples of the same size (a flat input, or flat data reshaped to the input, as MNIST is often stored)."""
+    data_shape, model_shape = tuple(data_shape), tuple(model_shape)
+    if data_shape == model_shape:
+        return True
+    same_size = int(np.prod(data_shape)) == int(np.prod(model_shape))
+    return same_size and (len(model_shape) == 1 or len(data_shape) == 1)
+
+
 def check_sample_shape(data_shape: tuple[int, ...], model_shape: tuple[int, ...], data: str = "the data",
                        where: str = "the model") -> None:
     """Raise DataError when samples of ``data_shape`` cannot feed a model input of per-sample ``model_shape``.
 
     Channel mismatches are named as such (grayscale against RGB); a size mismatch of images gets the resize remedy."""
     data_shape, model_shape = tuple(data_shape), tuple(model_shape)
-    if data_shape == model_shape:
+    if sample_fits(data_shape, model_shape):
         return
     if len(data_shape) == 3 and len(model_shape) == 3 and data_shape[0] != model_shape[0]:
         kinds = {1: "grayscale", 3: "RGB", 4: "RGBA"}
