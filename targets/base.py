@@ -13,7 +13,7 @@ A target is one registry entry. It has
   temporary directory, see :mod:`snncc.targets.bundle`) and return their names; the bundle adds
   ``manifest.json`` and ``README.md`` and renames the directory into place;
 - ``backend``: the name of the runtime backend that emulates it (``None``: none), used by ``snncc verify``;
-- ``resources(graph) -> dict`` and ``energy(synops) -> dict`` for the manifest.
+- ``resources(graph) -> dict``, ``io_spec(graph) -> dict`` and ``energy(synops) -> dict`` for the manifest.
 
 Adding a target (NIR, SpiNNaker, BrainScaleS-2) is writing one subclass and calling :func:`register_target`.
 """
@@ -120,6 +120,11 @@ class Target:
     def package(self, graph: Graph, directory: Path, context: PackageContext) -> list[str]:
         """Write the target's own files into ``directory``; return their names (relative paths)."""
         raise NotImplementedError
+
+    def io_spec(self, graph: Graph) -> dict:
+        """What the manifest says about the legalized graph beyond shapes: ``input_encoding``, ``readout``,
+        ``latency_steps``, ``files`` (name -> description of the target's own files), ``details``."""
+        return {}
 
     def resources(self, graph: Graph) -> dict:
         """Resource use of the legalized graph: per core and per chip (the manifest's ``resources``)."""

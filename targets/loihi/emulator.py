@@ -52,6 +52,15 @@ def _as_float_op(op: ops.Op, dtype: type) -> ops.Op:
     return op.replace(**fields)
 
 
+def synaptic_depth(graph: Graph) -> dict[str, int]:
+    """Per node, the synaptic layers on the longest path from the input to it (each delays by one chip step)."""
+    depth: dict[str, int] = {}
+    for node in graph.topological_order():
+        base = max((depth[u] for u in graph.inputs(node)), default=0)
+        depth[node] = base + (1 if graph.op(node).synaptic else 0)
+    return depth
+
+
 class LoihiEmulator:
     """Run a Loihi hw-level graph for ``timesteps`` answer steps (``T + D`` chip steps), one batch at a time."""
 
@@ -66,11 +75,7 @@ class LoihiEmulator:
         self.graph, self.timesteps = graph, timesteps
         self.order = graph.topological_order()
         self.types = graph.types()
-        self.depth: dict[str, int] = {}
-        for node in self.order:
-            ins = graph.inputs(node)
-            base = max((self.depth[u] for u in ins), default=0)
-            self.depth[node] = base + (1 if graph.op(node).synaptic else 0)
+        self.depth = synaptic_depth(graph)
         self.delay = max(self.depth.values())
         self.float_ops, self.fan_outs = {}, {}
         for node in self.order:

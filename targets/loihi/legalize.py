@@ -414,17 +414,17 @@ class LoihiPartition(Pass):
         c = CONSTRAINTS[self.variant]
         limits = core_limits(c)
         types = graph.types()
-        pairs = []
-        for pop in list(graph.find(ops.Population)):
+        plans = []  # planned on the unsplit graph, then split
+        for pop in graph.find(ops.Population):
             (syn,) = graph.inputs(pop)
-            op = graph.op(syn)
-            blocks = plan_blocks(op, types[graph.inputs(syn)[0]].shape, types[pop].shape, limits)
+            in_shape = types[graph.inputs(syn)[0]].shape
+            blocks = plan_blocks(graph.op(syn), in_shape, types[pop].shape, limits)
             if isinstance(blocks, str):
                 raise PassError(f"{pop!r}: does not fit a {self.variant} core: {blocks}")
-            if len(blocks) == 1:
-                pairs.append((syn, pop))
-            else:
-                pairs += _split(graph, syn, pop, blocks, types[graph.inputs(syn)[0]].shape)
+            plans.append((syn, pop, blocks, in_shape))
+        pairs = []
+        for syn, pop, blocks, in_shape in plans:
+            pairs += [(syn, pop)] if len(blocks) == 1 else _split(graph, syn, pop, blocks, in_shape)
         for readout in graph.find(ops.Readout):
             pairs.append((graph.inputs(readout)[0], readout))
         types = graph.types()

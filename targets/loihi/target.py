@@ -30,7 +30,7 @@ from snncc.ir.neurons import IF
 from snncc.ir.ops import SNN
 from snncc.passes import run_pipeline
 from snncc.targets.base import Constraints, PackageContext, Target, Violation, register_target
-from snncc.targets.loihi import emulator  # noqa: F401  (registers the loihi1 and loihi2 backends)
+from snncc.targets.loihi.emulator import synaptic_depth  # importing it registers the loihi1/loihi2 backends
 from snncc.targets.loihi.legalize import core_limits, plan_blocks
 
 _LOIHI1_SOURCE = "Davies et al., IEEE Micro 38(1), 2018"
@@ -161,10 +161,30 @@ class LoihiTarget(Target):
                 "limits": {"neurons_per_core": c.neurons_per_core, "synapses_per_core": c.synaptic_memory_bits // 8,
                            "input_axons_per_core": c.fan_in, "cores_per_chip": c.cores_per_chip}}
 
+    def io_spec(self, graph: Graph) -> dict:
+        depth = synaptic_depth(graph)
+        encoding = ("graded events from the host, payload = the stored value (uint8 pixel), at every step"
+                    if self.name == "loihi2" else
+                    "Loihi 1 has no graded spikes: the host computes the first layer's synaptic sums of the stored "
+                    "values (uint8 pixels) and writes them as that layer's per-neuron biases (the same integers)")
+        return {"input_encoding": encoding, "latency_steps": max(depth.values()),
+                "readout": "the summed integer input of the output compartments (their membrane, never "
+                           "thresholded); the class is its argmax",
+                "files": {"network.net": "the network in lava-dl's netx HDF5 layout (sequential layers, CUBA "
+                                         "neurons) with snncc* extension datasets (netx.py's docstring)"},
+                "details": {"reset": graph.attrs["loihi"]["reset"],
+                            "bias_start_step": {n: d for n, d in depth.items() if graph.op(n).synaptic},
+                            "membrane_scale": graph.attrs["loihi"]["membrane_scale"]}}
+
     def package(self, graph: Graph, directory: Path, context: PackageContext) -> list[str]:
+        """netx HDF5 of the graph before partitioning (one layer per population; the blocks are in the
+        manifest), rebuilt from the source by the same deterministic passes."""
+        from snncc.targets.loihi.legalize import LoihiFold, LoihiQuantize
         from snncc.targets.loihi.netx import write_netx
 
-        return write_netx(graph, directory)
+        layers = run_pipeline(context.source, [LoihiFold(), LoihiQuantize(variant=self.name)])
+        layers.attrs["timesteps"] = graph.attrs.get("timesteps")
+        return write_netx(layers, directory, depth=synaptic_depth(layers))
 
 
 for _variant in CONSTRAINTS:
