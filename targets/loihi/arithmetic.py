@@ -65,7 +65,12 @@ SIGN_MODES = {"mixed": (-256, 254, 2), "excitatory": (0, 255, 1), "inhibitory": 
 
 
 def truncating_decay(x: np.ndarray, keep: int | np.ndarray) -> np.ndarray:
-    """``trunc(x * keep / 4096)`` rounded toward zero, in int64: the chip's decay of a state by ``keep / 4096``."""
+    """``trunc(x * keep / 4096)`` rounded toward zero, in int64: the chip's decay of a state by ``keep / 4096``.
+    (``keep = 4096`` keeps the state exactly and ``keep = 0`` clears it; those take no arithmetic.)"""
+    if np.ndim(keep) == 0 and keep == DECAY_UNIT:
+        return np.asarray(x, dtype=np.int64)
+    if np.ndim(keep) == 0 and keep == 0:
+        return np.zeros(np.shape(x), np.int64)
     product = np.asarray(x, dtype=np.int64) * np.asarray(keep, dtype=np.int64)
     return np.sign(product) * (np.abs(product) >> DECAY_BITS)
 
@@ -86,6 +91,8 @@ def shift_by_exponent(accumulated: np.ndarray, weight_exp: int) -> np.ndarray:
     if not WEIGHT_EXP_RANGE[0] <= weight_exp <= WEIGHT_EXP_RANGE[1]:
         raise SimulationError(f"weight exponent {weight_exp} lies outside Loihi's range {list(WEIGHT_EXP_RANGE)}")
     a = np.asarray(accumulated, dtype=np.int64)
+    if weight_exp == 0:
+        return a
     return a << weight_exp if weight_exp > 0 else a >> -weight_exp
 
 
