@@ -80,6 +80,13 @@ class LoihiEmulator:
         self.order = graph.topological_order()
         self.types = graph.types()
         self.depth = synaptic_depth(graph)
+        # Values that are the same at every step: the input and rearrangements of it alone (a row block's slice).
+        self.constant: set[str] = set()
+        for node in self.order:
+            op = graph.op(node)
+            if isinstance(op, ops.Input) or (not op.synaptic and type(op) not in (ops.Population, ops.Readout)
+                                             and all(u in self.constant for u in graph.inputs(node))):
+                self.constant.add(node)
         self.delay = max(self.depth.values())
         self.float_ops, self.fan_outs = {}, {}
         for node in self.order:
@@ -111,14 +118,13 @@ class LoihiEmulator:
         plans = {}
         for node, op in self.float_ops.items():
             src = self.graph.inputs(node)[0]
-            if op.weight.dtype == np.float32 and not isinstance(self.graph.op(src), ops.Input) \
-                    and _EventSynapse.supports(op):
+            if src not in self.constant and _EventSynapse.supports(op):
                 plans[node] = _EventSynapse(op, self.types[src].shape, self.types[node].shape, self.fan_outs[node],
                                             default_threads())
         return plans
 
     def _sum_bound(self, op: ops.Op, src: str) -> int:
-        payload = 255 if isinstance(self.graph.op(src), ops.Input) else 1
+        payload = 255 if src in self.constant else 1
         fan_in = int(np.prod(op.weight.shape[1:]))
         return fan_in * int(np.abs(op.weight).max(initial=0)) * payload
 
@@ -159,6 +165,8 @@ class LoihiEmulator:
                 values[node] = out
             elif isinstance(op, ops.Readout):
                 values[node] = np.cumsum(args[0], axis=0, dtype=np.float64)
+            elif node in self.constant:
+                values[node] = apply(op, *args)
             else:
                 if len({self.depth[u] for u in graph.inputs(node)}) > 1:
                     raise SimulationError(f"{node!r}: its operands arrive through different numbers of synaptic "
@@ -180,7 +188,7 @@ class LoihiEmulator:
         float_op = self.float_ops[node]
         out_shape = self.types[node].shape
         weight_exp = int(self.graph.meta[node].get("weight_exp", 0))
-        if isinstance(self.graph.op(src), ops.Input):  # graded events with the same payload at every step
+        if src in self.constant:  # graded events with the same payload at every step
             synops += ((x != 0).reshape(batch, -1).astype(np.float32) @ self.fan_outs[node].astype(np.float32))
             sums = np.rint(apply(float_op, x)).astype(np.int64)
             out = np.broadcast_to(la.synaptic_input(sums, weight_exp), (T, batch) + out_shape)

@@ -188,3 +188,72 @@ def test_a_failing_emit_leaves_nothing(tmp_path):
     finally:
         type(target).package = original
     assert list(tmp_path.iterdir()) == []
+
+
+def _wide_snn() -> Graph:
+    """A convolution whose 2 x 40 x 40 output exceeds a Loihi 1 core (1,024 compartments)."""
+    from snncc.data import InputScaling
+    from snncc.ir import IF
+
+    rng = np.random.default_rng(5)
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(1, 40, 40), name="x"), name="x")
+    conv = g.add(ops.Conv2d(weight=rng.normal(0, 0.5, (2, 1, 3, 3)).astype(np.float32),
+                            bias=rng.normal(0.1, 0.05, 2).astype(np.float32), padding=(1, 1, 1, 1)), [x], name="conv")
+    s1 = g.add(ops.Population(neuron=IF()), [conv], name="s1")
+    conv2 = g.add(ops.Conv2d(weight=rng.normal(0, 0.3, (3, 2, 3, 3)).astype(np.float32), stride=(2, 2)), [s1],
+                  name="conv2")
+    s2 = g.add(ops.Population(neuron=IF()), [conv2], name="s2")
+    flat = g.add(ops.Flatten(), [s2], name="flat")
+    fc = g.add(ops.Linear(weight=rng.normal(0, 0.1, (4, 3 * 19 * 19)).astype(np.float32)), [flat], name="fc")
+    g.outputs = [g.add(ops.Readout(), [fc], name="r")]
+    g.attrs["input_scaling"] = InputScaling(scale=1 / 255).to_json()
+    return g
+
+
+def test_partitioning_splits_rows_and_channels_without_changing_a_spike():
+    from snncc.passes import run_pipeline
+    from snncc.targets.loihi.legalize import LoihiQuantize
+
+    g = _wide_snn()
+    target = get_target("loihi1")
+    hw = target.legalize(g)
+    unsplit = run_pipeline(g, [LoihiFold(), LoihiQuantize(variant="loihi1")])
+    blocks = [n for n in hw.find(ops.Population) if n.startswith("s1.b")]
+    assert len(blocks) == 4  # two channels of 1,600 neurons, each in two blocks of rows
+    assert all(hw.types()[n].size <= 1024 for n in hw.find(ops.Population))
+    cores = {hw.placement(n) for n in blocks}
+    assert len(cores) == 4
+    resources = target.resources(hw)
+    assert all(core["neurons"] <= 1024 for core in resources["per_core"])
+    x = np.random.default_rng(6).integers(0, 256, (5, 1, 40, 40))
+    split_result = Simulator(hw, 10, backend="loihi1").run(x)
+    whole_result = Simulator(unsplit, 10, backend="loihi1").run(x)
+    np.testing.assert_array_equal(split_result.outputs, whole_result.outputs)
+    for pop in ("s1", "s2"):
+        parts = [n for n in split_result.spikes if n.startswith(f"{pop}.b")] or [pop]
+        np.testing.assert_array_equal(sum(split_result.spikes[n] for n in parts), whole_result.spikes[pop])
+
+
+def test_fold_is_idempotent(snn):
+    once, changed = LoihiFold().apply(snn)
+    assert changed
+    twice, changed_again = LoihiFold().apply(once)
+    assert not changed_again
+    from snncc.ir import to_text
+
+    assert to_text(twice) == to_text(once)
+
+
+def test_an_existing_bundle_is_replaced_and_another_directory_refused(snn, tmp_path):
+    out = tmp_path / "bundle"
+    emit(snn, "loihi1", out, timesteps=4)
+    first = read_bundle(out).manifest["files"]["hw.snn"]
+    emit(snn, "loihi2", out, timesteps=4)
+    assert read_bundle(out).manifest["target"] == "loihi2" and read_bundle(out).manifest["files"]["hw.snn"] != first
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    with pytest.raises(TargetError, match="exists and is not a bundle"):
+        emit(snn, "loihi2", other)
+    assert sorted(p.name for p in other.iterdir()) == ["mine.txt"]
