@@ -63,3 +63,20 @@ def test_netx_layers_shapes_and_parameters_match_the_hw_graph(snn, tmp_path, var
     assert fc["neuron"]["iDecay"] - 1 == 4095
     assert out["neuron"]["vThMant"] == 2 ** 17 - 1  # the readout integrates and is read, not thresholded
     assert isinstance(hw.op("out"), ops.Linear) and out["shape"] == (3,)
+
+
+def test_snnccs_own_reader_agrees_and_refuses_other_files(snn, tmp_path):
+    from snncc.errors import FormatError
+    from snncc.targets.loihi.netx import read_netx, write_netx
+
+    hw = run_pipeline(snn, [LoihiFold(), LoihiQuantize(variant="loihi2")])
+    write_netx(hw, tmp_path)
+    ours, theirs = read_netx(tmp_path / "network.net"), read_layers(tmp_path / "network.net")
+    assert [layer["type"] for layer in ours] == [layer["type"] for layer in theirs]
+    assert ours[4]["neuron"]["snnccReset"] == "subtract" and ours[1]["snnccRole"] == "neurons"
+    # the folded normalization pads with the stored value (0.2 * 0.5 + 0.2) * 255 = 76.5, rounded to an integer
+    assert ours[1]["snnccPadValue"].tolist() in ([76], [77])
+    assert ours[2]["snnccRole"] == "or-gate"
+    (tmp_path / "bad.net").write_bytes(b"not hdf5")
+    with pytest.raises(FormatError, match="not an HDF5 file"):
+        read_netx(tmp_path / "bad.net")
