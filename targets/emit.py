@@ -48,8 +48,8 @@ def _readme(target: Target, manifest: dict) -> str:
              f"{res.get('cores')} cores on {res.get('chips')} chip(s); per core in `manifest.json` "
              "(`resources.per_core`).", "",
              "## Energy", "",
-             f"{manifest['synops_per_inference'] if manifest['synops_per_inference'] is not None else 'not measured'}"
-             " synaptic operations per inference"
+             (f"{manifest['synops_per_inference']:,.0f}" if manifest["synops_per_inference"] is not None
+              else "Not measured:") + " synaptic operations per inference"
              + (f", about {joules * 1e6:.3g} uJ ({energy['source']})." if joules is not None else "."), "",
              "Check the bundle and its accuracy with `snncc verify DIR --data DATA`.", ""]
     return "\n".join(lines)
@@ -79,7 +79,7 @@ def emit(graph: Graph, target_name: str, directory: str | Path, timesteps: int =
         "io": {"input": {"node": inp, "shape": list(types[inp].shape), "dtype": types[inp].format,
                          "encoding": info.get("input_encoding", ""),
                          "input_scaling": graph.attrs.get("input_scaling", {}),
-                         "input_scaling_on_chip": hw.attrs.get("folded_input_scaling")},
+                         "input_scaling_folded_into_first_layer": hw.attrs.get("folded_input_scaling")},
                "output": {"node": out, "shape": list(types[out].shape),
                           "readout": info.get("readout", "the class is the argmax of the readout")}},
         "resources": target.resources(hw),
