@@ -17,15 +17,17 @@
 
 ``loihi-quantize{variant=loihi2}`` (snn -> hw): every synaptic layer gets a membrane scale ``S`` (membrane units
 per float unit) chosen so that its largest weight is the largest 8-bit stored weight (254 in the mixed sign mode,
-weight exponent 0, the layout netx stores); the weights become stored values ``q`` (int16, even, [-256, 254]) with
-``q * 2^6 = round(W * S)``, the biases multiples of ``2^6`` (netx's bias exponent) with 13-bit mantissas, the
+weight exponent 0, the layout netx stores) unless the largest bias would overflow its mantissa, in which case the
+bias sets ``S`` and a negative weight exponent keeps the weights' 8 bits (the first layer, which carries the
+input's mean); the weights become stored values ``q`` (int16, even, [-256, 254]) with ``q * 2^(6 + e) = round(W *
+S)``, the biases multiples of ``2^6`` (netx's bias exponent) with 13-bit mantissas, the
 neurons :class:`~snncc.ir.neurons.CubaLIF` records with ``threshold = (vth << 6) + 1`` near ``S``, a current that
 holds only the step's input (``current_decay = 4096``, ``du = 4095``), a voltage that integrates (``dv = 0``) and
 ``initial_voltage = round(v_init * threshold)``. The reset: Loihi 1 resets to zero (the bundle uses that; its cost
 against the reset by subtraction of the float SNN is measured by ``verify``); Loihi 2's programmable neurons run
 the reset by subtraction (Orchard et al., "Efficient neuromorphic signal processing with Loihi 2", IEEE SiPS
 2021), which the loihi2 variant uses. The weight exponents are stored per node in ``graph.meta[node]
-["weight_exp"]`` (always 0 here) and the scales in ``graph.attrs["loihi"]``.
+["weight_exp"]`` and the scales in ``graph.attrs["loihi"]``.
 
 ``loihi-partition{variant=loihi2}`` (hw -> hw): splits every population that exceeds a core (compartments per
 core, synaptic memory per core at 8 bits a synapse) into blocks of whole output channels, or of output rows of one
@@ -192,9 +194,21 @@ def _layer_scale(w: np.ndarray, b: np.ndarray | None, threshold: float | None) -
     return record / threshold, record
 
 
+def weight_exponent(w: np.ndarray) -> int:
+    """The smallest weight exponent (down to -8, at most 0) at which membrane-unit weights ``w`` fit the mixed
+    sign mode's 254: 0 when the largest weight sets the layer's scale, negative when the bias does (then the
+    stored weights keep their 8 bits, and the chip truncates the shifted sum instead)."""
+    largest = float(np.abs(w).max())
+    if largest == 0:
+        return 0
+    exp = math.ceil(math.log2(largest / (_Q_MAX * _UNIT)) - 1e-12)
+    return int(min(0, max(la.WEIGHT_EXP_RANGE[0], exp)))
+
+
 def _quantize_layer(op: ops.Op, scale: float) -> tuple[ops.Op, dict]:
     w = op.weight.astype(np.float64) * scale
-    q = la.quantize_weights(w, 0, "mixed").q
+    exp = weight_exponent(w)
+    q = la.quantize_weights(w, exp, "mixed").q
     bias = None
     fields = {}
     if op.bias is not None:
@@ -202,7 +216,7 @@ def _quantize_layer(op: ops.Op, scale: float) -> tuple[ops.Op, dict]:
         bias = (mant.astype(np.int32) << la.NETX_BIAS_EXP).astype(np.int32)
     if isinstance(op, ops.Conv2d) and op.pad_value is not None:
         fields["pad_value"] = np.round(op.pad_value).astype(np.int32)
-    return op.replace(weight=q, bias=bias, **fields), {"weight_exp": 0}
+    return op.replace(weight=q, bias=bias, **fields), {"weight_exp": exp}
 
 
 def _cuba(neuron: IF | object, threshold: int, subtract: bool) -> CubaLIF:

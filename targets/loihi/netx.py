@@ -20,6 +20,9 @@ Extensions netx does not read (its loader ignores datasets it does not ask for),
   subtraction needs the microcode neuron, not netx's CUBA) and ``neuron/snnccInitialVoltage``;
 - ``snnccPadValue`` (conv): the value padded in per input channel when it is not 0 (the folded input
   normalization pads the first layer with the stored value of the trained padding; netx pads with zero);
+- ``snnccWeightExp``: the layer's weight exponent (netx's loader reads none and takes the stored weights at
+  ``2^6`` each, which is exponent 0; a layer with a negative exponent must be built with Lava Dense's
+  ``weight_exp`` set to it: the first layer, whose bias sets its scale);
 - ``snnccBiasStartStep``: the chip step from which the layer's bias is on (its synaptic depth; see the emulator);
 - ``snnccRole``: ``or-gate`` for the layers that replace spiking max pooling, ``readout`` for the last layer,
   whose membrane (``vThMant`` at its maximum: it is read, not thresholded) is the network's answer;
@@ -127,6 +130,7 @@ def write_netx(graph: Graph, directory: Path, filename: str = FILENAME, depth: d
                 continue
             op = graph.op(node)
             g.create_dataset("weight", data=np.asarray(op.weight, dtype=np.int16))
+            g.create_dataset("snnccWeightExp", data=int(graph.meta.get(node, {}).get("weight_exp", 0)))
             if op.bias is not None:
                 g.create_dataset("bias", data=(np.asarray(op.bias, np.int64) >> la.NETX_BIAS_EXP).astype(np.int32))
             if kind == "conv":

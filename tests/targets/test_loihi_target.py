@@ -50,6 +50,9 @@ def test_legalized_graph_is_hw_level_with_integer_formats_and_placements(snn, va
     assert hw.op("s2").neuron.reset == reset
     assert hw.op("pool.or").neuron.threshold == 65  # the OR gate of the max pooling
     assert hw.op("x").dtype == "uint8"
+    # the first layer's bias (it carries the input's mean) sets its scale; a negative exponent keeps 8-bit weights
+    assert hw.meta["conv"]["weight_exp"] < 0 and np.abs(hw.op("conv").weight).max() > 128
+    assert hw.meta["fc"]["weight_exp"] == 0 and np.abs(hw.op("fc").weight).max() == 254
 
 
 def test_fold_keeps_the_float_network_except_the_or_gate(snn, pixels):
