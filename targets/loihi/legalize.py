@@ -436,9 +436,13 @@ class LoihiPartition(Pass):
             if isinstance(blocks, str):
                 raise PassError(f"{pop!r}: does not fit a {self.variant} core: {blocks}")
             plans.append((syn, pop, blocks, in_shape))
-        pairs = []
+        pairs, changed = [], False
         for syn, pop, blocks, in_shape in plans:
-            pairs += [(syn, pop)] if len(blocks) == 1 else _split(graph, syn, pop, blocks, in_shape)
+            if len(blocks) == 1:
+                pairs.append((syn, pop))
+            else:
+                pairs += _split(graph, syn, pop, blocks, in_shape)
+                changed = True
         for readout in graph.find(ops.Readout):
             pairs.append((graph.inputs(readout)[0], readout))
         types = graph.types()
@@ -452,10 +456,11 @@ class LoihiPartition(Pass):
             used_neurons += neurons
             used_synapses += synapses
             placement = Placement(chip=core // c.cores_per_chip, core=core % c.cores_per_chip)
-            graph.place(syn, placement)
-            graph.place(pop, placement)
+            for node in (syn, pop):
+                changed |= graph.placement(node) != placement
+                graph.place(node, placement)
         chips = core // c.cores_per_chip + 1
         if c.chips is not None and chips > c.chips:
             raise PassError(f"the model needs {core + 1} {self.variant} cores ({chips} chips), more than the "
                             f"{c.chips * c.cores_per_chip} of {c.chips} chips")
-        return True
+        return changed
