@@ -16,6 +16,7 @@ from snncc.targets.bundle import read_bundle
 from snncc.targets.emit import emit
 from snncc.targets.emit import verify as verify_bundle
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi import emulator  # noqa: F401  (registers the loihi1 and loihi2 backends)
 from snncc.targets.loihi.legalize import LoihiFold
 
 from .conftest import small_snn
@@ -68,14 +69,15 @@ def test_fold_keeps_the_float_network_except_the_or_gate(snn, pixels):
     assert isinstance(folded.op("pool.or").neuron, LIF)
 
 
-def test_emulator_matches_an_independent_integer_loop(pixels):
+@pytest.mark.parametrize("weight_exp", [0, -1, 1])
+def test_emulator_matches_an_independent_integer_loop(weight_exp):
     """A hw graph Linear -> CubaLIF -> Linear -> Readout run by the emulator and by plain Python integers."""
     rng = np.random.default_rng(4)
     g = Graph(level="hw")
     x = g.add(ops.Input(shape=(6,), name="x", dtype="uint8"), name="x")
     w1 = (rng.integers(-40, 40, (5, 6)) * 2).astype(np.int16)
     b1 = (rng.integers(-50, 50, 5) * 64).astype(np.int32)
-    fc1 = g.add(ops.Linear(weight=w1, bias=b1), [x], name="fc1")
+    fc1 = g.add(ops.Linear(weight=w1, bias=b1), [x], name="fc1", weight_exp=weight_exp)
     neuron = CubaLIF(threshold=la.record_threshold(3000), current_decay=3000, voltage_decay=100, decay_unit=4096,
                      bias=0, reset="zero", initial_voltage=1000)
     pop = g.add(ops.Population(neuron=neuron), [fc1], name="pop")
@@ -103,7 +105,9 @@ def test_emulator_matches_an_independent_integer_loop(pixels):
             readout_in = [sum(int(w2[o, j]) * spikes_prev[j] for j in range(5)) << 6 for o in range(2)]
             spikes = [0] * 5
             for j in range(5):
-                a = (sum(int(w1[j, i]) * int(sample[i]) for i in range(6)) << 6) if step >= 1 else 0
+                total_in = sum(int(w1[j, i]) * int(sample[i]) for i in range(6))
+                shifted = total_in << weight_exp if weight_exp > 0 else total_in >> -weight_exp  # floor
+                a = (shifted << 6) if step >= 1 else 0
                 a += int(b1[j]) if step >= 1 else 0
                 u[j] = wrap(trunc(u[j], 4096 - 3000) + a)
                 v[j] = max(-(2 ** 23 - 1), min(2 ** 23 - 1, trunc(v[j], 4096 - 100) + u[j]))
