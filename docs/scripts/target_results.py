@@ -109,7 +109,8 @@ def main() -> None:
     text = page.read_text() if page.exists() else "# Hardware targets\n"
     head = text.split("## Measured")[0].rstrip() + "\n\n"
     write_text(page, head + markdown(results))
-    print(json.dumps([{k: r[k] for k in ("model", "target", "float_accuracy", "target_accuracy")} for r in results]))
+    print(json.dumps([{k: r.get(k) for k in ("model", "target", "fits", "float_accuracy", "target_accuracy")}
+                      for r in results]))
 
 
 if __name__ == "__main__":
