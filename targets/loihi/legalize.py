@@ -53,6 +53,7 @@ from snncc.ir.ops import HW, SNN
 from snncc.ir.placement import Placement
 from snncc.passes.base import Pass, PassContext, register
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi.constraints import CONSTRAINTS
 
 VARIANTS = ("loihi1", "loihi2")
 
@@ -423,8 +424,6 @@ class LoihiPartition(Pass):
         _check_variant(self.variant)
 
     def run(self, graph: Graph, context: PassContext) -> bool:
-        from snncc.targets.loihi.target import CONSTRAINTS
-
         c = CONSTRAINTS[self.variant]
         limits = core_limits(c)
         types = graph.types()
