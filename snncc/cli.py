@@ -245,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulator_options(p)
     p.set_defaults(timesteps=_timesteps("8,16,32,64"), batch_size=100, resize=None, center_crop=None)
     p.set_defaults(func=cmd_demo)
+
+    from snncc.targets.command import add_parsers as add_target_parsers  # targets, check, emit, verify
+
+    add_target_parsers(sub, common)
     return parser
 
 

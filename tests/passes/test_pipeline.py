@@ -6,6 +6,7 @@ import pytest
 from snncc.errors import PassError, PipelineSyntaxError
 from snncc.ir import ops, to_text
 from snncc.passes import PASSES, PassContext, parse_pipeline, pipeline_text, run_pipeline
+from snncc.targets.loihi import legalize  # noqa: F401  (registers the Loihi passes, whatever runs first)
 from tests.passes.test_sew import two_block_net
 
 
@@ -65,6 +66,10 @@ IDEMPOTENCE = {
     "quantize-neurons{bits=3}": ("canonicalize,normalize,convert-fs{steps=4}", None),
     # SEW blocks are no longer residual Adds of a current and a shortcut; the pass refuses to run on its output.
     "sew": ("canonicalize,normalize,convert-rate", "already in SEW form"),
+    # The Loihi legalization (targets/loihi/legalize.py): quantize maps the snn level to the hw level.
+    "loihi-fold": ("canonicalize,normalize,convert-rate", None),
+    "loihi-quantize": ("canonicalize,normalize,convert-rate,loihi-fold", "needs a graph at the snn level"),
+    "loihi-partition": ("canonicalize,normalize,convert-rate,loihi-fold,loihi-quantize", None),
 }
 
 

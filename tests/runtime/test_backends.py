@@ -46,7 +46,8 @@ def test_a_registered_backend_runs_and_unknown_names_list_the_registered_ones(re
     sim = Simulator(_graph(), 6, backend="silent")
     assert sim.backend == "silent" and np.all(sim.run(x).outputs == 0)
     assert np.any(Simulator(_graph(), 6, backend="reference").run(x).outputs != 0)
-    with pytest.raises(SimulationError, match="unknown backend 'fpga'; registered: reference, cython, torch, silent"):
+    # (targets add their emulators to the registry too, e.g. loihi1 and loihi2, once snncc.targets.loihi is imported)
+    with pytest.raises(SimulationError, match="unknown backend 'fpga'; registered: reference, cython, torch, .*silent"):
         Simulator(_graph(), 6, backend="fpga")
     with pytest.raises(SimulationError, match="already registered"):
         register_backend(Backend("silent", None, None))

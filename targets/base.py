@@ -1,0 +1,190 @@
+"""The target framework: what a chip can hold (:class:`Constraints`), what a graph breaks (:class:`Violation`) and
+the interface every target implements (:class:`Target`), with the registry :data:`TARGETS`.
+
+A target is one registry entry. It has
+
+- ``name`` and ``description``;
+- ``constraints``: a frozen :class:`Constraints` record (formats, limits, what the chip supports);
+- ``pipeline``: the legalization pipeline, text of ordinary passes (``snncc.passes``), that takes an snn-level
+  graph to the target's form (the ``hw`` level for chips; an exchange format such as NIR may stay at ``snn``);
+- ``check(graph) -> list[Violation]``: every violation at once, before anything is written;
+- ``legalize(graph) -> graph``: run the pipeline (the default runs :attr:`pipeline`);
+- ``package(graph, directory, context) -> list[str]``: write the target's own files into ``directory`` (a fresh
+  temporary directory, see :mod:`snncc.targets.bundle`) and return their names; the bundle adds
+  ``manifest.json`` and ``README.md`` and renames the directory into place;
+- ``backend``: the name of the runtime backend that emulates it (``None``: none), used by ``snncc verify``;
+- ``resources(graph) -> dict``, ``io_spec(graph) -> dict`` and ``energy(synops) -> dict`` for the manifest.
+
+Adding a target (NIR, SpiNNaker, BrainScaleS-2) is writing one subclass and calling :func:`register_target`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from snncc.errors import SnnccError
+from snncc.ir import Graph
+
+
+class TargetError(SnnccError):
+    """A graph does not fit a target (the message lists every violation), or a bundle is invalid."""
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What one chip (or format) can hold, as data. ``None`` means no limit.
+
+    Formats are text: ``int8``, ``int24`` (a signed 24-bit state), ``float32``. ``neurons_per_core``: compartments
+    of one core; ``fan_in``/``fan_out``: synapses into / out of one neuron; ``synaptic_memory_bits``: synapse
+    memory of one core; ``cores_per_chip``, ``chips``; ``timestep_s``: the length of one algorithmic step (None:
+    the chip runs as fast as its slowest core, no fixed step). ``neuron_models``, ``resets`` and ``codings``: what
+    the chip runs. ``graded_spikes``: whether a spike may carry an integer payload (Loihi 2). ``sources``: where
+    each limit comes from.
+    """
+
+    weight_format: str
+    state_format: str
+    neurons_per_core: int | None
+    fan_in: int | None
+    fan_out: int | None
+    synaptic_memory_bits: int | None
+    cores_per_chip: int | None
+    chips: int | None
+    timestep_s: float | None
+    neuron_models: tuple[str, ...]
+    resets: tuple[str, ...]
+    codings: tuple[str, ...]
+    graded_spikes: bool = False
+    sources: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One thing a graph does that the target cannot: the node, the limit, the actual value and the remedy."""
+
+    node: str
+    limit: str
+    actual: str
+    remedy: str
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.limit}; actual {self.actual}; remedy: {self.remedy}"
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class PackageContext:
+    """What ``package`` may read beyond the graph: the float (snn-level) graph it came from."""
+
+    source: Graph | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Target:
+    """Base of every target; see the module docstring for the interface."""
+
+    name: str = ""
+    description: str = ""
+    constraints: Constraints
+    pipeline: str = ""
+    backend: str | None = None
+    #: The energy of one synaptic operation in joules and the paper it comes from (None: not published).
+    energy_per_synop_j: float | None = None
+    energy_source: str = ""
+
+    def check(self, graph: Graph) -> list[Violation]:
+        """Every violation of the target's constraints by ``graph`` (an snn-level graph), all at once."""
+        raise NotImplementedError
+
+    def legalize(self, graph: Graph) -> Graph:
+        """``graph`` in the target's form: the legalization pipeline, run on the pass machinery."""
+        from snncc.passes import run_pipeline
+
+        self.require_fits(graph)
+        return run_pipeline(graph, self.pipeline)
+
+    def require_fits(self, graph: Graph) -> None:
+        """Raise :class:`TargetError` listing every violation, if there is any."""
+        violations = self.check(graph)
+        if violations:
+            raise TargetError(f"the model does not fit {self.name} ({len(violations)} violation"
+                              f"{'s' if len(violations) != 1 else ''}):\n  " +
+                              "\n  ".join(str(v) for v in violations))
+
+    def package(self, graph: Graph, directory: Path, context: PackageContext) -> list[str]:
+        """Write the target's own files into ``directory``; return their names (relative paths)."""
+        raise NotImplementedError
+
+    def io_spec(self, graph: Graph) -> dict:
+        """What the manifest says about the legalized graph beyond shapes: ``input_encoding``, ``readout``,
+        ``latency_steps``, ``files`` (name -> description of the target's own files), ``details``."""
+        return {}
+
+    def resources(self, graph: Graph) -> dict:
+        """Resource use of the legalized graph: per core and per chip (the manifest's ``resources``)."""
+        return {}
+
+    def energy(self, synops_per_inference: float) -> dict:
+        """The energy ``synops_per_inference`` synaptic operations imply, with the figure's source."""
+        if self.energy_per_synop_j is None:
+            return {"joules": None, "source": "no published per-operation figure"}
+        return {"joules_per_synop": self.energy_per_synop_j,
+                "joules": synops_per_inference * self.energy_per_synop_j, "source": self.energy_source}
+
+    def describe(self) -> str:
+        """A few lines for ``snncc targets``."""
+        c = self.constraints
+        lines = [f"{self.name}: {self.description}",
+                 f"  weights {c.weight_format}, state {c.state_format}, neurons/core {c.neurons_per_core}, "
+                 f"fan-in {c.fan_in}, fan-out {c.fan_out}, synaptic memory/core {c.synaptic_memory_bits} bits, "
+                 f"cores/chip {c.cores_per_chip}, chips {c.chips}",
+                 f"  neuron models {', '.join(c.neuron_models)}; resets {', '.join(c.resets)}; codings "
+                 f"{', '.join(c.codings)}; graded spikes {'yes' if c.graded_spikes else 'no'}",
+                 f"  pipeline: {self.pipeline or '(none)'}; emulator: {self.backend or 'none'}"]
+        return "\n".join(lines)
+
+
+#: Every registered target by name.
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(target: Target) -> Target:
+    """Add ``target`` to :data:`TARGETS` (a name registered twice is an error)."""
+    if target.name in TARGETS:
+        raise TargetError(f"a target named {target.name!r} is already registered")
+    TARGETS[target.name] = target
+    return target
+
+
+#: Modules that register targets when imported; :func:`get_target` imports them on first use.
+TARGET_MODULES: list[str] = ["snncc.targets.loihi.target"]
+
+
+def _load_targets() -> None:
+    import importlib
+
+    for module in TARGET_MODULES:
+        importlib.import_module(module)
+
+
+def get_target(name: str) -> Target:
+    """The registered target ``name``; raises TargetError listing the known ones."""
+    _load_targets()
+    if name not in TARGETS:
+        raise TargetError(f"unknown target {name!r}; known targets: {', '.join(sorted(TARGETS))}")
+    return TARGETS[name]
+
+
+def all_targets() -> dict[str, Target]:
+    _load_targets()
+    return dict(TARGETS)
+
+
+__all__ = ["Constraints", "PackageContext", "TARGETS", "TARGET_MODULES", "Target", "TargetError", "Violation",
+           "all_targets", "get_target", "register_target"]

@@ -1,0 +1,179 @@
+"""The Loihi 1 and Loihi 2 targets: constraints, the check, the legalization pipeline and the bundle.
+
+Limits, with their sources:
+
+- Loihi 1 (Davies et al., "Loihi: a neuromorphic manycore processor with on-chip learning", IEEE Micro 38(1),
+  2018): 128 neuromorphic cores per chip, 1,024 compartments per core, 4,096 input and 4,096 output axons per
+  core, 128 KB of synaptic memory per core (16 MB per chip), weights of up to 8 bits (mixed sign mode: 8 bits with
+  the sign), 24-bit current and voltage, 12-bit decays, reset to zero, binary spikes. Energy: 23.6 pJ per
+  synaptic spike operation (the paper's table of energy per operation).
+- Loihi 2 (Intel, "Taking neuromorphic computing to the next level with Loihi 2", technology brief, 2021;
+  Orchard et al., "Efficient neuromorphic signal processing with Loihi 2", IEEE SiPS 2021): 128 cores per chip,
+  up to 1 million neurons (8,192 per core) and 120 million synapses per chip (here 937,500 8-bit synapses per
+  core, the chip's total over its cores), programmable neurons (the reset by subtraction runs as microcode) and
+  graded spikes with an integer payload (the input's pixels). The brief publishes no energy per synaptic
+  operation; the manifest gives Loihi 1's figure as an upper estimate and says so.
+
+Multi-chip systems (Nahuku, Pohoiki) are not modelled: ``chips`` is 1 for the check, and a model that needs more
+cores than one chip has is a violation naming by how much.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from snncc.errors import SnnccError
+from snncc.ir import Graph, ops
+from snncc.ir.neurons import IF
+from snncc.ir.ops import SNN
+from snncc.passes import run_pipeline
+from snncc.targets.base import PackageContext, Target, Violation, register_target
+from snncc.targets.loihi.constraints import CONSTRAINTS
+from snncc.targets.loihi.emulator import synaptic_depth  # importing it registers the loihi1/loihi2 backends
+from snncc.targets.loihi.legalize import core_limits, plan_blocks
+
+#: The ops the Loihi lowering has a construct for (the rest are violations with a remedy).
+_SUPPORTED = (ops.Input, ops.Conv2d, ops.Linear, ops.Population, ops.SpikingMaxPool2d, ops.Flatten, ops.Readout)
+_REMEDIES = {
+    ops.Add: "residual networks are not lowered to Loihi yet; use a sequential model",
+    ops.Concat: "concatenations are not lowered to Loihi yet; use a sequential model",
+    ops.AvgPool2d: "average pooling is not folded yet; use spiking max pooling or a strided convolution",
+    ops.GlobalAvgPool: "global average pooling is not folded yet; flatten into the classifier instead",
+}
+
+
+class LoihiTarget(Target):
+    energy_per_synop_j = 23.6e-12
+
+    def __init__(self, variant: str) -> None:
+        self.name = variant
+        self.constraints = CONSTRAINTS[variant]
+        self.backend = variant
+        self.pipeline = f"loihi-fold,loihi-quantize{{variant={variant}}},loihi-partition{{variant={variant}}}"
+        self.description = {"loihi1": "Intel Loihi 1 (reset to zero, binary spikes, 1,024 compartments per core)",
+                            "loihi2": "Intel Loihi 2 (reset by subtraction in microcode, graded input spikes, "
+                                      "8,192 neurons per core)"}[variant]
+        self.energy_source = ("Davies et al., IEEE Micro 38(1), 2018: 23.6 pJ per synaptic spike operation (Loihi 1)"
+                              + ("" if variant == "loihi1" else "; Loihi 2 publishes no per-operation figure, so "
+                                 "this is Loihi 1's, an upper estimate"))
+
+    def check(self, graph: Graph) -> list[Violation]:
+        if graph.level != SNN:
+            return [Violation("graph", "the Loihi legalization starts from an snn-level graph", graph.level,
+                              "compile the model first (snncc compile)")]
+        violations = []
+        for node in graph.topological_order():
+            op = graph.op(node)
+            if not isinstance(op, _SUPPORTED):
+                violations.append(Violation(node, f"{self.name} lowers {', '.join(c.__name__ for c in _SUPPORTED)}",
+                                            op.kind, _REMEDIES.get(type(op), "rewrite the model without it")))
+            elif getattr(op, "input_gains", None) is not None:
+                violations.append(Violation(node, "one operand per synaptic layer", f"{len(op.input_gains)} operands",
+                                            "shared-weight (SEW) layers are not lowered to Loihi yet"))
+            elif isinstance(op, ops.Population):
+                violations += self._check_neuron(node, op.neuron)
+        for src in graph.input_nodes():
+            for user, _ in graph.users(src):
+                if not isinstance(graph.op(user), (ops.Conv2d, ops.Linear)):
+                    violations.append(Violation(user, "the input feeds synaptic layers (graded events)",
+                                                graph.op(user).kind, "start the model with a Conv2d or Linear"))
+        if violations:
+            return violations
+        return self._check_resources(graph)
+
+    def _check_neuron(self, node: str, neuron) -> list[Violation]:
+        if not isinstance(neuron, IF):
+            return [Violation(node, f"{self.name} runs rate-coded IF neurons as CUBA", neuron.kind,
+                              "compile with --method rate (FS and AMOS through graded spikes are not lowered yet)")]
+        if neuron.signed:
+            remedy = ("Loihi 1 has only binary spikes: compile without convert-rate{signed=true}"
+                      if self.name == "loihi1" else
+                      "signed spikes through graded payloads are not lowered yet: compile without "
+                      "convert-rate{signed=true}")
+            return [Violation(node, "unsigned spikes", "signed IF (negative spikes)", remedy)]
+        return []
+
+    def _check_resources(self, graph: Graph) -> list[Violation]:
+        from snncc.targets.loihi.legalize import LoihiFold, LoihiQuantize
+
+        try:
+            hw = run_pipeline(graph, [LoihiFold(), LoihiQuantize(variant=self.name)])
+        except SnnccError as exc:
+            return [Violation("graph", "quantizable to Loihi's formats", "failed", str(exc))]
+        limits = core_limits(self.constraints)
+        types = hw.types()
+        violations, cores = [], 0
+        for pop in hw.find(ops.Population):
+            (syn,) = hw.inputs(pop)
+            blocks = plan_blocks(hw.op(syn), types[hw.inputs(syn)[0]].shape, types[pop].shape, limits)
+            if isinstance(blocks, str):
+                violations.append(Violation(pop, f"a {self.name} core", blocks,
+                                            "make the layer smaller (fewer channels or a smaller kernel)"))
+            else:
+                cores += len(blocks)
+        capacity = self.constraints.cores_per_chip * (self.constraints.chips or 1)
+        if cores > capacity:
+            violations.append(Violation("graph", f"{capacity} cores ({self.constraints.chips} chip)",
+                                        f"{cores} cores (at least), {cores - capacity} too many",
+                                        "use a smaller model or Loihi 2 (8,192 neurons per core)"))
+        return violations
+
+    def resources(self, graph: Graph) -> dict:
+        types = graph.types()
+        per_core: dict[tuple[int, int], dict] = {}
+        for node in graph.topological_order():
+            p = graph.placement(node)
+            op = graph.op(node)
+            if p is None:
+                continue
+            entry = per_core.setdefault((p.chip, p.core), {"chip": p.chip, "core": p.core, "neurons": 0,
+                                                           "synapses": 0, "nodes": []})
+            entry["nodes"].append(node)
+            if isinstance(op, (ops.Population, ops.Readout)):
+                entry["neurons"] += types[node].size
+            if op.synaptic:
+                entry["synapses"] += types[node].size * int(np.prod(op.weight.shape[1:]))
+        cores = sorted(per_core.values(), key=lambda e: (e["chip"], e["core"]))
+        chips = {}
+        for e in cores:
+            chip = chips.setdefault(e["chip"], {"chip": e["chip"], "cores": 0, "neurons": 0, "synapses": 0})
+            chip["cores"] += 1
+            chip["neurons"] += e["neurons"]
+            chip["synapses"] += e["synapses"]
+        c = self.constraints
+        return {"cores": len(cores), "chips": len(chips), "per_core": cores, "per_chip": list(chips.values()),
+                "limits": {"neurons_per_core": c.neurons_per_core, "synapses_per_core": c.synaptic_memory_bits // 8,
+                           "input_axons_per_core": c.fan_in, "cores_per_chip": c.cores_per_chip}}
+
+    def io_spec(self, graph: Graph) -> dict:
+        depth = synaptic_depth(graph)
+        encoding = ("graded events from the host, payload = the stored value (uint8 pixel), at every step"
+                    if self.name == "loihi2" else
+                    "Loihi 1 has no graded spikes: the host computes the first layer's synaptic sums of the stored "
+                    "values (uint8 pixels) and writes them as that layer's per-neuron biases (the same integers)")
+        return {"input_encoding": encoding, "latency_steps": max(depth.values()),
+                "readout": "the summed integer input of the output compartments (their membrane, never "
+                           "thresholded); the class is its argmax",
+                "files": {"network.net": "the network in lava-dl's netx HDF5 layout (sequential layers, CUBA "
+                                         "neurons) with snncc* extension datasets (netx.py's docstring)"},
+                "details": {"reset": graph.attrs["loihi"]["reset"],
+                            "bias_start_step": {n: d for n, d in depth.items() if graph.op(n).synaptic},
+                            "membrane_scale": graph.attrs["loihi"]["membrane_scale"]}}
+
+    def package(self, graph: Graph, directory: Path, context: PackageContext) -> list[str]:
+        """netx HDF5 of the graph before partitioning (one layer per population; the blocks are in the
+        manifest), rebuilt from the source by the same deterministic passes."""
+        from snncc.targets.loihi.legalize import LoihiFold, LoihiQuantize
+        from snncc.targets.loihi.netx import write_netx
+
+        layers = run_pipeline(context.source, [LoihiFold(), LoihiQuantize(variant=self.name)])
+        layers.attrs["timesteps"] = graph.attrs.get("timesteps")
+        return write_netx(layers, directory, depth=synaptic_depth(layers))
+
+
+for _variant in CONSTRAINTS:
+    register_target(LoihiTarget(_variant))
+
+__all__ = ["CONSTRAINTS", "LoihiTarget"]
