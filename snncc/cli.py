@@ -1,4 +1,4 @@
-"""The ``snncc`` command line: compile, eval, inspect and demo.
+"""The ``snncc`` command line: compile, eval, inspect, demo and finetune (snncc/finetune/command.py).
 
 Errors reach stderr as one line ``snncc: error: ...`` with exit status 2 (no traceback unless ``--debug``).
 """
@@ -17,6 +17,7 @@ from snncc.data import InputScaling, load_dataset
 from snncc.data.loader import SUPPORTED as DATA_FORMATS
 from snncc.data.scaling import SYNTAX as SCALING_SYNTAX
 from snncc.errors import SnnccError, SnnccWarning
+from snncc.finetune.command import add_parser as add_finetune_parser
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128"
 
@@ -240,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulator_options(p)
     p.set_defaults(timesteps=_timesteps("8,16,32,64"), batch_size=100, resize=None, center_crop=None)
     p.set_defaults(func=cmd_demo)
+
+    add_finetune_parser(sub, common)
     return parser
 
 
