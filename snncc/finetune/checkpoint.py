@@ -172,9 +172,10 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
 def _check_types(directory: Path, state: dict) -> None:
     checks = {"epoch": int, "step": int, "method": str, "options": dict, "graph_sha256": str, "data_sha256": str,
               "history": list, "arrays": dict, "parameters": list, "optimizer": dict}
+    names = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
     for key, kind in checks.items():
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
-            raise _corrupt(directory, f"{key} must be a {kind.__name__}, got {type(state[key]).__name__}")
+            raise _corrupt(directory, f"{key} must be {names[kind]}, got {json.dumps(state[key])[:40]}")
     if state["epoch"] < 0 or state["step"] < 0:
         raise _corrupt(directory, f"epoch {state['epoch']} and step {state['step']} must not be negative")
     arrays = state["arrays"]
