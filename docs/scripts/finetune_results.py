@@ -5,11 +5,13 @@ neurons, reset by subtraction, calibration on the first 5,000 training images), 
 full test set with the Cython runtime, then for each T fine-tune it with ``surrogate`` (the first
 ``--train-images + --val-images`` training images, the last ``--val-images`` held back) and evaluate the
 fine-tuned ``.snn`` the same way. The training and evaluation wall times are recorded. Writes
-``docs/results/finetune-<model>.json`` after every T (partial runs keep what they measured) and the section between
-the markers of ``docs/finetune.md``.
+``docs/results/finetune-<model>-<label>.json`` after every T (partial runs keep what they measured) and rebuilds the
+section between the markers of ``docs/finetune.md`` from every ``docs/results/finetune-*.json`` (so runs of other
+sizes, with other labels, are kept side by side; ``--markdown-only`` rebuilds it without training).
 
     python docs/scripts/finetune_results.py [--models vgg-fmnist] [--timesteps 4,8] [--train-images 6000]
-        [--val-images 1000] [--epochs 1] [--lr 3e-4] [--batch-size 32] [--limit N] [--data ../shared/data]
+        [--val-images 1000] [--epochs 1] [--lr 3e-4] [--batch-size 32] [--limit N] [--label NAME]
+        [--data ../shared/data] [--markdown-only]
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ BOUNDS = {"vgg-fmnist": {4: 1.0, 8: 0.5}}
 CALIBRATION_IMAGES = 5000
 
 
-def run_model(name: str, args: argparse.Namespace, done: dict[str, dict]) -> dict:
+def run_model(name: str, args: argparse.Namespace) -> dict:
     model, scaling, calibration, x_test, y_test = load_model_data(name, args.data, CALIBRATION_IMAGES, args.limit)
     start = time.perf_counter()
     graph = compile_model(model, calibration=calibration, input_scaling=scaling)
@@ -49,7 +51,7 @@ def run_model(name: str, args: argparse.Namespace, done: dict[str, dict]) -> dic
     before = evaluate(graph, x_test, y_test, sorted(set([1, 2] + args.timesteps)), onnx_model=model,
                       backend="cython", progress=True)
     train = load_dataset(args.data / DATASETS[name], split="train", limit=args.train_images + args.val_images)
-    results = {"schema_version": 1, "model": name, "pipeline": graph.attrs.get("pipeline"),
+    results = {"schema_version": 1, "model": name, "label": args.label, "pipeline": graph.attrs.get("pipeline"),
                "calibration_images": CALIBRATION_IMAGES, "compile_seconds": compile_seconds,
                "test_images": int(len(x_test)), "ann_accuracy": before["ann"]["accuracy"],
                "before": {e["timesteps"]: e for e in before["snn"]},
@@ -72,12 +74,12 @@ def run_model(name: str, args: argparse.Namespace, done: dict[str, dict]) -> dic
         results["runs"].append(run)
         print(f"{name} T={timesteps}: {100 * run['before']['accuracy']:.2f}% -> {100 * row['accuracy']:.2f}% "
               f"(ANN {100 * results['ann_accuracy']:.2f}%), training {train_seconds:.0f} s", flush=True)
-        write_json(results, DOCS / "results" / f"finetune-{name}.json")
-        write_markdown({**done, name: results})
+        write_json(results, DOCS / "results" / f"finetune-{name}-{args.label}.json")
+        write_markdown()
     return results
 
 
-def markdown(results: dict[str, dict]) -> str:
+def markdown(results: list[dict]) -> str:
     lines = [START, "", "## Results", "",
              "Measured by `python docs/scripts/finetune_results.py` (figures in `docs/results/finetune-*.json`). Each "
              "model is compiled with the defaults of [results.md](results.md) (plain IF neurons, reset by "
@@ -85,10 +87,11 @@ def markdown(results: dict[str, dict]) -> str:
              "its row, one run per T; accuracy is measured on the full test set by the Cython runtime "
              "(`snncc eval`'s simulator), before and after. Wall times are on a 2-core machine shared with other "
              "jobs at the same time, so they are upper bounds of what the machine does alone.", ""]
-    for name, result in results.items():
+    for result in results:
+        name = result["model"]
         ann = result["ann_accuracy"]
         bounds = BOUNDS.get(name, {})
-        lines += [f"### {name}", "", f"ANN (onnxruntime): **{100 * ann:.2f}%** on {result['test_images']:,} test "
+        lines += [f"### {name} ({result.get('label', 'run')})", "", f"ANN (onnxruntime): **{100 * ann:.2f}%** on {result['test_images']:,} test "
                   "images.", "",
                   "| T | converted | fine-tuned | gap to the ANN (points) | acceptance | training images (+ "
                   "validation) | epochs | lr (Adam, cosine) | batch | validation accuracy | training wall time | "
@@ -110,7 +113,9 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(results: dict[str, dict]) -> Path:
+def write_markdown() -> Path:
+    """Rebuild the results section of docs/finetune.md from every docs/results/finetune-*.json."""
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((DOCS / "results").glob("finetune-*.json"))]
     path = DOCS / "finetune.md"
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Fine-tuning\n\n"
     section = markdown(results)
@@ -133,11 +138,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
     parser.add_argument("--work", default="/tmp/snncc-finetune-results", help="where the .snn files go")
+    parser.add_argument("--label", default="short", help="names this run's JSON files (finetune-MODEL-LABEL.json)")
+    parser.add_argument("--markdown-only", action="store_true", help="only rebuild docs/finetune.md from the JSON")
     args = parser.parse_args()
+    if args.markdown_only:
+        print(f"wrote {write_markdown()}")
+        return 0
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
     results = {}
     for name in args.models.split(","):
-        results[name] = run_model(name, args, results)
+        results[name] = run_model(name, args)
     print(json.dumps({n: [(r["timesteps"], r["after"]["accuracy"]) for r in v["runs"]] for n, v in results.items()}))
     return 0
 

@@ -51,7 +51,8 @@ class FinetuneOptions:
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise SnnccError(f"limit (--limit) must be a positive number of images, got {self.limit!r}")
         if not isinstance(self.val_limit, int) or self.val_limit < 0:
-            raise SnnccError(f"val_limit (--val-limit) must be 0 or a positive number of images, got {self.val_limit!r}")
+            raise SnnccError(f"val_limit (--val-limit) must be 0 or a positive number of images, "
+                             f"got {self.val_limit!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise SnnccError(f"lr (--lr) must be a positive number, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
