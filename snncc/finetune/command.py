@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     last = tuned.attrs["finetune"]["history"][-1:] or [{}]
     val = last[0].get("val_accuracy")
     summary = f"; validation accuracy {100 * val:.2f}% at T={options.timesteps}" if val is not None else ""
-    print(f"wrote {args.output} ({args.method}, {tuned.attrs['finetune']['epochs']} epochs{summary}); measure it "
+    epochs = tuned.attrs["finetune"]["epochs"]
+    print(f"wrote {args.output} ({args.method}, {epochs} epoch{'s' * (epochs != 1)}{summary}); measure it "
           f"with snncc eval {args.output} --data DATA --timesteps {options.timesteps}")
     return 0
 

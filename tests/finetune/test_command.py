@@ -33,7 +33,7 @@ def test_finetune_then_eval_end_to_end(files, tmp_path, capsys):
     out = tmp_path / "tuned.snn"
     assert main(["finetune", str(snn), "--data", str(data), "-o", str(out), *RUN]) == 0
     printed = capsys.readouterr().out
-    assert "training data: .npz" in printed and f"wrote {out} (surrogate, 1 epochs; validation accuracy" in printed
+    assert "training data: .npz" in printed and f"wrote {out} (surrogate, 1 epoch; validation accuracy" in printed
     tuned = load(out)
     record = tuned.attrs["finetune"]
     assert record["method"] == "surrogate" and record["data"]["path"] == str(data) and record["epochs"] == 1
