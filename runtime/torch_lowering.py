@@ -19,8 +19,12 @@ membrane lies within that rounding of a threshold.
 
 Trainable (``nn.Parameter``): every weight array (one per shared-weight layer, used by all its operands), every
 bias, the neurons' thresholds and neuron biases, the LIF decay ``beta = exp(-1 / tau_mem)`` and the CubaLIF
-current/voltage retention factors. Fixed buffers: input gains, ``v_init`` (the initial membrane of the lowered
-graph, ``v_init * threshold`` at lowering time), Affine scales and shifts, pad values.
+current/voltage retention factors. Fixed buffers: input gains, the IF/LIF ``v_init`` as the fraction of the threshold
+the IR stores (the initial membrane is ``v_init * threshold`` of the current, trained threshold, so it moves with
+it), CubaLIF's absolute initial voltage, Affine scales and shifts, pad values.
+
+Write-back: :meth:`LoweredGraph.to_graph` is the lowered graph with every trained parameter written into its op
+(each module's ``trained_op(op)``), so a fine-tuned module becomes a ``.snn`` that every simulator runs.
 
 Not lowered yet: temporal (FS, AMOS) populations, and any op without an entry in :data:`LOWERINGS`; both are refused
 with an :class:`~snncc.errors.SimulationError` naming the node.
@@ -37,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snncc.errors import SimulationError
-from snncc.ir import Graph, ops
+from snncc.errors import SimulationError, SnnccError
+from snncc.ir import IF, LIF, CubaLIF, Graph, ops
+from snncc.ir.neurons import NeuronModel
 from snncc.runtime.dynamics import Surrogate, dynamics_of
 from snncc.runtime.kernels import fan_outs
 from snncc.runtime.reference import BatchResult
@@ -53,6 +58,18 @@ def _tensor(value: np.ndarray | float, device: torch.device) -> torch.Tensor:
 
 def _parameter(value: np.ndarray | None, device: torch.device) -> nn.Parameter | None:
     return None if value is None else nn.Parameter(_tensor(value, device))
+
+
+def _array(value: torch.Tensor | None) -> np.ndarray | None:
+    """A trained tensor as the float32 numpy array an op stores."""
+    return None if value is None else value.detach().cpu().numpy().astype(np.float32)
+
+
+class _Fixed:
+    """A lowered op without trained parameters: its op is written back unchanged."""
+
+    def trained_op(self, op: ops.Op) -> ops.Op:
+        return op
 
 
 def _pad_spatial(x: torch.Tensor, padding: tuple[int, int, int, int],
@@ -111,6 +128,10 @@ class _SharedWeightLayer(nn.Module):
     def add_bias(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def trained_op(self, op: ops.Conv2d | ops.Linear) -> ops.Conv2d | ops.Linear:
+        """``op`` with the trained weight and bias (input gains and pad values are fixed)."""
+        return dataclasses.replace(op, weight=_array(self.weight), bias=_array(self.bias))
+
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         weights = self.scaled_weights()
         out = self.product(weights[0], xs[0])
@@ -152,7 +173,7 @@ class _Linear(_SharedWeightLayer):
         return y + self.bias
 
 
-class _Stateless(nn.Module):
+class _Stateless(_Fixed, nn.Module):
     """An op without parameters: ``function(op, *xs)`` on batched tensors."""
 
     def __init__(self, op: ops.Op, function: Callable[..., torch.Tensor]) -> None:
@@ -185,6 +206,9 @@ class _Affine(nn.Module):
         self.register_buffer("scale", _tensor(op.scale, device))
         self.register_buffer("shift", _tensor(op.shift, device))
 
+    def trained_op(self, op: ops.Affine) -> ops.Affine:
+        return op  # scale and shift are buffers, not trained
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift
 
@@ -197,9 +221,53 @@ def _stateless(function: Callable[..., torch.Tensor]) -> Callable[[ops.Op, torch
 # Stateful ops: each loops over the T steps of its input, given as (T, B, *shape)
 # ----------------------------------------------------------------------------------------------------------------
 
+def _neuron_parameter(value: torch.Tensor, stored: float | tuple[float, ...]) -> float | tuple[float, ...]:
+    """A trained record tensor as the IR's neuron parameter: one float, or a tuple of one value per channel where
+    the IR stored one (float32 values are exact as Python floats)."""
+    values = tuple(float(v) for v in value.detach().cpu().numpy().astype(np.float64).ravel())
+    return values if isinstance(stored, tuple) else values[0]
+
+
+def _tau_mem(beta: torch.Tensor, stored: float | tuple[float, ...]) -> float | tuple[float, ...]:
+    """The LIF time constant of a trained decay: ``tau_mem = -1 / ln(beta)`` (0 for the memoryless ``beta = 0``,
+    inf for ``beta = 1``), so that ``float32(exp(-1 / tau_mem))`` is the trained ``beta`` again."""
+    betas = beta.detach().cpu().numpy().astype(np.float64).ravel()
+    if not ((betas >= 0) & (betas <= 1)).all():
+        raise SimulationError(f"a trained LIF decay lies outside [0, 1] ({betas.min():g}..{betas.max():g}); keep "
+                              "decays in [0, 1] while training (the fine-tuning loop clamps them)")
+    with np.errstate(divide="ignore"):
+        taus = tuple(0.0 if b == 0 else float(-1.0 / np.log(b)) if b < 1 else float("inf") for b in betas)
+    return taus if isinstance(stored, tuple) else taus[0]
+
+
+def _cuba_decay(keep: torch.Tensor, unit: int) -> float:
+    """A CubaLIF decay from its trained retention factor: ``decay = D - keep * D`` inverts ``keep = (D - decay) /
+    D`` exactly for float32 ``keep``."""
+    return float(unit - np.float64(keep.detach().cpu().item()) * unit)
+
+
+#: How a trained parameter record becomes a neuron model's fields, by neuron class: ``(neuron, module) -> fields``
+#: (``module`` holds the record's tensors as attributes). Step models without an entry cannot be written back.
+NEURON_WRITE_BACK: dict[type[NeuronModel], Callable[[NeuronModel, nn.Module], dict]] = {
+    IF: lambda n, m: {"threshold": _neuron_parameter(m.threshold, n.threshold)},
+    LIF: lambda n, m: {"threshold": _neuron_parameter(m.threshold, n.threshold),
+                       "tau_mem": _tau_mem(m.decay, n.tau_mem)},
+    CubaLIF: lambda n, m: {"threshold": float(m.threshold.detach().cpu().item()),
+                           "bias": float(m.bias.detach().cpu().item()),
+                           "current_decay": _cuba_decay(m.keep_u, n.decay_unit),
+                           "voltage_decay": _cuba_decay(m.keep_v, n.decay_unit)},
+}
+
+#: Record fields that the IR stores as a fraction of the threshold, by neuron class: the lowering keeps the fraction
+#: and multiplies it by the current threshold, so a trained threshold moves the initial membrane with it.
+RELATIVE_TO_THRESHOLD: dict[type[NeuronModel], str] = {IF: "v_init", LIF: "v_init"}
+
+
 class _Population(nn.Module):
     """A population of a stepped neuron model: the entry of :data:`~snncc.runtime.dynamics.DYNAMICS`, with the
-    tensors of its parameter record as parameters (:data:`TRAINABLE_NEURON_FIELDS`) or buffers."""
+    tensors of its parameter record as parameters (:data:`TRAINABLE_NEURON_FIELDS`) or buffers. A field of
+    :data:`RELATIVE_TO_THRESHOLD` is kept as its fraction (buffer ``<field>_fraction``) and recomputed as
+    ``fraction * threshold`` each forward pass, the float32 product the record of the neuron holds."""
 
     stateful = True
 
@@ -210,9 +278,14 @@ class _Population(nn.Module):
         record = self.dynamics.parameters(op.neuron, shape, np)
         self._record = record
         self._tensor_fields = []
+        self._relative = RELATIVE_TO_THRESHOLD.get(type(op.neuron))
         for f in dataclasses.fields(record):
             value = getattr(record, f.name)
-            if isinstance(value, (np.ndarray, np.generic)):
+            if f.name == self._relative:
+                # The record of the same neuron with threshold 1 holds the fraction itself (v_init * 1.0, exact).
+                unit = self.dynamics.parameters(dataclasses.replace(op.neuron, threshold=1.0), shape, np)
+                self.register_buffer(f.name + "_fraction", _tensor(getattr(unit, f.name), device))
+            elif isinstance(value, (np.ndarray, np.generic)):
                 self._tensor_fields.append(f.name)
                 if f.name in TRAINABLE_NEURON_FIELDS:
                     self.register_parameter(f.name, nn.Parameter(_tensor(value, device)))
@@ -220,7 +293,18 @@ class _Population(nn.Module):
                     self.register_buffer(f.name, _tensor(value, device))
 
     def parameters_record(self):
-        return dataclasses.replace(self._record, **{name: getattr(self, name) for name in self._tensor_fields})
+        fields = {name: getattr(self, name) for name in self._tensor_fields}
+        if self._relative is not None:
+            fields[self._relative] = getattr(self, self._relative + "_fraction") * self.threshold
+        return dataclasses.replace(self._record, **fields)
+
+    def trained_op(self, op: ops.Population) -> ops.Population:
+        """``op`` with its neuron's trained fields (:data:`NEURON_WRITE_BACK`); ``v_init`` stays the fraction."""
+        write_back = NEURON_WRITE_BACK.get(type(op.neuron))
+        if write_back is None:
+            raise SimulationError(f"trained {op.neuron.kind} neurons cannot be written back yet (written back: "
+                                  f"{', '.join(sorted(m.kind for m in NEURON_WRITE_BACK))})")
+        return dataclasses.replace(op, neuron=dataclasses.replace(op.neuron, **write_back(op.neuron, self)))
 
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
         params = self.parameters_record()
@@ -232,7 +316,7 @@ class _Population(nn.Module):
         return torch.stack(out)
 
 
-class _SpikingMaxPool2d(nn.Module):
+class _SpikingMaxPool2d(_Fixed, nn.Module):
     """Increments of the running max of cumulative spike counts (the reference's ``_MaxCountState``)."""
 
     stateful = True
@@ -250,7 +334,7 @@ class _SpikingMaxPool2d(nn.Module):
         return torch.cat([running_max[:1], running_max[1:] - running_max[:-1]])
 
 
-class _Readout(nn.Module):
+class _Readout(_Fixed, nn.Module):
     """The running mean ``(1/t) sum_tau I(tau)``, accumulated in float64 and rounded once, as the reference."""
 
     stateful = True
@@ -344,6 +428,18 @@ class LoweredGraph(nn.Module):
             raise SimulationError(f"node {node!r}: {op.kind} is not lowered to torch yet (lowered: "
                                   f"{', '.join(sorted(c.kind for c in LOWERINGS))}, Population)")
         return factory(op, device)
+
+    def to_graph(self) -> Graph:
+        """The lowered graph with every trained parameter written back into its op (each module's
+        ``trained_op``): float32 weights, biases, thresholds, decays. Attributes, metadata and placements are
+        copied; the result simulates as this module does."""
+        graph = self.graph.clone()
+        for node, i in self.index.items():
+            try:
+                graph.replace(node, self.layers[i].trained_op(graph.op(node)))
+            except SnnccError as exc:
+                raise type(exc)(f"node {node!r}: {exc}") from exc
+        return graph
 
     def forward(self, x: torch.Tensor, timesteps: int) -> LoweredResult:
         graph, T = self.graph, timesteps

@@ -1,4 +1,4 @@
-"""The ``snncc`` command line: compile, eval, inspect and demo.
+"""The ``snncc`` command line: compile, eval, inspect, demo and finetune (snncc/finetune/command.py).
 
 Errors reach stderr as one line ``snncc: error: ...`` with exit status 2 (no traceback unless ``--debug``).
 """
@@ -19,6 +19,7 @@ from snncc.data.loader import SUPPORTED as DATA_FORMATS
 from snncc.data.scaling import SYNTAX as SCALING_SYNTAX
 from snncc.distributed import World
 from snncc.errors import SnnccError, SnnccWarning
+from snncc.finetune.command import add_parser as add_finetune_parser
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128"
 
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     from snncc.targets.command import add_parsers as add_target_parsers  # targets, check, emit, verify
 
     add_target_parsers(sub, common)
+    add_finetune_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,83 @@
+"""Fine-tuning converted SNNs: the Python API behind ``snncc finetune``.
+
+>>> from snncc.data import load_dataset
+>>> from snncc.finetune import FinetuneOptions, finetune
+>>> train = load_dataset("data/fashion-mnist", split="train", limit=20000)
+>>> tuned = finetune(graph, train, "surrogate", FinetuneOptions(timesteps=4, epochs=1, lr=3e-4))
+
+``graph`` is an SNN-level graph (a compiled ``.snn``); ``data`` the training images as stored, ``(x, y)`` or a
+:class:`~snncc.data.Dataset` (its path is then recorded); the input scaling recorded in the graph is applied as
+``snncc eval`` applies it. The result is a new graph with the trained parameters written into its ops and a
+``finetune`` record in its attrs (:func:`finetune`); its accuracy is measured by the runtime (``snncc eval``), not
+by torch. Methods: :data:`snncc.finetune.methods.METHODS`. torch is imported by this package and by the lowering
+only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from snncc.errors import SnnccError
+from snncc.finetune.methods import METHODS, Method, method_of
+from snncc.finetune.options import FinetuneOptions
+from snncc.ir import Graph, ops
+
+__all__ = ["METHODS", "FinetuneOptions", "Method", "check_graph", "finetune"]
+
+
+def check_graph(graph: Graph, where: str = "the graph") -> None:
+    """Refuse what no fine-tuning method takes: a graph that is not at the SNN level."""
+    if graph.level != ops.SNN:
+        raise SnnccError(f"{where} is at the {graph.level} level; fine-tuning takes a converted SNN (.snn written "
+                         "by snncc compile, e.g. with --method rate)")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SnnccError(f"--device {device} was asked for but torch sees no CUDA device here; use --device cpu")
+
+
+def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOptions | None = None,
+             progress: bool = False) -> Graph:
+    """Fine-tune ``graph`` on ``data`` (stored training images and labels) by ``method``; returns the new graph.
+
+    Its ``attrs["finetune"]`` records the method, the options, the data (path where known, SHA-256 of the arrays,
+    count, limit, held-back validation images), the epochs and each epoch's loss, training and validation
+    accuracy and time; a record already there (a graph fine-tuned before) is kept under ``"previous"``."""
+    options = options or FinetuneOptions()
+    chosen: Method = method_of(method)
+    check_graph(graph)
+    _check_device(options.device)
+    x, y = data
+    x, y = np.asarray(x), np.asarray(y)
+    if options.limit is not None:
+        x, y = x[:options.limit], y[:options.limit]
+    start = time.perf_counter()
+    if not chosen.trains:
+        from snncc.finetune.trainer import model_inputs
+
+        tuned = chosen.transform(graph, model_inputs(graph, x), options)
+        history, data_hash = [], None
+    else:
+        from snncc.finetune.trainer import train
+
+        result = train(graph, x, y, chosen, options, progress=progress)
+        tuned, history, data_hash = result.graph, result.history, result.data_sha256
+    if data_hash is None:
+        from snncc.finetune.checkpoint import data_sha256
+
+        data_hash = data_sha256(x, y)
+    info = getattr(data, "info", None)
+    record = {"method": chosen.name, "options": options.to_json(),
+              "data": {"path": info.path if info is not None else None, "sha256": data_hash, "images": int(len(x)),
+                       "limit": options.limit, "val_limit": options.val_limit if chosen.trains else 0},
+              "epochs": len(history), "history": history,
+              "val_accuracy": [e.get("val_accuracy") for e in history], "seconds": time.perf_counter() - start}
+    if "finetune" in graph.attrs:
+        record["previous"] = graph.attrs["finetune"]
+    tuned.attrs["finetune"] = record
+    return tuned

@@ -1,0 +1,126 @@
+"""``snncc finetune``: a tiny run end to end (then ``snncc eval`` of the written file), and every refusal: exit 2,
+one line on stderr, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from snncc.cli import main  # noqa: E402
+from snncc.finetune import trainer  # noqa: E402
+from snncc.ir import IF, SNN, Graph, load, ops, save  # noqa: E402
+from tests.conftest import small_cnn  # noqa: E402
+from tests.finetune.tiny import converted_cnn, training_set  # noqa: E402
+
+RUN = ["--timesteps", "2", "--epochs", "1", "--limit", "48", "--val-limit", "16", "--batch-size", "16", "--quiet"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    snn = save(converted_cnn(), tmp_path / "tiny.snn")
+    x, y = training_set()
+    data = tmp_path / "train.npz"
+    np.savez(data, x=x.astype(np.uint8), y=y)
+    return snn, data
+
+
+def test_finetune_then_eval_end_to_end(files, tmp_path, capsys):
+    snn, data = files
+    out = tmp_path / "tuned.snn"
+    assert main(["finetune", str(snn), "--data", str(data), "-o", str(out), *RUN]) == 0
+    printed = capsys.readouterr().out
+    assert "training data: .npz" in printed and f"wrote {out} (surrogate, 1 epoch; validation accuracy" in printed
+    tuned = load(out)
+    record = tuned.attrs["finetune"]
+    assert record["method"] == "surrogate" and record["data"]["path"] == str(data) and record["epochs"] == 1
+    assert record["input"]["path"] == str(snn.resolve()) and len(record["input"]["sha256"]) == 64
+    assert not np.array_equal(tuned.op("conv1").weight, load(snn).op("conv1").weight)
+    report = tmp_path / "report.json"
+    assert main(["eval", str(out), "--data", str(data), "--timesteps", "2", "--report", str(report), "--quiet"]) == 0
+    assert json.loads(report.read_text())["snn"][0]["timesteps"] == 2
+
+
+def _ann_file(tmp_path):
+    return save(small_cnn(), tmp_path / "ann.snn")
+
+
+def _unlowered_file(tmp_path):
+    """An SNN-level graph with an op the torch lowering refuses (max pooling of the analog input)."""
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(1, 12, 12)), name="input")
+    pool = g.add(ops.MaxPool2d(kernel=(2, 2), stride=(2, 2)), [x], name="pool")
+    flat = g.add(ops.Flatten(), [pool], name="flatten")
+    fc = g.add(ops.Linear(weight=np.ones((5, 36), np.float32) / 36), [flat], name="fc")
+    spikes = g.add(ops.Population(neuron=IF()), [fc], name="if")
+    g.outputs = [g.add(ops.Readout(), [spikes], name="readout")]
+    return save(g, tmp_path / "maxpool.snn")
+
+
+def _wrong_shape_data(tmp_path):
+    path = tmp_path / "small.npz"
+    np.savez(path, x=np.zeros((40, 1, 5, 5), np.uint8), y=np.zeros(40, np.int64))
+    return path
+
+
+def _corrupt_checkpoint(tmp_path):
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "state.json").write_text("{truncated")
+    return ["--resume", str(directory)]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p, args: args.__setitem__(1, str(_ann_file(p))), "is at the ann level; fine-tuning takes a converted SNN"),
+    (lambda p, args: args.__setitem__(1, str(_unlowered_file(p))), "node 'pool': MaxPool2d is not lowered to torch"),
+    (lambda p, args: args.__setitem__(3, str(_wrong_shape_data(p))), r"samples of shape \(1, 5, 5\), but .* takes"),
+    (lambda p, args: args.extend(_corrupt_checkpoint(p)), "is corrupt or incomplete: state.json is not readable"),
+    (lambda p, args: args.extend(["--timesteps", "0"]), r"timesteps \(--timesteps\) must be a positive integer"),
+    (lambda p, args: args.extend(["--method", "calibrate"]), "unknown fine-tuning method 'calibrate'; available"),
+    (lambda p, args: args.extend(["--val-limit", "48"]), "holds back every one of the 48 training images"),
+])
+def test_refusals_are_one_line_and_write_nothing(files, tmp_path, capsys, change, message):
+    snn, data = files
+    out = tmp_path / "out" / "tuned.snn"
+    args = ["finetune", str(snn), "--data", str(data), "-o", str(out), *RUN]
+    change(tmp_path, args)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("snncc: error: ") and "\n" not in err
+    assert __import__("re").search(message, err), err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_device_is_refused(files, tmp_path, capsys):
+    snn, data = files
+    out = tmp_path / "tuned.snn"
+    assert main(["finetune", str(snn), "--data", str(data), "-o", str(out), *RUN, "--device", "cuda"]) == 2
+    assert "torch sees no CUDA device here; use --device cpu" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_ctrl_c_leaves_no_partial_snn_but_the_last_checkpoint(files, tmp_path, capsys, monkeypatch):
+    snn, data = files
+    out = tmp_path / "out" / "tuned.snn"
+    epoch, calls = trainer._train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_epoch", interrupted)
+    args = ["finetune", str(snn), "--data", str(data), "-o", str(out), *RUN, "--epochs", "2",
+            "--checkpoint", str(tmp_path / "ckpt")]
+    assert main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+    assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(trainer, "_train_epoch", epoch)
+    args[-2:] = ["--resume", str(tmp_path / "ckpt")]
+    assert main(args) == 0 and load(out).attrs["finetune"]["epochs"] == 2
