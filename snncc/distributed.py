@@ -98,6 +98,24 @@ class World:
 
         return float(sum(self._all(torch.tensor([value], dtype=torch.float64))))
 
+    def sum_gradients(self, parameters) -> None:
+        """Replace every parameter's gradient by its sum over the ranks (one all-reduce of all gradients flattened
+        into one buffer; a missing gradient counts as zero). Each rank scales its loss by its share of the global
+        batch, so the sum is the gradient of the global batch's mean loss."""
+        if self.size == 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        parameters = [p for p in parameters if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in parameters:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
     def check_same(self, what: str, value: str) -> None:
         """Raise on every rank unless all ranks hold the same ``value`` (say, the sha256 of the model)."""
         if self.size == 1:

@@ -63,3 +63,49 @@ def test_eval_under_torchrun_equals_one_process(tmp_path):
     assert two["ann"]["accuracy"] == one["ann"]["accuracy"]
     assert two["snn"] == one["snn"]  # accuracy, spikes and synaptic operations per image at every T
     assert run.stdout.count("spikes/neuron") == 1  # one rank prints the table
+
+
+def _weights(graph) -> dict:
+    import numpy as np
+
+    arrays = {}
+    for node in graph.topological_order():
+        op = graph.op(node)
+        for name in ("weight", "bias"):
+            value = getattr(op, name, None)
+            if isinstance(value, np.ndarray):
+                arrays[f"{node}.{name}"] = value
+        threshold = getattr(getattr(op, "neuron", None), "threshold", None)
+        if threshold is not None:
+            arrays[f"{node}.threshold"] = np.asarray(threshold, dtype=np.float32)
+    return arrays
+
+
+def test_finetune_under_torchrun_equals_one_process(tmp_path):
+    """Two data-parallel processes with the same global batch and seed train the same weights as one process, up
+    to the order of the floating-point reduction; only rank 0 writes."""
+    import numpy as np
+
+    pytest.importorskip("torch.distributed")
+    from snncc.ir import load
+
+    snn = tmp_path / "lenet.snn"
+    assert main(["compile", str(SAMPLE / "lenet5-mnist.onnx"), "-o", str(snn), "--calib",
+                 str(SAMPLE / "mnist-train-1000.npz"), "--calib-limit", "200", "--quiet"]) == 0
+    common = ["finetune", str(snn), "--data", str(SAMPLE / "mnist-train-1000.npz"), "--method", "surrogate",
+              "--timesteps", "2", "--epochs", "1", "--limit", "100", "--val-limit", "0", "--batch-size", "20",
+              "--lr", "1e-3", "--quiet"]
+    assert main([*common, "-o", str(tmp_path / "one.snn")]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "snncc", *common, "-o", str(tmp_path / "two.snn")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    original, one, two = (_weights(load(tmp_path / n)) for n in ("lenet.snn", "one.snn", "two.snn"))
+    assert one.keys() == two.keys() and len(one) > 10
+    assert any(not np.array_equal(one[k], original[k]) for k in one)  # it trained
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert load(tmp_path / "two.snn").attrs["finetune"]["processes"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".snn") == ["lenet.snn", "one.snn", "two.snn"]

@@ -42,12 +42,14 @@ def _check_device(device: str) -> None:
 
 
 def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOptions | None = None,
-             progress: bool = False) -> Graph:
+             progress: bool = False, world=None) -> Graph:
     """Fine-tune ``graph`` on ``data`` (stored training images and labels) by ``method``; returns the new graph.
 
     Its ``attrs["finetune"]`` records the method, the options, the data (path where known, SHA-256 of the arrays,
     count, limit, held-back validation images), the epochs and each epoch's loss, training and validation
-    accuracy and time; a record already there (a graph fine-tuned before) is kept under ``"previous"``."""
+    accuracy and time; a record already there (a graph fine-tuned before) is kept under ``"previous"``.
+    ``world`` (:class:`snncc.distributed.World`): the data-parallel processes under torchrun, every rank passing
+    the same data (:mod:`snncc.finetune.trainer`)."""
     options = options or FinetuneOptions()
     chosen: Method = method_of(method)
     check_graph(graph)
@@ -65,7 +67,7 @@ def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOpt
     else:
         from snncc.finetune.trainer import train
 
-        result = train(graph, x, y, chosen, options, progress=progress)
+        result = train(graph, x, y, chosen, options, progress=progress, world=world)
         tuned, history, data_hash = result.graph, result.history, result.data_sha256
     if data_hash is None:
         from snncc.finetune.checkpoint import data_sha256

@@ -55,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 
 def run(args: argparse.Namespace) -> int:
     from snncc.data import check_against_model, load_dataset
+    from snncc.distributed import World
     from snncc.finetune import check_graph, finetune
     from snncc.finetune.methods import method_of
     from snncc.ir import load, save
@@ -75,8 +76,13 @@ def run(args: argparse.Namespace) -> int:
         from snncc.finetune.checkpoint import load_checkpoint
 
         load_checkpoint(options.resume)
-    tuned = finetune(graph, data, args.method, options, progress=not args.quiet)
+    world = World.from_env(options.device)  # torchrun: data-parallel, rank 0 writes
+    tuned = finetune(graph, data, args.method, options, progress=not args.quiet, world=world)
     tuned.attrs["finetune"]["input"] = {"path": str(Path(args.snn).resolve()), "sha256": _sha256(args.snn)}
+    if world.size > 1:
+        tuned.attrs["finetune"]["processes"] = world.size
+    if not world.is_writer:
+        return 0
     save(tuned, args.output)
     last = tuned.attrs["finetune"]["history"][-1:] or [{}]
     val = last[0].get("val_accuracy")

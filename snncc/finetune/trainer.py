@@ -15,6 +15,14 @@ uninterrupted run on the same machine and thread count.
 
 The data are the images as stored (pixels, say); the input scaling recorded in the graph is applied first, as
 ``snncc eval`` and :meth:`snncc.runtime.Simulator.run` apply it.
+
+Many processes (``torchrun``, :class:`snncc.distributed.World`): every rank visits the same global batches in the
+same order and works on its contiguous block of each (:meth:`World.shard`); its loss is scaled by its share of the
+global batch, and after the backward pass the gradients are summed over the ranks (one all-reduce of all gradients),
+so each rank takes the optimizer step of the global batch's mean loss and the parameters stay identical on every
+rank. For the same global batch size and seed the weights equal those of one process up to the order of the floating
+point reduction. Rank 0 alone writes checkpoints. (torch's DistributedDataParallel is not used because the methods
+call the lowered module's other entry points, such as the analog pass of proxy learning, besides its forward.)
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from snncc.data import InputScaling
+from snncc.distributed import World
 from snncc.errors import DataError
 from snncc.finetune.checkpoint import Checkpoint, check_matches, data_sha256, graph_sha256, load_checkpoint, \
     save_checkpoint
@@ -155,9 +164,11 @@ def _restore(module: LoweredGraph, optimizer: torch.optim.Optimizer, checkpoint:
 
 
 def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: FinetuneOptions,
-          progress: bool = True) -> TrainingResult:
+          progress: bool = True, world: World | None = None) -> TrainingResult:
     """Fine-tune ``graph`` on the stored training images ``x`` (N, ...) with labels ``y`` by the gradient method
-    ``method``; returns the graph with the trained parameters written back and the per-epoch history."""
+    ``method``; returns the graph with the trained parameters written back and the per-epoch history. ``world``:
+    the data-parallel processes under torchrun (every rank passes the same data)."""
+    world = world or World()
     graph_hash, data_hash = graph_sha256(graph), data_sha256(x, y)
     inputs = model_inputs(graph, x)
     x_train, y_train, x_val, y_val = split_training_data(inputs, np.asarray(y, dtype=np.int64), options.val_limit)
@@ -178,7 +189,7 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
     for epoch in range(first_epoch, options.epochs):
         order = np.random.default_rng([options.seed, epoch]).permutation(len(x_train))
         record = _train_epoch(module, optimizer, method, options, x_train[order], y_train[order], epoch, step,
-                              steps_per_epoch, device, progress)
+                              steps_per_epoch, device, progress, world)
         step += steps_per_epoch
         if len(x_val):
             record["val_accuracy"] = accuracy(module, x_val, y_val, options.timesteps, device)
@@ -187,7 +198,7 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
             val = f", validation accuracy {100 * record['val_accuracy']:.2f}%" if "val_accuracy" in record else ""
             print(f"epoch {epoch + 1}/{options.epochs}: loss {record['loss']:.4f}, training accuracy "
                   f"{100 * record['train_accuracy']:.2f}%{val} ({record['seconds']:.0f} s)", flush=True)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and world.is_writer:
             save_checkpoint(_snapshot(module, optimizer, epoch + 1, step, method, options, graph_hash, data_hash,
                                       history), checkpoint_dir)
     return TrainingResult(module.to_graph(), history, graph_hash, data_hash, first_epoch)
@@ -195,29 +206,36 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
 
 def _train_epoch(module: LoweredGraph, optimizer: torch.optim.Optimizer, method: Method, options: FinetuneOptions,
                  x: np.ndarray, y: np.ndarray, epoch: int, step: int, steps_per_epoch: int, device: torch.device,
-                 progress: bool) -> dict:
-    """One pass over ``x`` (already in this epoch's order); returns its mean loss, training accuracy, time."""
+                 progress: bool, world: World) -> dict:
+    """One pass over ``x`` (already in this epoch's order); returns its mean loss, training accuracy, time. Under
+    torchrun this rank trains on its block of every global batch and the gradients are summed over the ranks."""
     total_loss = correct = seen = 0
     start = time.perf_counter()
     bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
                disable=not progress, leave=False)
     for i in bar:
-        xb = torch.as_tensor(x[i * options.batch_size:(i + 1) * options.batch_size], device=device)
-        yb = torch.as_tensor(y[i * options.batch_size:(i + 1) * options.batch_size], device=device)
+        batch = slice(i * options.batch_size, min((i + 1) * options.batch_size, len(x)))
+        share = world.shard(batch.stop - batch.start)
+        xb = torch.as_tensor(x[batch][share], device=device)
+        yb = torch.as_tensor(y[batch][share], device=device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(options, step + i, steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = method.loss(module, xb, yb, options.timesteps)
-        loss.backward()
+        if len(yb):  # a rank may get no image of a last batch smaller than the world
+            loss, logits = method.loss(module, xb, yb, options.timesteps)
+            (loss * (len(yb) / (batch.stop - batch.start))).backward()
+            total_loss += float(loss.detach()) * len(yb)
+            correct += int((logits.detach().argmax(dim=1) == yb).sum())
+            seen += len(yb)
+        world.sum_gradients(module.parameters())
         optimizer.step()
         _project(module)
-        total_loss += float(loss.detach()) * len(yb)
-        correct += int((logits.detach().argmax(dim=1) == yb).sum())
-        seen += len(yb)
         elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.1f}%",
-                        img_s=f"{seen / elapsed:.1f}" if elapsed > 0 else "-")
+        if seen:
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.1f}%",
+                            img_s=f"{seen / elapsed:.1f}" if elapsed > 0 else "-")
     bar.close()
     seconds = time.perf_counter() - start
+    total_loss, correct, seen = world.total(total_loss), world.total(correct), int(world.total(seen))
     return {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen, "seconds": seconds,
             "images_per_second": seen / seconds if seconds > 0 else None, "images": seen}
