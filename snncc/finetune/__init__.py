@@ -1,0 +1,1 @@
+"""Fine-tuning of converted SNNs: surrogate gradients, proxy learning and calibration."""
