@@ -105,16 +105,18 @@ def ann_channel_means(graph: Graph, x: np.ndarray, nodes: list[str], batch_size:
 
 
 def rate_probe(graph: Graph, nodes: list[str]) -> Graph:
-    """A copy of ``graph`` with one more output per population of ``nodes``: a readout of its spikes averaged over
-    positions (GlobalAvgPool for (C, H, W) populations), whose value after ``T`` steps is each channel's mean rate
-    ``n(T) / T``. The original outputs come first, unchanged."""
+    """The part of ``graph`` that the populations ``nodes`` depend on, with one output per population: a readout of
+    its spikes averaged over positions (GlobalAvgPool for (C, H, W) populations), whose value after ``T`` steps is
+    each channel's mean rate ``n(T) / T``. Nothing after the last of ``nodes`` is simulated."""
     probe = graph.clone()
     types = probe.types()
+    probe.outputs = []
     for node in nodes:
         source = node
         if len(types[node].shape) == 3:
             source = probe.add(ops.GlobalAvgPool(), [node], name=f"{node}.rate_mean", created_by="calibrate")
         probe.outputs.append(probe.add(ops.Readout(), [source], name=f"{node}.rate", created_by="calibrate"))
+    probe.remove_dead()
     return probe
 
 
@@ -122,10 +124,9 @@ def snn_channel_means(graph: Graph, x: np.ndarray, timesteps: int, nodes: list[s
                       backend: str | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """Per population of ``nodes`` the mean spike rate after ``timesteps`` steps (count over T) per channel, over the
     model inputs ``x`` and positions: one simulation of :func:`rate_probe`."""
-    probe = rate_probe(graph, nodes)
-    result = Simulator(probe, timesteps=timesteps, backend=backend).run(x, progress=progress, apply_scaling=False)
-    first = len(graph.outputs)
-    return {n: _channel_mean(result.all_outputs[first + i][timesteps - 1]) for i, n in enumerate(nodes)}
+    result = Simulator(rate_probe(graph, nodes), timesteps=timesteps, backend=backend).run(
+        x, progress=progress, apply_scaling=False)
+    return {n: _channel_mean(result.all_outputs[i][timesteps - 1]) for i, n in enumerate(nodes)}
 
 
 def rate_errors(graph: Graph, x: np.ndarray, timesteps: int, target: Graph | None = None,
@@ -267,7 +268,8 @@ def calibrate(graph: Graph, x: np.ndarray, timesteps: int, bias: bool = True, po
         rates = snn_channel_means(out, x, timesteps, [node], backend)[node]
         return ann[node] - value[node] * rates
 
-    for node in tqdm(nodes, desc="calibrating", unit="population", disable=not progress, leave=False):
+    corrected = nodes if bias or potential != "none" else []  # rescaling alone needs no measurement per population
+    for node in tqdm(corrected, desc="calibrating", unit="population", disable=not progress, leave=False):
         channels = out.types()[node].shape[0]
         theta = np.broadcast_to(np.asarray(graph.op(node).neuron.threshold, np.float64), (channels,))  # original
         error = measure(node)
@@ -288,6 +290,7 @@ def calibrate(graph: Graph, x: np.ndarray, timesteps: int, bias: bool = True, po
             report[node]["potential"] = potential
     after = snn_channel_means(out, x, timesteps, nodes, backend)
     for node in nodes:
+        report[node].setdefault("rate_error_before", None)
         report[node]["rate_error_after"] = _mean_abs(ann[node] - value[node] * after[node])
     out.attrs = {**out.attrs, "calibration": {
         "method": "calibrate", "paper": PAPER, "timesteps": int(timesteps), "images": int(len(x)),
