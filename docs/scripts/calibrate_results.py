@@ -164,6 +164,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--proxy-images", type=int, default=0)
     parser.add_argument("--proxy-timesteps", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default docs/results/calibrate-<model>.json); the page merges every "
+                             "docs/results/calibrate-*.json of a model")
     parser.add_argument("--page-only", action="store_true", help="only rewrite docs/calibration.md from the JSON files")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -175,11 +178,18 @@ def main() -> None:
         plan.setdefault(int(t), []).append(label)
     results = []
     for name in [] if args.page_only else args.models.split(","):
-        out = DOCS / "results" / f"calibrate-{name}.json"
+        out = args.out or DOCS / "results" / f"calibrate-{name}.json"
         results.append(run_model(name, args.data, args.norm_calib, args.calib, plan, args.limit, out,
                                  args.proxy_images, args.proxy_timesteps))
-    # The page shows every model measured so far (each model's JSON is written by its own run).
-    results = [json.loads(f.read_text()) for f in sorted((DOCS / "results").glob("calibrate-*.json"))]
+    # The page shows every model measured so far, merging the JSON files of a model (runs in file order).
+    results = {}
+    for f in sorted((DOCS / "results").glob("calibrate-*.json")):
+        r = json.loads(f.read_text())
+        if r["model"] in results:
+            results[r["model"]]["runs"] += r["runs"]
+        else:
+            results[r["model"]] = r
+    results = sorted(results.values(), key=lambda r: r["model"], reverse=True)
     page = DOCS / "calibration.md"
     text = page.read_text() if page.exists() else "# Calibration\n"
     head = text.split("## Results")[0].rstrip() + "\n\n"
