@@ -12,9 +12,9 @@ from snncc.data import load_dataset  # noqa: E402
 from snncc.errors import SimulationError  # noqa: E402
 from snncc.finetune.calibrate import calibrate, rate_errors  # noqa: E402
 from snncc.ir import ops  # noqa: E402
-from snncc.runtime import reference, Simulator  # noqa: E402
+from snncc.runtime import Simulator  # noqa: E402
 from snncc.runtime.torch_lowering import lower  # noqa: E402
-from tests.conftest import REPO, MODELS  # noqa: E402
+from tests.conftest import MODELS, REPO  # noqa: E402
 
 T = 4
 SAMPLES = REPO / "snncc" / "sample"
