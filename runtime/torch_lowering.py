@@ -26,6 +26,10 @@ it), CubaLIF's absolute initial voltage, Affine scales and shifts, pad values.
 Write-back: :meth:`LoweredGraph.to_graph` is the lowered graph with every trained parameter written into its op
 (each module's ``trained_op(op)``), so a fine-tuned module becomes a ``.snn`` that every simulator runs.
 
+Analog mode: ``module.forward_analog(x)`` runs the ANN the conversion assumed with the same parameters (each
+population its rate function, spiking max pooling a max pooling, the readout its input), for proxy learning and
+calibration against the ANN.
+
 Not lowered yet: temporal (FS, AMOS) populations, and any op without an entry in :data:`LOWERINGS`; both are refused
 with an :class:`~snncc.errors.SimulationError` naming the node.
 """
@@ -486,6 +490,71 @@ class LoweredGraph(nn.Module):
                     values.pop(u, None)
         outputs = [steps(o) for o in graph.outputs]
         return LoweredResult(outputs, spikes, synops)
+
+    def forward_analog(self, x: torch.Tensor, record: tuple[str, ...] = ()) -> AnalogResult:
+        """The ANN the conversion assumed, with this module's parameters (the same ``nn.Parameter`` objects):
+        every population is its rate function (:data:`ANALOG_RATES`, e.g. IF's ``clip(I / theta, 0, 1)``, one
+        spike per step at most), a spiking max pooling is the max pooling of those rates, a readout its input.
+        One pass on ``(B, *shape)``, no time axis. ``record`` names nodes whose values are returned too."""
+        graph = self.graph
+        x = torch.as_tensor(np.array(x, dtype=np.float32) if isinstance(x, np.ndarray) else x, dtype=torch.float32,
+                            device=self.device)
+        values: dict[str, torch.Tensor] = {}
+        keep = set(record) | set(graph.outputs)
+        for node in self.order:
+            op = graph.op(node)
+            if isinstance(op, ops.Input):
+                values[node] = x
+                continue
+            module = self.layers[self.index[node]]
+            args = [values[u] for u in graph.inputs(node)]
+            analog = ANALOG_FORMS.get(type(op))
+            values[node] = module(*args) if analog is None else analog(node, op, module, *args)
+            for u in graph.inputs(node):
+                if self.last_use[u] == node and u not in keep:
+                    values.pop(u, None)
+        return AnalogResult([values[o] for o in graph.outputs], {n: values[n] for n in record})
+
+
+@dataclass
+class AnalogResult:
+    """What :meth:`LoweredGraph.forward_analog` computed: per graph output its value (B, *shape), and the values of
+    the recorded nodes (differentiable)."""
+
+    outputs: list[torch.Tensor]
+    values: dict[str, torch.Tensor]
+
+
+def _if_rate(params, current: torch.Tensor) -> torch.Tensor:
+    """IF (reset by subtraction or to zero, signed or not): for a constant current ``I`` the spike rate tends to
+    ``clip(I / theta, 0, 1)`` (Rueckauer et al. 2017), the clipped ReLU that normalization and convert-rate assume."""
+    return (current / params.threshold).clamp(0.0, 1.0)
+
+
+#: The rate function of each stepped neuron model: ``rate(parameter record, current) -> rate`` in spikes per step.
+ANALOG_RATES: dict[type, Callable[..., torch.Tensor]] = {IF: _if_rate}
+
+
+def _analog_population(node: str, op: ops.Population, module: _Population, current: torch.Tensor) -> torch.Tensor:
+    rate = ANALOG_RATES.get(type(op.neuron))
+    if rate is None:
+        raise SimulationError(f"node {node!r}: {op.neuron.kind} populations have no rate function in the analog "
+                              f"mode of the torch lowering (models with one: "
+                              f"{', '.join(sorted(m.kind for m in ANALOG_RATES))})")
+    return rate(module.parameters_record(), current)
+
+
+def _analog_max_pool(node: str, op: ops.SpikingMaxPool2d, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _pool_reduce(_pad_spatial(x, op.padding, float("-inf")), op.kernel, op.stride, torch.maximum)
+
+
+#: How the stateful ops run in :meth:`LoweredGraph.forward_analog`: ``form(node, op, module, *operands)``; every
+#: other op runs its lowered module on the analog values.
+ANALOG_FORMS: dict[type[ops.Op], Callable[..., torch.Tensor]] = {
+    ops.Population: _analog_population,
+    ops.SpikingMaxPool2d: _analog_max_pool,
+    ops.Readout: lambda node, op, module, x: x,
+}
 
 
 def _device(device: str | torch.device | None) -> torch.device:

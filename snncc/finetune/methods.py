@@ -8,12 +8,11 @@ A :class:`Method` is one way of getting a better ``.snn`` from a converted one. 
 - a **training-free method** has a ``transform(graph, x, options) -> Graph`` that computes the new graph from
   (scaled) training images in one go, without the loop.
 
-Registered here: ``surrogate``. Room is left, by design, for two more methods of issue 14 that live in their own
-modules and are registered by adding one entry each: ``proxy`` (proxy learning, Kheradpisheh, Mirsadeghi &
-Masquelier, IEEE Access 2022: a gradient method whose loss is the cross-entropy of the SNN's output pushed through
-the ANN's backward pass, ``snncc/finetune/proxy.py``) and ``calibrate`` (bias and membrane calibration against the
-ANN's activations, Li et al., ICML 2021: a training-free method, ``snncc/finetune/calibrate.py``). Until they are
-registered, asking for them is an error that lists what is available; nothing pretends to run them.
+Registered: ``surrogate`` (here), ``proxy`` (proxy learning, Kheradpisheh, Mirsadeghi & Masquelier, IEEE Access
+2022: a gradient method whose loss is the cross-entropy of the SNN's output pushed through the ANN's backward pass,
+:mod:`snncc.finetune.proxy`) and ``calibrate`` (threshold rescaling, bias and potential calibration against the
+ANN's activations after Li et al., ICML 2021: a training-free method, :mod:`snncc.finetune.calibrate`). An unknown
+name is an error that lists the registered ones.
 """
 
 from __future__ import annotations
@@ -68,9 +67,34 @@ def surrogate_loss(module: Any, x: Any, y: Any, timesteps: int) -> tuple[Any, An
     return F.cross_entropy(logits, y), logits
 
 
+def proxy_method_loss(module: Any, x: Any, y: Any, timesteps: int) -> tuple[Any, Any]:
+    """Proxy learning (:func:`snncc.finetune.proxy.proxy_logits`): the SNN's readout at ``T`` as the logits' value,
+    the gradient of the cross-entropy at it passed back through the ANN that shares the SNN's parameters."""
+    import torch.nn.functional as F
+
+    from snncc.finetune.proxy import proxy_logits
+
+    logits = proxy_logits(module, x, timesteps)
+    logits = logits.reshape(logits.shape[0], -1)
+    return F.cross_entropy(logits, y), logits
+
+
+def calibrate_transform(graph: Any, x: Any, options: Any) -> Any:
+    """Calibration for ``options.timesteps`` steps on the (scaled) training images ``x``: per-layer threshold
+    rescaling, then bias (BC) and per-layer potential (PC) calibration (:func:`snncc.finetune.calibrate.calibrate`;
+    the combination measured best on the VGG in docs/calibration.md)."""
+    from snncc.finetune.calibrate import calibrate
+
+    return calibrate(graph, x, options.timesteps, bias=True, potential="layer", rescale=True, apply_scaling=False)
+
+
 METHODS: dict[str, Method] = {
     "surrogate": Method("surrogate", "BPTT with surrogate gradients, cross-entropy on the readout at T "
                         "(Neftci et al. 2019)", loss=surrogate_loss),
+    "proxy": Method("proxy", "proxy learning: the SNN's output, the ANN's backward pass (Kheradpisheh et al. "
+                    "2022)", loss=proxy_method_loss),
+    "calibrate": Method("calibrate", "training-free threshold rescaling, bias and potential calibration against "
+                        "the ANN's activations (Li et al. 2021)", transform=calibrate_transform),
 }
 
 

@@ -44,6 +44,22 @@ def test_finetune_then_eval_end_to_end(files, tmp_path, capsys):
     assert json.loads(report.read_text())["snn"][0]["timesteps"] == 2
 
 
+@pytest.mark.parametrize("method", ["proxy", "calibrate"])
+def test_the_other_methods_run_from_the_command(files, tmp_path, capsys, method):
+    snn, data = files
+    out = tmp_path / f"{method}.snn"
+    assert main(["finetune", str(snn), "--data", str(data), "-o", str(out), "--method", method, *RUN]) == 0
+    assert f"wrote {out} ({method}" in capsys.readouterr().out
+    before, tuned = load(snn), load(out)
+    assert tuned.attrs["finetune"]["method"] == method
+    changed = [n for n in before.find(ops.Conv2d) + before.find(ops.Linear)
+               if not np.array_equal(tuned.op(n).bias, before.op(n).bias)]
+    assert changed  # proxy trains every bias; calibration corrects the biases feeding the populations
+    if method == "calibrate":
+        assert tuned.attrs["calibration"]["timesteps"] == 2 and tuned.attrs["finetune"]["epochs"] == 0
+    assert main(["eval", str(out), "--data", str(data), "--timesteps", "2", "--quiet"]) == 0
+
+
 def _ann_file(tmp_path):
     return save(small_cnn(), tmp_path / "ann.snn")
 
@@ -79,7 +95,7 @@ def _corrupt_checkpoint(tmp_path):
     (lambda p, args: args.__setitem__(3, str(_wrong_shape_data(p))), r"samples of shape \(1, 5, 5\), but .* takes"),
     (lambda p, args: args.extend(_corrupt_checkpoint(p)), "is corrupt or incomplete: state.json is not readable"),
     (lambda p, args: args.extend(["--timesteps", "0"]), r"timesteps \(--timesteps\) must be a positive integer"),
-    (lambda p, args: args.extend(["--method", "calibrate"]), "unknown fine-tuning method 'calibrate'; available"),
+    (lambda p, args: args.extend(["--method", "bptt"]), "unknown fine-tuning method 'bptt'; available: calibrate, proxy"),
     (lambda p, args: args.extend(["--val-limit", "48"]), "holds back every one of the 48 training images"),
 ])
 def test_refusals_are_one_line_and_write_nothing(files, tmp_path, capsys, change, message):

@@ -116,8 +116,8 @@ def test_learning_rate_schedules():
 
 
 def test_unknown_methods_and_ann_graphs_are_refused():
-    with pytest.raises(SnnccError, match=r"unknown fine-tuning method 'proxy'; available: surrogate"):
-        method_of("proxy")
+    with pytest.raises(SnnccError, match=r"unknown fine-tuning method 'bptt'; available: calibrate, proxy, surrogate"):
+        method_of("bptt")
     with pytest.raises(SnnccError, match="at the ann level; fine-tuning takes a converted SNN"):
         finetune(small_cnn(), training_set(), "surrogate", OPTIONS)
 
