@@ -711,7 +711,9 @@ def _place(per_step: torch.Tensor, start: int, T: int) -> torch.Tensor:
 def _device(device: str | torch.device | None) -> torch.device:
     device = torch.device(device or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SimulationError(f"device {device} was asked for but torch sees no CUDA device here; use device='cpu'")
+        raise SimulationError(f"device {device} was asked for but torch sees no CUDA device here (torch "
+                              f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); run on the CPU "
+                              "(device 'cpu', --device cpu) or on a machine with a CUDA GPU and a CUDA build of torch")
     return device
 
 
