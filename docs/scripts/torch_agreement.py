@@ -20,7 +20,7 @@ linear function of its input, so it is compared in its FS and AMOS codings):
   accuracies.
 
     python docs/scripts/torch_agreement.py                      # all configurations, 10,000 images each
-    python docs/scripts/torch_agreement.py --limit 1000 --only lenet-rate,lenet-fs8
+    python docs/scripts/torch_agreement.py --limit 1000 --only vgg-rate,silu-fs8 --update
 
 writes docs/results/torch-agreement.json (``--out``). Wall times are of a shared machine and only indicative.
 """
@@ -28,6 +28,7 @@ writes docs/results/torch-agreement.json (``--out``). Wall times are of a shared
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -232,9 +233,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--only", default="", help="comma-separated configuration names")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "torch-agreement.json")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the configurations already in --out that this run does not compute")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(CONFIGS)
     results = {}
+    if args.update and args.out.is_file():
+        previous = json.loads(args.out.read_text())
+        if previous.get("schema_version") != 1:
+            raise SystemExit(f"{args.out}: not a torch-agreement file of schema version 1")
+        results = previous["configurations"]
     for name in names:
         start = time.perf_counter()
         graph, x, y, steps = compiled(name, args.data, args.calib, args.limit)
@@ -248,8 +256,8 @@ def main() -> int:
               f"{r['max_output_difference_without_flips']:.2e} classes equal {r['class_agreement']:.4f} "
               f"acc ref/torch {r['accuracy_reference']:.4f}/{r['accuracy_torch']:.4f} "
               f"({r['seconds_shared_machine']:.0f} s)", flush=True)
-        write_json({"schema_version": 1, "calibration_images": args.calib, "configurations": results}, args.out,
-                   indent=1)
+        results[name]["calibration_images"] = args.calib
+        write_json({"schema_version": 1, "configurations": results}, args.out, indent=1)
     print(f"wrote {args.out}")
     return 0
 

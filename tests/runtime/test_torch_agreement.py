@@ -164,3 +164,22 @@ def test_agreement_on_real_images(name):
 def test_agreement_on_real_images_of_the_larger_models(name):
     _needs(name)
     _assert_agreement(name, SLOW[name])
+
+
+def test_the_first_flip_check_accepts_rounding_at_the_threshold_and_rejects_a_real_difference():
+    from snncc.ir import IF, SNN
+
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(4,)), name="x")
+    h = g.add(ops.Linear(weight=np.ones((3, 4), np.float32)), [x], name="fc")
+    g.outputs = [g.add(ops.Population(neuron=IF()), [h], name="p")]
+    inputs = np.ones((1, 4), np.float32)
+    ref = {"p": np.zeros((2, 1, 3), np.int8)}
+    low = {"p": ref["p"].copy()}
+    low["p"][1, 0, 2] = 1  # the torch engine fired at step 1 where the reference did not
+    membrane = np.full((2, 1, 3), 0.5, np.float32)
+    membrane[1, 0, 2] = np.float32(1.0) - np.float32(2 ** -23)  # one rounding below the threshold
+    _check_first_flip(g, inputs, ref, low, {"p": (membrane, np.float32(1.0))})
+    membrane[1, 0, 2] = 0.75
+    with pytest.raises(AssertionError, match="flipped at step 1 with the membrane 0.25 from the threshold"):
+        _check_first_flip(g, inputs, ref, low, {"p": (membrane, np.float32(1.0))})
