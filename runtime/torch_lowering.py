@@ -1,15 +1,22 @@
-"""The torch lowering of rate-coded SNN-level graphs: ``lower(graph)`` is a differentiable ``torch.nn.Module`` whose
-forward pass is the reference simulator's (:mod:`snncc.runtime.reference`), for fine-tuning with surrogate gradients
-(Neftci, Mostafa & Zenke, "Surrogate gradient learning in spiking neural networks", IEEE Signal Processing Magazine
-2019) and as the simulator backend ``"torch"``.
+"""The torch lowering of SNN-level graphs: ``lower(graph)`` is a differentiable ``torch.nn.Module`` whose forward pass
+is the reference simulator's (:mod:`snncc.runtime.reference`) for rate coding and the temporal simulator's
+(:mod:`snncc.runtime.temporal`) for FS/AMOS coding, for fine-tuning with surrogate gradients (Neftci, Mostafa &
+Zenke, "Surrogate gradient learning in spiking neural networks", IEEE Signal Processing Magazine 2019) and as the
+simulator backend ``"torch"``.
 
-Multi-step schedule: ``module(x, T)`` walks the graph once in topological order. A stateless op (convolution,
-linear layer, pooling, views, adds) runs once on all ``T`` steps folded into the batch axis, ``(T * B, *shape)``; a
-stateful op (population, spiking max pooling, readout) loops over the ``T`` steps of its own input. There is no
-Python loop over layers per step. As in the reference, values constant in time (the input and everything computed
-from it alone, the first layer's current) are computed once, on ``(B, *shape)``.
+Rate coding, multi-step schedule (:class:`LoweredGraph`): ``module(x, T)`` walks the graph once in topological
+order. A stateless op (convolution, linear layer, pooling, views, adds) runs once on all steps of a chunk folded
+into the batch axis, ``(T * B, *shape)``; a stateful op (population, spiking max pooling, readout) loops over the
+steps of its own input. There is no Python loop over layers per step. As in the reference, values constant in time
+(the input and everything computed from it alone, the first layer's current) are computed once, on ``(B, *shape)``.
+With gradients the T steps are one chunk; without, they run in chunks with every stateful op's state carried
+across, as the reference runs, which bounds memory and gives the same results bit for bit.
 
-The arithmetic is the reference's, in its order: the neurons are the step functions of
+Temporal coding (:class:`LoweredTemporalGraph`): every node once per input, each FS/AMOS population a window of K
+steps on its complete gate input, the spikes placed at the steps of its window by the temporal simulator's
+schedule, the answer at the latency.
+
+The arithmetic is the reference's, in its order: the neurons are the step and window functions of
 :data:`snncc.runtime.dynamics.DYNAMICS` (not written again here), biases are added after the products, a
 shared-weight layer (``input_gains``) adds ``op(x_i; W * g_i)`` in operand order with the bias in the first, pooling
 adds (or takes the max of) the window's views in the reference's order, the readout's running mean is accumulated in
@@ -18,12 +25,14 @@ from the reference's in the last bits (bounded by the float32 order bound); spik
 membrane lies within that rounding of a threshold.
 
 Trainable (``nn.Parameter``): every weight array (one per shared-weight layer, used by all its operands), every
-bias, the neurons' thresholds and neuron biases, the LIF decay ``beta = exp(-1 / tau_mem)`` and the CubaLIF
-current/voltage retention factors. Fixed buffers: input gains, ``v_init`` (the initial membrane of the lowered
-graph, ``v_init * threshold`` at lowering time), Affine scales and shifts, pad values.
+bias, the neurons' thresholds and neuron biases, the LIF decay ``beta = exp(-1 / tau_mem)``, the CubaLIF
+current/voltage retention factors, and every array of an FS/AMOS record (thresholds, heights, output weights,
+gains, inhibition, offset). Fixed buffers: input gains, ``v_init`` (the initial membrane of the lowered graph,
+``v_init * threshold`` at lowering time), Affine scales and shifts, pad values. ``parameters_of(node)`` selects them
+by graph node.
 
-Not lowered yet: temporal (FS, AMOS) populations, and any op without an entry in :data:`LOWERINGS`; both are refused
-with an :class:`~snncc.errors.SimulationError` naming the node.
+Not lowered: any op without an entry in :data:`LOWERINGS`, refused with an :class:`~snncc.errors.SimulationError`
+naming the node, and graphs that mix rate and temporal populations.
 """
 
 from __future__ import annotations
@@ -296,7 +305,8 @@ class _Readout(nn.Module):
 
 #: How each op class is lowered: ``factory(op, device)`` -> module (stateless modules take one tensor per operand,
 #: steps folded into the batch). Populations, which need their shape and spike function, are built by
-#: :class:`LoweredGraph` through :class:`_Population`.
+#: :class:`LoweredGraph` through :class:`_Population` and by :class:`LoweredTemporalGraph` through
+#: :class:`_WindowPopulation`.
 LOWERINGS: dict[type[ops.Op], Callable[[ops.Op, torch.device], nn.Module]] = {
     ops.Conv2d: _Conv2d,
     ops.Linear: _Linear,
