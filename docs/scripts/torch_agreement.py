@@ -22,7 +22,7 @@ linear function of its input, so it is compared in its FS and AMOS codings):
     python docs/scripts/torch_agreement.py                      # all configurations, 10,000 images each
     python docs/scripts/torch_agreement.py --limit 1000 --only vgg-rate,silu-fs8 --update
 
-writes docs/results/torch-agreement.json (``--out``). Wall times are of a shared machine and only indicative.
+writes docs/results/torch-agreement.json (``--out``) and the table docs/torch-agreement.md (``--markdown``). Wall times are of a shared machine and only indicative.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shipped import REPO, load_model_data  # noqa: E402
 
 from snncc.api import compile_model  # noqa: E402
-from snncc.fileio import write_json  # noqa: E402
+from snncc.fileio import write_json, write_text  # noqa: E402
 from snncc.ir import Graph, ops  # noqa: E402
 from snncc.runtime import reference, temporal, torch_lowering  # noqa: E402
 from snncc.runtime.reference import BatchResult, ReferenceSimulator  # noqa: E402
@@ -225,6 +225,30 @@ def compiled(name: str, data_root: Path, calib: int, limit: int | None):
     return graph, scaling.apply(x), y, steps
 
 
+def markdown(results: dict) -> str:
+    """docs/torch-agreement.md: the table of ``results`` (configurations of the JSON file)."""
+    lines = ["# The torch backend against the reference simulators", "",
+             "Written by `python docs/scripts/torch_agreement.py` (see its docstring) from "
+             "docs/results/torch-agreement.json. Per configuration: the shipped model compiled with the pipeline "
+             "(calibration on the first training images), simulated on the first test images by the reference "
+             "(`ReferenceSimulator` for rate coding, `TemporalSimulator` for FS/AMOS) and by the torch backend "
+             "(CPU, float32). Spikes are compared per neuron, step and image; a flip is a (neuron, step, image) "
+             "where they differ. A flipped spike moves a rate readout by its weight / T, so the output difference "
+             "is given over all images and over the images without a flip, where only the summation order of "
+             "torch's convolutions and products differs. The SiLU model has no rate coding (convert-rate refuses "
+             "SiLU). Wall times are of a 2-core machine shared with other work.", "",
+             "| configuration | pipeline | T | images | spikes | flips (images) | flip rate | max output difference "
+             "(without flips) | classes equal | accuracy reference / torch | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | `{r['pipeline']}` | {r['timesteps']} | {r['images']:,} | {r['spikes']:,} | "
+                     f"{r['flips']} ({r['images_with_flips']}) | {r['flip_rate']:.1e} | "
+                     f"{r['max_output_difference']:.2e} ({r['max_output_difference_without_flips']:.2e}) | "
+                     f"{r['class_agreement']:.2%} | {r['accuracy_reference']:.2%} / {r['accuracy_torch']:.2%} | "
+                     f"{r['seconds_shared_machine']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -233,6 +257,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--only", default="", help="comma-separated configuration names")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "torch-agreement.json")
+    parser.add_argument("--markdown", type=Path, default=REPO / "docs" / "torch-agreement.md")
     parser.add_argument("--update", action="store_true",
                         help="keep the configurations already in --out that this run does not compute")
     args = parser.parse_args()
@@ -258,7 +283,8 @@ def main() -> int:
               f"({r['seconds_shared_machine']:.0f} s)", flush=True)
         results[name]["calibration_images"] = args.calib
         write_json({"schema_version": 1, "configurations": results}, args.out, indent=1)
-    print(f"wrote {args.out}")
+    write_text(args.markdown, markdown(results))
+    print(f"wrote {args.out} and {args.markdown}")
     return 0
 
 
