@@ -236,7 +236,9 @@ def markdown(results: dict) -> str:
              "where they differ. A flipped spike moves a rate readout by its weight / T, so the output difference "
              "is given over all images and over the images without a flip, where only the summation order of "
              "torch's convolutions and products differs. The SiLU model has no rate coding (convert-rate refuses "
-             "SiLU). Wall times are of a 2-core machine shared with other work.", "",
+             "SiLU). The script's default is all 10,000 test images; a table may hold fewer for some configurations "
+             "(`--limit`, as many as the time allowed; the images column says how many). Wall times are of a "
+             "2-core machine shared with other work (load about 20 when these were measured), only indicative.", "",
              "| configuration | pipeline | T | images | spikes | flips (images) | flip rate | max output difference "
              "(without flips) | classes equal | accuracy reference / torch | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
