@@ -7,7 +7,8 @@ answer after ``t + 1`` steps, so a single run gives the accuracy for every laten
 Backends are a registry, :data:`BACKENDS` (name -> :class:`Backend`), that later work extends with
 :func:`register_backend` (a target's emulator, the torch lowering): ``"reference"`` (:mod:`snncc.runtime.reference`,
 numpy, the specification) and ``"cython"`` (:mod:`snncc.runtime.cython_engine`, compiled kernels, the same spikes)
-and ``"torch"`` (:mod:`snncc.runtime.torch_lowering`, rate-coded graphs; torch is imported only when it runs).
+and ``"torch"`` (:mod:`snncc.runtime.torch_lowering`, rate-coded and temporal graphs, on the CPU or a CUDA
+device; torch is imported only when it runs).
 The default (``backend=None``) is the compiled runtime where it is built and the reference otherwise, silently;
 asking for ``"cython"`` by name when the extension is missing falls back to the reference with one warning saying
 how to build it.
@@ -103,7 +104,8 @@ class Backend:
     and for temporal (FS/AMOS) graphs (None: the backend does not run that kind); an engine has ``run_batch(x)``
     returning a :class:`~snncc.runtime.reference.BatchResult`, ``populations()`` and ``timesteps`` (temporal engines
     also ``latency``). ``available()`` says whether it can run here and, if not, why; ``fallback`` names the backend
-    that runs instead (None: refuse); ``hint`` tells the user how to make it available."""
+    that runs instead (None: refuse); ``hint`` tells the user how to make it available. ``devices``: the factories
+    also take ``device=`` (a torch device name such as ``"cuda"``); a device asked of another backend is refused."""
 
     name: str
     rate: Callable[..., object] | None
@@ -112,6 +114,7 @@ class Backend:
     fallback: str | None = None
     hint: str = ""
     description: str = ""
+    devices: bool = False
 
 
 #: The registered backends by name.
@@ -158,10 +161,11 @@ def torch_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _torch_rate(graph: Graph, timesteps: int | None, threads: int | None) -> object:
+def _torch(graph: Graph, timesteps: int | None, threads: int | None, device: str | None = None) -> object:
+    """Rate-coded and temporal graphs alike (runtime/torch_lowering.py picks the lowering)."""
     from snncc.runtime.torch_lowering import TorchSimulator  # torch is imported only here
 
-    return TorchSimulator(graph, timesteps)
+    return TorchSimulator(graph, timesteps, device=device)
 
 
 register_backend(Backend("reference", _reference_rate, _reference_temporal,
@@ -169,12 +173,14 @@ register_backend(Backend("reference", _reference_rate, _reference_temporal,
 register_backend(Backend("cython", _cython_rate, _cython_temporal, available=lambda: cython_available(),
                          fallback="reference", hint=BUILD_HINT,
                          description="the compiled Cython runtime (the same spikes, several times faster)"))
-register_backend(Backend("torch", _torch_rate, None, available=torch_available,
+register_backend(Backend("torch", _torch, _torch, available=torch_available,
                          hint="install torch: python -m pip install -e \".[torch]\" in the snncc source tree",
-                         description="the torch lowering (runtime/torch_lowering.py), rate-coded graphs on CPU"))
+                         description="the torch lowering (runtime/torch_lowering.py), on the CPU or a CUDA device",
+                         devices=True))
 
 
-def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: int | None) -> tuple[object, str]:
+def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: int | None,
+            device: str | None = None) -> tuple[object, str]:
     """The engine for ``backend`` (None: :data:`DEFAULT_BACKEND`) and the name of the backend that actually runs."""
     global _warned_fallback
     temporal = is_temporal(graph)
@@ -203,7 +209,12 @@ def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: i
         kind = "temporal (FS/AMOS)" if temporal else "rate-coded"
         raise SimulationError(f"backend {name!r} does not run {kind} graphs; use "
                               f"{', '.join(n for n, b in BACKENDS.items() if (b.temporal if temporal else b.rate))}")
-    return factory(graph, timesteps, threads), name
+    if device is None:
+        return factory(graph, timesteps, threads), name
+    if not entry.devices:
+        raise SimulationError(f"backend {name!r} runs on the CPU only and takes no device (asked for {device!r}); "
+                              f"a device is for {', '.join(n for n, b in BACKENDS.items() if b.devices)}")
+    return factory(graph, timesteps, threads, device=device), name
 
 
 @dataclass
@@ -247,10 +258,12 @@ class Simulator:
 
     ``backend``: a name registered in :data:`BACKENDS`; None (the default) is the compiled runtime where it is
     built and the reference otherwise. ``self.backend`` is the one that runs (the reference after a fallback). ``timesteps`` may be None for temporal codings (FS, AMOS): their latency. ``threads``: threads of the Cython kernels (default: OpenMP's default).
+    ``device``: where a backend that has devices (``torch``) runs, ``"cpu"`` or ``"cuda"`` (None: its default, the
+    CPU); asked of another backend it is refused.
     """
 
     def __init__(self, graph: Graph, timesteps: int | None, backend: str | None = None, batch_size: int = 100,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: str | None = None) -> None:
         if backend is not None and backend not in BACKENDS:
             raise SimulationError(f"unknown backend {backend!r}; registered: {', '.join(BACKENDS)}")
         if batch_size < 1:
@@ -258,7 +271,7 @@ class Simulator:
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.graph, self.timesteps, self.batch_size, self.threads = graph, timesteps, batch_size, threads
-        self._engine, self.backend = _engine(graph, timesteps, backend, threads)
+        self._engine, self.backend = _engine(graph, timesteps, backend, threads, device)
         self.timesteps = self._engine.timesteps
         self.latency = getattr(self._engine, "latency", None)
 

@@ -175,7 +175,7 @@ def _feeding_layers(graph: Graph, node: str) -> set[str]:
 
 def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], onnx_model: str | Path | None = None,
              backend: str | None = None, batch_size: int = 100, progress: bool = False,
-             threads: int | None = None, world: World | None = None) -> dict:
+             threads: int | None = None, device: str | None = None, world: World | None = None) -> dict:
     """Accuracy of the ANN (if ``onnx_model``) and of the SNN at every T in ``timesteps``, with spike and synop counts.
 
     Temporally coded graphs (FS, AMOS) answer once, after their latency: ``timesteps`` is then ignored and the
@@ -184,7 +184,8 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
 
     ``x`` holds raw inputs; the graph's recorded input scaling is applied here. ``backend`` picks the simulator
     (a name in ``snncc.runtime.BACKENDS``; default the compiled runtime where it is built, else the reference) and
-    ``threads`` the Cython runtime's threads. The report records the backend that ran, the simulation's
+    ``threads`` the Cython runtime's threads, ``device`` where a backend with devices runs (the torch backend:
+    ``"cpu"`` or ``"cuda"``). The report records the backend that ran, the simulation's
     ``seconds`` and ``images_per_second``.
 
     ``world`` (:class:`snncc.distributed.World`, under torchrun): each rank simulates its block of the images and
@@ -197,7 +198,7 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
     xs = check_input(graph, scaling.apply(x))  # wrong-shape data fail here, before the ANN runs, with one message
     temporal = is_temporal(graph)
     simulator = Simulator(graph, timesteps=None if temporal else max(timesteps), backend=backend,
-                          batch_size=batch_size, threads=threads)
+                          batch_size=batch_size, threads=threads, device=device)
     if temporal:
         timesteps = [simulator.latency]
     report: dict = {"schema_version": REPORT_SCHEMA_VERSION, "images": int(len(x)),
@@ -208,6 +209,8 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
     shard = world.shard(len(x))
     if world.size > 1:
         report["processes"] = world.size
+    if device is not None:
+        report["device"] = device
     if onnx_model is not None:
         start = time.perf_counter()
         correct = ann_accuracy(onnx_model, xs[shard], y[shard]) * len(y[shard]) if len(y[shard]) else 0.0

@@ -104,7 +104,8 @@ def _run_eval(graph, args: argparse.Namespace, onnx_model) -> dict:
     timesteps = args.timesteps or _timesteps(DEFAULT_TIMESTEPS)
     world = World.from_env(getattr(args, "device", None) or "cpu")  # torchrun: every rank simulates its shard
     report = evaluate(graph, x, y, timesteps, onnx_model=onnx_model, backend=args.backend,
-                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet, world=world)
+                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet,
+                      device=args.device, world=world)
     report["data"] = {**data.info.to_json(), "path": str(args.data), "split": args.split}
     if not world.is_writer:
         return report
@@ -215,11 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", default=None, metavar="NAME",
                        help="SNN simulator: cython, the compiled runtime (the default where it is built; the same "
                             "spikes as the reference, several times faster), or reference, the numpy reference "
-                            "simulator (the default otherwise), or torch, the torch lowering (rate-coded graphs, "
-                            "CPU); --backend cython without the build falls back to the reference with a warning")
+                            "simulator (the default otherwise), or torch, the torch lowering (every coding, on the CPU or "
+                            "a CUDA device, see --device); --backend cython without the build falls back to the reference with a warning")
         p.add_argument("--threads", type=_positive, default=None,
                        help="threads of the Cython runtime (default: OMP_NUM_THREADS or all cores); numpy's BLAS "
                             "follows OPENBLAS_NUM_THREADS")
+        p.add_argument("--device", default=None, metavar="DEVICE",
+                       help="where the torch backend runs: cpu (its default) or cuda (needs a CUDA device that torch "
+                            "sees); only with --backend torch")
 
     p = sub.add_parser("eval", parents=[common], help="evaluate ANN and SNN accuracy, spikes and synaptic operations")
     p.add_argument("snn", type=Path, help=".snn file written by compile")

@@ -141,6 +141,31 @@ def test_eval_backend_and_threads_options(tiny_model, tmp_path, capsys):
     assert reports["reference"]["snn"] == reports["cython"]["snn"], "both backends compute the same spikes"
 
 
+@pytest.mark.parametrize("method", ["rate", "fs"])
+def test_eval_device_option_of_the_torch_backend(tiny_model, tmp_path, capsys, method):
+    torch = pytest.importorskip("torch")
+    model, data = tiny_model
+    snn = tmp_path / "tiny.snn"
+    main(["compile", str(model), "-o", str(snn), "--calib", str(data), "--input-scaling", "unit", "--method", method,
+          "--quiet"])
+    reports = {}
+    for backend, device in (("reference", None), ("torch", "cpu")):
+        path = tmp_path / f"{backend}.json"
+        extra = [] if device is None else ["--device", device]
+        assert main(["eval", str(snn), "--data", str(data), "--timesteps", "8", "--backend", backend, *extra,
+                     "--report", str(path), "--quiet"]) == 0
+        reports[backend] = json.loads(path.read_text())
+    assert reports["torch"]["device"] == "cpu" and reports["torch"]["backend"] == "torch"
+    assert [r["accuracy"] for r in reports["torch"]["snn"]] == [r["accuracy"] for r in reports["reference"]["snn"]]
+    capsys.readouterr()
+    assert main(["eval", str(snn), "--data", str(data), "--backend", "reference", "--device", "cpu", "--quiet"]) == 2
+    assert "backend 'reference' runs on the CPU only" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["eval", str(snn), "--data", str(data), "--backend", "torch", "--device", "cuda", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("snncc: error:") and "no CUDA device" in err and "--device cpu" in err
+
+
 def test_eval_rejects_a_bad_thread_count(tiny_model, tmp_path, capsys):
     _, data = tiny_model
     with pytest.raises(SystemExit):

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from snncc.cli import main  # noqa: E402
 from snncc.finetune import trainer  # noqa: E402
 from snncc.ir import IF, SNN, Graph, load, ops, save  # noqa: E402
+from snncc.ir.neurons import FewSpike  # noqa: E402
 from tests.conftest import small_cnn  # noqa: E402
 from tests.finetune.tiny import converted_cnn, training_set  # noqa: E402
 
@@ -65,15 +66,16 @@ def _ann_file(tmp_path):
 
 
 def _unlowered_file(tmp_path):
-    """An SNN-level graph with an op the torch lowering refuses (max pooling of the analog input)."""
+    """An SNN-level graph the torch lowering refuses: rate-coded and few-spike populations mixed."""
     g = Graph(level=SNN)
     x = g.add(ops.Input(shape=(1, 12, 12)), name="input")
-    pool = g.add(ops.MaxPool2d(kernel=(2, 2), stride=(2, 2)), [x], name="pool")
-    flat = g.add(ops.Flatten(), [pool], name="flatten")
-    fc = g.add(ops.Linear(weight=np.ones((5, 36), np.float32) / 36), [flat], name="fc")
+    flat = g.add(ops.Flatten(), [x], name="flatten")
+    fc = g.add(ops.Linear(weight=np.ones((5, 144), np.float32) / 144), [flat], name="fc")
     spikes = g.add(ops.Population(neuron=IF()), [fc], name="if")
-    g.outputs = [g.add(ops.Readout(), [spikes], name="readout")]
-    return save(g, tmp_path / "maxpool.snn")
+    fc2 = g.add(ops.Linear(weight=np.ones((4, 5), np.float32) / 5), [spikes], name="fc2")
+    fs = g.add(ops.Population(neuron=FewSpike()), [fc2], name="fs")
+    g.outputs = [g.add(ops.Readout(), [fs], name="readout")]
+    return save(g, tmp_path / "mixed.snn")
 
 
 def _wrong_shape_data(tmp_path):
@@ -91,7 +93,7 @@ def _corrupt_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda p, args: args.__setitem__(1, str(_ann_file(p))), "is at the ann level; fine-tuning takes a converted SNN"),
-    (lambda p, args: args.__setitem__(1, str(_unlowered_file(p))), "node 'pool': MaxPool2d is not lowered to torch"),
+    (lambda p, args: args.__setitem__(1, str(_unlowered_file(p))), r"populations \['if'\] are rate-coded but the graph also has few-spike populations"),
     (lambda p, args: args.__setitem__(3, str(_wrong_shape_data(p))), r"samples of shape \(1, 5, 5\), but .* takes"),
     (lambda p, args: args.extend(_corrupt_checkpoint(p)), "is corrupt or incomplete: state.json is not readable"),
     (lambda p, args: args.extend(["--timesteps", "0"]), r"timesteps \(--timesteps\) must be a positive integer"),
