@@ -42,6 +42,7 @@ from snncc.ir import Graph, ops
 from snncc.runtime.dynamics import Surrogate, dynamics_of
 from snncc.runtime.kernels import fan_outs
 from snncc.runtime.reference import BatchResult
+from snncc.runtime.torch_fused import fused_steps
 
 #: Fields of a neuron model's parameter record (see runtime/dynamics.py) that the lowering trains.
 TRAINABLE_NEURON_FIELDS = frozenset({"threshold", "decay", "bias", "keep_u", "keep_v"})
@@ -224,6 +225,9 @@ class _Population(nn.Module):
 
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
         params = self.parameters_record()
+        fused = fused_steps(params, self.spike)
+        if fused is not None:  # all T steps in one autograd Function (runtime/torch_fused.py)
+            return fused(params, steps, self.spike)
         state = self.dynamics.start(params, tuple(steps.shape[1:]))
         out = []
         for current in steps:

@@ -1,0 +1,142 @@
+"""Fused multi-step neuron layers for the torch lowering: all ``T`` steps of an IF/LIF population in one
+``torch.autograd.Function``, with the backward pass written out as the reverse-time recursion of backpropagation
+through time (BPTT) with a surrogate derivative (Neftci, Mostafa & Zenke, "Surrogate gradient learning in spiking
+neural networks", IEEE Signal Processing Magazine 2019).
+
+Why: stepping :func:`snncc.runtime.dynamics.membrane_step` under autograd records five to eight elementwise ops per
+step, each allocating a tensor and saving its operands, and the backward pass replays them one by one. The fused
+forward runs the same float32 operations in the same order without autograd bookkeeping, in place, and saves only
+the pre-reset membranes; the backward recomputes the spikes and surrogate derivatives from them in one vectorised
+pass and runs three elementwise ops per step.
+
+The dynamics are the table's (:func:`~snncc.runtime.dynamics.membrane_step`), for ``t = 1..T`` from ``v_0 = v_init``::
+
+    h_t = beta v_{t-1} + I_t         (IF: h_t = v_{t-1} + I_t, no multiplication)
+    s_t = H(h_t - theta)             (forward: exactly h_t >= theta)
+    v_t = h_t - s_t theta            (reset by subtraction)
+    v_t = h_t (1 - s_t)              (reset to zero)
+
+and the surrogate derivative is the :class:`~snncc.runtime.dynamics.Surrogate`'s (an entry of
+:data:`~snncc.runtime.dynamics.SURROGATES`), ``g_t = F'((h_t - theta) / w) / w`` for ``ds_t / dh_t``. As in autograd
+through the table's step, the reset is differentiated too (the spike in ``v_t`` carries the surrogate).
+
+Backward, with ``S_t = dL/ds_t`` the incoming gradient and ``V_t = dL/dv_t`` (``V_T = 0``), for ``t = T..1``::
+
+    subtract:  G_t = S_t - theta V_t;        dL/dh_t = V_t + G_t g_t
+    zero:      G_t = S_t - h_t V_t;          dL/dh_t = (1 - s_t) V_t + G_t g_t
+    dL/dI_t = dL/dh_t;                       V_{t-1} = beta dL/dh_t
+
+and, summed over time (and over the axes a scalar or per-channel parameter was broadcast along)::
+
+    dL/dtheta = -sum_t (G_t g_t + s_t V_t)   (subtract)    dL/dtheta = -sum_t G_t g_t   (zero)
+    dL/dbeta  =  sum_t v_{t-1} dL/dh_t
+
+Supported: unsigned IF (both resets) and LIF (including the memoryless gate ``beta = 0``), scalar or per-channel
+threshold and decay, with a :class:`~snncc.runtime.dynamics.Surrogate` spike. Signed IF and CubaLIF stay on the
+table's step function under autograd (:func:`fused_steps` answers None for them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from snncc.runtime.dynamics import MembraneParameters, SpikeFunction, Surrogate
+
+
+class MembraneSteps(torch.autograd.Function):
+    """``apply(currents, threshold, decay, v_init, derivative, subtract) -> spikes``: all ``T`` steps of an unsigned
+    IF/LIF population (the module docstring's equations). ``currents`` is (T, B, *shape); ``threshold``, ``decay``
+    (None for IF) and ``v_init`` broadcast over (B, *shape); ``derivative(x)`` is the surrogate derivative at
+    ``x = h - theta``. Returns the spikes (T, B, *shape), 0/1 of the currents' dtype."""
+
+    @staticmethod
+    def forward(ctx, currents, threshold, decay, v_init, derivative, subtract):
+        shape = tuple(currents.shape[1:])
+        spikes = currents.new_empty(currents.shape)
+        membranes = currents.new_empty(currents.shape)  # h_t, the membrane before the reset: all backward needs
+        v = v_init.expand(shape).clone()  # membrane_start
+        for t in range(currents.shape[0]):
+            if decay is not None:
+                v.mul_(decay)
+            h = torch.add(v, currents[t], out=membranes[t])
+            fired = torch.ge(h, threshold)
+            spikes[t].copy_(fired)
+            if subtract:  # v - s * theta: s * theta is exact, so one rounding, as the table's two operations
+                torch.addcmul(h, spikes[t], threshold, value=-1, out=v)
+            else:  # v * (1 - s), as the table
+                torch.mul(h, 1 - spikes[t], out=v)
+        ctx.derivative, ctx.subtract = derivative, subtract
+        ctx.save_for_backward(membranes, threshold, decay, v_init)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        membranes, threshold, decay, v_init = ctx.saved_tensors
+        subtract = ctx.subtract
+        spikes = (membranes >= threshold).to(membranes.dtype)
+        # g_t, then (in place, step by step) G_t g_t: the surrogate's share of dL/dh_t
+        surrogate_share = ctx.derivative(membranes - threshold)
+        grad_current = torch.empty_like(membranes)
+        grad_v = torch.zeros_like(membranes[0])  # V_T = 0
+        for t in reversed(range(membranes.shape[0])):
+            coupling = threshold if subtract else membranes[t]
+            grad_s = torch.addcmul(grad_spikes[t], grad_v, coupling, value=-1)  # G_t
+            surrogate_share[t].mul_(grad_s)
+            if subtract:
+                torch.add(grad_v, surrogate_share[t], out=grad_current[t])
+            else:
+                torch.addcmul(surrogate_share[t], grad_v, 1 - spikes[t], out=grad_current[t])
+            grad_v = grad_current[t] if decay is None else grad_current[t] * decay
+        grad_threshold = grad_decay = None
+        if ctx.needs_input_grad[1]:
+            total = -surrogate_share
+            if subtract:  # - s_t V_t, with V_t = beta dL/dh_{t+1} for t < T and V_T = 0
+                later = grad_current[1:] if decay is None else grad_current[1:] * decay
+                total[:-1] -= spikes[:-1] * later
+            grad_threshold = total.sum_to_size(threshold.shape)
+        if decay is not None and ctx.needs_input_grad[2]:
+            after = membranes - spikes * threshold if subtract else membranes * (1 - spikes)  # v_t
+            share = grad_current * torch.cat([v_init.expand_as(after[:1]), after[:-1]])
+            grad_decay = share.sum_to_size(decay.shape)
+        grad_currents = grad_current if ctx.needs_input_grad[0] else None
+        return grad_currents, grad_threshold, grad_decay, None, None, None
+
+
+def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate) -> torch.Tensor:
+    """The spikes (T, B, *shape) of an unsigned IF/LIF population with parameter record ``params`` driven by
+    ``currents`` (T, B, *shape), in one :class:`MembraneSteps` call."""
+    like = currents
+    threshold = params.threshold if torch.is_tensor(params.threshold) else like.new_tensor(params.threshold)
+    v_init = params.v_init if torch.is_tensor(params.v_init) else like.new_tensor(params.v_init)
+    decay = params.decay
+    if decay is not None and not torch.is_tensor(decay):
+        decay = like.new_tensor(decay)
+    return MembraneSteps.apply(currents, threshold, decay, v_init, spike.derivative, params.subtract)
+
+
+@dataclass(frozen=True)
+class FusedSteps:
+    """A fused multi-step form of one step model: ``supports(params, spike)`` says whether it applies to this
+    population (else the table's step function runs under autograd); ``run(params, currents, spike)`` -> spikes."""
+
+    supports: Callable[[object, SpikeFunction], bool]
+    run: Callable[[object, torch.Tensor, SpikeFunction], torch.Tensor]
+
+
+#: Fused forms by the class of the dynamics' parameter record (runtime/dynamics.py). Signed IF (its take-back of
+#: spikes needs the net count as a second state) and CubaLIF are not fused.
+FUSED: dict[type, FusedSteps] = {
+    MembraneParameters: FusedSteps(lambda params, spike: isinstance(spike, Surrogate) and not params.signed,
+                                   membrane_steps),
+}
+
+
+def fused_steps(params: object, spike: SpikeFunction) -> Callable[[object, torch.Tensor, SpikeFunction],
+                                                                  torch.Tensor] | None:
+    """The fused multi-step function for a population with parameter record ``params`` and ``spike``, or None
+    where there is none (then step with the table's function)."""
+    entry = FUSED.get(type(params))
+    return entry.run if entry is not None and entry.supports(params, spike) else None

@@ -1,0 +1,106 @@
+"""The fused IF/LIF layers (runtime/torch_fused.py) against the dynamics table's membrane_step: forward spikes and
+membranes identical, gradients equal to autograd through the table's step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from snncc.ir import IF, LIF, CubaLIF  # noqa: E402
+from snncc.runtime.dynamics import HEAVISIDE, Surrogate, dynamics_of, membrane_step  # noqa: E402
+from snncc.runtime.torch_fused import MembraneSteps, fused_steps, membrane_steps  # noqa: E402
+
+SHAPE = (3, 4, 5)  # per sample: channels first, so per-channel values have shape (3, 1, 1)
+T, BATCH = 7, 6
+
+NEURONS = {
+    "if-subtract": IF(threshold=1.0, reset="subtract", v_init=0.5),
+    "if-zero": IF(threshold=0.75, reset="zero"),
+    "if-per-channel": IF(threshold=(1.0, 0.5, 1.5), reset="subtract", v_init=0.25),
+    "lif-subtract": LIF(threshold=0.5, tau_mem=4.0, reset="subtract", v_init=0.2),
+    "lif-zero-per-channel": LIF(threshold=(0.5, 1.0, 0.75), tau_mem=(2.0, 5.0, 8.0), reset="zero"),
+    "lif-gate": LIF(threshold=0.5, tau_mem=0.0),
+}
+
+
+def _parameters(neuron, dtype: torch.dtype):
+    """The table's parameter record of ``neuron`` as leaf tensors of ``dtype`` that require gradients."""
+    import dataclasses
+
+    record = dynamics_of(neuron).parameters(neuron, SHAPE, np)
+    fields = {}
+    for name in ("threshold", "decay"):
+        value = getattr(record, name)
+        if value is not None:
+            fields[name] = torch.tensor(np.asarray(value, np.float64), dtype=dtype, requires_grad=True)
+    fields["v_init"] = torch.tensor(np.asarray(record.v_init, np.float64), dtype=dtype)
+    return dataclasses.replace(record, **fields)
+
+
+def _currents(dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.tensor(rng.normal(0.3, 0.6, (T, BATCH) + SHAPE), dtype=dtype, requires_grad=True)
+
+
+def _table_steps(params, currents: torch.Tensor, spike) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Spikes and membranes after each step from the table's membrane_step, under autograd."""
+    state = dynamics_of(IF()).start(params, tuple(currents.shape[1:]))
+    out, membranes = [], []
+    for current in currents:
+        state, s = membrane_step(params, state, current, spike)
+        out.append(s)
+        membranes.append(state.v)
+    return torch.stack(out), membranes
+
+
+@pytest.mark.parametrize("name", sorted(NEURONS))
+def test_forward_spikes_and_membranes_are_the_tables(name):
+    params = _parameters(NEURONS[name], torch.float32)
+    currents = _currents(torch.float32)
+    spike = Surrogate("fast-sigmoid", 0.5)
+    with torch.no_grad():
+        expected, membranes = _table_steps(params, currents, spike)
+        ours = membrane_steps(params, currents, spike)
+    assert 0 < float(expected.mean()) < 1  # some fire, some do not
+    assert torch.equal(ours, expected)
+    # The membranes: the saved pre-reset h_t, reset as the table resets, equal the table's v_t bit for bit.
+    fused = MembraneSteps.apply  # run again to read the saved membranes through a backward-less graph
+    currents_leaf = currents.detach().requires_grad_(True)
+    out = fused(currents_leaf, params.threshold, params.decay, params.v_init, spike.derivative, params.subtract)
+    h = out.grad_fn.saved_tensors[0]
+    v = h - out * params.threshold if params.subtract else h * (1 - out)
+    for t in range(T):
+        assert torch.equal(v[t], membranes[t]), t
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, dict(rtol=1e-5, atol=1e-6)),
+                                             (torch.float64, dict(rtol=1e-12, atol=1e-13))])
+@pytest.mark.parametrize("surrogate", ["fast-sigmoid", "arctan", "triangle"])
+@pytest.mark.parametrize("name", sorted(NEURONS))
+def test_gradients_equal_autograd_through_the_tables_step(name, surrogate, dtype, tolerance):
+    """The explicit BPTT recursion against autograd through membrane_step with the same Surrogate: the gradients
+    of a loss mixing every step's spikes, for the currents, the threshold and the decay. (A numerical gradcheck
+    cannot apply: the forward pass is the exact Heaviside step, whose numerical derivative is 0, not the
+    surrogate; the float64 comparison to 1e-12 is its stand-in.)"""
+    spike = Surrogate(surrogate, 0.5)
+    weights = torch.tensor(np.random.default_rng(5).normal(0, 1, (T, BATCH) + SHAPE), dtype=dtype)
+    grads = []
+    for run in (lambda p, c: _table_steps(p, c, spike)[0], lambda p, c: membrane_steps(p, c, spike)):
+        params, currents = _parameters(NEURONS[name], dtype), _currents(dtype)
+        leaves = [currents] + [getattr(params, n) for n in ("threshold", "decay") if getattr(params, n) is not None]
+        (run(params, currents) * weights).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for expected, ours in zip(*grads):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(ours, expected, **tolerance)
+
+
+def test_signed_if_cubalif_and_the_hard_threshold_are_not_fused():
+    record = dynamics_of(IF()).parameters(IF(signed=True), SHAPE, torch)
+    assert fused_steps(record, Surrogate()) is None
+    cuba = CubaLIF()
+    assert fused_steps(dynamics_of(cuba).parameters(cuba, SHAPE, torch), Surrogate()) is None
+    assert fused_steps(dynamics_of(IF()).parameters(IF(), SHAPE, torch), HEAVISIDE) is None
+    assert fused_steps(dynamics_of(IF()).parameters(IF(), SHAPE, torch), Surrogate()) is membrane_steps
