@@ -140,3 +140,20 @@ def fused_steps(params: object, spike: SpikeFunction) -> Callable[[object, torch
     where there is none (then step with the table's function)."""
     entry = FUSED.get(type(params))
     return entry.run if entry is not None and entry.supports(params, spike) else None
+
+
+def spiking_max_pool(steps: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                     padded: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Spiking max pooling (:class:`~snncc.ir.ops.SpikingMaxPool2d`) of spike trains ``steps`` (T, B, C, H, W):
+    with ``N(t) = sum_{tau <= t} s(tau)`` the running counts and ``M(t)`` their max over each window, the output is
+    ``M(t) - M(t-1)`` (``M(0) = 0``). ``padded(x)`` pads the flat counts with -inf (the reference's padding).
+
+    Exact: the counts are sums of small integers and a maximum does not round, so ``F.max_pool2d`` gives the
+    reference's ``M`` whatever order it visits a window in. Its backward routes ``dL/dM`` to the first maximal
+    element of each window (one subgradient of the maximum; chaining ``torch.maximum`` over the window's views
+    splits it between tied elements instead)."""
+    counts = torch.cumsum(steps, dim=0)
+    flat = counts.reshape((-1,) + tuple(steps.shape[2:]))
+    running_max = torch.nn.functional.max_pool2d(padded(flat), kernel, stride)
+    running_max = running_max.reshape(tuple(steps.shape[:2]) + tuple(running_max.shape[1:]))
+    return torch.diff(running_max, dim=0, prepend=running_max.new_zeros((1,) + tuple(running_max.shape[1:])))

@@ -42,7 +42,7 @@ from snncc.ir import Graph, ops
 from snncc.runtime.dynamics import Surrogate, dynamics_of
 from snncc.runtime.kernels import fan_outs
 from snncc.runtime.reference import BatchResult
-from snncc.runtime.torch_fused import fused_steps
+from snncc.runtime.torch_fused import fused_steps, spiking_max_pool
 
 #: Fields of a neuron model's parameter record (see runtime/dynamics.py) that the lowering trains.
 TRAINABLE_NEURON_FIELDS = frozenset({"threshold", "decay", "bias", "keep_u", "keep_v"})
@@ -246,12 +246,8 @@ class _SpikingMaxPool2d(nn.Module):
         self.op = op
 
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
-        counts = torch.cumsum(steps, dim=0)  # exact: sums of small integers
-        flat = counts.reshape((-1,) + tuple(steps.shape[2:]))
-        running_max = _pool_reduce(_pad_spatial(flat, self.op.padding, float("-inf")), self.op.kernel,
-                                   self.op.stride, torch.maximum)
-        running_max = running_max.reshape(steps.shape[:2] + running_max.shape[1:])
-        return torch.cat([running_max[:1], running_max[1:] - running_max[:-1]])
+        return spiking_max_pool(steps, self.op.kernel, self.op.stride,
+                                lambda x: _pad_spatial(x, self.op.padding, float("-inf")))
 
 
 class _Readout(nn.Module):
@@ -298,16 +294,22 @@ class LoweredResult:
     ``outputs``: per graph output, (T, B, *shape) (the readout after each step; differentiable). ``spikes``: per
     population, (T, B) spike events at each step (negative spikes of signed neurons counted; differentiable, for
     spike-count penalties). ``synops``: (T, B) float64 synaptic operations per step, counted as the reference does
-    (events times the fan-out of the weights at lowering time)."""
+    (events times the fan-out of the weights at lowering time), or None where they were not counted
+    (:attr:`LoweredGraph.count_synops`)."""
 
     outputs: list[torch.Tensor]
     spikes: dict[str, torch.Tensor]
-    synops: torch.Tensor
+    synops: torch.Tensor | None
 
 
 class LoweredGraph(nn.Module):
     """A rate-coded SNN-level graph as a torch module: ``forward(x, timesteps) -> LoweredResult`` with ``x`` the
     model inputs (B, *input shape), already scaled."""
+
+    #: Whether a forward pass counts synaptic operations: True, False, or None (the default) for "when gradients are
+    #: off" -- counted in evaluation and by the simulator backend (which runs under ``torch.no_grad``), skipped in a
+    #: training forward, where the count carries no gradient and costs a pass over every layer's input events.
+    count_synops: bool | None = None
 
     def __init__(self, graph: Graph, spike: Surrogate, device: torch.device) -> None:
         super().__init__()
@@ -359,7 +361,8 @@ class LoweredGraph(nn.Module):
         # node -> (tensor, constant): a constant is (B, *shape), computed once; otherwise (T * B, *shape).
         values: dict[str, tuple[torch.Tensor, bool]] = {}
         spikes: dict[str, torch.Tensor] = {}
-        synops = torch.zeros((T, batch), dtype=torch.float64, device=self.device)
+        counting = not torch.is_grad_enabled() if self.count_synops is None else self.count_synops
+        synops = torch.zeros((T, batch), dtype=torch.float64, device=self.device) if counting else None
 
         def steps(node: str) -> torch.Tensor:
             data, constant = values[node]
@@ -385,7 +388,7 @@ class LoweredGraph(nn.Module):
                 flat = [steps(u).reshape((T * batch,) + tuple(self.shapes[u])) for u in inputs]
                 values[node] = (module(*flat), False)
                 with torch.no_grad():
-                    for u, weights in zip(inputs, self.fan_outs.get(node, ())):
+                    for u, weights in zip(inputs, self.fan_outs.get(node, ()) if counting else ()):
                         if not values[u][1]:  # each operand's events cost its own fan-out
                             events = (steps(u) != 0).reshape(T, batch, -1).to(torch.float32)
                             synops += (events @ weights).to(torch.float64)

@@ -104,3 +104,24 @@ def test_signed_if_cubalif_and_the_hard_threshold_are_not_fused():
     assert fused_steps(dynamics_of(cuba).parameters(cuba, SHAPE, torch), Surrogate()) is None
     assert fused_steps(dynamics_of(IF()).parameters(IF(), SHAPE, torch), HEAVISIDE) is None
     assert fused_steps(dynamics_of(IF()).parameters(IF(), SHAPE, torch), Surrogate()) is membrane_steps
+
+
+def test_synops_are_counted_without_gradients_and_on_request():
+    """``LoweredGraph.count_synops``: None counts only when gradients are off (evaluation, the simulator backend);
+    True counts in a training forward too, the same figures; False never."""
+    from snncc.runtime import reference
+    from snncc.runtime.torch_lowering import lower
+    from tests.runtime.test_torch_lowering import _dyadic_inputs, every_op_graph
+
+    graph = every_op_graph()
+    x = _dyadic_inputs(4)
+    expected = reference.ReferenceSimulator(graph, 5).run_batch(x).synops
+    module = lower(graph)
+    assert module(torch.as_tensor(x), 5).synops is None
+    with torch.no_grad():
+        np.testing.assert_array_equal(module(torch.as_tensor(x), 5).synops.numpy(), expected)
+    module.count_synops = True
+    np.testing.assert_array_equal(module(torch.as_tensor(x), 5).synops.numpy(), expected)
+    module.count_synops = False
+    with torch.no_grad():
+        assert module(torch.as_tensor(x), 5).synops is None
