@@ -62,21 +62,19 @@ class MembraneSteps(torch.autograd.Function):
             if decay is not None:
                 v.mul_(decay)
             h = torch.add(v, currents[t], out=membranes[t])
-            fired = torch.ge(h, threshold)
-            spikes[t].copy_(fired)
+            torch.ge(h, threshold, out=spikes[t])  # the comparison written as 0/1 of the spikes' dtype
             if subtract:  # v - s * theta: s * theta is exact, so one rounding, as the table's two operations
                 torch.addcmul(h, spikes[t], threshold, value=-1, out=v)
             else:  # v * (1 - s), as the table
                 torch.mul(h, 1 - spikes[t], out=v)
         ctx.derivative, ctx.subtract = derivative, subtract
-        ctx.save_for_backward(membranes, threshold, decay, v_init)
+        ctx.save_for_backward(membranes, spikes, threshold, decay, v_init)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        membranes, threshold, decay, v_init = ctx.saved_tensors
+        membranes, spikes, threshold, decay, v_init = ctx.saved_tensors
         subtract = ctx.subtract
-        spikes = (membranes >= threshold).to(membranes.dtype)
         # g_t, then (in place, step by step) G_t g_t: the surrogate's share of dL/dh_t
         surrogate_share = ctx.derivative(membranes - threshold)
         grad_current = torch.empty_like(membranes)
@@ -92,11 +90,10 @@ class MembraneSteps(torch.autograd.Function):
             grad_v = grad_current[t] if decay is None else grad_current[t] * decay
         grad_threshold = grad_decay = None
         if ctx.needs_input_grad[1]:
-            total = -surrogate_share
+            grad_threshold = -surrogate_share.sum_to_size(threshold.shape)
             if subtract:  # - s_t V_t, with V_t = beta dL/dh_{t+1} for t < T and V_T = 0
                 later = grad_current[1:] if decay is None else grad_current[1:] * decay
-                total[:-1] -= spikes[:-1] * later
-            grad_threshold = total.sum_to_size(threshold.shape)
+                grad_threshold = grad_threshold - (spikes[:-1] * later).sum_to_size(threshold.shape)
         if decay is not None and ctx.needs_input_grad[2]:
             after = membranes - spikes * threshold if subtract else membranes * (1 - spikes)  # v_t
             share = grad_current * torch.cat([v_init.expand_as(after[:1]), after[:-1]])
