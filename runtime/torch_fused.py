@@ -139,18 +139,58 @@ def fused_steps(params: object, spike: SpikeFunction) -> Callable[[object, torch
     return entry.run if entry is not None and entry.supports(params, spike) else None
 
 
-def spiking_max_pool(steps: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-                     padded: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Spiking max pooling (:class:`~snncc.ir.ops.SpikingMaxPool2d`) of spike trains ``steps`` (T, B, C, H, W):
-    with ``N(t) = sum_{tau <= t} s(tau)`` the running counts and ``M(t)`` their max over each window, the output is
-    ``M(t) - M(t-1)`` (``M(0) = 0``). ``padded(x)`` pads the flat counts with -inf (the reference's padding).
 
-    Exact: the counts are sums of small integers and a maximum does not round, so ``F.max_pool2d`` gives the
-    reference's ``M`` whatever order it visits a window in. Its backward routes ``dL/dM`` to the first maximal
-    element of each window (one subgradient of the maximum; chaining ``torch.maximum`` over the window's views
-    splits it between tied elements instead)."""
-    counts = torch.cumsum(steps, dim=0)
-    flat = counts.reshape((-1,) + tuple(steps.shape[2:]))
-    running_max = torch.nn.functional.max_pool2d(padded(flat), kernel, stride)
-    running_max = running_max.reshape(tuple(steps.shape[:2]) + tuple(running_max.shape[1:]))
-    return torch.diff(running_max, dim=0, prepend=running_max.new_zeros((1,) + tuple(running_max.shape[1:])))
+class SpikingMaxPool(torch.autograd.Function):
+    """``apply(steps, kernel, stride, padding) -> spikes``: spiking max pooling
+    (:class:`~snncc.ir.ops.SpikingMaxPool2d`) of spike trains ``steps`` (T, B, C, H, W), ``padding`` (top, left,
+    bottom, right) with -inf as the reference pads. With ``N(t) = sum_{tau <= t} s(tau)`` the running counts and
+    ``M(t)`` their max over each window, the output is ``y(t) = M(t) - M(t-1)`` (``M(0) = 0``).
+
+    Exact: the counts are sums of small integers and a maximum does not round, so ``max_pool2d`` gives the
+    reference's ``M`` whatever order it visits a window in. Backward, with ``g(t) = dL/dy(t)``::
+
+        dL/dM(t) = g(t) - g(t+1)   (g(T+1) = 0)
+        dL/dN(t) = dL/dM(t) routed to the first maximal element of each window (max_pool2d's backward; one
+                   subgradient of the maximum, where chaining torch.maximum over the window's views would split it
+                   between tied elements)
+        dL/ds(t) = sum_{tau >= t} dL/dN(tau)
+    """
+
+    @staticmethod
+    def forward(ctx, steps, kernel, stride, padding):
+        T, B = steps.shape[:2]
+        counts = torch.cumsum(steps, dim=0).reshape((T * B,) + tuple(steps.shape[2:]))
+        top, left, bottom, right = padding
+        if any(padding):
+            counts = torch.nn.functional.pad(counts, (left, right, top, bottom), value=float("-inf"))
+        running_max, argmax = torch.nn.functional.max_pool2d(counts, kernel, stride, return_indices=True)
+        running_max = running_max.reshape((T, B) + tuple(running_max.shape[1:]))
+        out = torch.empty_like(running_max)
+        out[0] = running_max[0]
+        torch.sub(running_max[1:], running_max[:-1], out=out[1:])
+        ctx.kernel, ctx.stride, ctx.padding, ctx.shape = kernel, stride, padding, tuple(steps.shape)
+        ctx.save_for_backward(counts, argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        counts, argmax = ctx.saved_tensors
+        T, B, C, H, W = ctx.shape
+        grad_max = grad.clone()
+        grad_max[:-1] -= grad[1:]
+        grad_counts = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_max.reshape((T * B,) + tuple(grad.shape[2:])), counts, list(ctx.kernel), list(ctx.stride),
+            [0, 0], [1, 1], False, argmax)
+        top, left = ctx.padding[:2]
+        grad_counts = grad_counts[:, :, top:top + H, left:left + W].reshape(ctx.shape)
+        if any(ctx.padding):
+            grad_counts = grad_counts.contiguous()
+        for t in range(T - 2, -1, -1):  # the reverse running sum, in place
+            grad_counts[t] += grad_counts[t + 1]
+        return grad_counts, None, None, None
+
+
+def spiking_max_pool(steps: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """Spiking max pooling of ``steps`` (T, B, C, H, W) in one :class:`SpikingMaxPool` call."""
+    return SpikingMaxPool.apply(steps, tuple(kernel), tuple(stride), tuple(padding))

@@ -246,8 +246,7 @@ class _SpikingMaxPool2d(nn.Module):
         self.op = op
 
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
-        return spiking_max_pool(steps, self.op.kernel, self.op.stride,
-                                lambda x: _pad_spatial(x, self.op.padding, float("-inf")))
+        return spiking_max_pool(steps, self.op.kernel, self.op.stride, self.op.padding)
 
 
 class _Readout(nn.Module):
@@ -380,7 +379,8 @@ class LoweredGraph(nn.Module):
             if getattr(module, "stateful", False):
                 out = module(steps(inputs[0]))
                 if node in self._population_set:  # spike events, negative spikes of signed neurons included
-                    spikes[node] = out.abs().reshape(T, batch, -1).sum(dim=2)
+                    events = out.abs() if getattr(op.neuron, "signed", False) else out  # else 0/1 already
+                    spikes[node] = events.reshape(T, batch, -1).sum(dim=2)
                 values[node] = (out.reshape((T * batch,) + tuple(out.shape[2:])), False)
             elif all(values[u][1] for u in inputs):
                 values[node] = (module(*(values[u][0] for u in inputs)), True)

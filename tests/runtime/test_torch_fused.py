@@ -125,3 +125,38 @@ def test_synops_are_counted_without_gradients_and_on_request():
     module.count_synops = False
     with torch.no_grad():
         assert module(torch.as_tensor(x), 5).synops is None
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (1, 1), (1, 0, 2, 1))])
+def test_spiking_max_pool_equals_its_composition_of_torch_ops(kernel, stride, padding):
+    """Forward: M(t) - M(t-1) of the running counts' window max, computed here by chaining torch.maximum over the
+    window's views (the reference's formulation). Backward: autograd through cumsum, max_pool2d and the difference
+    (the same argmax, so the same subgradient)."""
+    import torch.nn.functional as F
+
+    from snncc.runtime.torch_fused import spiking_max_pool
+
+    rng = np.random.default_rng(2)
+    steps = torch.tensor((rng.uniform(size=(T, BATCH, 3, 7, 8)) < 0.4).astype(np.float64), requires_grad=True)
+    weights = torch.tensor(rng.normal(size=(T, BATCH, 3) + ((8, 7) if padding[0] else (3, 4))))
+    ours = spiking_max_pool(steps, kernel, stride, padding)
+    assert ours.shape == weights.shape
+    (ours * weights).sum().backward()
+    counts = torch.cumsum(steps, 0).reshape((T * BATCH, 3, 7, 8))
+    t, l, b, r = padding
+    counts = F.pad(counts, (l, r, t, b), value=float("-inf"))
+    ho, wo = (counts.shape[2] - kernel[0]) // stride[0] + 1, (counts.shape[3] - kernel[1]) // stride[1] + 1
+    chained = None
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            view = counts[:, :, i:i + stride[0] * (ho - 1) + 1:stride[0], j:j + stride[1] * (wo - 1) + 1:stride[1]]
+            chained = view if chained is None else torch.maximum(chained, view)
+    chained = chained.reshape(weights.shape)
+    assert torch.equal(ours, torch.cat([chained[:1], chained[1:] - chained[:-1]]))
+    assert set(torch.unique(ours).tolist()) == {0.0, 1.0}
+    leaf = steps.detach().requires_grad_(True)
+    pooled = F.max_pool2d(F.pad(torch.cumsum(leaf, 0).reshape(counts.shape[0], 3, 7, 8), (l, r, t, b),
+                                value=float("-inf")), kernel, stride).reshape(weights.shape)
+    (torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])) * weights).sum().backward()
+    assert steps.grad.abs().sum() > 0
+    torch.testing.assert_close(steps.grad, leaf.grad, rtol=1e-12, atol=1e-12)
