@@ -61,6 +61,7 @@ from snncc.runtime.dynamics import Surrogate, Window, dynamics_of
 from snncc.runtime.kernels import fan_outs
 from snncc.runtime.reference import _CHUNK_VALUES, BatchResult
 from snncc.runtime.temporal import TemporalSimulator, is_temporal
+from snncc.runtime.torch_fused import fused_steps, spiking_max_pool
 
 #: Fields of a neuron model's parameter record (see runtime/dynamics.py) that the lowering trains.
 TRAINABLE_NEURON_FIELDS = frozenset({"threshold", "decay", "bias", "keep_u", "keep_v"})
@@ -335,6 +336,10 @@ class _Population(nn.Module):
         """The spikes of ``steps`` (T, B, *shape) from ``state`` (None: the state at t = 0) and the state after
         the last step, so that a run in chunks of steps equals one run."""
         params = self.parameters_record()
+        if state is None and torch.is_grad_enabled():
+            fused = fused_steps(params, self.spike)
+            if fused is not None:  # training, one chunk: all T steps in one autograd Function (torch_fused.py)
+                return fused(params, steps, self.spike), None
         if state is None:
             state = self.dynamics.start(params, tuple(steps.shape[1:]))
         out = []
@@ -357,8 +362,12 @@ class _SpikingMaxPool2d(_Fixed, nn.Module):
         return self.run(steps, None)[0]
 
     def run(self, steps: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
-            ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``state``: the counts and the pooled counts after the previous chunk's last step (None at t = 0)."""
+            ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``state``: the counts and the pooled counts after the previous chunk's last step (None at t = 0). With
+        gradients on (one chunk, training) the pooling is :func:`~snncc.runtime.torch_fused.spiking_max_pool`, whose
+        backward is explicit, and no state is returned."""
+        if state is None and torch.is_grad_enabled():
+            return spiking_max_pool(steps, self.op.kernel, self.op.stride, self.op.padding), None
         counts = _cumsum_from(steps, None if state is None else state[0])  # exact: sums of small integers
         flat = counts.reshape((-1,) + tuple(steps.shape[2:]))
         running_max = _pool_reduce(_pad_spatial(flat, self.op.padding, float("-inf")), self.op.kernel,
@@ -422,13 +431,13 @@ class LoweredResult:
     ``outputs``: per graph output, (T, B, *shape) (the readout after each step; differentiable). ``spikes``: per
     population, (T, B) spike events at each step (negative spikes of signed neurons counted; differentiable, for
     spike-count penalties). ``synops``: (T, B) float64 synaptic operations per step, counted as the reference does
-    (events times the fan-out of the current weights, see :meth:`LoweredGraph.fan_outs_of`).
-    ``max_spikes_per_neuron``: per population, the most spikes one neuron emitted (temporal graphs only, as the
-    temporal simulator reports it)."""
+    (events times the fan-out of the current weights, see :meth:`LoweredGraph.fan_outs_of`), or None where they
+    were not counted (:attr:`LoweredGraph.count_synops`). ``max_spikes_per_neuron``: per population, the most spikes
+    one neuron emitted (temporal graphs only, as the temporal simulator reports it)."""
 
     outputs: list[torch.Tensor]
     spikes: dict[str, torch.Tensor]
-    synops: torch.Tensor
+    synops: torch.Tensor | None
     max_spikes_per_neuron: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -465,6 +474,11 @@ WEIGHT_FAN_OUTS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor, tuple[
 class _LoweredByNode(nn.Module):
     """What the rate and the temporal lowering share: one module per graph node (``layers[index[node]]``), its
     parameters by node, and the fan-outs of the synaptic ops."""
+
+    #: Whether a forward pass counts synaptic operations: True, False, or None (the default) for "when gradients are
+    #: off" -- counted in evaluation and by the simulator backend (which runs under ``torch.no_grad``), skipped in a
+    #: training forward, where the count carries no gradient and costs a pass over every layer's input events.
+    count_synops: bool | None = None
 
     def _setup(self, graph: Graph, spike: Surrogate, device: torch.device) -> None:
         if graph.level != ops.SNN:
@@ -592,6 +606,10 @@ class LoweredGraph(_LoweredByNode):
             chunk_steps = T if torch.is_grad_enabled() else self.eval_chunk_steps(x.shape[0], T)
         elif chunk_steps < 1:
             raise SimulationError(f"chunk_steps must be at least 1, got {chunk_steps}")
+        elif chunk_steps < T and torch.is_grad_enabled():
+            # Backpropagation through time needs all T steps in one graph (the fused layers return no state).
+            raise SimulationError(f"chunk_steps={chunk_steps} < T={T} with gradients enabled; chunks of steps are "
+                                  "for evaluation: run under torch.no_grad(), or leave chunk_steps unset")
         states: dict[str, object] = {}
         constants: dict[str, torch.Tensor] = {}
         parts = [self._run_chunk(x, min(chunk_steps, T - t0), states, constants) for t0 in range(0, T, chunk_steps)]
@@ -599,7 +617,7 @@ class LoweredGraph(_LoweredByNode):
             return parts[0]
         return LoweredResult([torch.cat([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))],
                              {n: torch.cat([p.spikes[n] for p in parts]) for n in parts[0].spikes},
-                             torch.cat([p.synops for p in parts]))
+                             None if parts[0].synops is None else torch.cat([p.synops for p in parts]))
 
     def _run_chunk(self, x: torch.Tensor, T: int, states: dict[str, object],
                    constants: dict[str, torch.Tensor]) -> LoweredResult:
@@ -610,7 +628,8 @@ class LoweredGraph(_LoweredByNode):
         # node -> (tensor, constant): a constant is (B, *shape), computed once; otherwise (T * B, *shape).
         values: dict[str, tuple[torch.Tensor, bool]] = {n: (v, True) for n, v in constants.items()}
         spikes: dict[str, torch.Tensor] = {}
-        synops = torch.zeros((T, batch), dtype=torch.float64, device=self.device)
+        counting = not torch.is_grad_enabled() if self.count_synops is None else self.count_synops
+        synops = torch.zeros((T, batch), dtype=torch.float64, device=self.device) if counting else None
 
         def steps(node: str) -> torch.Tensor:
             data, constant = values[node]
@@ -631,7 +650,8 @@ class LoweredGraph(_LoweredByNode):
             if getattr(module, "stateful", False):
                 out, states[node] = module.run(steps(inputs[0]), states.get(node))
                 if node in self._population_set:  # spike events, negative spikes of signed neurons included
-                    spikes[node] = out.abs().reshape(T, batch, -1).sum(dim=2)
+                    events = out.abs() if getattr(op.neuron, "signed", False) else out  # else 0/1 already
+                    spikes[node] = events.reshape(T, batch, -1).sum(dim=2)
                 values[node] = (out.reshape((T * batch,) + tuple(out.shape[2:])), False)
             elif all(values[u][1] for u in inputs):
                 values[node] = (module(*(values[u][0] for u in inputs)), True)
@@ -639,7 +659,7 @@ class LoweredGraph(_LoweredByNode):
             else:
                 flat = [steps(u).reshape((T * batch,) + tuple(self.shapes[u])) for u in inputs]
                 values[node] = (module(*flat), False)
-                if op.synaptic:
+                if op.synaptic and counting:
                     with torch.no_grad():
                         for u, weights in zip(inputs, self.fan_outs_of(node)):
                             if not values[u][1]:  # each operand's events cost its own fan-out

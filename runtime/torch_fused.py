@@ -1,0 +1,196 @@
+"""Fused multi-step neuron layers for the torch lowering: all ``T`` steps of an IF/LIF population in one
+``torch.autograd.Function``, with the backward pass written out as the reverse-time recursion of backpropagation
+through time (BPTT) with a surrogate derivative (Neftci, Mostafa & Zenke, "Surrogate gradient learning in spiking
+neural networks", IEEE Signal Processing Magazine 2019).
+
+Why: stepping :func:`snncc.runtime.dynamics.membrane_step` under autograd records five to eight elementwise ops per
+step, each allocating a tensor and saving its operands, and the backward pass replays them one by one. The fused
+forward runs the same float32 operations in the same order without autograd bookkeeping, in place, and saves only
+the pre-reset membranes; the backward recomputes the spikes and surrogate derivatives from them in one vectorised
+pass and runs three elementwise ops per step.
+
+The dynamics are the table's (:func:`~snncc.runtime.dynamics.membrane_step`), for ``t = 1..T`` from ``v_0 = v_init``::
+
+    h_t = beta v_{t-1} + I_t         (IF: h_t = v_{t-1} + I_t, no multiplication)
+    s_t = H(h_t - theta)             (forward: exactly h_t >= theta)
+    v_t = h_t - s_t theta            (reset by subtraction)
+    v_t = h_t (1 - s_t)              (reset to zero)
+
+and the surrogate derivative is the :class:`~snncc.runtime.dynamics.Surrogate`'s (an entry of
+:data:`~snncc.runtime.dynamics.SURROGATES`), ``g_t = F'((h_t - theta) / w) / w`` for ``ds_t / dh_t``. As in autograd
+through the table's step, the reset is differentiated too (the spike in ``v_t`` carries the surrogate).
+
+Backward, with ``S_t = dL/ds_t`` the incoming gradient and ``V_t = dL/dv_t`` (``V_T = 0``), for ``t = T..1``::
+
+    subtract:  G_t = S_t - theta V_t;        dL/dh_t = V_t + G_t g_t
+    zero:      G_t = S_t - h_t V_t;          dL/dh_t = (1 - s_t) V_t + G_t g_t
+    dL/dI_t = dL/dh_t;                       V_{t-1} = beta dL/dh_t
+
+and, summed over time (and over the axes a scalar or per-channel parameter was broadcast along)::
+
+    dL/dtheta = -sum_t (G_t g_t + s_t V_t)   (subtract)    dL/dtheta = -sum_t G_t g_t   (zero)
+    dL/dbeta  =  sum_t v_{t-1} dL/dh_t
+
+Supported: unsigned IF (both resets) and LIF (including the memoryless gate ``beta = 0``), scalar or per-channel
+threshold and decay, with a :class:`~snncc.runtime.dynamics.Surrogate` spike. Signed IF and CubaLIF stay on the
+table's step function under autograd (:func:`fused_steps` answers None for them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from snncc.runtime.dynamics import MembraneParameters, SpikeFunction, Surrogate
+
+
+class MembraneSteps(torch.autograd.Function):
+    """``apply(currents, threshold, decay, v_init, derivative, subtract) -> spikes``: all ``T`` steps of an unsigned
+    IF/LIF population (the module docstring's equations). ``currents`` is (T, B, *shape); ``threshold``, ``decay``
+    (None for IF) and ``v_init`` broadcast over (B, *shape); ``derivative(x)`` is the surrogate derivative at
+    ``x = h - theta``. Returns the spikes (T, B, *shape), 0/1 of the currents' dtype."""
+
+    @staticmethod
+    def forward(ctx, currents, threshold, decay, v_init, derivative, subtract):
+        shape = tuple(currents.shape[1:])
+        spikes = currents.new_empty(currents.shape)
+        membranes = currents.new_empty(currents.shape)  # h_t, the membrane before the reset: all backward needs
+        v = v_init.expand(shape).clone()  # membrane_start
+        for t in range(currents.shape[0]):
+            if decay is not None:
+                v.mul_(decay)
+            h = torch.add(v, currents[t], out=membranes[t])
+            torch.ge(h, threshold, out=spikes[t])  # the comparison written as 0/1 of the spikes' dtype
+            if subtract:  # v - s * theta: s * theta is exact, so one rounding, as the table's two operations
+                torch.addcmul(h, spikes[t], threshold, value=-1, out=v)
+            else:  # v * (1 - s), as the table
+                torch.mul(h, 1 - spikes[t], out=v)
+        ctx.derivative, ctx.subtract = derivative, subtract
+        ctx.save_for_backward(membranes, spikes, threshold, decay, v_init)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        membranes, spikes, threshold, decay, v_init = ctx.saved_tensors
+        subtract = ctx.subtract
+        # g_t, then (in place, step by step) G_t g_t: the surrogate's share of dL/dh_t
+        surrogate_share = ctx.derivative(membranes - threshold)
+        grad_current = torch.empty_like(membranes)
+        grad_v = torch.zeros_like(membranes[0])  # V_T = 0
+        for t in reversed(range(membranes.shape[0])):
+            coupling = threshold if subtract else membranes[t]
+            grad_s = torch.addcmul(grad_spikes[t], grad_v, coupling, value=-1)  # G_t
+            surrogate_share[t].mul_(grad_s)
+            if subtract:
+                torch.add(grad_v, surrogate_share[t], out=grad_current[t])
+            else:
+                torch.addcmul(surrogate_share[t], grad_v, 1 - spikes[t], out=grad_current[t])
+            grad_v = grad_current[t] if decay is None else grad_current[t] * decay
+        grad_threshold = grad_decay = None
+        if ctx.needs_input_grad[1]:
+            grad_threshold = -surrogate_share.sum_to_size(threshold.shape)
+            if subtract:  # - s_t V_t, with V_t = beta dL/dh_{t+1} for t < T and V_T = 0
+                later = grad_current[1:] if decay is None else grad_current[1:] * decay
+                grad_threshold = grad_threshold - (spikes[:-1] * later).sum_to_size(threshold.shape)
+        if decay is not None and ctx.needs_input_grad[2]:
+            after = membranes - spikes * threshold if subtract else membranes * (1 - spikes)  # v_t
+            share = grad_current * torch.cat([v_init.expand_as(after[:1]), after[:-1]])
+            grad_decay = share.sum_to_size(decay.shape)
+        grad_currents = grad_current if ctx.needs_input_grad[0] else None
+        return grad_currents, grad_threshold, grad_decay, None, None, None
+
+
+def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate) -> torch.Tensor:
+    """The spikes (T, B, *shape) of an unsigned IF/LIF population with parameter record ``params`` driven by
+    ``currents`` (T, B, *shape), in one :class:`MembraneSteps` call."""
+    like = currents
+    threshold = params.threshold if torch.is_tensor(params.threshold) else like.new_tensor(params.threshold)
+    v_init = params.v_init if torch.is_tensor(params.v_init) else like.new_tensor(params.v_init)
+    decay = params.decay
+    if decay is not None and not torch.is_tensor(decay):
+        decay = like.new_tensor(decay)
+    return MembraneSteps.apply(currents, threshold, decay, v_init, spike.derivative, params.subtract)
+
+
+@dataclass(frozen=True)
+class FusedSteps:
+    """A fused multi-step form of one step model: ``supports(params, spike)`` says whether it applies to this
+    population (else the table's step function runs under autograd); ``run(params, currents, spike)`` -> spikes."""
+
+    supports: Callable[[object, SpikeFunction], bool]
+    run: Callable[[object, torch.Tensor, SpikeFunction], torch.Tensor]
+
+
+#: Fused forms by the class of the dynamics' parameter record (runtime/dynamics.py). Signed IF (its take-back of
+#: spikes needs the net count as a second state) and CubaLIF are not fused.
+FUSED: dict[type, FusedSteps] = {
+    MembraneParameters: FusedSteps(lambda params, spike: isinstance(spike, Surrogate) and not params.signed,
+                                   membrane_steps),
+}
+
+
+def fused_steps(params: object, spike: SpikeFunction) -> Callable[[object, torch.Tensor, SpikeFunction],
+                                                                  torch.Tensor] | None:
+    """The fused multi-step function for a population with parameter record ``params`` and ``spike``, or None
+    where there is none (then step with the table's function)."""
+    entry = FUSED.get(type(params))
+    return entry.run if entry is not None and entry.supports(params, spike) else None
+
+
+
+class SpikingMaxPool(torch.autograd.Function):
+    """``apply(steps, kernel, stride, padding) -> spikes``: spiking max pooling
+    (:class:`~snncc.ir.ops.SpikingMaxPool2d`) of spike trains ``steps`` (T, B, C, H, W), ``padding`` (top, left,
+    bottom, right) with -inf as the reference pads. With ``N(t) = sum_{tau <= t} s(tau)`` the running counts and
+    ``M(t)`` their max over each window, the output is ``y(t) = M(t) - M(t-1)`` (``M(0) = 0``).
+
+    Exact: the counts are sums of small integers and a maximum does not round, so ``max_pool2d`` gives the
+    reference's ``M`` whatever order it visits a window in. Backward, with ``g(t) = dL/dy(t)``::
+
+        dL/dM(t) = g(t) - g(t+1)   (g(T+1) = 0)
+        dL/dN(t) = dL/dM(t) routed to the first maximal element of each window (max_pool2d's backward; one
+                   subgradient of the maximum, where chaining torch.maximum over the window's views would split it
+                   between tied elements)
+        dL/ds(t) = sum_{tau >= t} dL/dN(tau)
+    """
+
+    @staticmethod
+    def forward(ctx, steps, kernel, stride, padding):
+        T, B = steps.shape[:2]
+        counts = torch.cumsum(steps, dim=0).reshape((T * B,) + tuple(steps.shape[2:]))
+        top, left, bottom, right = padding
+        if any(padding):
+            counts = torch.nn.functional.pad(counts, (left, right, top, bottom), value=float("-inf"))
+        running_max, argmax = torch.nn.functional.max_pool2d(counts, kernel, stride, return_indices=True)
+        running_max = running_max.reshape((T, B) + tuple(running_max.shape[1:]))
+        out = torch.empty_like(running_max)
+        out[0] = running_max[0]
+        torch.sub(running_max[1:], running_max[:-1], out=out[1:])
+        ctx.kernel, ctx.stride, ctx.padding, ctx.shape = kernel, stride, padding, tuple(steps.shape)
+        ctx.save_for_backward(counts, argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        counts, argmax = ctx.saved_tensors
+        T, B, C, H, W = ctx.shape
+        grad_max = grad.clone()
+        grad_max[:-1] -= grad[1:]
+        grad_counts = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_max.reshape((T * B,) + tuple(grad.shape[2:])), counts, list(ctx.kernel), list(ctx.stride),
+            [0, 0], [1, 1], False, argmax)
+        top, left = ctx.padding[:2]
+        grad_counts = grad_counts[:, :, top:top + H, left:left + W].reshape(ctx.shape)
+        if any(ctx.padding):
+            grad_counts = grad_counts.contiguous()
+        for t in range(T - 2, -1, -1):  # the reverse running sum, in place
+            grad_counts[t] += grad_counts[t + 1]
+        return grad_counts, None, None, None
+
+
+def spiking_max_pool(steps: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """Spiking max pooling of ``steps`` (T, B, C, H, W) in one :class:`SpikingMaxPool` call."""
+    return SpikingMaxPool.apply(steps, tuple(kernel), tuple(stride), tuple(padding))
