@@ -66,7 +66,8 @@ class NirInputPadding(Pass):
                 else InputScaling()
             stds = np.broadcast_to(np.asarray(scaling.std), shift.shape)
             means = np.broadcast_to(np.asarray(scaling.mean), shift.shape) + shift * stds
-            graph.attrs["input_scaling"] = InputScaling(scaling.scale, tuple(means), tuple(stds)).to_json()
+            means, stds = (tuple(np.unique(v)) if len(np.unique(v)) == 1 else tuple(v) for v in (means, stds))
+            graph.attrs["input_scaling"] = InputScaling(scaling.scale, means, stds).to_json()
             graph.attrs["nir_input_shift"] = shift.tolist()
             changed = True
         return changed
