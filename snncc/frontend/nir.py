@@ -52,10 +52,20 @@ def _nir():
 
 
 def read_nir(path: str | Path):
-    """Read an NIR (HDF5) file with ``nir.read`` (no code runs from the file); FormatError if it is not one."""
+    """Read an NIR (HDF5) file with ``nir.read`` (no code runs from the file); FormatError if it is not one.
+
+    A file whose node types fail nir's type check is read again without it: snncc infers every shape itself and
+    verifies the graph it builds."""
     nir = _nir()
     try:
-        return nir.read(str(path))
+        try:
+            return nir.read(str(path))
+        except ValueError as exc:
+            if "Type inference" not in str(exc):
+                raise
+            # Some producers write node types that nir's own check rejects (snnTorch's convolutions, for one);
+            # snncc infers and verifies every shape itself, so the graph is read without that check.
+            return nir.read(str(path), type_check=False)
     except FileNotFoundError:
         raise FormatError(f"{path}: no such NIR file") from None
     except Exception as exc:  # h5py and nir raise OSError, KeyError, ValueError, AssertionError, ...
