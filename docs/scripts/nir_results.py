@@ -2,15 +2,15 @@
 
 1. The average-pooling LeNet-5 (models/lenet5-avg-mnist.onnx), compiled with the default rate pipeline, is
    legalized for NIR (snncc.targets.nir.legalize_for_nir) and its accuracy measured on the MNIST test set against
-   the unlegalized SNN: each legalization alone (reset to zero; v_init = 0) and together, and the initial membrane
-   folded into a bias instead of dropped (mode=bias, at T).
+   the unlegalized SNN on the full test set; each legalization alone (reset to zero; v_init = 0) and the initial
+   membrane folded into a bias instead of dropped (mode=bias, at T) on the first ``--ablation-images``.
 2. The legalized SNN is written to NIR in the snntorch and norse flavors, loaded with each package's own importer
    and run on ``--agreement-images`` test images: the fraction of images whose predicted class equals snncc's at
    each T, and the largest difference of the running-mean outputs.
 3. A small SNN built in snnTorch (two Linear + Leaky layers, reset to zero) is written to NIR by snnTorch, imported
    by snncc and run on the same constant input: the largest difference from snnTorch's own output spike rates.
 
-Run from the repository root (CPU; about 15 minutes on 2 shared cores for the full test set):
+Run from the repository root (CPU; about 45 minutes on 2 cores shared with five other jobs for the full test set):
     python docs/scripts/nir_results.py [--limit 10000] [--agreement-images 1000]
 """
 
@@ -51,22 +51,32 @@ def _accuracy_per_t(graph, x, y, timesteps=TIMESTEPS) -> dict[str, float]:
     return {str(t): float(result.accuracy(y, t)) for t in timesteps}
 
 
-def legalization_costs(snn, x, y, bias_at: int) -> dict:
-    variants = {
+def legalization_costs(snn, x, y, ablation_images: int, bias_at: int) -> dict:
+    """Accuracy of the unlegalized and the NIR-legal SNN on all of ``x``; of each legalization alone and of the
+    bias variant on the first ``ablation_images``."""
+    full = {
+        "unlegalized (v_init=0.5, reset by subtraction)": [],
+        "NIR-legal: reset to zero, v_init=0 (legalize_for_nir())": legalize_for_nir(),
+    }
+    ablations = {
         "unlegalized (v_init=0.5, reset by subtraction)": [],
         "reset to zero only": [NirInputPadding(), NirReset()],
         "v_init=0 only": [NirInputPadding(), NirInitialMembrane()],
         "NIR-legal: reset to zero, v_init=0 (legalize_for_nir())": legalize_for_nir(),
     }
-    out = {}
-    for name, passes in variants.items():
-        start = time.time()
-        out[name] = {"accuracy": _accuracy_per_t(_apply(snn, passes), x, y), "seconds": round(time.time() - start)}
-        print(name, out[name], flush=True)
+    out = {"test_set": {"images": len(y)}, "ablations": {"images": min(ablation_images, len(y))}}
+    for part, variants, n in (("test_set", full, len(y)), ("ablations", ablations, ablation_images)):
+        for name, passes in variants.items():
+            start = time.time()
+            out[part][name] = {"accuracy": _accuracy_per_t(_apply(snn, passes), x[:n], y[:n]),
+                               "seconds": round(time.time() - start)}
+            print(part, name, out[part][name], flush=True)
     name = f"NIR-legal, v_init folded into a bias for T={bias_at} (legalize_for_nir('bias', {bias_at}))"
     legal = _apply(snn, legalize_for_nir("bias", bias_at))
-    out[name] = {"accuracy": {str(bias_at): float(Simulator(legal, bias_at).run(x).accuracy(y, bias_at))}}
-    print(name, out[name], flush=True)
+    n = ablation_images
+    out["ablations"][name] = {"accuracy": {str(bias_at): float(Simulator(legal, bias_at).run(x[:n]).accuracy(
+        y[:n], bias_at))}}
+    print(name, out["ablations"][name], flush=True)
     return out
 
 
@@ -132,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=10000, help="test images for the legalization costs")
     parser.add_argument("--agreement-images", type=int, default=1000)
+    parser.add_argument("--ablation-images", type=int, default=2000, help="test images for each legalization alone")
     parser.add_argument("--bias-at", type=int, default=32, help="T of the v_init-as-bias variant")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     args = parser.parse_args()
@@ -150,7 +161,8 @@ def main() -> None:
                    "machine": "2 CPU cores shared with five other jobs: the seconds are indicative only"}
     report = {"model": MODEL.name, "pipeline": snn.attrs["pipeline"], "calibration_images": 2000,
               "test_images": len(test[1]), "environment": environment,
-              "legalization_costs": legalization_costs(snn, test[0], test[1], args.bias_at),
+              "legalization_costs": legalization_costs(snn, test[0], test[1], args.ablation_images,
+                                                       args.bias_at),
               "peer_agreement": {"images": args.agreement_images, "timesteps": max(TIMESTEPS),
                                  "flavors": peer_agreement(legal, test[0][:args.agreement_images], max(TIMESTEPS))}}
     args.out.mkdir(parents=True, exist_ok=True)
