@@ -12,6 +12,8 @@
 
 Run from the repository root (CPU; about 45 minutes on 2 cores shared with five other jobs for the full test set):
     python docs/scripts/nir_results.py [--limit 10000] [--agreement-images 1000]
+    python docs/scripts/nir_results.py --importers    # what snnTorch's and Norse's importers read (1 minute)
+    python docs/scripts/nir_results.py --markdown     # the tables of docs/nir.md from the JSON reports
 """
 
 from __future__ import annotations
@@ -138,6 +140,96 @@ def snntorch_import(timesteps: int = 40) -> dict:
                 :, None, None] > 0.5).sum())}
 
 
+def importer_behaviour(timesteps: int = 24) -> dict:
+    """What snnTorch's and Norse's importers make of each NIR construct: a small CNN of the LeNet-5 layer kinds
+    (tests/targets/nir_graphs.py, IF neurons, reset to zero) is exported with one thing changed from the flavor
+    that works for that reader, then run by the reader; the outcome is an error or the difference from snncc."""
+    import dataclasses
+    import sys
+
+    import nir
+
+    from snncc.targets.nir.export import export_nir
+    from snncc.targets.nir.flavors import FLAVORS
+
+    sys.path.insert(0, str(ROOT))
+    from tests.targets.nir_graphs import small_cnn, small_inputs
+
+    x = small_inputs(32)
+
+    def outcome(run, graph, reference) -> str:
+        try:
+            outputs = run(graph, x, timesteps)
+        except Exception as exc:  # what the reader raises is the finding
+            return f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        if outputs.shape != reference.shape:
+            return f"runs, but the output has shape {outputs.shape[1:]} instead of {reference.shape[1:]}"
+        agreement = float((outputs[-1].argmax(1) == reference[-1].argmax(1)).mean())
+        return f"runs: max. output difference {float(np.abs(outputs - reference).max()):.3g}, " \
+               f"prediction agreement {100 * agreement:.0f} %"
+
+    def flatten_from(start: int):
+        def change(graph):
+            graph.nodes["flatten"].start_dim = start
+            return graph
+        return change
+
+    results = {}
+    for reader, run in PEERS.items():
+        base = FLAVORS[reader]
+        cases = {f"the {reader} flavor": (base, None, small_cnn()),
+                 "nir.IF neurons": (dataclasses.replace(base, if_as_lif=False), None, small_cnn()),
+                 "IF neurons as nir.LIF (tau = 1e10 dt)": (dataclasses.replace(base, if_as_lif=True), None,
+                                                           small_cnn()),
+                 "nir.AvgPool2d": (dataclasses.replace(base, sum_pool=False), None, small_cnn()),
+                 "nir.SumPool2d, 1/k in the next weights": (dataclasses.replace(base, sum_pool=True), None,
+                                                            small_cnn()),
+                 "a nir.I readout": (dataclasses.replace(base, integrator_readout=True), None, small_cnn()),
+                 "a grouped convolution (groups=2)": (dataclasses.replace(base, grouped_conv=True), None,
+                                                      small_cnn(groups=2)),
+                 "nir.Flatten start_dim=0": (base, flatten_from(0), small_cnn()),
+                 "nir.Flatten start_dim=1": (base, flatten_from(1), small_cnn())}
+        results[reader] = {}
+        for name, (flavor, change, graph) in cases.items():
+            reference = Simulator(graph, timesteps, backend="reference").run(x).outputs
+            exported = export_nir(graph, flavor)
+            exported = change(exported) if change else exported
+            results[reader][name] = outcome(run, exported, reference)
+            print(reader, name, results[reader][name], flush=True)
+    return results
+
+
+def markdown(report: dict, imported: dict) -> str:
+    """The tables of docs/nir.md ("Measured") from the two reports."""
+    lines = []
+    for part, title in (("test_set", "MNIST test set"), ("ablations", "first images of the test set")):
+        costs = report["legalization_costs"][part]
+        ts = sorted({t for v in costs.values() if isinstance(v, dict) for t in v["accuracy"]}, key=int)
+        lines += [f"Accuracy, {costs['images']:,} images ({title}):", "",
+                  "| SNN | " + " | ".join(f"T={t}" for t in ts) + " |", "|---|" + "---:|" * len(ts)]
+        for name, value in costs.items():
+            if name == "images":
+                continue
+            cells = [f"{100 * value['accuracy'][t]:.2f} %" if t in value["accuracy"] else "" for t in ts]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    agreement = report["peer_agreement"]
+    ts = sorted(next(iter(agreement["flavors"].values()))["prediction_agreement"], key=int)
+    lines += [f"Prediction agreement with snncc's NIR-legal SNN, {agreement['images']:,} test images:", "",
+              "| reader (flavor) | " + " | ".join(f"T={t}" for t in ts) + " | max. output difference | images with "
+              "a difference > 1e-4 | round trip through snncc's import |", "|---|" + "---:|" * (len(ts) + 3)]
+    for flavor, value in agreement["flavors"].items():
+        cells = [f"{100 * value['prediction_agreement'][t]:.1f} %" for t in ts]
+        lines.append(f"| {flavor} | " + " | ".join(cells) + f" | {value['max_output_difference']:.2g} | "
+                     f"{value['images_with_an_output_difference_above_1e-4']} | "
+                     f"{value['round_trip_max_output_difference']:.2g} |")
+    lines += ["", f"snnTorch-written SNN ({imported['network']}), {imported['inputs']} inputs, "
+              f"{imported['timesteps']} steps, {imported['output_spikes']:,} output spikes: max. difference of "
+              f"snncc's output from snnTorch's spike rates {imported['max_output_difference']:.2g}, "
+              f"{imported['steps_with_a_different_spike_count']} steps with a different spike count."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=10000, help="test images for the legalization costs")
@@ -145,7 +237,19 @@ def main() -> None:
     parser.add_argument("--ablation-images", type=int, default=2000, help="test images for each legalization alone")
     parser.add_argument("--bias-at", type=int, default=32, help="T of the v_init-as-bias variant")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--importers", action="store_true", help="only what each importer reads: nir-importers.json")
+    parser.add_argument("--markdown", action="store_true", help="only print the tables of the reports in --out")
     args = parser.parse_args()
+    if args.importers:
+        report = {"timesteps": 24, "behaviour": importer_behaviour()}
+        (args.out / "nir-importers.json").write_text(json.dumps(report, indent=1) + "\n")
+        for reader, cases in report["behaviour"].items():
+            print(f"\n{reader}:\n" + "\n".join(f"- {name}: {result}" for name, result in cases.items()))
+        return
+    if args.markdown:
+        print(markdown(*(json.loads((args.out / name).read_text())
+                         for name in ("nir-lenet5-avg.json", "nir-snntorch-import.json"))))
+        return
     import nir
     import norse
     import snntorch
@@ -171,6 +275,7 @@ def main() -> None:
     print(imported)
     (args.out / "nir-snntorch-import.json").write_text(json.dumps(imported, indent=1) + "\n")
     print(f"wrote {args.out / 'nir-lenet5-avg.json'} and {args.out / 'nir-snntorch-import.json'}")
+    print(markdown(report, imported))
 
 
 if __name__ == "__main__":
