@@ -5,6 +5,7 @@ import pytest
 
 from snncc.errors import PassError, PipelineSyntaxError
 from snncc.ir import ops, to_text
+import snncc.targets.nir.legalize  # noqa: F401  (registers the nir-* passes, as any import of snncc.targets.nir)
 from snncc.passes import PASSES, PassContext, parse_pipeline, pipeline_text, run_pipeline
 from tests.passes.test_sew import two_block_net
 
@@ -65,6 +66,10 @@ IDEMPOTENCE = {
     "quantize-neurons{bits=3}": ("canonicalize,normalize,convert-fs{steps=4}", None),
     # SEW blocks are no longer residual Adds of a current and a shortcut; the pass refuses to run on its output.
     "sew": ("canonicalize,normalize,convert-rate", "already in SEW form"),
+    # NIR's legalization (snncc.targets.nir.legalize): the padding value, the reset and the initial membrane.
+    "nir-input-padding": ("canonicalize,normalize,convert-rate", None),
+    "nir-reset": ("canonicalize,normalize,convert-rate", None),
+    "nir-initial-membrane{mode=bias,timesteps=16}": ("canonicalize,normalize,convert-rate", None),
 }
 
 
