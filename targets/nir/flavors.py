@@ -7,13 +7,16 @@ states, each something different (measured on the versions named; docs/nir.md ha
 
 - ``spec``: every node as the ``nir`` package defines it: ``nir.IF`` for IF neurons, ``nir.AvgPool2d`` and the
   readout as a ``nir.I`` integrator.
-- ``snntorch``: snnTorch's ``import_from_nir`` turns ``nir.IF`` into a leaky neuron of decay 0.9, so IF neurons are
-  written as ``nir.LIF`` with a decay that rounds to 1 in float32; it reads ``nir.AvgPool2d``; it runs ``Flatten``
-  on batched tensors (``start_dim=1`` keeps the batch axis); it drops ``nir.I``/``nir.LI`` readouts, so the file
-  ends with the last synaptic layer and the reader averages its current over time.
+- ``snntorch``: snnTorch's ``import_from_nir`` builds ``nir.IF`` as a leaky neuron of decay 0.9 (which fails in
+  its own graph), so IF neurons are written as ``nir.LIF`` with a decay that rounds to 1 in float32; it reads
+  ``nir.AvgPool2d``; it has no mapping for ``nir.I``, so the file ends with the last synaptic layer and the reader
+  averages its current over time; it takes one threshold per population.
 - ``norse``: Norse's ``from_nir`` reads ``nir.IF`` (reset to zero) and ``nir.SumPool2d`` but not ``nir.AvgPool2d``
   or ``nir.Scale``, so average pooling is written as sum pooling with the ``1/k`` folded into the weights of the
-  next synaptic layer; no readout node, as for snnTorch.
+  next synaptic layer; it ignores ``r`` of ``nir.LIF``, so a LIF's input gain goes into its threshold; no readout
+  node (Norse passes ``nir.I`` through unchanged).
+
+Neither reader builds grouped convolutions (both take the per-group input channels for all of them).
 
 Every flavor writes ``nir.Flatten`` with ``start_dim = -rank``: all per-sample axes under NIR's types (which have
 no batch axis, so ``start_dim=1`` fails ``nir.read``'s type check), and all but the batch axis where a reader runs
@@ -24,16 +27,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from snncc.errors import SnnccError
+
 
 @dataclass(frozen=True)
 class Flavor:
     """How one reader wants the file.
 
     ``if_as_lif``: write IF neurons as ``nir.LIF`` with (almost) no leak. ``sum_pool``: average pooling as
-    ``nir.SumPool2d`` with its divisor folded into the next synaptic layer. ``integrator_readout``: end the graph with a ``nir.I`` node (else with the last synaptic layer's current).
+    ``nir.SumPool2d`` with its divisor folded into the next synaptic layer. ``integrator_readout``: end the graph
+    with a ``nir.I`` node (else with the last synaptic layer's current).
     ``lif_gain_in_threshold``: write ``nir.LIF`` with ``r = 1`` and the threshold scaled by ``dt / tau`` (Norse
     ignores ``r``) instead of ``r = tau / dt`` (snnTorch's own convention); the spikes are the same under the spec.
-    ``grouped_conv``: whether the reader builds grouped convolutions.
+    ``grouped_conv``: whether the reader builds grouped convolutions. ``uniform_threshold``: whether the reader
+    takes only one threshold per population.
     """
 
     name: str
@@ -55,8 +62,7 @@ FLAVORS: dict[str, Flavor] = {f.name: f for f in (
 
 
 def flavor_named(name: str) -> Flavor:
-    from snncc.errors import SnnccError
-
+    """The flavor called ``name``; SnnccError listing the flavors otherwise."""
     if name not in FLAVORS:
         raise SnnccError(f"unknown NIR flavor {name!r}; available: {', '.join(FLAVORS)} (spec: the NIR "
                          "specification; snntorch, norse: what those importers read)")
