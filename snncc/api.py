@@ -18,8 +18,8 @@ import onnx
 from snncc import fileio
 from snncc.data import InputScaling, check_sample_shape
 from snncc.errors import DataError, SnnccError
-from snncc.frontend.nir import compile_nir, is_nir_file
 from snncc.frontend.metadata import check_calibration_range, choose_scaling, read_declaration
+from snncc.frontend.nir import compile_nir, is_nir_file
 from snncc.frontend.onnx import import_onnx, load_model
 from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import Graph, ops
