@@ -39,15 +39,17 @@ from snncc.errors import FormatError, SnnccError, UnsupportedModelError
 from snncc.ir import IF, LIF, SNN, CubaLIF, Graph, ops, verify
 from snncc.ir.graph import sanitize_id
 
+#: The time step (seconds) NIR's time constants are read with when the file does not state one: snnTorch's.
 DEFAULT_DT = 1e-4
 SUFFIXES = (".nir",)
 
 
-def _nir():
+def require_nir():
+    """The ``nir`` package; SnnccError naming the extra to install when it is missing."""
     try:
         import nir
     except ImportError:
-        raise SnnccError("reading NIR files needs the nir package: pip install 'snncc[nir]'") from None
+        raise SnnccError("NIR export and import need the nir package: pip install 'snncc[nir]'") from None
     return nir
 
 
@@ -56,7 +58,7 @@ def read_nir(path: str | Path):
 
     A file whose node types fail nir's type check is read again without it: snncc infers every shape itself and
     verifies the graph it builds."""
-    nir = _nir()
+    nir = require_nir()
     try:
         try:
             return nir.read(str(path))
@@ -281,7 +283,7 @@ def _refuse(what: str, remedy: str) -> Callable:
 
 
 def _handlers() -> dict[type, Callable]:
-    nir = _nir()
+    nir = require_nir()
     return {
         nir.Input: _input, nir.Affine: _affine, nir.Linear: _affine, nir.Conv2d: _conv,
         nir.AvgPool2d: _pool, nir.SumPool2d: _sum_pool, nir.Scale: _scale, nir.Flatten: _flatten,
@@ -297,7 +299,7 @@ def _handlers() -> dict[type, Callable]:
 
 def import_nir(source, dt: float | None = None) -> Graph:
     """An SNN-level snncc graph of ``source`` (a path or a ``nir.NIRGraph``)."""
-    nir = _nir()
+    nir = require_nir()
     path = None
     if isinstance(source, (str, Path)):
         path, source = Path(source), read_nir(source)

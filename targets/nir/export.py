@@ -35,25 +35,17 @@ import numpy as np
 
 from snncc import __version__
 from snncc.errors import SnnccError, UnsupportedModelError
+from snncc.frontend.nir import DEFAULT_DT, require_nir
 from snncc.ir import IF, LIF, SNN, CubaLIF, Graph, TensorType, ops
 from snncc.targets.nir.flavors import Flavor, flavor_named
 from snncc.targets.nir.legalize import NirViolation
 
-DEFAULT_DT = 1e-4
 #: The IF neuron as NIR's LIF for snnTorch: tau = IF_AS_LIF_TAU * dt gives a decay 1 - 1e-10, 1.0 in float32.
 IF_AS_LIF_TAU = 1e10
 #: A LIF (or CubaLIF membrane) with no leak at all gets this tau (in units of dt): NIR has no infinite tau.
 NO_LEAK_TAU = IF_AS_LIF_TAU
 
 REMEDY_LEGALIZE = "run snncc.targets.nir.legalize_for_nir() first (the nir-* passes)"
-
-
-def _require_nir():
-    try:
-        import nir
-    except ImportError:
-        raise SnnccError("NIR export and import need the nir package: pip install 'snncc[nir]'") from None
-    return nir
 
 
 @dataclass
@@ -102,7 +94,7 @@ def _check_membrane(ctx: _Context, node: str, neuron: IF | LIF) -> list[NirViola
 
 
 def _export_if(ctx: _Context, node: str, neuron: IF):
-    nir = _require_nir()
+    nir = require_nir()
     shape = ctx.shape(node)
     if ctx.flavor.if_as_lif:
         tau = np.full(shape, IF_AS_LIF_TAU * ctx.dt, np.float32)
@@ -118,7 +110,7 @@ def _leak_fraction(beta: float | tuple[float, ...]) -> np.ndarray:
 
 
 def _export_lif(ctx: _Context, node: str, neuron: LIF):
-    nir = _require_nir()
+    nir = require_nir()
     shape = ctx.shape(node)
     leak = _leak_fraction(neuron.beta)
     tau = (ctx.dt / _full(_plain(leak), shape).astype(np.float64)).astype(np.float32)
@@ -154,7 +146,7 @@ def _check_cuba(ctx: _Context, node: str, neuron: CubaLIF) -> list[NirViolation]
 
 
 def _export_cuba(ctx: _Context, node: str, neuron: CubaLIF):
-    nir = _require_nir()
+    nir = require_nir()
     shape = ctx.shape(node)
     a = float(neuron.current_decay)
     b = max(float(neuron.voltage_decay), 1.0 / NO_LEAK_TAU)
@@ -182,7 +174,7 @@ NEURON_RULES: dict[type, NeuronRule] = {
 # ---- ops -------------------------------------------------------------------------------------------------------
 
 def _export_input(ctx: _Context, node: str, op: ops.Input):
-    return _require_nir().Input(input_type={"input": np.array(ctx.shape(node))})
+    return require_nir().Input(input_type={"input": np.array(ctx.shape(node))})
 
 
 def _check_conv(ctx: _Context, node: str, op: ops.Conv2d) -> list[NirViolation]:
@@ -205,7 +197,7 @@ def _check_conv(ctx: _Context, node: str, op: ops.Conv2d) -> list[NirViolation]:
 
 
 def _export_conv(ctx: _Context, node: str, op: ops.Conv2d):
-    nir = _require_nir()
+    nir = require_nir()
     weight = op.weight * np.float32(ctx.weight_gain.get(node, 1.0))
     bias = np.zeros(op.weight.shape[0], np.float32) if op.bias is None else np.array(op.bias)
     return nir.Conv2d(input_shape=tuple(ctx.input_shape(node)[1:]), weight=np.array(weight, np.float32),
@@ -223,7 +215,7 @@ def _check_linear(ctx: _Context, node: str, op: ops.Linear) -> list[NirViolation
 def _export_linear(ctx: _Context, node: str, op: ops.Linear):
     weight = op.weight * np.float32(ctx.weight_gain.get(node, 1.0))
     bias = np.zeros(op.weight.shape[0], np.float32) if op.bias is None else np.array(op.bias)
-    return _require_nir().Affine(weight=np.array(weight, np.float32), bias=bias)
+    return require_nir().Affine(weight=np.array(weight, np.float32), bias=bias)
 
 
 def _pool_users(ctx: _Context, node: str) -> list[str]:
@@ -255,7 +247,7 @@ def _check_pool(ctx: _Context, node: str, op: ops.AvgPool2d) -> list[NirViolatio
 
 
 def _export_pool(ctx: _Context, node: str, op: ops.AvgPool2d):
-    nir = _require_nir()
+    nir = require_nir()
     cls = nir.SumPool2d if ctx.flavor.sum_pool else nir.AvgPool2d
     return cls(kernel_size=np.array(op.kernel), stride=np.array(op.stride),
                padding=np.array((op.padding[0], op.padding[1])))
@@ -265,7 +257,7 @@ def _export_flatten(ctx: _Context, node: str, op: ops.Flatten):
     # start_dim counted from the end: all per-sample axes under NIR's types (which have no batch axis), and all
     # but the batch axis where a reader runs torch.nn.Flatten(start_dim, end_dim) on batched tensors.
     shape = ctx.input_shape(node)
-    return _require_nir().Flatten(input_type={"input": np.array(shape)}, start_dim=-len(shape), end_dim=-1)
+    return require_nir().Flatten(input_type={"input": np.array(shape)}, start_dim=-len(shape), end_dim=-1)
 
 
 def _check_population(ctx: _Context, node: str, op: ops.Population) -> list[NirViolation]:
@@ -283,7 +275,7 @@ def _export_population(ctx: _Context, node: str, op: ops.Population):
 def _export_readout(ctx: _Context, node: str, op: ops.Readout):
     if not ctx.flavor.integrator_readout:
         return None  # the readers integrate the last layer's current themselves
-    return _require_nir().I(r=np.ones(ctx.shape(node), np.float32))
+    return require_nir().I(r=np.ones(ctx.shape(node), np.float32))
 
 
 @dataclass(frozen=True)
@@ -349,7 +341,7 @@ def check_nir(graph: Graph, flavor: str | Flavor = "spec", dt: float = DEFAULT_D
 def export_nir(graph: Graph, flavor: str | Flavor = "spec", dt: float = DEFAULT_DT):
     """The ``nir.NIRGraph`` of an SNN-level graph that :func:`check_nir` passes (UnsupportedModelError otherwise,
     listing every problem)."""
-    nir = _require_nir()
+    nir = require_nir()
     if problems := check_nir(graph, flavor, dt):
         raise UnsupportedModelError("NIR export cannot carry:\n  " + "\n  ".join(map(str, problems)))
     ctx = _context(graph, flavor, dt)
@@ -390,7 +382,7 @@ def write_nir(graph: Graph, path: str | Path, flavor: str | Flavor = "spec", dt:
     import os
     import tempfile
 
-    nir = _require_nir()
+    nir = require_nir()
     exported = export_nir(graph, flavor, dt)
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
