@@ -1,6 +1,6 @@
-"""NIR export and import, measured: docs/results/nir-lenet5-avg.json and docs/results/nir-snntorch-import.json.
+"""NIR export and import, measured: docs/results/nir-MODEL.json and docs/results/nir-snntorch-import.json.
 
-1. The average-pooling LeNet-5 (models/lenet5-avg-mnist.onnx), compiled with the default rate pipeline, is
+1. An average-pooling model (``--model``: LeNet-5 on MNIST, the default, or the VGG on Fashion-MNIST), compiled with the default rate pipeline, is
    legalized for NIR (snncc.targets.nir.legalize_for_nir) and its accuracy measured on the MNIST test set against
    the unlegalized SNN on the full test set; each legalization alone (reset to zero; v_init = 0) and the initial
    membrane folded into a bias instead of dropped (mode=bias, at T) on the first ``--ablation-images``.
@@ -37,8 +37,9 @@ from snncc.targets.nir.legalize import NirInitialMembrane, NirInputPadding, NirR
 from snncc.targets.nir.peers import PEERS
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "lenet5-avg-mnist.onnx"
-DATA = Path("/work/shared/data/mnist")
+#: The average-pooling models NIR can state, with their data sets.
+MODELS = {"lenet5-avg-mnist": "mnist", "vgg-avg-fmnist": "fashion-mnist"}
+DATA = Path("/work/shared/data")
 TIMESTEPS = (8, 16, 32, 64)
 
 
@@ -207,7 +208,7 @@ def importer_behaviour(timesteps: int = 24) -> dict:
 def markdown(report: dict, imported: dict) -> str:
     """The tables of docs/nir.md ("Measured") from the two reports."""
     lines = []
-    for part, title in (("test_set", "MNIST test set"), ("ablations", "first images of the test set")):
+    for part, title in (("test_set", "the test set"), ("ablations", "the first images of the test set")):
         costs = report["legalization_costs"][part]
         ts = sorted({t for v in costs.values() if isinstance(v, dict) for t in v["accuracy"]}, key=int)
         lines += [f"Accuracy, {costs['images']:,} images ({title}):", "",
@@ -237,6 +238,7 @@ def markdown(report: dict, imported: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lenet5-avg-mnist", choices=sorted(MODELS))
     parser.add_argument("--limit", type=int, default=10000, help="test images for the legalization costs")
     parser.add_argument("--agreement-images", type=int, default=1000)
     parser.add_argument("--ablation-images", type=int, default=2000, help="test images for each legalization alone")
@@ -258,22 +260,23 @@ def main() -> None:
         return
     if args.markdown:
         print(markdown(*(json.loads((args.out / name).read_text())
-                         for name in ("nir-lenet5-avg.json", "nir-snntorch-import.json"))))
+                         for name in (f"nir-{args.model}.json", "nir-snntorch-import.json"))))
         return
     import nir
     import norse
     import snntorch
     import torch
 
-    train = load_dataset(DATA, split="train", limit=2000)
-    test = load_dataset(DATA, split="test", limit=args.limit)
-    snn = compile_model(MODEL, calibration=train[0])
+    model = ROOT / "models" / f"{args.model}.onnx"
+    train = load_dataset(DATA / MODELS[args.model], split="train", limit=2000)
+    test = load_dataset(DATA / MODELS[args.model], split="test", limit=args.limit)
+    snn = compile_model(model, calibration=train[0])
     legal = _apply(snn, legalize_for_nir())
     environment = {"snncc": __version__, "nir": nir.version, "snntorch": snntorch.__version__,
                    "norse": getattr(norse, "__version__", "1.1.0"), "torch": torch.__version__,
                    "python": platform.python_version(),
                    "machine": "2 CPU cores shared with five other jobs: the seconds are indicative only"}
-    report = {"model": MODEL.name, "pipeline": snn.attrs["pipeline"], "calibration_images": 2000,
+    report = {"model": model.name, "pipeline": snn.attrs["pipeline"], "calibration_images": 2000,
               "test_images": len(test[1]), "environment": environment,
               "legalization_costs": legalization_costs(snn, test[0], test[1], args.ablation_images,
                                                        args.bias_at),
@@ -281,11 +284,11 @@ def main() -> None:
                                  "flavors": peer_agreement(legal, test[0][:args.agreement_images], max(TIMESTEPS),
                                                            args.round_trip_images)}}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "nir-lenet5-avg.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / f"nir-{args.model}.json").write_text(json.dumps(report, indent=1) + "\n")
     imported = {"environment": environment, **snntorch_import()}
     print(imported)
     (args.out / "nir-snntorch-import.json").write_text(json.dumps(imported, indent=1) + "\n")
-    print(f"wrote {args.out / 'nir-lenet5-avg.json'} and {args.out / 'nir-snntorch-import.json'}")
+    print(f"wrote {args.out / f'nir-{args.model}.json'} and {args.out / 'nir-snntorch-import.json'}")
     print(markdown(report, imported))
 
 
