@@ -21,6 +21,7 @@ from snncc.data import InputScaling, check_sample_shape
 from snncc.distributed import World
 from snncc.errors import DataError, SnnccError
 from snncc.frontend.metadata import check_calibration_range, choose_scaling, read_declaration
+from snncc.frontend.nir import compile_nir, is_nir_file
 from snncc.frontend.onnx import import_onnx, load_model
 from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import Graph, ops
@@ -71,6 +72,9 @@ def compile_model(model: str | Path | onnx.ModelProto | torch.nn.Module, method:
     (:mod:`snncc.frontend.metadata`); ``graph.attrs["input_scaling_source"]`` says which. Calibration data far outside
     the input range the model declares give an :class:`~snncc.errors.InputRangeWarning`.
     """
+    if is_nir_file(model):  # an SNN already: imported, not converted (snncc.frontend.nir)
+        return compile_nir(model, pipeline=pipeline, input_scaling=input_scaling,
+                           context=PassContext(seed=seed, progress=progress))
     model, source = _onnx_source(model, example_input, exporter)
     proto = load_model(model)
     where = str(model) if source is None else source.get("torch_module", source.get("graph", "<model>"))

@@ -86,7 +86,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"input scaling: {scaling.describe()}; {graph.attrs['input_scaling_source']}")
     save(graph, args.output)
     print(f"wrote {args.output} ({graph.attrs['pipeline']})")
-    for note in pipeline_notes(graph.attrs["pipeline"]):
+    for note in pipeline_notes(graph.attrs["pipeline"]) if graph.attrs["pipeline"] else []:
         print(f"note: {note}")
     return 0
 
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compile", parents=[common], help="compile an ONNX model into a .snn file")
-    p.add_argument("model", type=Path, help="ONNX model")
+    p.add_argument("model", type=Path, help="ONNX model, or an SNN as an NIR file (.nir, imported as it is)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .snn file")
     p.add_argument("--method", default="rate", choices=["rate", "fs", "amos"],
                    help="conversion method: rate (IF neurons), fs (few-spike neurons, Stoeckl & Maass 2021) or amos "

@@ -5,6 +5,7 @@ import pytest
 
 from snncc.errors import PassError, PipelineSyntaxError
 from snncc.ir import ops, to_text
+import snncc.targets.nir.legalize  # noqa: F401  (registers the nir-* passes, as any import of snncc.targets.nir)
 from snncc.passes import PASSES, PassContext, parse_pipeline, pipeline_text, run_pipeline
 from snncc.targets.loihi import legalize  # noqa: F401  (registers the Loihi passes, whatever runs first)
 from tests.passes.test_sew import two_block_net
@@ -70,6 +71,10 @@ IDEMPOTENCE = {
     "loihi-fold": ("canonicalize,normalize,convert-rate", None),
     "loihi-quantize": ("canonicalize,normalize,convert-rate,loihi-fold", "needs a graph at the snn level"),
     "loihi-partition": ("canonicalize,normalize,convert-rate,loihi-fold,loihi-quantize", None),
+    # NIR's legalization (snncc.targets.nir.legalize): the padding value, the reset and the initial membrane.
+    "nir-input-padding": ("canonicalize,normalize,convert-rate", None),
+    "nir-reset": ("canonicalize,normalize,convert-rate", None),
+    "nir-initial-membrane{mode=bias,timesteps=16}": ("canonicalize,normalize,convert-rate", None),
 }
 
 
