@@ -163,7 +163,7 @@ def register_target(target: Target) -> Target:
 
 
 #: Modules that register targets when imported; :func:`get_target` imports them on first use.
-TARGET_MODULES: list[str] = ["snncc.targets.loihi.target"]
+TARGET_MODULES: list[str] = ["snncc.targets.loihi.target", "snncc.targets.nir.target"]
 
 
 def _load_targets() -> None:

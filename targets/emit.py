@@ -45,8 +45,8 @@ def _readme(target: Target, manifest: dict) -> str:
              f"- run {manifest['timesteps']} answer steps; the answer of step t is ready at chip step t + "
              f"{manifest['latency_steps']} (one step per synaptic layer).", "",
              "## Resources", "",
-             f"{res.get('cores')} cores on {res.get('chips')} chip(s); per core in `manifest.json` "
-             "(`resources.per_core`).", "",
+             (f"{res.get('cores')} cores on {res.get('chips')} chip(s); per core in `manifest.json` "
+              "(`resources.per_core`)." if res.get("cores") is not None else res.get("note", "No cores.")), "",
              "## Energy", "",
              (f"{manifest['synops_per_inference']:,.0f}" if manifest["synops_per_inference"] is not None
               else "Not measured:") + " synaptic operations per inference"
@@ -127,6 +127,8 @@ def verify(directory: str | Path, x: np.ndarray, y: np.ndarray, backend_float: s
 
 def resource_table(resources: dict) -> str:
     """The per-chip and per-core resources as a few text lines."""
+    if resources.get("cores") is None:  # a file format (NIR): no cores to report
+        return f"{resources.get('neurons', 0):,} neurons; {resources.get('note', 'no cores')}"
     lines = [f"{resources.get('cores')} cores on {resources.get('chips')} chip(s)"]
     limits = resources.get("limits", {})
     for core in resources.get("per_core", []):
