@@ -17,6 +17,10 @@ it and keeps its constructor checks, chunk sizes and bookkeeping) and computes t
   of the inputs that spiked: the cost is ``spikes x fan-out``, not ``inputs x outputs``. Per chunk the measured spike
   density picks this path or the dense one (numpy/BLAS on the spikes as float32, exactly the reference's call):
   above :data:`DENSE_ABOVE` of the inputs active, BLAS wins.
+- **Average pooling of spikes** (non-overlapping windows, or global) read only by Conv2d/Linear layers is folded
+  into them (:class:`_PoolFold`): the layer's weight is spread over each window and divided by its size, so every
+  spike adds one weight column and the layer stays event-driven; its sums hold more terms than the reference's,
+  which bounds how far they differ (see the class).
 - **Everything else** (pooling of analog values, Add, Concat, ...) runs the reference's numpy kernels on float32
   data, so it is identical by construction.
 
@@ -328,6 +332,73 @@ class _PopulationMaxPool(_Plan):
         return _Signal(out, False, True), spike_counts
 
 
+
+class _PoolFold(_Plan):
+    """Non-overlapping average pooling (or global average pooling) of binary spikes whose only readers are synaptic
+    layers (through flattening): folded into them. The pooled value of a window is ``(spikes in it) / size`` and the
+    layer after it multiplies it by a weight, so the layer's weight spread over the window and divided by its size
+    gives the same current with every spike adding one weight column: the spikes stay binary and the layer runs
+    event-driven (:class:`_EventSynapse`, fused with its population where it feeds one). This plan regroups the
+    spikes so that the folded layer keeps the pooled layer's geometry (:func:`_kernels.pool_regroup`: position
+    ``(dy, dx)`` within a window becomes a channel, the window the spatial position) and counts the synaptic
+    operations of the pooling and of the layers after it, which see a non-zero input where a window holds a spike.
+
+    Exactness: the folded sum adds ``W / size`` once per spike instead of ``W * (count / size)`` once per window, a
+    sum of at most ``size`` times as many terms of the same total magnitude; the currents differ from the
+    reference's by rounding only, within the order bound of that longer sum (the agreement tests' bound). A
+    spike flips only where a membrane lies within that rounding of the threshold."""
+
+    def __init__(self, kernel: tuple[int, int], in_shape: tuple[int, ...], pooled_shape: tuple[int, ...],
+                 pool_fan_out: np.ndarray, after_fan_out: np.ndarray, threads: int) -> None:
+        self.kernel, self.in_shape, self.threads = kernel, in_shape, threads
+        channels, height, width = in_shape
+        self.size = kernel[0] * kernel[1]
+        self.out_height, self.out_width = height // kernel[0], width // kernel[1]
+        self.pooled_shape = pooled_shape  # the pooling's own output shape, (C, Ho, Wo) or (C,)
+        self.regrouped = (channels * self.size, self.out_height, self.out_width)
+        self.copy = self.out_height * self.out_width > 1  # a global pooling's layout is the input's own
+        covered = np.zeros(in_shape)
+        covered[:, :self.out_height * kernel[0], :self.out_width * kernel[1]] = 1
+        if not np.array_equal(np.asarray(pool_fan_out).reshape(in_shape), covered):
+            raise SimulationError("a folded average pooling must have fan-out 1 on every input of a window and 0 "
+                                  "elsewhere (non-overlapping windows without padding)")
+        self.after_fan_out = np.ascontiguousarray(after_fan_out, dtype=np.float64).reshape(-1)
+        self.buffers = _Buffers()
+
+    @staticmethod
+    def geometry(op: ops.AvgPool2d | ops.GlobalAvgPool, in_shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """The window of a pooling that can be folded: non-overlapping and without padding (every window has the
+        same divisor); None otherwise."""
+        if isinstance(op, ops.GlobalAvgPool):
+            return (in_shape[1], in_shape[2])
+        if op.kernel != op.stride or any(op.padding):
+            return None
+        return op.kernel
+
+    def folded(self, op: ops.Conv2d | ops.Linear) -> ops.Conv2d | ops.Linear:
+        """A reader's op on the regrouped spikes: its weight spread over each window and divided by its size."""
+        size = np.float32(self.size)
+        if isinstance(op, ops.Conv2d):
+            return op.replace(weight=np.repeat(op.weight, self.size, axis=1) / size)
+        out_features = op.weight.shape[0]
+        channels = self.in_shape[0]
+        spread = np.broadcast_to(op.weight.reshape(out_features, channels, 1, -1),
+                                 (out_features, channels, self.size, self.out_height * self.out_width))
+        return op.replace(weight=spread.reshape(out_features, -1) / size)
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        tc, batch = chunk.tc, chunk.batch
+        x = np.ascontiguousarray(args[0].data).reshape((tc * batch,) + self.in_shape)
+        if self.copy:
+            out = self.buffers.get("out", (tc * batch, int(np.prod(self.regrouped))), np.uint8)
+        else:
+            out = np.empty((1, 1), np.uint8)  # not written
+        _kernels.pool_regroup(x, out, self.kernel, self.after_fan_out, chunk.synops, self.copy,
+                              _threads(self.threads, x.size))
+        data = out if self.copy else x
+        return _Signal(data.reshape((tc, batch) + self.regrouped), False, True)
+
+
 class _ReferenceState(_Plan):
     """A stateful op the kernels do not cover (e.g. max pooling of non-binary trains): the reference's own state."""
 
@@ -542,6 +613,11 @@ class CythonSimulator(ReferenceSimulator):
         self._fan_outs64 = {n: [f.astype(np.float64) for f in fs] for n, fs in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, _Plan] = {}
+        self.consumers: dict[str, list[str]] = {n: [] for n in self.order}
+        for node in self.order:
+            for u in graph.inputs(node):
+                self.consumers[u].append(node)
+        self.folds: dict[str, _PoolFold] = {}  # average pooling folded into its readers: its node and views of it
         for node in self.order:
             op, srcs = graph.op(node), graph.inputs(node)
             planner = _PLANNERS.get(type(op), _plan_view if op.is_view else _plan_stateless)
@@ -550,10 +626,7 @@ class CythonSimulator(ReferenceSimulator):
         # take the reference's pooling state).
         self.fused: dict[str, str] = {}  # population node -> pooling node
         steps = [(node, graph.op(node), graph.inputs(node)) for node in self.order]
-        consumers: dict[str, list[str]] = {n: [] for n in self.order}
-        for node, _, srcs in steps:
-            for u in srcs:
-                consumers[u].append(node)
+        consumers = self.consumers
         for node, _, srcs in steps:
             plan = self.plans.get(node)
             src = srcs[0] if len(srcs) == 1 else None
@@ -663,19 +736,70 @@ def _plan_synapse(engine: CythonSimulator, node: str, op: ops.Conv2d | ops.Linea
     if op.input_gains is not None:  # several operands sharing the weights (the sew pass's ADD trains)
         return _SharedWeightSynapse(op, in_shape, shape, engine.fan_outs[node], [engine.binary[u] for u in srcs],
                                     engine.threads), False
+    fold = engine.folds.get(srcs[0])
+    if fold is not None:  # reads a folded average pooling: its weight spread over the windows
+        folded_shape = fold.regrouped if isinstance(op, ops.Conv2d) else (int(np.prod(fold.regrouped)),)
+        # The pooling's plan counts this layer's synaptic operations (a window with a spike is one event here).
+        no_fan_out = np.zeros(int(np.prod(folded_shape)))
+        return _EventSynapse(fold.folded(op), folded_shape, shape, no_fan_out, engine.threads), False
     if engine.binary[srcs[0]] and _EventSynapse.supports(op):
         return _EventSynapse(op, in_shape, shape, engine.fan_outs[node][0], engine.threads), False
     return _plan_stateless(engine, node, op, srcs)
 
 
+#: Views a folded pooling's spikes may pass on their way to a synaptic layer (see _fold_readers).
+_FOLD_VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
+
+
+def _fold_readers(engine: CythonSimulator, node: str) -> list[str] | None:
+    """The synaptic layers reading pooling ``node`` if every reader is one that the fold can take: a Conv2d of
+    the pooled shape, or a Linear through flattening, with one operand and zero padding values; None otherwise
+    (another reader, a graph output, a reshape to another spatial shape)."""
+    readers, pending = [], [node]
+    while pending:
+        current = pending.pop()
+        if current in engine.graph.outputs:
+            return None
+        rank = len(engine.types[current].shape)
+        for user in engine.consumers[current]:
+            op, user_rank = engine.graph.op(user), len(engine.types[user].shape)
+            if isinstance(op, _FOLD_VIEWS) and user_rank in (1, rank):
+                pending.append(user)
+            elif (isinstance(op, (ops.Conv2d, ops.Linear)) and op.input_gains is None and _EventSynapse.supports(op)
+                  and rank == (3 if isinstance(op, ops.Conv2d) else 1)):
+                readers.append(user)
+            else:
+                return None
+    return readers
+
+
+def _plan_avg_pool(engine: CythonSimulator, node: str, op: ops.AvgPool2d | ops.GlobalAvgPool, srcs: list[str]
+                   ) -> tuple[_Plan, bool]:
+    in_shape = engine.types[srcs[0]].shape
+    kernel = _PoolFold.geometry(op, in_shape) if engine.binary[srcs[0]] and len(in_shape) == 3 else None
+    readers = _fold_readers(engine, node) if kernel is not None else None
+    if not readers:
+        return _plan_stateless(engine, node, op, srcs)
+    after = sum(engine._fan_outs64[r][0].reshape(-1) for r in readers)
+    fold = _PoolFold(kernel, in_shape, engine.types[node].shape, engine._fan_outs64[node][0], after, engine.threads)
+    engine.folds[node] = fold
+    return fold, True
+
+
 def _plan_view(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) -> tuple[_Plan, bool]:
+    fold = engine.folds.get(srcs[0])
+    if fold is not None:  # the regrouped spikes of a folded pooling (see _fold_readers for the views allowed)
+        engine.folds[node] = fold
+        shape = engine.types[node].shape
+        return _BinaryView(fold.regrouped if len(shape) == 3 else (int(np.prod(fold.regrouped)),)), True
     if engine.binary[srcs[0]]:
         return _BinaryView(engine.types[node].shape), True
     return _plan_stateless(engine, node, op, srcs)
 
 
 _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Readout: _plan_readout,
-             ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse}
+             ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse,
+             ops.AvgPool2d: _plan_avg_pool, ops.GlobalAvgPool: _plan_avg_pool}
 
 
 class CythonTemporalSimulator(TemporalSimulator):
