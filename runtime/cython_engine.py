@@ -582,10 +582,12 @@ class _ConvPopulation(_Plan):
         return _Signal(out, False, True), spike_counts
 
 
-def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buffers) -> np.ndarray:
+def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buffers, keep_output: bool = True
+                     ) -> np.ndarray:
     """The reference's :func:`~snncc.runtime.kernels.conv2d` with a compiled im2col (the same matrix, so the same
-    BLAS product) and arrays kept from batch to batch. For the first layer's analog current, computed once per
-    batch: numpy's strided copies and the fresh pages of the column matrix cost twice the product itself there."""
+    BLAS product) and arrays kept from batch to batch (the output too with ``keep_output``). For the first layer's
+    analog current, computed once per batch: numpy's strided copies and the fresh pages of the column matrix cost
+    twice the product itself there."""
     pad_value = None if op.pad_value is None else np.ascontiguousarray(
         np.broadcast_to(np.asarray(op.pad_value, dtype=x.dtype), (x.shape[1],)), dtype=np.float32)
 
@@ -594,7 +596,12 @@ def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buff
                         _threads(threads, cols.size))
 
     # The output is constant within a batch (copied out where it is a graph output), so its buffer can be reused.
-    return conv2d(op, x, columns, lambda name, shape: buffers.get(name, shape, np.float32))
+    def empty(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name == "out" and not keep_output:
+            return np.empty(shape, dtype=np.float32)
+        return buffers.get(name, shape, np.float32)
+
+    return conv2d(op, x, columns, empty)
 
 
 class CythonSimulator(ReferenceSimulator):
@@ -805,13 +812,19 @@ _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Reado
 class CythonTemporalSimulator(TemporalSimulator):
     """The temporal (FS/AMOS) simulator with compiled units: the same schedule and numpy kernels for the linear ops
     (they act on decoded values, where BLAS is the fast path), and the units in :func:`_kernels.temporal_units`,
-    which reproduce the window functions of :mod:`snncc.runtime.dynamics` bit for bit."""
+    which reproduce the window functions of :mod:`snncc.runtime.dynamics` bit for bit.
+
+    Two more compiled pieces, both exact: convolutions build the reference's im2col matrix with the compiled copy
+    loop (:func:`_constant_conv2d`: the same matrix, so the same BLAS product and the same values), and the
+    synaptic operations are counted from the spike trains with :func:`_kernels.count_events` (integers summed in
+    float64, as the reference's float64 product sums them) instead of a float64 product of the whole trains."""
 
     def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None) -> None:
         super().__init__(graph, timesteps)
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
+        self._conv_buffers: dict[str, _Buffers] = {}
         self._params = {}
         for node in self.populations():
             neuron = self.graph.op(node).neuron
@@ -824,8 +837,27 @@ class CythonTemporalSimulator(TemporalSimulator):
                 neuron.inhibition_matrix() if is_amos else np.zeros((k, k), np.float32), np.float32(neuron.offset),
                 is_amos)
 
+    def _events(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        steps, batch = x.shape[:2]
+        events = np.ascontiguousarray(x).reshape(steps * batch, -1)
+        if events.dtype not in (np.uint8, np.float32):
+            return super()._events(x, weights)
+        synops = np.zeros(steps * batch, dtype=np.float64)
+        _kernels.count_events(events, np.ascontiguousarray(weights, dtype=np.float64), synops,
+                              _threads(self.threads, events.size))
+        return synops.reshape(steps, batch)
+
     def _evaluate(self, node: str, x: np.ndarray, values: dict[str, np.ndarray],
                   spikes: dict[str, np.ndarray]) -> None:
+        op = self.graph.op(node)
+        if isinstance(op, ops.Conv2d) and op.input_gains is None:
+            (src,) = self.graph.inputs(node)
+            value = values[src]
+            if value.dtype == np.float32 and value.flags.c_contiguous:
+                # Fresh output arrays (values live on in run_stream); the column matrices are kept.
+                buffers = self._conv_buffers.setdefault(node, _Buffers())
+                values[node] = _constant_conv2d(op, value, self.threads, buffers, keep_output=False)
+                return
         if node not in self._params:
             super()._evaluate(node, x, values, spikes)
             return
