@@ -921,6 +921,35 @@ def pool_regroup(const uint8_t[:, :, :, ::1] x, uint8_t[:, ::1] out, kernel, con
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Element-wise ops on time-folded chunks (residual junctions): the reference's numpy arithmetic, element by element
+# --------------------------------------------------------------------------------------------------------------
+
+def affine_steps(const event_t[:, ::1] x, const float[::1] scale, const float[::1] shift, float[:, ::1] out,
+                 int threads=1):
+    """``out[r, i] = float(x[r, i]) * scale[i] + shift[i]``, rounded after the product and after the sum as numpy
+    rounds ``x * scale + shift`` in float32 (no fused multiply-add: the build passes ``-ffp-contract=off``)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], r, i
+    _check_shape("affine scale", (n,), (scale.shape[0],))
+    _check_shape("affine shift", (n,), (shift.shape[0],))
+    _check_shape("affine output", (rows, n), (out.shape[0], out.shape[1]))
+    cdef float product
+    for r in prange(rows, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for i in range(n):
+            product = (<float> x[r, i]) * scale[i]
+            out[r, i] = product + shift[i]
+
+
+def add_steps(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int threads=1):
+    """``out = a + b`` (float32, element by element)."""
+    cdef Py_ssize_t rows = a.shape[0], n = a.shape[1], r, i
+    _check_shape("add operand", (rows, n), (b.shape[0], b.shape[1]))
+    _check_shape("add output", (rows, n), (out.shape[0], out.shape[1]))
+    for r in prange(rows, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for i in range(n):
+            out[r, i] = a[r, i] + b[r, i]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Spiking max pooling
 # --------------------------------------------------------------------------------------------------------------
 

@@ -399,6 +399,47 @@ class _PoolFold(_Plan):
         return _Signal(data.reshape((tc, batch) + self.regrouped), False, True)
 
 
+
+class _Affine(_Plan):
+    """Affine (``x * scale + shift``) of a time-varying chunk, e.g. the rescaling of a residual junction's shortcut
+    spikes or of its sum: :func:`_kernels.affine_steps` on the bytes or floats themselves, into a buffer kept from
+    chunk to chunk, with the reference's two roundings. Values constant in time take the reference's kernel."""
+
+    def __init__(self, op: ops.Affine, shape: tuple[int, ...], threads: int) -> None:
+        self.op, self.shape, self.threads = op, shape, threads
+        f32 = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)  # noqa: E731
+        self.scale, self.shift = f32(op.scale), f32(op.shift)
+        self.buffers = _Buffers()
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        (arg,) = args
+        if arg.constant:
+            return _Signal(apply(self.op, arg.data), True)
+        rows = chunk.tc * chunk.batch
+        x = np.ascontiguousarray(arg.data).reshape(rows, -1)
+        out = self.buffers.get("out", (rows, x.shape[1]), np.float32)
+        _kernels.affine_steps(x, self.scale, self.shift, out, _threads(self.threads, out.size))
+        return _Signal(out.reshape((chunk.tc, chunk.batch) + self.shape), False)
+
+
+class _Add(_Plan):
+    """Add of two time-varying float32 chunks (a residual junction's branches): :func:`_kernels.add_steps` into a
+    buffer kept from chunk to chunk; other operands take the reference's kernel."""
+
+    def __init__(self, op: ops.Add, in_shapes: list[tuple[int, ...]], shape: tuple[int, ...], threads: int) -> None:
+        self.shape, self.threads = shape, threads
+        self.fallback = _Stateless(op, in_shapes, [], threads)  # Add is not synaptic: no fan-outs
+        self.buffers = _Buffers()
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        if any(a.constant or a.binary or a.data.dtype != np.float32 for a in args):
+            return self.fallback.run(chunk, node, args)
+        rows = chunk.tc * chunk.batch
+        a, b = (np.ascontiguousarray(arg.data).reshape(rows, -1) for arg in args)
+        out = self.buffers.get("out", a.shape, np.float32)
+        _kernels.add_steps(a, b, out, _threads(self.threads, out.size))
+        return _Signal(out.reshape((chunk.tc, chunk.batch) + self.shape), False)
+
 class _ReferenceState(_Plan):
     """A stateful op the kernels do not cover (e.g. max pooling of non-binary trains): the reference's own state."""
 
@@ -804,9 +845,18 @@ def _plan_view(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) 
     return _plan_stateless(engine, node, op, srcs)
 
 
+def _plan_affine(engine: CythonSimulator, node: str, op: ops.Affine, srcs: list[str]) -> tuple[_Plan, bool]:
+    return _Affine(op, engine.types[node].shape, engine.threads), False
+
+
+def _plan_add(engine: CythonSimulator, node: str, op: ops.Add, srcs: list[str]) -> tuple[_Plan, bool]:
+    return _Add(op, [engine.types[u].shape for u in srcs], engine.types[node].shape, engine.threads), False
+
+
 _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Readout: _plan_readout,
              ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse,
-             ops.AvgPool2d: _plan_avg_pool, ops.GlobalAvgPool: _plan_avg_pool}
+             ops.AvgPool2d: _plan_avg_pool, ops.GlobalAvgPool: _plan_avg_pool, ops.Affine: _plan_affine,
+             ops.Add: _plan_add}
 
 
 class CythonTemporalSimulator(TemporalSimulator):

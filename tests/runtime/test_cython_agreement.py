@@ -878,3 +878,56 @@ def test_compiled_temporal_convolutions_and_event_counts_are_the_references(cnn,
             np.testing.assert_array_equal(got.spikes[name], expected.spikes[name])
         np.testing.assert_array_equal(got.synops, expected.synops)
     assert expected.synops.sum() > 0
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_residual_junctions_run_compiled_with_the_references_arithmetic(quantized):
+    """A residual block as convert-rate leaves it: the shortcut's spikes rescaled (Affine), added to the branch's
+    current (Add), the sum rescaled and fed to a population. The element-wise kernels round as numpy does, so the
+    spikes are the reference's (bit for bit where every sum is exact)."""
+    rng = np.random.default_rng(41)
+
+    def weights(shape, scale):
+        w = rng.normal(0, scale, shape)
+        return (np.round(w * 8) / 8 if quantized else w).astype(np.float32)
+
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(2, 8, 8)), name="x")
+    h = g.add(ops.Conv2d(weight=weights((4, 2, 3, 3), 0.6), padding=(1, 1, 1, 1)), [h], name="stem")
+    stem = g.add(ops.Population(neuron=IF(threshold=0.75)), [h], name="pop0")
+    h = g.add(ops.Conv2d(weight=weights((4, 4, 3, 3), 0.4), bias=np.full(4, 0.125), padding=(1, 1, 1, 1)), [stem],
+              name="conv1")
+    h = g.add(ops.Population(neuron=IF(threshold=0.5)), [h], name="pop1")
+    branch = g.add(ops.Conv2d(weight=weights((4, 4, 3, 3), 0.4), padding=(1, 1, 1, 1)), [h], name="conv2")
+    scale = np.round(rng.uniform(0.5, 1.5, (4, 8, 8)) * 8) / 8 if quantized else rng.uniform(0.5, 1.5, (4, 8, 8))
+    shortcut = g.add(ops.Affine(scale=scale, shift=np.zeros((4, 1, 1))), [stem], name="rescale")
+    h = g.add(ops.Add(), [branch, shortcut], name="add")
+    h = g.add(ops.Affine(scale=np.full((4, 1, 1), 0.875), shift=np.full((4, 1, 1), 0.0625)), [h], name="rescale2")
+    h = g.add(ops.Population(neuron=IF()), [h], name="pop2")
+    h = g.add(ops.Flatten(), [h])
+    g.outputs = [g.add(ops.Readout(), [g.add(ops.Linear(weight=weights((3, 256), 0.1)), [h], name="fc")])]
+    engine = cython_engine.CythonSimulator(g, 12)
+    assert isinstance(engine.plans["rescale"], cython_engine._Affine)
+    assert isinstance(engine.plans["add"], cython_engine._Add)
+    x = rng.uniform(0, 1, (4, 2, 8, 8)).astype(np.float32)
+    x = np.round(x * 8) / 8 if quantized else x
+    result = _assert_agreement(g, x, 12, exact=quantized)
+    assert result["spikes"] > 500
+    if quantized:
+        assert result["flips"] == 0
+
+
+def test_residual_network_on_real_images():
+    """The shipped ResNet-14 (rate coding) on a few real images: the reference's spikes and classes."""
+    from snncc.api import compile_model
+    from snncc.data import InputScaling, load_dataset
+
+    model = MODELS / "resnet-fmnist.onnx"
+    if not model.is_file():
+        pytest.skip(f"{model} is not built yet")
+    calibration, _ = load_dataset(data_dir("fashion-mnist"), split="train", limit=200)
+    x, _ = load_dataset(data_dir("fashion-mnist"), split="test", limit=20)
+    scaling = InputScaling(scale=1 / 255)
+    graph = compile_model(model, calibration=calibration, input_scaling=scaling)
+    result = _assert_agreement(graph, scaling.apply(x), 16, exact=False)
+    assert result["spikes"] > 100_000
