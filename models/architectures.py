@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BasicBlock", "LeNet5", "ResNetCifar", "ResNetFashion", "ShortcutA", "SiLUFashion", "VGGFashion",
+__all__ = ["POOLING", "BasicBlock", "LeNet5", "ResNetCifar", "ResNetFashion", "ShortcutA", "SiLUFashion", "VGGFashion",
            "count_parameters"]
 
 
@@ -34,26 +34,32 @@ class _Normalize(nn.Module):
         return f"mean={self.mean}, std={self.std}"
 
 
+#: The 2x2 pooling layers a network can be built with: max pooling (the shipped models) or average pooling (the
+#: layout SpikingJelly's conversion guide recommends, and the only one NIR can state).
+POOLING: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
 class LeNet5(nn.Module):
     """LeNet-5 for MNIST (input ``(N, 1, 28, 28)`` in ``[0, 1]``).
 
-    ``conv5x5(1->6, pad 2)-ReLU-maxpool2 -> conv5x5(6->16)-ReLU-maxpool2 -> flatten(400)
-    -> fc120-ReLU -> fc84-ReLU -> fc10``, with MNIST normalisation ``(x - 0.1307) / 0.3081`` in front.
+    ``conv5x5(1->6, pad 2)-ReLU-pool2 -> conv5x5(6->16)-ReLU-pool2 -> flatten(400)
+    -> fc120-ReLU -> fc84-ReLU -> fc10``, with MNIST normalisation ``(x - 0.1307) / 0.3081`` in front; ``pool`` is
+    ``"max"`` (the shipped ``lenet5-mnist``) or ``"avg"`` (``lenet5-avg-mnist``).
     """
 
     MEAN = 0.1307
     STD = 0.3081
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, pool: str = "max") -> None:
         super().__init__()
         self.normalize = _Normalize(self.MEAN, self.STD)
         self.features = nn.Sequential(
             nn.Conv2d(1, 6, kernel_size=5, padding=2),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            POOLING[pool](2),
             nn.Conv2d(6, 16, kernel_size=5),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            POOLING[pool](2),
         )
         self.classifier = nn.Sequential(
             nn.Linear(16 * 5 * 5, 120),
@@ -68,8 +74,11 @@ class LeNet5(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    """A 3x3 same-padding convolution (no bias, BN supplies it), BatchNorm2d and ReLU."""
+def _conv_bn_relu(in_channels: int, out_channels: int, batchnorm: bool = True) -> list[nn.Module]:
+    """A 3x3 same-padding convolution and ReLU, with BatchNorm2d in between (the conv then has no bias, BN supplies
+    it) or, with ``batchnorm=False``, a conv with a bias: the form of the BN-folded exported network."""
+    if not batchnorm:
+        return [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU()]
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -80,23 +89,28 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
 class VGGFashion(nn.Module):
     """A small VGG-style network for Fashion-MNIST (input ``(N, 1, 28, 28)`` in ``[0, 1]``).
 
-    ``[conv3x3-BN-ReLU] x2 (32) -> maxpool2 -> [conv3x3-BN-ReLU] x2 (64) -> maxpool2 -> flatten(3136)
+    ``[conv3x3-BN-ReLU] x2 (32) -> pool2 -> [conv3x3-BN-ReLU] x2 (64) -> pool2 -> flatten(3136)
     -> fc128-BN1d-ReLU -> dropout(0.3) -> fc10``, with Fashion-MNIST normalisation ``(x - 0.2860) / 0.3530`` in front.
+    ``pool`` is ``"max"`` (the shipped ``vgg-fmnist``) or ``"avg"``; ``conv_batchnorm=False`` gives the convolutions
+    biases instead of BatchNorm2d, the form of the exported (BN-folded) network, which ``vgg-avg-fmnist`` is
+    fine-tuned in from the shipped weights.
     """
 
     MEAN = 0.2860
     STD = 0.3530
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.3) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.3, pool: str = "max",
+                 conv_batchnorm: bool = True) -> None:
         super().__init__()
         self.normalize = _Normalize(self.MEAN, self.STD)
+        bn = conv_batchnorm
         self.features = nn.Sequential(
-            *_conv_bn_relu(1, 32),
-            *_conv_bn_relu(32, 32),
-            nn.MaxPool2d(2),
-            *_conv_bn_relu(32, 64),
-            *_conv_bn_relu(64, 64),
-            nn.MaxPool2d(2),
+            *_conv_bn_relu(1, 32, bn),
+            *_conv_bn_relu(32, 32, bn),
+            POOLING[pool](2),
+            *_conv_bn_relu(32, 64, bn),
+            *_conv_bn_relu(64, 64, bn),
+            POOLING[pool](2),
         )
         self.classifier = nn.Sequential(
             nn.Linear(64 * 7 * 7, 128),

@@ -6,6 +6,13 @@ Usage (from the repository root)::
     python models/train.py vgg-fmnist --data /path/to/fashion-mnist [--epochs N] [--out models/]
     python models/train.py silu-fmnist --data /path/to/fashion-mnist --threads 1
     python models/train.py resnet-fmnist --data /path/to/fashion-mnist --threads 1
+    python models/train.py lenet5-avg-mnist --data /path/to/mnist
+    python models/train.py vgg-avg-fmnist --data /path/to/fashion-mnist
+
+The ``-avg`` models are the shipped LeNet-5 and VGG with average instead of max pooling. They are not trained from
+scratch: their weights start from the shipped max-pooling model's ONNX file (``TrainConfig.init_from``; the VGG in
+its exported, BatchNorm-folded form) and are fine-tuned for a few epochs with the same augmentation, which costs a
+fraction of a full training run.
 
 ``--data`` is a directory with the four standard IDX files (``train-images-idx3-ubyte.gz`` ...). The model is
 trained on the 60,000 training images only and evaluated on the 10,000 test images. After training the model is
@@ -84,10 +91,19 @@ class TrainConfig:
     warmup_fraction: float = 0.15  # share of the steps spent ramping the learning rate up
     channels_last: bool = False  # NHWC memory format during training (faster CPU convolutions; same maths)
     seed: int = 0
+    init_from: str | None = None  # a shipped model (models/<name>.onnx) whose weights the network starts from
+
 
     def recipe(self) -> dict[str, object]:
         """The JSON-serialisable part of the config (the model factory is left out)."""
         return {k: v for k, v in asdict(self).items() if k != "model"}
+
+    def build(self) -> nn.Module:
+        """A fresh network: initialized by torch's (seeded) defaults, or with the weights of ``init_from``."""
+        model = self.model()
+        if self.init_from is not None:
+            load_onnx_weights(model, REPO_ROOT / "models" / f"{self.init_from}.onnx")
+        return model
 
 
 CONFIGS: dict[str, TrainConfig] = {
@@ -110,7 +126,53 @@ CONFIGS: dict[str, TrainConfig] = {
         batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4, max_shift=2, hflip=True, label_smoothing=0.1,
         channels_last=True,
     ),
+    "lenet5-avg-mnist": TrainConfig(
+        name="lenet5-avg-mnist", dataset="MNIST", model=partial(LeNet5, pool="avg"), epochs=3, batch_size=128,
+        optimizer="adamw", lr=1e-3, weight_decay=1e-4, max_shift=2, hflip=False, init_from="lenet5-mnist",
+    ),
+    "vgg-avg-fmnist": TrainConfig(
+        name="vgg-avg-fmnist", dataset="Fashion-MNIST", model=partial(VGGFashion, pool="avg", conv_batchnorm=False),
+        epochs=2, batch_size=128, optimizer="sgd", lr=0.01, weight_decay=5e-4, max_shift=2, hflip=True,
+        label_smoothing=0.1, channels_last=True, init_from="vgg-fmnist",
+    ),
 }
+
+
+#: ONNX node types whose initializers hold a torch module's parameters, with the module type and the parameter
+#: (and buffer) names in the node's input order after the data input.
+_ONNX_PARAMETERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Conv": (nn.Conv2d, ("weight", "bias")),
+    "Gemm": (nn.Linear, ("weight", "bias")),
+    "BatchNormalization": (nn.BatchNorm1d, ("weight", "bias", "running_mean", "running_var")),
+}
+
+
+def load_onnx_weights(model: nn.Module, path: Path) -> None:
+    """Copy the parameters of an exported network (``path``) into ``model``, matching the ONNX nodes that hold
+    parameters with the model's layers of the same kind in order. The shapes must agree exactly; Gemm must carry
+    ``transB=1`` (torch's exports do), so its weight is torch's ``(out, in)``."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    nodes = [n for n in proto.graph.node if n.op_type in _ONNX_PARAMETERS]
+    layers = [m for m in model.modules() if isinstance(m, tuple(kind for kind, _ in _ONNX_PARAMETERS.values()))]
+    if len(nodes) != len(layers):
+        raise ValueError(f"{path}: {len(nodes)} parameter nodes, the model has {len(layers)} layers")
+    for node, layer in zip(nodes, layers):
+        kind, names = _ONNX_PARAMETERS[node.op_type]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if not isinstance(layer, kind) or (node.op_type == "Gemm" and attrs.get("transB") != 1):
+            raise ValueError(f"{path}: node {node.name} ({node.op_type}) does not match layer {layer}")
+        for name, source in zip(names, node.input[1:]):
+            target = getattr(layer, name)
+            value = torch.from_numpy(arrays[source].copy())
+            if target is None or tuple(target.shape) != tuple(value.shape):
+                raise ValueError(f"{path}: {source} has shape {tuple(value.shape)}, {layer}.{name} "
+                                 f"{None if target is None else tuple(target.shape)}")
+            with torch.no_grad():
+                target.copy_(value)
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -175,7 +237,7 @@ def train(config: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, x_t
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    model = config.model()
+    model = config.build()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     generator = torch.Generator().manual_seed(config.seed)  # shuffling order and augmentation draws

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -17,13 +18,14 @@ import onnx
 
 from snncc import fileio
 from snncc.data import InputScaling, check_sample_shape
+from snncc.distributed import World
 from snncc.errors import DataError, SnnccError
 from snncc.frontend.metadata import check_calibration_range, choose_scaling, read_declaration
 from snncc.frontend.onnx import import_onnx, load_model
 from snncc.frontend.torch_export import export_module, is_torch_module
 from snncc.ir import Graph, ops
 from snncc.passes import PassContext, run_pipeline
-from snncc.runtime import Simulator, is_temporal
+from snncc.runtime import SimulationResult, Simulator, is_temporal
 from snncc.runtime.analog import check_input
 
 if TYPE_CHECKING:
@@ -173,7 +175,7 @@ def _feeding_layers(graph: Graph, node: str) -> set[str]:
 
 def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], onnx_model: str | Path | None = None,
              backend: str | None = None, batch_size: int = 100, progress: bool = False,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, world: World | None = None) -> dict:
     """Accuracy of the ANN (if ``onnx_model``) and of the SNN at every T in ``timesteps``, with spike and synop counts.
 
     Temporally coded graphs (FS, AMOS) answer once, after their latency: ``timesteps`` is then ignored and the
@@ -184,6 +186,10 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
     (a name in ``snncc.runtime.BACKENDS``; default the compiled runtime where it is built, else the reference) and
     ``threads`` the Cython runtime's threads. The report records the backend that ran, the simulation's
     ``seconds`` and ``images_per_second``.
+
+    ``world`` (:class:`snncc.distributed.World`, under torchrun): each rank simulates its block of the images and
+    the per-image results are gathered in rank order, so every rank returns the report of one process on all of
+    ``x`` (``seconds`` is the wall time of the slowest rank, and the report records ``processes``).
     """
     if not timesteps or min(timesteps) < 1:
         raise SnnccError(f"timesteps must be positive integers, got {timesteps}")
@@ -198,12 +204,18 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
                     "pipeline": graph.attrs.get("pipeline"), "backend": simulator.backend}
     if threads is not None:
         report["threads"] = threads
+    world = world or World()
+    shard = world.shard(len(x))
+    if world.size > 1:
+        report["processes"] = world.size
     if onnx_model is not None:
         start = time.perf_counter()
-        report["ann"] = {"accuracy": ann_accuracy(onnx_model, xs, y), "model": str(onnx_model),
+        correct = ann_accuracy(onnx_model, xs[shard], y[shard]) * len(y[shard]) if len(y[shard]) else 0.0
+        report["ann"] = {"accuracy": world.total(correct) / len(y), "model": str(onnx_model),
                          "seconds": time.perf_counter() - start}
     start = time.perf_counter()
-    result = simulator.run(xs, progress=progress, apply_scaling=False)
+    result = gather_result(world, simulator.run(xs[shard], progress=progress and world.is_writer,
+                                                 apply_scaling=False))
     seconds = time.perf_counter() - start
     neurons = result.total_neurons
     report.update({"neurons": neurons, "synapses": _synapses(graph), "seconds": seconds,
@@ -220,6 +232,20 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
                               "spikes_per_neuron": spikes / neurons if neurons else 0.0,
                               "synops_per_image": result.synops_per_image(t)})
     return report
+
+
+def gather_result(world: World, result: SimulationResult) -> SimulationResult:
+    """The result of all ranks' shards as one, in rank order (the single-process result when every rank simulated
+    its :meth:`World.shard <snncc.distributed.World.shard>` of the images)."""
+    if world.size == 1:
+        return result
+    most = result.max_spikes_per_neuron
+    return dataclasses.replace(
+        result, outputs=world.gather(result.outputs, axis=1),
+        all_outputs=[world.gather(o, axis=1) for o in result.all_outputs],
+        spikes={name: world.gather(s, axis=1) for name, s in result.spikes.items()},
+        synops=world.gather(result.synops, axis=1),
+        max_spikes_per_neuron=None if most is None else int(world.gather(np.array([most])).max()))
 
 
 def write_json(data: dict, path: str | Path) -> Path:

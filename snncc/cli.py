@@ -6,6 +6,7 @@ Errors reach stderr as one line ``snncc: error: ...`` with exit status 2 (no tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -16,6 +17,7 @@ from snncc import __version__
 from snncc.data import InputScaling, load_dataset
 from snncc.data.loader import SUPPORTED as DATA_FORMATS
 from snncc.data.scaling import SYNTAX as SCALING_SYNTAX
+from snncc.distributed import World
 from snncc.errors import SnnccError, SnnccWarning
 
 DEFAULT_TIMESTEPS = "8,16,32,64,128"
@@ -99,9 +101,12 @@ def _run_eval(graph, args: argparse.Namespace, onnx_model) -> dict:
     check_against_model(data.info, graph.op(graph.input_nodes()[0]).shape, graph.types()[graph.outputs[0]].size,
                         where=str(args.snn) if getattr(args, "snn", None) else "the model")
     timesteps = args.timesteps or _timesteps(DEFAULT_TIMESTEPS)
+    world = World.from_env(getattr(args, "device", None) or "cpu")  # torchrun: every rank simulates its shard
     report = evaluate(graph, x, y, timesteps, onnx_model=onnx_model, backend=args.backend,
-                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
+                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet, world=world)
     report["data"] = {**data.info.to_json(), "path": str(args.data), "split": args.split}
+    if not world.is_writer:
+        return report
     if is_temporal(graph) and args.timesteps is not None:  # FS/AMOS: one answer, at the latency
         print(f"note: --timesteps is ignored: {report['coding']} coding answers once, at its latency of "
               f"{report['latency']} steps")
@@ -255,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.formatwarning, formatter = _format_warning, warnings.formatwarning
     try:
+        if os.environ.get("RANK", "0") != "0":
+            # Under torchrun only rank 0 reports: the other ranks keep stderr (their errors) but print nothing
+            # and show no progress bars.
+            args.quiet = True
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                return args.func(args)
         return args.func(args)
     except SnnccError as exc:
         if getattr(args, "debug", False):

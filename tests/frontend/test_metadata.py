@@ -157,7 +157,8 @@ def test_shipped_lenet_compiles_without_a_scaling_flag_like_with_unit(tmp_path, 
     assert graphs[0].attrs["input_scaling"] == graphs[1].attrs["input_scaling"]
 
 
-@pytest.mark.parametrize("name", ["lenet5-mnist", "vgg-fmnist", "silu-fmnist", "resnet-fmnist", "resnet20-cifar10"])
+@pytest.mark.parametrize("name", ["lenet5-mnist", "lenet5-avg-mnist", "vgg-fmnist", "vgg-avg-fmnist", "silu-fmnist",
+                                  "resnet-fmnist", "resnet20-cifar10"])
 def test_every_shipped_model_declares_its_card_scaling(name):
     card = json.loads((REPO / "models" / f"{name}.json").read_text())
     for suffix in (".onnx", ".dynamo.onnx"):
