@@ -16,9 +16,9 @@ For the ratios in docs/benchmark.md, run it from the driver instead, which measu
 T by T (``python docs/scripts/benchmark_runtime.py --with-peers /work/peers-venv/bin/python``).
 
 The network
-    Rebuilt in torch from the ONNX file itself (Conv, Relu, MaxPool, AveragePool, Flatten, Gemm; the BatchNormalization after a
-    Gemm is folded into it, the TorchScript exporter already folded the convolutions' BatchNorm), so both peers and
-    snncc run exactly the weights in ``models/NAME.onnx``. The leading ``Sub``/``Div`` input normalization of the
+    Rebuilt in torch from the ONNX file itself (Conv, Relu, MaxPool, AveragePool, Flatten, Gemm; the
+    BatchNormalization after a Gemm is folded into it, the TorchScript exporter already folded the convolutions'
+    BatchNorm), so both peers and snncc run exactly the weights in ``models/NAME.onnx``. The leading ``Sub``/``Div`` input normalization of the
     models is applied to the data (neither peer converts it; it is the same function), after the input scaling of
     ``models/NAME.json`` (``pixels / 255``). The rebuilt network's accuracy is checked against the ONNX model's.
 
@@ -110,8 +110,9 @@ def load_images(data_dir: Path, split: str, limit: int, scaling: dict, normalize
 
 
 def ann_from_onnx(path: Path):
-    """``(nn.Sequential, (mean, std))`` from a sequential ONNX CNN: Conv, Relu, MaxPool, AveragePool, Flatten/Reshape, Gemm and
-    a BatchNormalization after a Gemm (folded into it), after a leading ``Sub``/``Div`` by scalars (returned)."""
+    """``(nn.Sequential, (mean, std))`` from a sequential ONNX CNN: Conv, Relu, MaxPool, AveragePool,
+    Flatten/Reshape, Gemm and a BatchNormalization after a Gemm (folded into it), after a leading ``Sub``/``Div`` by
+    scalars (returned)."""
     import onnx
     import torch
     from onnx import numpy_helper

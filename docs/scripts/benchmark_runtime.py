@@ -336,6 +336,9 @@ def markdown(results: dict, meta: dict) -> str:
              "onnxruntime ran right before and after each configuration's runs; the ratios use the faster run. "
              "Only ratios from this one run should be compared. Peak memory is the process's peak resident set.", "",
              f"    {meta.get('command', '')}", ""]
+    for merged in meta.get("merged", []):
+        lines += [f"Measured at the same time by a second process ({merged.get('note') or 'same machine'}): "
+                  f"{', '.join(merged['configurations'])}:", "", f"    {merged.get('command', '')}", ""]
     rate = {n: r for n, r in results.items() if r.get("coding", "rate") == "rate"}
     temporal = {n: r for n, r in results.items() if r.get("coding", "rate") != "rate"}
     if rate:
@@ -555,6 +558,9 @@ def main() -> None:
     parser.add_argument("--render", action="store_true",
                         help="rewrite benchmark.md from results/benchmark.json (and results/peers.json) only")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--merge", action="append", default=[], metavar="JSON",
+                        help="with --render: add the configurations of another run's results/benchmark.json (a "
+                             "second process of the same run), recorded in the meta data")
     parser.add_argument("--with-peers", metavar="PYTHON",
                         help="also measure SpikingJelly and sinabs with this interpreter (their own virtual "
                              "environment, see benchmark_peers.py), each T right after the Cython runtime; writes "
@@ -578,8 +584,18 @@ def main() -> None:
         return
     if args.render:
         data = json.loads((args.out / "results" / "benchmark.json").read_text())
+        for other in args.merge:  # configurations measured by a second process of the same run
+            extra = json.loads(Path(other).read_text())
+            data["models"].update({k: v for k, v in extra["models"].items() if k not in data["models"]})
+            data["meta"].setdefault("merged", []).append(
+                {"command": extra["meta"].get("command"), "note": extra["meta"].get("note"),
+                 "configurations": list(extra["models"]), "date": extra["meta"].get("date")})
         for result in data["models"].values():  # JSON object keys are strings
             result["summary"] = {int(t): s for t, s in result["summary"].items()}
+        if args.merge:
+            from snncc.api import write_json
+
+            write_json({k: v for k, v in data.items()}, args.out / "results" / "benchmark.json")
         data["meta"]["peers"] = _peers(args.out)
         write_text(args.out / "benchmark.md", markdown(data["models"], data["meta"]))
         print(f"wrote {args.out / 'benchmark.md'}")
