@@ -20,7 +20,8 @@ The network
     BatchNormalization after a Gemm is folded into it, the TorchScript exporter already folded the convolutions'
     BatchNorm), so both peers and snncc run exactly the weights in ``models/NAME.onnx``. The leading
     ``Sub``/``Div`` input normalization of the models is applied to the data (neither peer converts it; it is the
-    same function), after the input scaling of ``models/NAME.json`` (``pixels / 255``). The rebuilt network's accuracy is checked against the ONNX model's.
+    same function), after the input scaling of ``models/NAME.json`` (``pixels / 255``). The rebuilt network's
+    accuracy is checked against the ONNX model's.
 
 Conversion (calibration on the first 500 training images, batches of 100, as snncc's), excluded from the timing
     - SpikingJelly: ``ann2snn.Converter(RateCodingRecipe(loader, mode="99.9%"))``, its documented robust
