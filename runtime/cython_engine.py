@@ -799,10 +799,28 @@ def _plan_synapse(engine: CythonSimulator, node: str, op: ops.Conv2d | ops.Linea
 _FOLD_VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
 
 
+def _feeds_readout(engine: CythonSimulator, node: str) -> bool:
+    """Whether ``node``'s value reaches a Readout or a graph output (through views)."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current in engine.graph.outputs:
+            return True
+        for user in engine.consumers[current]:
+            op = engine.graph.op(user)
+            if isinstance(op, ops.Readout):
+                return True
+            if isinstance(op, _FOLD_VIEWS):
+                pending.append(user)
+    return False
+
+
 def _fold_readers(engine: CythonSimulator, node: str) -> list[str] | None:
     """The synaptic layers reading pooling ``node`` if every reader is one that the fold can take: a Conv2d of
     the pooled shape, or a Linear through flattening, with one operand and zero padding values; None otherwise
-    (another reader, a graph output, a reshape to another spatial shape)."""
+    (another reader, a graph output, a reshape to another spatial shape, or a layer read out: its current is the
+    network's answer, which then stays the reference's numpy arithmetic, and a pooling before the last layer is a
+    small part of the time)."""
     readers, pending = [], [node]
     while pending:
         current = pending.pop()
@@ -814,7 +832,7 @@ def _fold_readers(engine: CythonSimulator, node: str) -> list[str] | None:
             if isinstance(op, _FOLD_VIEWS) and user_rank in (1, rank):
                 pending.append(user)
             elif (isinstance(op, (ops.Conv2d, ops.Linear)) and op.input_gains is None and _EventSynapse.supports(op)
-                  and rank == (3 if isinstance(op, ops.Conv2d) else 1)):
+                  and rank == (3 if isinstance(op, ops.Conv2d) else 1) and not _feeds_readout(engine, user)):
                 readers.append(user)
             else:
                 return None

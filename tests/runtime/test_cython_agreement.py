@@ -690,6 +690,17 @@ def test_average_pooling_read_by_anything_but_synaptic_layers_is_not_folded():
     np.testing.assert_array_equal(got.synops, expected.synops)
     overlapping = ops.AvgPool2d(kernel=(3, 3), stride=(2, 2))
     assert cython_engine._PoolFold.geometry(overlapping, (6, 12, 13)) is None
+    # A global pooling before the layer that is read out (a ResNet's head): that current stays the reference's.
+    head = Graph(level=SNN)
+    h = head.add(ops.Input(shape=(3, 4, 4)), name="x")
+    h = head.add(ops.Population(neuron=IF(threshold=0.5)), [h], name="pop")
+    h = head.add(ops.Reshape(shape=(3,)), [head.add(ops.GlobalAvgPool(), [h], name="gap")])
+    head.outputs = [head.add(ops.Readout(), [head.add(ops.Linear(weight=rng.normal(size=(2, 3))), [h])])]
+    engine = cython_engine.CythonSimulator(head, 8)
+    assert isinstance(engine.plans["gap"], cython_engine._Stateless)
+    x = rng.uniform(0, 1, (3, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(engine.run_batch(x).outputs[0],
+                                  reference.ReferenceSimulator(head, 8).run_batch(x).outputs[0])
 
 
 def test_stateful_ops_without_kernels_fall_back_to_the_reference_state():
