@@ -592,11 +592,18 @@ def main() -> None:
                  "configurations": list(extra["models"]), "date": extra["meta"].get("date")})
         for result in data["models"].values():  # JSON object keys are strings
             result["summary"] = {int(t): s for t, s in result["summary"].items()}
+        peers = _peers(args.out)
         if args.merge:
             from snncc.api import write_json
 
-            write_json({k: v for k, v in data.items()}, args.out / "results" / "benchmark.json")
-        data["meta"]["peers"] = _peers(args.out)
+            # Their peer measurements too (results/peers.json beside the merged file), into this run's document.
+            extra_peers = [json.loads(p.read_text()) for p in (Path(o).parent / "peers.json" for o in args.merge)
+                           if p.is_file()]
+            if extra_peers:
+                peers = merge_peers(([peers] if peers else []) + extra_peers, peers.get("run_id") if peers else None)
+                write_json(peers, args.out / "results" / "peers.json")
+            write_json(data, args.out / "results" / "benchmark.json")
+        data["meta"]["peers"] = peers
         write_text(args.out / "benchmark.md", markdown(data["models"], data["meta"]))
         print(f"wrote {args.out / 'benchmark.md'}")
         return
