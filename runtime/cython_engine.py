@@ -800,8 +800,9 @@ _FOLD_VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
 
 
 def _feeds_readout(engine: CythonSimulator, node: str) -> bool:
-    """Whether ``node``'s value reaches a Readout or a graph output (through views)."""
-    pending = [node]
+    """Whether ``node``'s value reaches a Readout or a graph output without passing a population (through views,
+    sums, rescalings: any stateless op)."""
+    pending, seen = [node], set()
     while pending:
         current = pending.pop()
         if current in engine.graph.outputs:
@@ -810,7 +811,8 @@ def _feeds_readout(engine: CythonSimulator, node: str) -> bool:
             op = engine.graph.op(user)
             if isinstance(op, ops.Readout):
                 return True
-            if isinstance(op, _FOLD_VIEWS):
+            if not isinstance(op, ops.Population) and user not in seen:
+                seen.add(user)
                 pending.append(user)
     return False
 
