@@ -826,6 +826,130 @@ def conv2d_population_steps(const uint8_t[:, :, :, :, ::1] x, const float[:, :, 
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Average pooling of spikes folded into the next synaptic layer
+# --------------------------------------------------------------------------------------------------------------
+
+cdef inline void _pool_regroup_row(const uint8_t* x, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t out_height, Py_ssize_t out_width,
+                                   bint copy, const double* after_fan_out, uint8_t* out, int32_t* window,
+                                   double* synops) noexcept nogil:
+    """One sample: ``out[c, dy, dx, oy, ox] = x[c, oy kh + dy, ox kw + dx]`` (when ``copy``), and the synaptic
+    operations of the pooling (one per covered spike) and of the layers after it (their fan-out at each window
+    holding a spike), both branch-free: whether a window has a spike is a coin toss in small layers."""
+    cdef Py_ssize_t c, dy, dx, oy, ox, plane = out_height * out_width
+    cdef const uint8_t* src
+    cdef uint8_t* dst
+    cdef const double* after
+    cdef int32_t spikes = 0, total
+    cdef double ops = 0.0
+    cdef const uint8_t* src1
+    cdef uint8_t a0, a1, b0, b1
+    if kh == 2 and kw == 2 and copy:
+        # The common 2x2 window: its four bytes read once, written to their four channels, summed in registers.
+        for c in range(channels):
+            for oy in range(out_height):
+                src = x + (c * height + 2 * oy) * width
+                src1 = src + width
+                dst = out + 4 * c * plane + oy * out_width
+                after = after_fan_out + c * plane + oy * out_width
+                for ox in range(out_width):
+                    a0 = src[2 * ox]
+                    a1 = src[2 * ox + 1]
+                    b0 = src1[2 * ox]
+                    b1 = src1[2 * ox + 1]
+                    dst[ox] = a0
+                    dst[plane + ox] = a1
+                    dst[2 * plane + ox] = b0
+                    dst[3 * plane + ox] = b1
+                    total = a0 + a1 + b0 + b1
+                    spikes = spikes + total
+                    ops = ops + after[ox] * (total != 0)
+        synops[0] = synops[0] + ops + spikes
+        return
+    for c in range(channels):
+        for oy in range(out_height):
+            memset(window, 0, out_width * sizeof(int32_t))
+            for dy in range(kh):
+                src = x + (c * height + oy * kh + dy) * width
+                for dx in range(kw):
+                    if copy:
+                        dst = out + ((c * kh + dy) * kw + dx) * plane + oy * out_width
+                        for ox in range(out_width):
+                            dst[ox] = src[ox * kw + dx]
+                    for ox in range(out_width):
+                        window[ox] = window[ox] + src[ox * kw + dx]
+            after = after_fan_out + c * plane + oy * out_width
+            for ox in range(out_width):
+                spikes = spikes + window[ox]
+                ops = ops + after[ox] * (window[ox] != 0)
+    synops[0] = synops[0] + ops + spikes
+
+
+def pool_regroup(const uint8_t[:, :, :, ::1] x, uint8_t[:, ::1] out, kernel, const double[::1] after_fan_out,
+                 double[::1] synops, bint copy=True, int threads=1):
+    """Non-overlapping average pooling of binary spikes ``x`` (rows, C, H, W) prepared for the next synaptic layer,
+    whose weights are spread over each window and divided by its size (the engine folds them): each spike then adds
+    one weight column, so the spikes stay binary and the next layer runs event-driven.
+
+    ``out`` (rows, C * kh * kw * Ho * Wo) gets the spikes regrouped as (C, kh, kw, Ho, Wo): position ``(dy, dx)``
+    within its window becomes a channel, the window the spatial position (with ``copy`` false nothing is written:
+    for a global pooling, Ho = Wo = 1, that layout is the input's own). Rows and columns beyond the last whole
+    window are dropped, as the pooling drops them. ``synops[r] +=`` the pooling's synaptic operations (one per
+    spike in a window: a non-overlapping pooling's fan-out is 1 there, 0 in the dropped rows and columns) plus
+    those of the layers after it (their fan-out ``after_fan_out`` (C*Ho*Wo) at each window holding a spike: the
+    pooled value is non-zero exactly there).
+    """
+    cdef Py_ssize_t rows = x.shape[0], channels = x.shape[1], height = x.shape[2], width = x.shape[3], r
+    cdef Py_ssize_t kh = kernel[0], kw = kernel[1]
+    if kh < 1 or kw < 1 or height < kh or width < kw:
+        raise ValueError(f"pool_regroup: a {kh}x{kw} window does not fit an input of {height}x{width}")
+    cdef Py_ssize_t out_height = height // kh, out_width = width // kw
+    _check_shape("fan-out after the pooling", (channels * out_height * out_width,), (after_fan_out.shape[0],))
+    _check_shape("pool synops", (rows,), (synops.shape[0],))
+    if copy:
+        _check_shape("regrouped spikes", (rows, channels * kh * kw * out_height * out_width),
+                     (out.shape[0], out.shape[1]))
+    if rows == 0:
+        raise ValueError("pool_regroup: empty operands")
+    threads = max(1, threads)
+    cdef int32_t[:, ::1] window = _scratch(threads, out_width, np.int32)
+    cdef uint8_t* out_ptr
+    for r in prange(rows, nogil=True, num_threads=threads, schedule="static"):
+        out_ptr = &out[r, 0] if copy else NULL
+        _pool_regroup_row(&x[r, 0, 0, 0], channels, height, width, kh, kw, out_height, out_width, copy,
+                          &after_fan_out[0], out_ptr, &window[threadid(), 0], &synops[r])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Element-wise ops on time-folded chunks (residual junctions): the reference's numpy arithmetic, element by element
+# --------------------------------------------------------------------------------------------------------------
+
+def affine_steps(const event_t[:, ::1] x, const float[::1] scale, const float[::1] shift, float[:, ::1] out,
+                 int threads=1):
+    """``out[r, i] = float(x[r, i]) * scale[i] + shift[i]``, rounded after the product and after the sum as numpy
+    rounds ``x * scale + shift`` in float32 (no fused multiply-add: the build passes ``-ffp-contract=off``)."""
+    cdef Py_ssize_t rows = x.shape[0], n = x.shape[1], r, i
+    _check_shape("affine scale", (n,), (scale.shape[0],))
+    _check_shape("affine shift", (n,), (shift.shape[0],))
+    _check_shape("affine output", (rows, n), (out.shape[0], out.shape[1]))
+    cdef float product
+    for r in prange(rows, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for i in range(n):
+            product = (<float> x[r, i]) * scale[i]
+            out[r, i] = product + shift[i]
+
+
+def add_steps(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, int threads=1):
+    """``out = a + b`` (float32, element by element)."""
+    cdef Py_ssize_t rows = a.shape[0], n = a.shape[1], r, i
+    _check_shape("add operand", (rows, n), (b.shape[0], b.shape[1]))
+    _check_shape("add output", (rows, n), (out.shape[0], out.shape[1]))
+    for r in prange(rows, nogil=True, num_threads=max(1, threads), schedule="static"):
+        for i in range(n):
+            out[r, i] = a[r, i] + b[r, i]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Spiking max pooling
 # --------------------------------------------------------------------------------------------------------------
 

@@ -17,6 +17,10 @@ it and keeps its constructor checks, chunk sizes and bookkeeping) and computes t
   of the inputs that spiked: the cost is ``spikes x fan-out``, not ``inputs x outputs``. Per chunk the measured spike
   density picks this path or the dense one (numpy/BLAS on the spikes as float32, exactly the reference's call):
   above :data:`DENSE_ABOVE` of the inputs active, BLAS wins.
+- **Average pooling of spikes** (non-overlapping windows, or global) read only by Conv2d/Linear layers is folded
+  into them (:class:`_PoolFold`): the layer's weight is spread over each window and divided by its size, so every
+  spike adds one weight column and the layer stays event-driven; its sums hold more terms than the reference's,
+  which bounds how far they differ (see the class).
 - **Everything else** (pooling of analog values, Add, Concat, ...) runs the reference's numpy kernels on float32
   data, so it is identical by construction.
 
@@ -328,6 +332,114 @@ class _PopulationMaxPool(_Plan):
         return _Signal(out, False, True), spike_counts
 
 
+
+class _PoolFold(_Plan):
+    """Non-overlapping average pooling (or global average pooling) of binary spikes whose only readers are synaptic
+    layers (through flattening): folded into them. The pooled value of a window is ``(spikes in it) / size`` and the
+    layer after it multiplies it by a weight, so the layer's weight spread over the window and divided by its size
+    gives the same current with every spike adding one weight column: the spikes stay binary and the layer runs
+    event-driven (:class:`_EventSynapse`, fused with its population where it feeds one). This plan regroups the
+    spikes so that the folded layer keeps the pooled layer's geometry (:func:`_kernels.pool_regroup`: position
+    ``(dy, dx)`` within a window becomes a channel, the window the spatial position) and counts the synaptic
+    operations of the pooling and of the layers after it, which see a non-zero input where a window holds a spike.
+
+    Exactness: the folded sum adds ``W / size`` once per spike instead of ``W * (count / size)`` once per window, a
+    sum of at most ``size`` times as many terms of the same total magnitude; the currents differ from the
+    reference's by rounding only, within the order bound of that longer sum (the agreement tests' bound). A
+    spike flips only where a membrane lies within that rounding of the threshold."""
+
+    def __init__(self, kernel: tuple[int, int], in_shape: tuple[int, ...], pooled_shape: tuple[int, ...],
+                 pool_fan_out: np.ndarray, after_fan_out: np.ndarray, threads: int) -> None:
+        self.kernel, self.in_shape, self.threads = kernel, in_shape, threads
+        channels, height, width = in_shape
+        self.size = kernel[0] * kernel[1]
+        self.out_height, self.out_width = height // kernel[0], width // kernel[1]
+        self.pooled_shape = pooled_shape  # the pooling's own output shape, (C, Ho, Wo) or (C,)
+        self.regrouped = (channels * self.size, self.out_height, self.out_width)
+        self.copy = self.out_height * self.out_width > 1  # a global pooling's layout is the input's own
+        covered = np.zeros(in_shape)
+        covered[:, :self.out_height * kernel[0], :self.out_width * kernel[1]] = 1
+        if not np.array_equal(np.asarray(pool_fan_out).reshape(in_shape), covered):
+            raise SimulationError("a folded average pooling must have fan-out 1 on every input of a window and 0 "
+                                  "elsewhere (non-overlapping windows without padding)")
+        self.after_fan_out = np.ascontiguousarray(after_fan_out, dtype=np.float64).reshape(-1)
+        self.buffers = _Buffers()
+
+    @staticmethod
+    def geometry(op: ops.AvgPool2d | ops.GlobalAvgPool, in_shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """The window of a pooling that can be folded: non-overlapping and without padding (every window has the
+        same divisor); None otherwise."""
+        if isinstance(op, ops.GlobalAvgPool):
+            return (in_shape[1], in_shape[2])
+        if op.kernel != op.stride or any(op.padding):
+            return None
+        return op.kernel
+
+    def folded(self, op: ops.Conv2d | ops.Linear) -> ops.Conv2d | ops.Linear:
+        """A reader's op on the regrouped spikes: its weight spread over each window and divided by its size."""
+        size = np.float32(self.size)
+        if isinstance(op, ops.Conv2d):
+            return op.replace(weight=np.repeat(op.weight, self.size, axis=1) / size)
+        out_features = op.weight.shape[0]
+        channels = self.in_shape[0]
+        spread = np.broadcast_to(op.weight.reshape(out_features, channels, 1, -1),
+                                 (out_features, channels, self.size, self.out_height * self.out_width))
+        return op.replace(weight=spread.reshape(out_features, -1) / size)
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        tc, batch = chunk.tc, chunk.batch
+        x = np.ascontiguousarray(args[0].data).reshape((tc * batch,) + self.in_shape)
+        if self.copy:
+            out = self.buffers.get("out", (tc * batch, int(np.prod(self.regrouped))), np.uint8)
+        else:
+            out = np.empty((1, 1), np.uint8)  # not written
+        _kernels.pool_regroup(x, out, self.kernel, self.after_fan_out, chunk.synops, self.copy,
+                              _threads(self.threads, x.size))
+        data = out if self.copy else x
+        return _Signal(data.reshape((tc, batch) + self.regrouped), False, True)
+
+
+
+class _Affine(_Plan):
+    """Affine (``x * scale + shift``) of a time-varying chunk, e.g. the rescaling of a residual junction's shortcut
+    spikes or of its sum: :func:`_kernels.affine_steps` on the bytes or floats themselves, into a buffer kept from
+    chunk to chunk, with the reference's two roundings. Values constant in time take the reference's kernel."""
+
+    def __init__(self, op: ops.Affine, shape: tuple[int, ...], threads: int) -> None:
+        self.op, self.shape, self.threads = op, shape, threads
+        f32 = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)  # noqa: E731
+        self.scale, self.shift = f32(op.scale), f32(op.shift)
+        self.buffers = _Buffers()
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        (arg,) = args
+        if arg.constant:
+            return _Signal(apply(self.op, arg.data), True)
+        rows = chunk.tc * chunk.batch
+        x = np.ascontiguousarray(arg.data).reshape(rows, -1)
+        out = self.buffers.get("out", (rows, x.shape[1]), np.float32)
+        _kernels.affine_steps(x, self.scale, self.shift, out, _threads(self.threads, out.size))
+        return _Signal(out.reshape((chunk.tc, chunk.batch) + self.shape), False)
+
+
+class _Add(_Plan):
+    """Add of two time-varying float32 chunks (a residual junction's branches): :func:`_kernels.add_steps` into a
+    buffer kept from chunk to chunk; other operands take the reference's kernel."""
+
+    def __init__(self, op: ops.Add, in_shapes: list[tuple[int, ...]], shape: tuple[int, ...], threads: int) -> None:
+        self.shape, self.threads = shape, threads
+        self.fallback = _Stateless(op, in_shapes, [], threads)  # Add is not synaptic: no fan-outs
+        self.buffers = _Buffers()
+
+    def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
+        if any(a.constant or a.binary or a.data.dtype != np.float32 for a in args):
+            return self.fallback.run(chunk, node, args)
+        rows = chunk.tc * chunk.batch
+        a, b = (np.ascontiguousarray(arg.data).reshape(rows, -1) for arg in args)
+        out = self.buffers.get("out", a.shape, np.float32)
+        _kernels.add_steps(a, b, out, _threads(self.threads, out.size))
+        return _Signal(out.reshape((chunk.tc, chunk.batch) + self.shape), False)
+
 class _ReferenceState(_Plan):
     """A stateful op the kernels do not cover (e.g. max pooling of non-binary trains): the reference's own state."""
 
@@ -511,10 +623,12 @@ class _ConvPopulation(_Plan):
         return _Signal(out, False, True), spike_counts
 
 
-def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buffers) -> np.ndarray:
+def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buffers, keep_output: bool = True
+                     ) -> np.ndarray:
     """The reference's :func:`~snncc.runtime.kernels.conv2d` with a compiled im2col (the same matrix, so the same
-    BLAS product) and arrays kept from batch to batch. For the first layer's analog current, computed once per
-    batch: numpy's strided copies and the fresh pages of the column matrix cost twice the product itself there."""
+    BLAS product) and arrays kept from batch to batch (the output too with ``keep_output``). For the first layer's
+    analog current, computed once per batch: numpy's strided copies and the fresh pages of the column matrix cost
+    twice the product itself there."""
     pad_value = None if op.pad_value is None else np.ascontiguousarray(
         np.broadcast_to(np.asarray(op.pad_value, dtype=x.dtype), (x.shape[1],)), dtype=np.float32)
 
@@ -523,7 +637,12 @@ def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buff
                         _threads(threads, cols.size))
 
     # The output is constant within a batch (copied out where it is a graph output), so its buffer can be reused.
-    return conv2d(op, x, columns, lambda name, shape: buffers.get(name, shape, np.float32))
+    def empty(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name == "out" and not keep_output:
+            return np.empty(shape, dtype=np.float32)
+        return buffers.get(name, shape, np.float32)
+
+    return conv2d(op, x, columns, empty)
 
 
 class CythonSimulator(ReferenceSimulator):
@@ -542,6 +661,11 @@ class CythonSimulator(ReferenceSimulator):
         self._fan_outs64 = {n: [f.astype(np.float64) for f in fs] for n, fs in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
         self.plans: dict[str, _Plan] = {}
+        self.consumers: dict[str, list[str]] = {n: [] for n in self.order}
+        for node in self.order:
+            for u in graph.inputs(node):
+                self.consumers[u].append(node)
+        self.folds: dict[str, _PoolFold] = {}  # average pooling folded into its readers: its node and views of it
         for node in self.order:
             op, srcs = graph.op(node), graph.inputs(node)
             planner = _PLANNERS.get(type(op), _plan_view if op.is_view else _plan_stateless)
@@ -550,10 +674,7 @@ class CythonSimulator(ReferenceSimulator):
         # take the reference's pooling state).
         self.fused: dict[str, str] = {}  # population node -> pooling node
         steps = [(node, graph.op(node), graph.inputs(node)) for node in self.order]
-        consumers: dict[str, list[str]] = {n: [] for n in self.order}
-        for node, _, srcs in steps:
-            for u in srcs:
-                consumers[u].append(node)
+        consumers = self.consumers
         for node, _, srcs in steps:
             plan = self.plans.get(node)
             src = srcs[0] if len(srcs) == 1 else None
@@ -663,31 +784,117 @@ def _plan_synapse(engine: CythonSimulator, node: str, op: ops.Conv2d | ops.Linea
     if op.input_gains is not None:  # several operands sharing the weights (the sew pass's ADD trains)
         return _SharedWeightSynapse(op, in_shape, shape, engine.fan_outs[node], [engine.binary[u] for u in srcs],
                                     engine.threads), False
+    fold = engine.folds.get(srcs[0])
+    if fold is not None:  # reads a folded average pooling: its weight spread over the windows
+        folded_shape = fold.regrouped if isinstance(op, ops.Conv2d) else (int(np.prod(fold.regrouped)),)
+        # The pooling's plan counts this layer's synaptic operations (a window with a spike is one event here).
+        no_fan_out = np.zeros(int(np.prod(folded_shape)))
+        return _EventSynapse(fold.folded(op), folded_shape, shape, no_fan_out, engine.threads), False
     if engine.binary[srcs[0]] and _EventSynapse.supports(op):
         return _EventSynapse(op, in_shape, shape, engine.fan_outs[node][0], engine.threads), False
     return _plan_stateless(engine, node, op, srcs)
 
 
+#: Views a folded pooling's spikes may pass on their way to a synaptic layer (see _fold_readers).
+_FOLD_VIEWS = (ops.Flatten, ops.Reshape, ops.Identity)
+
+
+def _feeds_readout(engine: CythonSimulator, node: str) -> bool:
+    """Whether ``node``'s value reaches a Readout or a graph output without passing a population (through views,
+    sums, rescalings: any stateless op)."""
+    pending, seen = [node], set()
+    while pending:
+        current = pending.pop()
+        if current in engine.graph.outputs:
+            return True
+        for user in engine.consumers[current]:
+            op = engine.graph.op(user)
+            if isinstance(op, ops.Readout):
+                return True
+            if not isinstance(op, ops.Population) and user not in seen:
+                seen.add(user)
+                pending.append(user)
+    return False
+
+
+def _fold_readers(engine: CythonSimulator, node: str) -> list[str] | None:
+    """The synaptic layers reading pooling ``node`` if every reader is one that the fold can take: a Conv2d of
+    the pooled shape, or a Linear through flattening, with one operand and zero padding values; None otherwise
+    (another reader, a graph output, a reshape to another spatial shape, or a layer read out: its current is the
+    network's answer, which then stays the reference's numpy arithmetic, and a pooling before the last layer is a
+    small part of the time)."""
+    readers, pending = [], [node]
+    while pending:
+        current = pending.pop()
+        if current in engine.graph.outputs:
+            return None
+        rank = len(engine.types[current].shape)
+        for user in engine.consumers[current]:
+            op, user_rank = engine.graph.op(user), len(engine.types[user].shape)
+            if isinstance(op, _FOLD_VIEWS) and user_rank in (1, rank):
+                pending.append(user)
+            elif (isinstance(op, (ops.Conv2d, ops.Linear)) and op.input_gains is None and _EventSynapse.supports(op)
+                  and rank == (3 if isinstance(op, ops.Conv2d) else 1) and not _feeds_readout(engine, user)):
+                readers.append(user)
+            else:
+                return None
+    return readers
+
+
+def _plan_avg_pool(engine: CythonSimulator, node: str, op: ops.AvgPool2d | ops.GlobalAvgPool, srcs: list[str]
+                   ) -> tuple[_Plan, bool]:
+    in_shape = engine.types[srcs[0]].shape
+    kernel = _PoolFold.geometry(op, in_shape) if engine.binary[srcs[0]] and len(in_shape) == 3 else None
+    readers = _fold_readers(engine, node) if kernel is not None else None
+    if not readers:
+        return _plan_stateless(engine, node, op, srcs)
+    after = sum(engine._fan_outs64[r][0].reshape(-1) for r in readers)
+    fold = _PoolFold(kernel, in_shape, engine.types[node].shape, engine._fan_outs64[node][0], after, engine.threads)
+    engine.folds[node] = fold
+    return fold, True
+
+
 def _plan_view(engine: CythonSimulator, node: str, op: ops.Op, srcs: list[str]) -> tuple[_Plan, bool]:
+    fold = engine.folds.get(srcs[0])
+    if fold is not None:  # the regrouped spikes of a folded pooling (see _fold_readers for the views allowed)
+        engine.folds[node] = fold
+        shape = engine.types[node].shape
+        return _BinaryView(fold.regrouped if len(shape) == 3 else (int(np.prod(fold.regrouped)),)), True
     if engine.binary[srcs[0]]:
         return _BinaryView(engine.types[node].shape), True
     return _plan_stateless(engine, node, op, srcs)
 
 
+def _plan_affine(engine: CythonSimulator, node: str, op: ops.Affine, srcs: list[str]) -> tuple[_Plan, bool]:
+    return _Affine(op, engine.types[node].shape, engine.threads), False
+
+
+def _plan_add(engine: CythonSimulator, node: str, op: ops.Add, srcs: list[str]) -> tuple[_Plan, bool]:
+    return _Add(op, [engine.types[u].shape for u in srcs], engine.types[node].shape, engine.threads), False
+
+
 _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Readout: _plan_readout,
-             ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse}
+             ops.SpikingMaxPool2d: _plan_max_pool, ops.Conv2d: _plan_synapse, ops.Linear: _plan_synapse,
+             ops.AvgPool2d: _plan_avg_pool, ops.GlobalAvgPool: _plan_avg_pool, ops.Affine: _plan_affine,
+             ops.Add: _plan_add}
 
 
 class CythonTemporalSimulator(TemporalSimulator):
     """The temporal (FS/AMOS) simulator with compiled units: the same schedule and numpy kernels for the linear ops
     (they act on decoded values, where BLAS is the fast path), and the units in :func:`_kernels.temporal_units`,
-    which reproduce the window functions of :mod:`snncc.runtime.dynamics` bit for bit."""
+    which reproduce the window functions of :mod:`snncc.runtime.dynamics` bit for bit.
+
+    Two more compiled pieces, both exact: convolutions build the reference's im2col matrix with the compiled copy
+    loop (:func:`_constant_conv2d`: the same matrix, so the same BLAS product and the same values), and the
+    synaptic operations are counted from the spike trains with :func:`_kernels.count_events` (integers summed in
+    float64, as the reference's float64 product sums them) instead of a float64 product of the whole trains."""
 
     def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None) -> None:
         super().__init__(graph, timesteps)
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
+        self._conv_buffers: dict[str, _Buffers] = {}
         self._params = {}
         for node in self.populations():
             neuron = self.graph.op(node).neuron
@@ -700,8 +907,27 @@ class CythonTemporalSimulator(TemporalSimulator):
                 neuron.inhibition_matrix() if is_amos else np.zeros((k, k), np.float32), np.float32(neuron.offset),
                 is_amos)
 
+    def _events(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        steps, batch = x.shape[:2]
+        events = np.ascontiguousarray(x).reshape(steps * batch, -1)
+        if events.dtype not in (np.uint8, np.float32):
+            return super()._events(x, weights)
+        synops = np.zeros(steps * batch, dtype=np.float64)
+        _kernels.count_events(events, np.ascontiguousarray(weights, dtype=np.float64), synops,
+                              _threads(self.threads, events.size))
+        return synops.reshape(steps, batch)
+
     def _evaluate(self, node: str, x: np.ndarray, values: dict[str, np.ndarray],
                   spikes: dict[str, np.ndarray]) -> None:
+        op = self.graph.op(node)
+        if isinstance(op, ops.Conv2d) and op.input_gains is None:
+            (src,) = self.graph.inputs(node)
+            value = values[src]
+            if value.dtype == np.float32 and value.flags.c_contiguous:
+                # Fresh output arrays (values live on in run_stream); the column matrices are kept.
+                buffers = self._conv_buffers.setdefault(node, _Buffers())
+                values[node] = _constant_conv2d(op, value, self.threads, buffers, keep_output=False)
+                return
         if node not in self._params:
             super()._evaluate(node, x, values, spikes)
             return

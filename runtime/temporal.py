@@ -130,10 +130,10 @@ class TemporalSimulator:
         for src, weights, source in self.synaptic_inputs:
             if source is not None:
                 trains = spike_trains[source].reshape(spike_trains[source].shape[0], batch, -1)
-                self._place(synops, self.start[source], trains.astype(np.float64) @ weights)
+                self._place(synops, self.start[source], self._events(trains, weights))
             else:
-                events = (values[src].reshape(batch, -1) != 0).astype(np.float64) @ weights
-                self._place(synops, max(self.end[src] - 1, 0), events[None])
+                events = self._events(values[src].reshape(1, batch, -1), weights)
+                self._place(synops, max(self.end[src] - 1, 0), events)
         outputs = []
         for o in self.graph.outputs:
             out = np.zeros((T, batch) + self.types[o].shape, dtype=np.float32)
@@ -141,6 +141,12 @@ class TemporalSimulator:
                 out[self.latency - 1:] = values[o]
             outputs.append(out)
         return BatchResult(outputs, spikes, synops, max_per_neuron)
+
+    @staticmethod
+    def _events(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Synaptic operations of ``x`` (steps, B, n): per step and sample, the sum of ``weights`` (n) over the
+        non-zero entries (float64: integers, exact)."""
+        return (x != 0).astype(np.float64) @ weights
 
     @staticmethod
     def _place(target: np.ndarray, start: int, per_step: np.ndarray) -> None:

@@ -16,11 +16,12 @@ For the ratios in docs/benchmark.md, run it from the driver instead, which measu
 T by T (``python docs/scripts/benchmark_runtime.py --with-peers /work/peers-venv/bin/python``).
 
 The network
-    Rebuilt in torch from the ONNX file itself (Conv, Relu, MaxPool, Flatten, Gemm; the BatchNormalization after a
-    Gemm is folded into it, the TorchScript exporter already folded the convolutions' BatchNorm), so both peers and
-    snncc run exactly the weights in ``models/NAME.onnx``. The leading ``Sub``/``Div`` input normalization of the
-    models is applied to the data (neither peer converts it; it is the same function), after the input scaling of
-    ``models/NAME.json`` (``pixels / 255``). The rebuilt network's accuracy is checked against the ONNX model's.
+    Rebuilt in torch from the ONNX file itself (Conv, Relu, MaxPool, AveragePool, Flatten, Gemm; the
+    BatchNormalization after a Gemm is folded into it, the TorchScript exporter already folded the convolutions'
+    BatchNorm), so both peers and snncc run exactly the weights in ``models/NAME.onnx``. The leading
+    ``Sub``/``Div`` input normalization of the models is applied to the data (neither peer converts it; it is the
+    same function), after the input scaling of ``models/NAME.json`` (``pixels / 255``). The rebuilt network's
+    accuracy is checked against the ONNX model's.
 
 Conversion (calibration on the first 500 training images, batches of 100, as snncc's), excluded from the timing
     - SpikingJelly: ``ann2snn.Converter(RateCodingRecipe(loader, mode="99.9%"))``, its documented robust
@@ -74,7 +75,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = "snncc-peers/2"
-DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist"}
+DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist", "lenet5-avg-mnist": "mnist",
+            "vgg-avg-fmnist": "fashion-mnist"}
 BATCH = 100
 CALIBRATION = 500
 PEERS = ("spikingjelly", "sinabs")
@@ -109,8 +111,9 @@ def load_images(data_dir: Path, split: str, limit: int, scaling: dict, normalize
 
 
 def ann_from_onnx(path: Path):
-    """``(nn.Sequential, (mean, std))`` from a sequential ONNX CNN: Conv, Relu, MaxPool, Flatten/Reshape, Gemm and
-    a BatchNormalization after a Gemm (folded into it), after a leading ``Sub``/``Div`` by scalars (returned)."""
+    """``(nn.Sequential, (mean, std))`` from a sequential ONNX CNN: Conv, Relu, MaxPool, AveragePool,
+    Flatten/Reshape, Gemm and a BatchNormalization after a Gemm (folded into it), after a leading ``Sub``/``Div`` by
+    scalars (returned)."""
     import onnx
     import torch
     from onnx import numpy_helper
@@ -147,6 +150,10 @@ def ann_from_onnx(path: Path):
             if any(attrs.get("pads", [0])) or attrs.get("ceil_mode", 0):
                 raise ValueError(f"{path}: MaxPool with padding or ceil_mode")
             layers.append(nn.MaxPool2d(tuple(attrs["kernel_shape"]), stride=tuple(attrs.get("strides", [1, 1]))))
+        elif op == "AveragePool":
+            if any(attrs.get("pads", [0])) or attrs.get("ceil_mode", 0):
+                raise ValueError(f"{path}: AveragePool with padding or ceil_mode")
+            layers.append(nn.AvgPool2d(tuple(attrs["kernel_shape"]), stride=tuple(attrs.get("strides", [1, 1]))))
         elif op in ("Flatten", "Reshape"):
             layers.append(nn.Flatten())
         elif op == "Gemm":
@@ -184,7 +191,7 @@ def _layerwise_normalize(ann, x_calibration, percentile: float) -> list[float]:
     """Data-based normalization (Rueckauer et al. 2017) in place: the scale of each ReLU is the ``percentile`` of its
     activations on the calibration data, measured on the original network; layer l's weights are multiplied by
     scale(l-1) / scale(l) and its bias divided by scale(l). The layer after the last ReLU gets scale(l-1) only (its
-    output keeps the ANN's scale). Max pooling commutes with the positive scaling."""
+    output keeps the ANN's scale). Max and average pooling commute with the positive scaling."""
     import torch
     from torch import nn
 

@@ -1,36 +1,38 @@
-"""Benchmark the SNN runtimes against each other and against onnxruntime on the ANN; write docs/benchmark.md.
+"""Benchmark the SNN runtimes against onnxruntime on the ANN and against the peers; write docs/benchmark.md.
 
-For each shipped model (LeNet-5 on MNIST, the VGG on Fashion-MNIST when its ONNX file exists): compile once
-(calibration on the first 500 training images, ``pixels / 255``), then on the same test images, batch 100 and
-``--threads`` threads (2 by default), measure
+The zoo (``--zoo``, names of :data:`ZOO`): the shipped LeNet-5 (MNIST) and VGG (Fashion-MNIST), their
+average-pooling variants (``lenet5-avg-mnist``, ``vgg-avg-fmnist``), the ResNet-14 (Fashion-MNIST), rate-coded at
+each ``--timesteps``; and few-spike codings (FS with K=6 and K=8, AMOS) of the LeNet-5, the VGG, the ResNet-14 and
+the SiLU CNN, which run for their latency. Each configuration is compiled once (calibration on the first 500
+training images, ``pixels / 255``); on the same test images, ``--threads`` threads, batch 100:
 
-- onnxruntime on the ANN: images/s, accuracy;
-- the numpy reference simulator and the Cython runtime at T in {16, 32, 64, 128}: images/s, peak memory, accuracy
-  after T steps (identical for the two backends: same spikes), and the number of spikes per image.
+- onnxruntime on the ANN: images/s, accuracy, measured right before and right after each configuration's runs (the
+  faster counts: the machine's load changes within minutes);
+- the Cython runtime (and with ``--backends reference,cython`` the numpy reference): images/s, peak memory,
+  accuracy after T steps, spikes per image;
+- with ``--latency-images N``: batch size 1, the time per image of the Cython runtime and of onnxruntime (rate
+  codings at T=32, temporal ones at their latency);
+- with ``--with-peers PYTHON`` (the interpreter of the peers' own virtual environment, see
+  docs/scripts/benchmark_peers.py): SpikingJelly 2.0 (ann2snn) and sinabs on the same weights, images and T, each T
+  right after the Cython runtime, for the rate-coded models the peers' rebuild supports (sequential CNNs: not the
+  ResNet); results/peers.json gets their figures.
 
 Every measurement runs in a fresh subprocess, so that thread settings and the peak resident memory (``ru_maxrss``)
-belong to that measurement alone. ``OMP_NUM_THREADS`` is ``--threads``. numpy's BLAS (the reference's products, the
-Cython runtime's first layer and dense layers) runs once with ``OPENBLAS_NUM_THREADS=--threads`` and once with 1:
-OpenBLAS's idle workers spin and compete with everything else for the cores, and on a loaded machine both backends
-can be faster with a single-threaded BLAS. Each backend is reported in its faster configuration (both are in the
-JSON). Timings on a shared machine are noisy: each figure is the best of ``--repeats`` runs over the images, and only
-ratios from one run should be compared.
+belong to that measurement alone. ``OMP_NUM_THREADS`` is ``--threads``; numpy's BLAS (the first layer's and the
+dense layers' products) runs with the threads of ``--blas`` (default both ``--threads`` and 1; each backend is
+shown in its faster configuration, both are in the JSON). Timings on a shared machine are noisy: each figure is the
+best of ``--repeats`` runs over the images, only ratios from one run should be compared, and the load averages
+before and after every configuration are recorded with the figures (``--note`` says who else was using the
+machine). The CPU model and its vector instruction sets are recorded too.
 
-onnxruntime is measured right before and right after the runs of each T, and each ratio uses the faster of those
-two (the machine's load changes within minutes).
+Acceptance (issue 16): rate coding, at T=32 the Cython time per image at most 0.5 x onnxruntime's ANN time per image
+x 32, and at every T at least 5x the faster peer with equal or better accuracy; FS and AMOS at most 3x one
+onnxruntime pass of the ANN per image.
 
-With ``--with-peers PYTHON`` (the interpreter of the peers' own virtual environment, see
-docs/scripts/benchmark_peers.py), SpikingJelly 2.0 (ann2snn) and sinabs are measured in the same run on the same
-model, images and T, each T right after the Cython runtime; results/peers.json gets their figures and
-benchmark.md a table with the ratio Cython / faster peer at each model and T.
-
-Acceptance (issue 3): at T=32 the Cython time per image must be at most onnxruntime's ANN time per image times 32;
-at every T the Cython runtime at least 3x the faster peer with equal or better accuracy.
-
-    python docs/scripts/benchmark_runtime.py [--data ../shared/data] [--models lenet5-mnist,vgg-fmnist]
+    python docs/scripts/benchmark_runtime.py [--data ../shared/data] [--zoo lenet5-mnist,vgg-fmnist,...]
         [--model-dir models] [--images lenet5-mnist=1000,vgg-fmnist=300] [--timesteps 16,32,64,128]
-        [--threads 2] [--repeats 2] [--with-peers /work/peers-venv/bin/python [--peers spikingjelly,sinabs]
-        [--peer-options "--steps-per-call all,1"]]
+        [--threads 2] [--repeats 2] [--blas 2,1] [--backends cython] [--latency-images 50] [--note TEXT]
+        [--with-peers /work/peers-venv/bin/python [--peers spikingjelly,sinabs] [--peer-options "..."]]
     python docs/scripts/benchmark_runtime.py --render       # benchmark.md from results/*.json only
     python docs/scripts/benchmark_runtime.py --crossover    # dense vs event-driven time per layer and density
 """
@@ -50,11 +52,43 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist"}
-TITLES = {"lenet5-mnist": "LeNet-5 / MNIST", "vgg-fmnist": "VGG / Fashion-MNIST"}
 BATCH = 100
 CALIBRATION = 500
 ACCEPTANCE_T = 32
+RATE_OVER_ORT = 0.5  # issue 16: at T=32 at most 0.5 x (onnxruntime x 32)
+TEMPORAL_OVER_ORT = 3.0  # issue 16: FS and AMOS at most 3 x one onnxruntime pass
+PEER_SPEEDUP = 5  # issue 16: at least 5x the faster peer, with equal or better accuracy
+RATE = "canonicalize,normalize,convert-rate"
+
+
+def _config(model: str, dataset: str, title: str, coding: str = "rate", steps: int | None = None) -> dict:
+    pipeline = RATE if coding == "rate" else f"canonicalize,normalize,convert-{coding}{{steps={steps}}}"
+    label = "rate" if coding == "rate" else f"{coding.upper()} K={steps}"
+    return {"model": model, "dataset": dataset, "pipeline": pipeline, "coding": coding, "title": title,
+            "label": label}
+
+
+#: Configuration name -> model file (models/NAME.onnx), data set, conversion pipeline, coding and title.
+ZOO = {
+    "lenet5-mnist": _config("lenet5-mnist", "mnist", "LeNet-5 / MNIST"),
+    "vgg-fmnist": _config("vgg-fmnist", "fashion-mnist", "VGG / Fashion-MNIST"),
+    "lenet5-avg-mnist": _config("lenet5-avg-mnist", "mnist", "LeNet-5 with average pooling / MNIST"),
+    "vgg-avg-fmnist": _config("vgg-avg-fmnist", "fashion-mnist", "VGG with average pooling / Fashion-MNIST"),
+    "resnet-fmnist": _config("resnet-fmnist", "fashion-mnist", "ResNet-14 / Fashion-MNIST"),
+    **{f"{model}-{coding}{k}": _config(model, dataset, title, coding, k)
+       for model, dataset, title in (("lenet5-mnist", "mnist", "LeNet-5 / MNIST"),
+                                     ("vgg-fmnist", "fashion-mnist", "VGG / Fashion-MNIST"),
+                                     ("resnet-fmnist", "fashion-mnist", "ResNet-14 / Fashion-MNIST"))
+       for coding, k in (("fs", 6), ("fs", 8), ("amos", 8))},
+    "silu-fmnist-fs8": _config("silu-fmnist", "fashion-mnist", "SiLU CNN / Fashion-MNIST", "fs", 8),
+    "silu-fmnist-amos8": _config("silu-fmnist", "fashion-mnist", "SiLU CNN / Fashion-MNIST", "amos", 8),
+}
+DEFAULT_ZOO = ",".join(ZOO)
+#: Models whose ONNX file benchmark_peers.py rebuilds (sequential CNNs).
+PEER_MODELS = ("lenet5-mnist", "vgg-fmnist", "lenet5-avg-mnist", "vgg-avg-fmnist")
+#: x86 vector instruction sets recorded with the figures (from /proc/cpuinfo).
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                "amx_tile")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -75,20 +109,23 @@ def child_snn(args: argparse.Namespace) -> dict:
     graph = load(args.snn)
     x, y = load_dataset(args.data_dir, split="test", limit=args.images)
     xs = InputScaling.from_json(graph.attrs["input_scaling"]).apply(x)  # scaled once, outside the timed runs
-    simulator = Simulator(graph, timesteps=args.T, backend=args.backend, batch_size=BATCH, threads=args.threads)
+    timesteps = args.T or None  # 0: a temporal coding's latency
+    simulator = Simulator(graph, timesteps=timesteps, backend=args.backend, batch_size=args.batch,
+                          threads=args.threads)
     assert simulator.backend == args.backend, "the Cython runtime is not built (python -m pip install -e .)"
-    simulator.run(xs[:BATCH], apply_scaling=False)  # warm up: imports, first-touch of buffers
+    simulator.run(xs[:args.batch], apply_scaling=False)  # warm up: imports, first-touch of buffers
     baseline = _peak_rss_mib()
     best, result = float("inf"), None
     for _ in range(args.repeats):
         start = time.perf_counter()
         result = simulator.run(xs, apply_scaling=False)
         best = min(best, time.perf_counter() - start)
+    steps = result.outputs.shape[0]
     predictions = result.outputs[-1].reshape(len(xs), -1).argmax(axis=1)
-    return {"seconds": best, "images": len(xs), "images_per_second": len(xs) / best,
-            "accuracy": float((predictions == y).mean()), "spikes_per_image": result.spikes_per_image(args.T),
-            "synops_per_image": result.synops_per_image(args.T), "peak_rss_mib": _peak_rss_mib(),
-            "rss_before_mib": baseline, "predictions_sha": _digest(predictions)}
+    return {"seconds": best, "images": len(xs), "images_per_second": len(xs) / best, "batch": args.batch,
+            "steps": steps, "accuracy": float((predictions == y).mean()),
+            "spikes_per_image": result.spikes_per_image(steps), "synops_per_image": result.synops_per_image(steps),
+            "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": baseline, "predictions_sha": _digest(predictions)}
 
 
 def child_ort(args: argparse.Namespace) -> dict:
@@ -103,13 +140,14 @@ def child_ort(args: argparse.Namespace) -> dict:
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    session.run(None, {name: xs[:BATCH]})
+    batch = args.batch
+    session.run(None, {name: xs[:batch]})
     best, logits = float("inf"), None
     for _ in range(max(3, args.repeats)):
         start = time.perf_counter()
-        logits = np.concatenate([session.run(None, {name: xs[i:i + BATCH]})[0] for i in range(0, len(xs), BATCH)])
+        logits = np.concatenate([session.run(None, {name: xs[i:i + batch]})[0] for i in range(0, len(xs), batch)])
         best = min(best, time.perf_counter() - start)
-    return {"seconds": best, "images": len(xs), "images_per_second": len(xs) / best,
+    return {"seconds": best, "images": len(xs), "images_per_second": len(xs) / best, "batch": batch,
             "accuracy": float((logits.argmax(axis=1) == y).mean()), "peak_rss_mib": _peak_rss_mib()}
 
 
@@ -173,42 +211,59 @@ def _spawn(mode: str, threads: int, blas_threads: int, **options) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def benchmark_model(name: str, args: argparse.Namespace, workdir: Path, peer_docs: list) -> dict:
+def benchmark_config(name: str, args: argparse.Namespace, workdir: Path, peer_docs: list) -> dict:
+    """All runs of one zoo configuration: onnxruntime around the SNN runs of every T (rate) or of the latency
+    (temporal), the peers where asked, then batch size 1."""
     from snncc.api import compile_model
     from snncc.data import InputScaling, load_dataset
     from snncc.ir import save
 
-    model = args.model_dir / f"{name}.onnx"
-    data_dir = args.data / DATASETS[name]
+    config = ZOO[name]
+    model = args.model_dir / f"{config['model']}.onnx"
+    data_dir = args.data / config["dataset"]
     calibration, _ = load_dataset(data_dir, split="train", limit=CALIBRATION)
-    graph = compile_model(model, calibration=calibration, input_scaling=InputScaling(scale=1 / 255))
+    print(f"{name}: compiling ({config['pipeline']})", flush=True)
+    graph = compile_model(model, calibration=calibration, pipeline=config["pipeline"],
+                          input_scaling=InputScaling(scale=1 / 255))
     snn = workdir / f"{name}.snn"
     save(graph, snn)
-    images = args.images.get(name, 1000)
+    images = args.images.get(name, args.images.get(config["model"], 300))
     common = {"data_dir": data_dir, "images": images, "repeats": args.repeats}
-    result = {"model": str(model), "model_sha256": _sha256(model), "images": images, "timesteps": {}, "ort_runs": []}
+    result = {**config, "model_file": str(model.relative_to(REPO) if model.is_relative_to(REPO) else model),
+              "model_sha256": _sha256(model), "images": images, "timesteps": {}, "ort_runs": [],
+              "load_average": [os.getloadavg()]}
 
-    def ort() -> dict:
-        print(f"{name}: onnxruntime", flush=True)
-        run = _spawn("ort", args.threads, args.threads, model=model, **common)
-        result["ort_runs"].append(run)
+    def ort(batch: int = BATCH, count: int = images) -> dict:
+        print(f"{name}: onnxruntime (batch {batch})", flush=True)
+        run = _spawn("ort", args.threads, args.threads, model=model, batch=batch,
+                     **{**common, "images": count})
+        if batch == BATCH:
+            result["ort_runs"].append(run)
         return run
 
     before = ort()
-    for T in args.timesteps:
+    for T in (args.timesteps if config["coding"] == "rate" else [0]):
         row = {}
-        for backend in ("reference", "cython"):
-            for blas in sorted({args.threads, 1}, reverse=True):
+        for backend in args.backends:
+            for blas in args.blas:
                 label = f"{backend}-blas{blas}"
-                print(f"{name}: T={T} {label}", flush=True)
-                row[label] = _spawn("snn", args.threads, blas, snn=snn, backend=backend, T=T, **common)
-        if args.with_peers:
-            peer_docs.append(run_peers(name, T, images, args, workdir))
+                print(f"{name}: T={T or 'latency'} {label}", flush=True)
+                row[label] = _spawn("snn", args.threads, blas, snn=snn, backend=backend, T=T, batch=BATCH, **common)
+        if args.with_peers and config["coding"] == "rate" and config["model"] in PEER_MODELS:
+            peer_docs.append(run_peers(config["model"], T, images, args, workdir))
         after = ort()
         row["ort"] = min(before, after, key=lambda r: r["seconds"])  # the faster of the two adjacent runs
         result["timesteps"][T] = row
         before = after
     result["ort"] = min(result["ort_runs"], key=lambda r: r["seconds"])
+    if args.latency_images:
+        T = ACCEPTANCE_T if config["coding"] == "rate" else 0
+        count = min(args.latency_images, images)
+        print(f"{name}: batch 1", flush=True)
+        result["batch1"] = {"cython": _spawn("snn", args.threads, 1, snn=snn, backend="cython", T=T, batch=1,
+                                             **{**common, "images": count}),
+                            "ort": ort(batch=1, count=count), "T": T}
+    result["load_average"].append(os.getloadavg())
     return result
 
 
@@ -218,24 +273,30 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _fastest(row: dict, backend: str) -> tuple[str, dict]:
-    label = max((k for k in row if k.startswith(backend)), key=lambda k: row[k]["images_per_second"])
+def _fastest(row: dict, backend: str) -> tuple[str, dict] | tuple[None, None]:
+    labels = [k for k in row if k.startswith(backend + "-")]
+    if not labels:
+        return None, None
+    label = max(labels, key=lambda k: row[k]["images_per_second"])
     return label, row[label]
 
 
 def summarize(name: str, result: dict) -> dict:
+    """Per T (0: a temporal coding's latency): the backends' fastest runs and the ratios to onnxruntime."""
     summary = {}
     for T, row in result["timesteps"].items():
         ort_per_image = row["ort"]["seconds"] / row["ort"]["images"]
         ref_label, ref = _fastest(row, "reference")
         cy_label, cy = _fastest(row, "cython")
+        cy_per_image = cy["seconds"] / cy["images"]
         digests = {r["predictions_sha"] for k, r in row.items() if k != "ort"}
         summary[int(T)] = {"reference": ref_label, "cython": cy_label,
-                           "reference_images_per_second": ref["images_per_second"],
+                           "reference_images_per_second": ref and ref["images_per_second"],
                            "cython_images_per_second": cy["images_per_second"],
-                           "speedup_vs_reference": ref["seconds"] / cy["seconds"],
+                           "speedup_vs_reference": ref and ref["seconds"] / cy["seconds"],
                            "ort_images_per_second": row["ort"]["images_per_second"],
-                           "cython_over_ort_times_T": (cy["seconds"] / cy["images"]) / (ort_per_image * int(T)),
+                           "cython_over_ort": cy_per_image / ort_per_image,
+                           "cython_over_ort_times_T": cy_per_image / (ort_per_image * (int(T) or 1)),
                            "same_predictions": len(digests) == 1}
     return summary
 
@@ -252,56 +313,99 @@ def _git_commit() -> str | None:
     return commit + ("+changes" if dirty else "")
 
 
+def _machine_line(meta: dict) -> str:
+    cpu = meta.get("cpu", {})
+    flags = ", ".join(cpu.get("vector_flags", [])) or "none recorded"
+    return (f"{cpu.get('model', meta.get('machine'))}, {meta.get('cores')} cores; vector instruction sets: {flags}; "
+            f"Cython kernels: {meta['kernels']} variant")
+
+
 def markdown(results: dict, meta: dict) -> str:
     code = f"Code: commit `{meta['commit']}`. " if meta.get("commit") else ""
+    note = f" {meta['note']}" if meta.get("note") else ""
+    loads = [la for r in results.values() for la in r.get("load_average", [])]
+    load_text = (f" The 1-minute load average ranged from {min(la[0] for la in loads):.1f} to "
+                 f"{max(la[0] for la in loads):.1f} during the run." if loads else "")
     lines = ["# Runtime benchmark", "",
-             "Written by `python docs/scripts/benchmark_runtime.py`. " + code +
-             f"Batch {BATCH}, {meta['threads']} threads, Cython kernels: {meta['kernels']} variant, "
-             f"calibration on the first {CALIBRATION} training images, inputs `pixels / 255`. Machine: "
-             f"{meta['machine']}, shared with other work while measuring, so timings are noisy; each figure is "
-             f"the best of {meta['repeats']} runs. Each measurement runs in its own process with "
-             f"`OMP_NUM_THREADS={meta['threads']}`; numpy's BLAS was run with {meta['threads']} threads and with 1, "
-             "and each backend is shown in its faster configuration (*blasN* in the table; both are in "
-             "`results/benchmark.json`). onnxruntime ran right before and after each T; the ratio uses the faster "
-             "run. Peak memory is the process's peak resident set, Python, numpy and the test images included.", ""]
-    for name, result in results.items():
-        ort = result["ort"]
-        ort_us = 1e6 * ort["seconds"] / ort["images"]
-        lines += [f"## {TITLES.get(name, name)}", "",
-                  f"{result['images']} test images. onnxruntime on the ANN: best **{ort['images_per_second']:.0f} "
-                  f"images/s** ({ort_us:.1f} us per image), accuracy {100 * ort['accuracy']:.2f} %, peak memory "
-                  f"{ort['peak_rss_mib']:.0f} MiB.", "",
-                  "| T | reference img/s | Cython img/s | speed-up | ORT img/s (adjacent) | Cython / (ORT x T) "
-                  "| SNN accuracy | spikes / image | peak MiB reference / Cython |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        summary = result["summary"]
-        for T, row in result["timesteps"].items():
-            s = summary[int(T)]
-            ref, cy = row[s["reference"]], row[s["cython"]]
-            same = "" if s["same_predictions"] else " (predictions differ!)"
-            lines.append(f"| {T} | {ref['images_per_second']:.1f} ({s['reference'].split('-')[1]}) | "
-                         f"{cy['images_per_second']:.1f} ({s['cython'].split('-')[1]}) | "
-                         f"{s['speedup_vs_reference']:.1f}x | {s['ort_images_per_second']:.0f} | "
-                         f"{s['cython_over_ort_times_T']:.2f} | "
-                         f"{100 * ref['accuracy']:.2f} %{same} | {ref['spikes_per_image']:.0f} | "
-                         f"{ref['peak_rss_mib']:.0f} / {cy['peak_rss_mib']:.0f} |")
-        at = summary.get(ACCEPTANCE_T)
-        if at:
-            verdict = "met" if at["cython_over_ort_times_T"] <= 1 else "NOT met"
-            lines += ["", f"Acceptance at T={ACCEPTANCE_T}: Cython time per image = "
-                          f"{at['cython_over_ort_times_T']:.2f} x (onnxruntime time per image x {ACCEPTANCE_T}): "
-                          f"**{verdict}**; {at['speedup_vs_reference']:.1f}x faster than the numpy reference."]
+             "Written by `python docs/scripts/benchmark_runtime.py` (command below). " + code +
+             f"Batch {BATCH} unless stated, {meta['threads']} threads, calibration on the first {CALIBRATION} "
+             f"training images, inputs `pixels / 255`. Machine: {_machine_line(meta)}.{note}{load_text} "
+             f"Timings are therefore noisy; each figure is the best of {meta['repeats']} runs, each measurement in "
+             f"its own process with `OMP_NUM_THREADS={meta['threads']}` and numpy's BLAS threads "
+             f"{'/'.join(map(str, meta.get('blas', [])))} (each backend in its faster setting, *blasN*). "
+             "onnxruntime ran right before and after each configuration's runs; the ratios use the faster run. "
+             "Only ratios from this one run should be compared. Peak memory is the process's peak resident set.", "",
+             f"    {meta.get('command', '')}", ""]
+    for merged in meta.get("merged", []):
+        lines += [f"Measured at the same time by a second process ({merged.get('note') or 'same machine'}): "
+                  f"{', '.join(merged['configurations'])}:", "", f"    {merged.get('command', '')}", ""]
+    rate = {n: r for n, r in results.items() if r.get("coding", "rate") == "rate"}
+    temporal = {n: r for n, r in results.items() if r.get("coding", "rate") != "rate"}
+    if rate:
+        lines += ["## Rate coding", "",
+                  f"Acceptance (issue 16): at T={ACCEPTANCE_T}, Cython time per image at most {RATE_OVER_ORT} x "
+                  f"(onnxruntime ANN time per image x {ACCEPTANCE_T}); peers in the next section.", "",
+                  "| model | T | Cython img/s | ORT img/s | Cython / (ORT x T) | reference img/s | SNN accuracy | "
+                  "ANN accuracy | spikes / image | peak MiB |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        verdicts = []
+        for name, result in rate.items():
+            for T, row in result["timesteps"].items():
+                s = result["summary"][int(T)]
+                cy = row[s["cython"]]
+                ref = f"{row[s['reference']]['images_per_second']:.1f}" if s["reference"] else "-"
+                same = "" if s["same_predictions"] else " (predictions differ!)"
+                ratio = s["cython_over_ort_times_T"]
+                lines.append(f"| {result.get('title', name)} | {T} | {cy['images_per_second']:.1f} | "
+                             f"{s['ort_images_per_second']:.0f} | {ratio:.2f} | {ref} | "
+                             f"{100 * cy['accuracy']:.2f} %{same} | {100 * row['ort']['accuracy']:.2f} % | "
+                             f"{cy['spikes_per_image']:.0f} | {cy['peak_rss_mib']:.0f} |")
+                if int(T) == ACCEPTANCE_T:
+                    verdicts.append((result.get("title", name), ratio))
+        if verdicts:
+            lines += ["", "At T=32: " + "; ".join(
+                f"{title} {ratio:.2f} ({'met' if ratio <= RATE_OVER_ORT else 'NOT met'})" for title, ratio in verdicts)
+                + "."]
+        lines.append("")
+    if temporal:
+        lines += ["## FS and AMOS", "",
+                  f"Each runs for its latency (K steps per layer). Acceptance (issue 16): Cython time per image at "
+                  f"most {TEMPORAL_OVER_ORT:g} x one onnxruntime pass of the ANN.", "",
+                  "| model | coding | steps | Cython img/s | ORT img/s | Cython / ORT | reference img/s | SNN accuracy "
+                  "| ANN accuracy | spikes / image | verdict |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for name, result in temporal.items():
+            for T, row in result["timesteps"].items():
+                s = result["summary"][int(T)]
+                cy = row[s["cython"]]
+                ref = f"{row[s['reference']]['images_per_second']:.1f}" if s["reference"] else "-"
+                ratio = s["cython_over_ort"]
+                lines.append(f"| {result.get('title', name)} | {result.get('label')} | {cy['steps']} | "
+                             f"{cy['images_per_second']:.1f} | {s['ort_images_per_second']:.0f} | {ratio:.2f} | "
+                             f"{ref} | {100 * cy['accuracy']:.2f} % | {100 * row['ort']['accuracy']:.2f} % | "
+                             f"{cy['spikes_per_image']:.0f} | "
+                             f"{'met' if ratio <= TEMPORAL_OVER_ORT else 'NOT met'} |")
+        lines.append("")
+    latency = {n: r for n, r in results.items() if r.get("batch1")}
+    if latency:
+        lines += ["## Batch size 1", "",
+                  "Time per image with one image per call (rate codings at T=32, FS/AMOS at their latency), the "
+                  "Cython runtime and onnxruntime on the ANN.", "",
+                  "| model | coding | images | Cython ms / image | ORT ms / image | Cython / ORT |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for name, result in latency.items():
+            b1 = result["batch1"]
+            cy_ms = 1e3 * b1["cython"]["seconds"] / b1["cython"]["images"]
+            ort_ms = 1e3 * b1["ort"]["seconds"] / b1["ort"]["images"]
+            coding = result.get("label", "rate") + (f" T={b1['T']}" if b1["T"] else "")
+            lines.append(f"| {result.get('title', name)} | {coding} | {b1['cython']['images']} | {cy_ms:.3f} | "
+                         f"{ort_ms:.3f} | {cy_ms / ort_ms:.1f} |")
         lines.append("")
     lines += peer_markdown(results, meta)
-    lines += ["Speed-up: time of the reference / time of the Cython runtime. Cython / (ORT x T): Cython time per "
-              "image over T times onnxruntime's ANN time per image (the acceptance bound is 1 at T=32). The "
-              "backends' predicted classes are compared by a digest in every configuration; the SNN accuracy is "
-              "the same for all of them.", ""]
     return "\n".join(lines)
 
 
 PEER_TITLES = {"spikingjelly": "SpikingJelly", "sinabs": "sinabs"}
-PEER_SPEEDUP = 3  # issue 3: the Cython runtime at least 3x the faster peer, with equal or better accuracy
 
 
 def peer_markdown(results: dict, meta: dict) -> list[str]:
@@ -339,7 +443,7 @@ def peer_markdown(results: dict, meta: dict) -> list[str]:
         if ours is None:
             continue
         peers = list(entry["peers"])
-        lines += [f"### {TITLES.get(name, name)}", "",
+        lines += [f"### {ours.get('title', name)}", "",
                   f"{entry['images']} test images (snncc: {ours['images']}); the rebuilt torch ANN: "
                   f"{100 * entry.get('ann_accuracy_torch', float('nan')):.2f} %.", "",
                   "| T | Cython img/s | " + " | ".join(f"{PEER_TITLES.get(p, p)} img/s" for p in peers)
@@ -420,22 +524,43 @@ def merge_peers(docs: list[dict], run_id: str) -> dict:
     return merged
 
 
+def _cpu() -> dict:
+    """The CPU model and the x86 vector instruction sets it reports (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "vector_flags": []}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", platform.machine()),
+            "vector_flags": [f for f in VECTOR_FLAGS if f in flags]}
+
+
 def main() -> None:
     from snncc.fileio import write_text  # lazily, as every snncc import here
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--models", default="lenet5-mnist,vgg-fmnist")
+    parser.add_argument("--zoo", default=DEFAULT_ZOO, help=f"configurations, names of ZOO ({DEFAULT_ZOO})")
     parser.add_argument("--model-dir", type=Path, default=REPO / "models")
     parser.add_argument("--images", default="lenet5-mnist=1000,vgg-fmnist=300",
-                        help="test images per model, NAME=N,... (or one number for all)")
+                        help="test images per configuration or model, NAME=N,... (300 where not given), or one "
+                             "number for all")
     parser.add_argument("--timesteps", default="16,32,64,128")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--blas", default=None, help="numpy BLAS threads to try, e.g. 2,1 (default: --threads and 1)")
+    parser.add_argument("--backends", default="reference,cython", help="SNN backends to measure (cython always)")
+    parser.add_argument("--latency-images", type=int, default=0, help="also measure batch size 1 on this many images")
+    parser.add_argument("--note", default="", help="a sentence on the machine's use during the run, for the docs")
     parser.add_argument("--crossover", action="store_true", help="measure dense vs event-driven synapses")
     parser.add_argument("--render", action="store_true",
                         help="rewrite benchmark.md from results/benchmark.json (and results/peers.json) only")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--merge", action="append", default=[], metavar="JSON",
+                        help="with --render: add the configurations of another run's results/benchmark.json (a "
+                             "second process of the same run), recorded in the meta data")
     parser.add_argument("--with-peers", metavar="PYTHON",
                         help="also measure SpikingJelly and sinabs with this interpreter (their own virtual "
                              "environment, see benchmark_peers.py), each T right after the Cython runtime; writes "
@@ -450,6 +575,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--T", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.images = int(args.images)
@@ -458,9 +584,26 @@ def main() -> None:
         return
     if args.render:
         data = json.loads((args.out / "results" / "benchmark.json").read_text())
+        for other in args.merge:  # configurations measured by a second process of the same run
+            extra = json.loads(Path(other).read_text())
+            data["models"].update({k: v for k, v in extra["models"].items() if k not in data["models"]})
+            data["meta"].setdefault("merged", []).append(
+                {"command": extra["meta"].get("command"), "note": extra["meta"].get("note"),
+                 "configurations": list(extra["models"]), "date": extra["meta"].get("date")})
         for result in data["models"].values():  # JSON object keys are strings
             result["summary"] = {int(t): s for t, s in result["summary"].items()}
-        data["meta"]["peers"] = _peers(args.out)
+        peers = _peers(args.out)
+        if args.merge:
+            from snncc.api import write_json
+
+            # Their peer measurements too (results/peers.json beside the merged file), into this run's document.
+            extra_peers = [json.loads(p.read_text()) for p in (Path(o).parent / "peers.json" for o in args.merge)
+                           if p.is_file()]
+            if extra_peers:
+                peers = merge_peers(([peers] if peers else []) + extra_peers, peers.get("run_id") if peers else None)
+                write_json(peers, args.out / "results" / "peers.json")
+            write_json(data, args.out / "results" / "benchmark.json")
+        data["meta"]["peers"] = peers
         write_text(args.out / "benchmark.md", markdown(data["models"], data["meta"]))
         print(f"wrote {args.out / 'benchmark.md'}")
         return
@@ -470,38 +613,47 @@ def main() -> None:
             print(f"{name:34s} dense time / event-driven time: " +
                   "  ".join(f"{d}: {r:.2f}" for d, r in ratios.items()))
         return
+    command = "python docs/scripts/benchmark_runtime.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    zoo = [n for n in args.zoo.split(",") if n]
+    unknown = [n for n in zoo if n not in ZOO]
+    if unknown:
+        parser.error(f"unknown configurations {unknown}; known: {DEFAULT_ZOO}")
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
+    args.blas = ([int(b) for b in args.blas.split(",")] if args.blas else sorted({args.threads, 1}, reverse=True))
+    args.backends = [b for b in ("reference", "cython") if b in args.backends.split(",") or b == "cython"]
     if "=" in args.images:
         args.images = {k: int(v) for k, v in (item.split("=") for item in args.images.split(","))}
     else:
-        args.images = {name: int(args.images) for name in args.models.split(",")}
+        args.images = {name: int(args.images) for name in zoo}
     results, peer_docs = {}, []
     run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
     commit = _git_commit()  # the code measured, taken before the run
     if args.with_peers and not Path(args.with_peers).is_file():
         parser.error(f"--with-peers {args.with_peers}: no such interpreter")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            if not (args.model_dir / f"{name}.onnx").is_file():
-                print(f"skipping {name}: {args.model_dir / name}.onnx does not exist", flush=True)
-                continue
-            result = benchmark_model(name, args, Path(tmp), peer_docs)
-            result["summary"] = summarize(name, result)
-            results[name] = result
+    from snncc.api import write_json
     from snncc.runtime import load_kernels
 
     kernels = load_kernels()
     meta = {"images": args.images, "threads": args.threads, "repeats": args.repeats, "batch": BATCH,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(), "openmp": kernels.openmp_enabled(), "kernels": kernels.variant(),
-            "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"), "run_id": run_id,
-            "commit": commit}
-    from snncc.api import write_json
-
-    write_json({"meta": meta, "models": results}, args.out / "results" / "benchmark.json")
-    if peer_docs:
-        write_json(merge_peers(peer_docs, run_id), args.out / "results" / "peers.json")
-    write_text(args.out / "benchmark.md", markdown(results, {**meta, "peers": _peers(args.out)}))
+            "blas": args.blas, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "cores": os.cpu_count(), "cpu": _cpu(), "python": platform.python_version(),
+            "openmp": kernels.openmp_enabled(), "kernels": kernels.variant(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "run_id": run_id, "commit": commit, "note": args.note, "command": command,
+            "load_average_at_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in zoo:
+            if not (args.model_dir / f"{ZOO[name]['model']}.onnx").is_file():
+                print(f"skipping {name}: {args.model_dir / ZOO[name]['model']}.onnx does not exist", flush=True)
+                continue
+            result = benchmark_config(name, args, Path(tmp), peer_docs)
+            result["summary"] = summarize(name, result)
+            results[name] = result
+            # Written after every configuration: a run cut short still leaves its figures.
+            meta["load_average_at_end"] = os.getloadavg()
+            write_json({"meta": meta, "models": results}, args.out / "results" / "benchmark.json")
+            if peer_docs:
+                write_json(merge_peers(peer_docs, run_id), args.out / "results" / "peers.json")
+            write_text(args.out / "benchmark.md", markdown(results, {**meta, "peers": _peers(args.out)}))
     written = ["benchmark.md", "results/benchmark.json"] + (["results/peers.json"] if peer_docs else [])
     print("wrote " + ", ".join(str(args.out / w) for w in written))
 

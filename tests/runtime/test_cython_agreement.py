@@ -30,7 +30,7 @@ if not __import__("snncc.runtime", fromlist=["cython_available"]).cython_availab
 
 from snncc.errors import IRError, SimulationError  # noqa: E402
 from snncc.ir import IF, LIF, SNN, Graph, ops  # noqa: E402
-from snncc.runtime import Simulator, _kernels, cython_engine, kernels, reference  # noqa: E402
+from snncc.runtime import Simulator, TemporalSimulator, _kernels, cython_engine, kernels, reference  # noqa: E402
 from tests.conftest import MODELS, data_dir  # noqa: E402
 
 MAX_FLIP_RATE = 1e-5
@@ -44,13 +44,33 @@ def _gamma(n: int) -> float:
     return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
 
 
-def _synaptic_bound(op: ops.Op) -> np.ndarray:
+def _synaptic_bound(op: ops.Op, window: int = 1) -> np.ndarray:
     """Per output channel, the largest difference between two float32 sums of one output of ``op`` over binary
     inputs that add the same terms in different orders: twice gamma_n of the sum of |weights| and |bias| (n + 1
-    terms at most). The same bound holds for every spatial position of a convolution."""
+    terms at most). The same bound holds for every spatial position of a convolution.
+
+    ``window``: the size of an average pooling before ``op`` that the Cython runtime folds into it. The reference
+    rounds the pooled value ``count / window`` and sums ``n`` products; the folded layer sums up to ``n window``
+    terms ``W / window``, each rounded once. Both lie within gamma_(n window + 2) of the exact current times the same
+    magnitude (every pooled value is at most 1)."""
     weight = np.abs(op.weight.astype(np.float64)).reshape(op.weight.shape[0], -1)
     magnitude = weight.sum(axis=1) + (0 if op.bias is None else np.abs(op.bias.astype(np.float64)))
-    return 2 * _gamma(weight.shape[1] + 1) * magnitude
+    terms = weight.shape[1] + 1 if window == 1 else weight.shape[1] * window + 2
+    return 2 * _gamma(terms) * magnitude
+
+
+def _pooling_window(graph: Graph, node: str) -> int:
+    """The window size of a non-overlapping average pooling read (through views) by synaptic ``node``, which the
+    Cython runtime folds into it; 1 where there is none."""
+    (src,) = graph.inputs(node)
+    while isinstance(graph.op(src), (ops.Flatten, ops.Reshape, ops.Identity)):
+        (src,) = graph.inputs(src)
+    op = graph.op(src)
+    if isinstance(op, ops.GlobalAvgPool):
+        return int(np.prod(graph.types()[graph.inputs(src)[0]].shape[1:]))
+    if isinstance(op, ops.AvgPool2d) and op.kernel == op.stride and not any(op.padding):
+        return op.kernel[0] * op.kernel[1]
+    return 1
 
 
 def _readout_bound(graph: Graph, readout: str) -> np.ndarray:
@@ -65,7 +85,7 @@ def _readout_bound(graph: Graph, readout: str) -> np.ndarray:
     op = graph.op(node)
     if not isinstance(op, (ops.Conv2d, ops.Linear)):
         pytest.fail(f"no summation-order bound for a readout of {type(op).__name__} {node}")
-    bound = _synaptic_bound(op)
+    bound = _synaptic_bound(op, _pooling_window(graph, node))
     shape = graph.types()[node].shape
     per_value = np.broadcast_to(bound.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
     return per_value.reshape(graph.types()[readout].shape)
@@ -73,8 +93,9 @@ def _readout_bound(graph: Graph, readout: str) -> np.ndarray:
 
 def _largest_current_bound(graph: Graph) -> float:
     """The order bound of the largest synaptic current fed by spikes (currents from the analog input are the same
-    BLAS call in both engines, hence identical; average pooling runs the reference's numpy code in both)."""
-    bounds = [float(_synaptic_bound(graph.op(n)).max()) for n in graph.topological_order()
+    BLAS call in both engines, hence identical; an average pooling the Cython runtime folds into the layer after it
+    lengthens that layer's sum, see :func:`_synaptic_bound`)."""
+    bounds = [float(_synaptic_bound(graph.op(n), _pooling_window(graph, n)).max()) for n in graph.topological_order()
               if isinstance(graph.op(n), (ops.Conv2d, ops.Linear))
               and not isinstance(graph.op(graph.inputs(n)[0]), ops.Input)]
     return max(bounds, default=0.0)
@@ -333,6 +354,17 @@ def snn_graphs(draw):
         except IRError:
             assume(False)
         h = g.add(ops.Population(neuron=draw(neurons)), [h], name="pop1")
+        # Average pooling before the fully connected layer: 2x2 windows (the last row and column dropped where the
+        # size is odd) or global. The Cython runtime folds both into fc1. A window whose size is not a power of two
+        # makes W / size inexact, and quantized graphs put membranes exactly on the threshold, where any rounding
+        # flips spikes: those get only windows of 2^k inputs.
+        tail_pool = draw(st.sampled_from(["none", "avg", "global"]))
+        spatial = g.types()[h].shape[1:]
+        size = spatial[0] * spatial[1]
+        if tail_pool == "avg" and min(spatial) >= 2:
+            h = g.add(ops.AvgPool2d(kernel=(2, 2), stride=(2, 2)), [h], name="tail_pool")
+        elif tail_pool == "global" and (not quantized or size & (size - 1) == 0):
+            h = g.add(ops.GlobalAvgPool(), [h], name="tail_pool")
         h = g.add(ops.Flatten(), [h], name="flatten")
     else:
         shape = (draw(st.integers(3, 40)),)
@@ -349,8 +381,7 @@ def snn_graphs(draw):
     h = g.add(ops.Linear(weight=weights((classes, hidden), hidden), bias=bias(classes)), [h], name="fc2")
     g.outputs = [g.add(ops.Readout(), [h], name="out")]
     x = rng.uniform(0, 1, (draw(st.integers(1, 5)),) + shape).astype(np.float32)
-    if quantized:
-        x = np.round(x * 8) / 8
+    x = np.round(x * 8) / 8 if quantized else x
     return g, x, quantized
 
 
@@ -564,6 +595,114 @@ def test_a_spiking_convolution_read_only_by_a_population_runs_fused_with_it(pool
     assert result["spikes"] > 0
 
 
+@pytest.mark.parametrize("shape, kernel", [((3, 8, 8), (2, 2)), ((2, 7, 9), (2, 3)), ((4, 5, 6), (5, 6)),
+                                           ((1, 4, 4), (1, 1))])
+def test_pool_regroup_kernel_regroups_the_windows_and_counts_their_events(shape, kernel, variant):
+    """The regrouped spikes are (C, kh, kw, Ho, Wo) (dropped rows and columns beyond the last window); the synaptic
+    operations are one per spike in a window plus the next layers' fan-out at every window holding a spike."""
+    rng = np.random.default_rng(31)
+    rows = 7
+    x = (rng.random((rows,) + shape) < 0.2).astype(np.uint8)
+    (c, h, w), (kh, kw) = shape, kernel
+    ho, wo = h // kh, w // kw
+    windows = x[:, :, :ho * kh, :wo * kw].reshape(rows, c, ho, kh, wo, kw)
+    after = rng.integers(0, 50, c * ho * wo).astype(np.float64)
+    for copy in (True, False):
+        out = np.full((rows, c * kh * kw * ho * wo), 7, np.uint8)
+        synops = np.full(rows, 0.5)
+        variant.pool_regroup(x, out, kernel, after, synops, copy, 2)
+        if copy:
+            np.testing.assert_array_equal(out, windows.transpose(0, 1, 3, 5, 2, 4).reshape(rows, -1))
+        else:
+            assert (out == 7).all()
+        expected = 0.5 + windows.sum(axis=(1, 2, 3, 4, 5)) + (windows.sum(axis=(3, 5)) > 0).reshape(rows, -1) @ after
+        np.testing.assert_array_equal(synops, expected)
+
+
+def _pooled_network(rng: np.random.Generator, quantized: bool, global_pool: bool) -> Graph:
+    """conv -> population -> 2x2 average pooling -> conv -> population -> 2x2 (or global) average pooling ->
+    flatten -> linear -> population -> linear -> readout: LeNet-5 with average pooling, small."""
+    def weights(shape, scale):
+        w = rng.normal(0, scale, shape)
+        return np.round(w * 8) / 8 if quantized else w
+
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(2, 12, 13)), name="x")
+    h = g.add(ops.Conv2d(weight=weights((6, 2, 3, 3), 0.6), bias=np.full(6, 0.125), padding=(1, 1, 1, 1)), [h],
+              name="conv0")
+    h = g.add(ops.Population(neuron=IF(threshold=0.75)), [h], name="pop0")
+    h = g.add(ops.AvgPool2d(kernel=(2, 2), stride=(2, 2)), [h], name="pool0")
+    h = g.add(ops.Conv2d(weight=weights((8, 6, 3, 3), 0.5), bias=np.full(8, 0.25), padding=(1, 1, 1, 1)), [h],
+              name="conv1")
+    h = g.add(ops.Population(neuron=LIF(threshold=0.5, tau_mem=10.0)), [h], name="pop1")
+    h = g.add(ops.GlobalAvgPool() if global_pool else ops.AvgPool2d(kernel=(2, 2), stride=(2, 2)), [h],
+              name="pool1")
+    h = g.add(ops.Flatten(), [h], name="flatten")
+    fan_in = g.types()[h].size
+    h = g.add(ops.Linear(weight=weights((12, fan_in), 2 / np.sqrt(fan_in)), bias=np.full(12, 0.125)), [h],
+              name="fc0")
+    h = g.add(ops.Population(neuron=IF(threshold=0.5)), [h], name="pop2")
+    h = g.add(ops.Linear(weight=weights((4, 12), 0.5)), [h], name="fc1")
+    g.outputs = [g.add(ops.Readout(), [h], name="out")]
+    return g
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+@pytest.mark.parametrize("global_pool", [False, True])
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_average_pooling_of_spikes_is_folded_into_the_next_layer(quantized, global_pool, path, monkeypatch):
+    """Both poolings fold into the layers after them, which then run event-driven (the convolution fused with its
+    population); the spikes are the reference's, bit for bit where every sum is exact (weights in multiples of
+    1/8, windows of 4 or 36 inputs: W / 36 is not exact, so only 2x2 windows there), else within the order bound
+    of the folded sums, and the synaptic operations are the reference's exactly."""
+    rng = np.random.default_rng(23)
+    g = _pooled_network(rng, quantized, global_pool)
+    engine = cython_engine.CythonSimulator(g, 20)
+    assert isinstance(engine.plans["pool0"], cython_engine._PoolFold)
+    assert isinstance(engine.plans["pool1"], cython_engine._PoolFold)
+    assert isinstance(engine.plans["conv1"], cython_engine._ConvPopulation)
+    assert isinstance(engine.plans["fc0"], cython_engine._EventSynapse)
+    monkeypatch.setattr(cython_engine, "DENSE_ABOVE", {k: (2.0 if path == "sparse" else -1.0)
+                                                       for k in cython_engine.DENSE_ABOVE})
+    x = rng.uniform(0, 1, (6, 2, 12, 13)).astype(np.float32)
+    x = np.round(x * 8) / 8 if quantized else x
+    exact = quantized and not global_pool
+    result = _assert_agreement(g, x, 20, exact=exact)
+    assert result["spikes"] > 1000
+    if exact:
+        assert result["flips"] == 0
+
+
+def test_average_pooling_read_by_anything_but_synaptic_layers_is_not_folded():
+    """A pooling whose value is also a graph output, or overlapping windows, run the reference's numpy kernel."""
+    rng = np.random.default_rng(24)
+    g = _pooled_network(rng, quantized=False, global_pool=False)
+    g.outputs = g.outputs + [g.add(ops.Flatten(), ["pool0"], name="pooled")]
+    engine = cython_engine.CythonSimulator(g, 8)
+    assert isinstance(engine.plans["pool0"], cython_engine._Stateless)
+    assert isinstance(engine.plans["conv1"], cython_engine._Stateless)  # graded input: the reference's product
+    assert isinstance(engine.plans["pool1"], cython_engine._PoolFold)
+    x = rng.uniform(0, 1, (3, 2, 12, 13)).astype(np.float32)
+    expected, got = reference.ReferenceSimulator(g, 8).run_batch(x), engine.run_batch(x)
+    np.testing.assert_array_equal(got.outputs[1], expected.outputs[1])
+    for name in expected.spikes:
+        np.testing.assert_array_equal(got.spikes[name], expected.spikes[name])
+    np.testing.assert_array_equal(got.synops, expected.synops)
+    overlapping = ops.AvgPool2d(kernel=(3, 3), stride=(2, 2))
+    assert cython_engine._PoolFold.geometry(overlapping, (6, 12, 13)) is None
+    # A global pooling before the layer that is read out (a ResNet's head): that current stays the reference's.
+    head = Graph(level=SNN)
+    h = head.add(ops.Input(shape=(3, 4, 4)), name="x")
+    h = head.add(ops.Population(neuron=IF(threshold=0.5)), [h], name="pop")
+    h = head.add(ops.Reshape(shape=(3,)), [head.add(ops.GlobalAvgPool(), [h], name="gap")])
+    head.outputs = [head.add(ops.Readout(), [head.add(ops.Linear(weight=rng.normal(size=(2, 3))), [h])])]
+    engine = cython_engine.CythonSimulator(head, 8)
+    assert isinstance(engine.plans["gap"], cython_engine._Stateless)
+    x = rng.uniform(0, 1, (3, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(engine.run_batch(x).outputs[0],
+                                  reference.ReferenceSimulator(head, 8).run_batch(x).outputs[0])
+
+
 def test_stateful_ops_without_kernels_fall_back_to_the_reference_state():
     """Max pooling of a non-binary train (after average pooling) and windows made of padding only (max -inf, then
     NaN increments) run the reference's numpy state and agree with it exactly, NaN included."""
@@ -593,8 +732,14 @@ def test_stateful_ops_without_kernels_fall_back_to_the_reference_state():
 # The shipped models on real images
 # ----------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, dataset", [("lenet5-mnist", "mnist"), ("vgg-fmnist", "fashion-mnist")])
-def test_shipped_models_on_real_images(name, dataset):
+AVERAGE_POOLING = "canonicalize,normalize,convert-rate{maxpool=avg}"
+
+
+@pytest.mark.parametrize("name, dataset, pipeline, images", [
+    ("lenet5-mnist", "mnist", None, 200), ("vgg-fmnist", "fashion-mnist", None, 200),
+    # Average pooling of spikes, folded into the next layer by the Cython runtime.
+    ("lenet5-mnist", "mnist", AVERAGE_POOLING, 100), ("vgg-fmnist", "fashion-mnist", AVERAGE_POOLING, 100)])
+def test_shipped_models_on_real_images(name, dataset, pipeline, images):
     from snncc.api import compile_model
     from snncc.data import InputScaling, load_dataset
 
@@ -602,9 +747,9 @@ def test_shipped_models_on_real_images(name, dataset):
     if not model.is_file():
         pytest.skip(f"{model} is not built yet (python models/train.py {name})")
     calibration, _ = load_dataset(data_dir(dataset), split="train", limit=500)
-    x, y = load_dataset(data_dir(dataset), split="test", limit=200)
+    x, y = load_dataset(data_dir(dataset), split="test", limit=images)
     scaling = InputScaling(scale=1 / 255)
-    graph = compile_model(model, calibration=calibration, input_scaling=scaling)
+    graph = compile_model(model, calibration=calibration, input_scaling=scaling, pipeline=pipeline)
     xs = scaling.apply(x)
     flips = spikes = 0
     correct = np.zeros(2, dtype=int)
@@ -615,7 +760,7 @@ def test_shipped_models_on_real_images(name, dataset):
         result = _assert_agreement(graph, xs[start:start + 100], 32, exact=False)
         flips, spikes = flips + result["flips"], spikes + result["spikes"]
         correct += [int((p == y[start:start + 100]).sum()) for p in result["predictions"]]
-    assert spikes > 100_000 and flips <= MAX_FLIP_RATE * spikes, (flips, spikes)
+    assert spikes > 50_000 * len(xs) // 100 and flips <= MAX_FLIP_RATE * spikes, (flips, spikes)
     assert correct[0] == correct[1] and correct[0] > 0.8 * len(xs)  # the same accuracy, and a working SNN
 
 
@@ -722,3 +867,78 @@ def test_per_channel_populations_run_the_reference_state_with_the_same_spikes(ne
     np.testing.assert_array_equal(got.outputs[0], expected.outputs[0])
     np.testing.assert_array_equal(got.synops, expected.synops)
     assert expected.spikes["pop1"].sum() > 0 and expected.spikes["pop2"].sum() > 0
+
+
+@pytest.mark.parametrize("method", ["fs", "amos"])
+def test_compiled_temporal_convolutions_and_event_counts_are_the_references(cnn, inputs, method):
+    """The temporal simulator's convolutions on the compiled im2col and its synaptic operations counted by the
+    kernels give the reference's values, spikes and operations exactly, batch by batch and through the layer
+    pipeline (run_stream keeps every input's values: the output arrays must not be reused between inputs)."""
+    from snncc.passes import PassContext, run_pipeline
+
+    graph = run_pipeline(cnn, f"canonicalize,normalize,convert-{method}{{steps=5}}", PassContext(calibration=inputs))
+    engine = cython_engine.CythonTemporalSimulator(graph, threads=2)
+    assert any(isinstance(graph.op(n), ops.Conv2d) for n in graph.topological_order())
+    reference_engine = TemporalSimulator(graph)
+    # Streamed inputs run one by one: products of another shape, compared with the reference's stream.
+    for expected, got in ((reference_engine.run_batch(inputs[:9]), engine.run_batch(inputs[:9])),
+                          (reference_engine.run_stream(inputs[:9])[0], engine.run_stream(inputs[:9])[0])):
+        for a, b in zip(expected.outputs, got.outputs):
+            np.testing.assert_array_equal(a, b)
+        for name in expected.spikes:
+            np.testing.assert_array_equal(got.spikes[name], expected.spikes[name])
+        np.testing.assert_array_equal(got.synops, expected.synops)
+    assert expected.synops.sum() > 0
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_residual_junctions_run_compiled_with_the_references_arithmetic(quantized):
+    """A residual block as convert-rate leaves it: the shortcut's spikes rescaled (Affine), added to the branch's
+    current (Add), the sum rescaled and fed to a population. The element-wise kernels round as numpy does, so the
+    spikes are the reference's (bit for bit where every sum is exact)."""
+    rng = np.random.default_rng(41)
+
+    def weights(shape, scale):
+        w = rng.normal(0, scale, shape)
+        return (np.round(w * 8) / 8 if quantized else w).astype(np.float32)
+
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(2, 8, 8)), name="x")
+    h = g.add(ops.Conv2d(weight=weights((4, 2, 3, 3), 0.6), padding=(1, 1, 1, 1)), [h], name="stem")
+    stem = g.add(ops.Population(neuron=IF(threshold=0.75)), [h], name="pop0")
+    h = g.add(ops.Conv2d(weight=weights((4, 4, 3, 3), 0.4), bias=np.full(4, 0.125), padding=(1, 1, 1, 1)), [stem],
+              name="conv1")
+    h = g.add(ops.Population(neuron=IF(threshold=0.5)), [h], name="pop1")
+    branch = g.add(ops.Conv2d(weight=weights((4, 4, 3, 3), 0.4), padding=(1, 1, 1, 1)), [h], name="conv2")
+    scale = np.round(rng.uniform(0.5, 1.5, (4, 8, 8)) * 8) / 8 if quantized else rng.uniform(0.5, 1.5, (4, 8, 8))
+    shortcut = g.add(ops.Affine(scale=scale, shift=np.zeros((4, 1, 1))), [stem], name="rescale")
+    h = g.add(ops.Add(), [branch, shortcut], name="add")
+    h = g.add(ops.Affine(scale=np.full((4, 1, 1), 0.875), shift=np.full((4, 1, 1), 0.0625)), [h], name="rescale2")
+    h = g.add(ops.Population(neuron=IF()), [h], name="pop2")
+    h = g.add(ops.Flatten(), [h])
+    g.outputs = [g.add(ops.Readout(), [g.add(ops.Linear(weight=weights((3, 256), 0.1)), [h], name="fc")])]
+    engine = cython_engine.CythonSimulator(g, 12)
+    assert isinstance(engine.plans["rescale"], cython_engine._Affine)
+    assert isinstance(engine.plans["add"], cython_engine._Add)
+    x = rng.uniform(0, 1, (4, 2, 8, 8)).astype(np.float32)
+    x = np.round(x * 8) / 8 if quantized else x
+    result = _assert_agreement(g, x, 12, exact=quantized)
+    assert result["spikes"] > 500
+    if quantized:
+        assert result["flips"] == 0
+
+
+def test_residual_network_on_real_images():
+    """The shipped ResNet-14 (rate coding) on a few real images: the reference's spikes and classes."""
+    from snncc.api import compile_model
+    from snncc.data import InputScaling, load_dataset
+
+    model = MODELS / "resnet-fmnist.onnx"
+    if not model.is_file():
+        pytest.skip(f"{model} is not built yet")
+    calibration, _ = load_dataset(data_dir("fashion-mnist"), split="train", limit=200)
+    x, _ = load_dataset(data_dir("fashion-mnist"), split="test", limit=20)
+    scaling = InputScaling(scale=1 / 255)
+    graph = compile_model(model, calibration=calibration, input_scaling=scaling)
+    result = _assert_agreement(graph, scaling.apply(x), 16, exact=False)
+    assert result["spikes"] > 100_000
