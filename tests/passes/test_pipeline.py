@@ -106,7 +106,7 @@ def test_pass_options_with_a_known_cost_carry_their_note():
 
     assert ConvertRate().notes() == [] and ConvertRate(maxpool="count").notes() == []
     (note,) = ConvertRate(maxpool="avg").notes()
-    assert note.startswith("convert-rate{maxpool=avg}: average pooling of spikes has no compiled kernel")
+    assert note.startswith("convert-rate{maxpool=avg}: average pooling of spikes stands in for the model's max")
     assert pipeline_notes("canonicalize,normalize{percentile=99.9},convert-rate{maxpool=avg,signed=true}") == [
         ConvertRate(maxpool="avg", signed=True).notes()[0]]
     assert pipeline_notes("canonicalize,normalize,convert-rate") == []
