@@ -79,13 +79,20 @@ def proxy_method_loss(module: Any, x: Any, y: Any, timesteps: int) -> tuple[Any,
     return F.cross_entropy(logits, y), logits
 
 
+#: Training images the ``calibrate`` method uses unless ``--limit`` says otherwise (docs/calibration.md used 1,000).
+CALIBRATION_IMAGES = 1000
+
+
 def calibrate_transform(graph: Any, x: Any, options: Any) -> Any:
     """Calibration for ``options.timesteps`` steps on the (scaled) training images ``x``: per-layer threshold
     rescaling, then bias (BC) and per-layer potential (PC) calibration (:func:`snncc.finetune.calibrate.calibrate`;
-    the combination measured best on the VGG in docs/calibration.md)."""
+    the combination measured best on the VGG in docs/calibration.md). Without ``--limit`` it takes the first
+    :data:`CALIBRATION_IMAGES` images, the number measured there."""
     from snncc.finetune.calibrate import calibrate
 
-    return calibrate(graph, x, options.timesteps, bias=True, potential="layer", rescale=True, apply_scaling=False)
+    images = x if options.limit is not None else x[:CALIBRATION_IMAGES]
+    return calibrate(graph, images, options.timesteps, bias=True, potential="layer", rescale=True,
+                     apply_scaling=False)
 
 
 METHODS: dict[str, Method] = {
