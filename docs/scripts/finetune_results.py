@@ -61,12 +61,12 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
         options = FinetuneOptions(timesteps=timesteps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                   seed=0, limit=args.train_images + args.val_images, val_limit=args.val_images)
         start = time.perf_counter()
-        tuned = finetune(graph, train, "surrogate", options, progress=True)
+        tuned = finetune(graph, train, args.method, options, progress=True)
         train_seconds = time.perf_counter() - start
-        path = save(tuned, work / f"{name}-surrogate-T{timesteps}.snn")
+        path = save(tuned, work / f"{name}-{args.method}-T{timesteps}.snn")
         after = evaluate(tuned, x_test, y_test, [timesteps], backend="cython", progress=True)
         (row,) = after["snn"]
-        run = {"method": "surrogate", "timesteps": timesteps, "options": options.to_json(),
+        run = {"method": args.method, "timesteps": timesteps, "options": options.to_json(),
                "train_images": args.train_images, "val_images": args.val_images, "epochs": args.epochs,
                "train_seconds": train_seconds, "history": tuned.attrs["finetune"]["history"],
                "before": results["before"][timesteps], "after": row, "eval_seconds": after["seconds"],
@@ -83,8 +83,8 @@ def markdown(results: list[dict]) -> str:
     lines = [START, "", "## Results", "",
              "Measured by `python docs/scripts/finetune_results.py` (figures in `docs/results/finetune-*.json`). Each "
              "model is compiled with the defaults of [results.md](results.md) (plain IF neurons, reset by "
-             "subtraction, rate coding) and fine-tuned from the converted weights with `surrogate` at the T of "
-             "its row, one run per T; accuracy is measured on the full test set by the Cython runtime "
+             "subtraction, rate coding) and fine-tuned from the converted weights with the method of its row "
+             "(`surrogate` or `proxy`) at its T, one run per T; accuracy is measured on the full test set by the Cython runtime "
              "(`snncc eval`'s simulator), before and after. Wall times are on a 2-core machine shared with other "
              "jobs at the same time, so they are upper bounds of what the machine does alone.", ""]
     for result in results:
@@ -93,9 +93,9 @@ def markdown(results: list[dict]) -> str:
         bounds = BOUNDS.get(name, {})
         lines += [f"### {name} ({result.get('label', 'run')})", "", f"ANN (onnxruntime): **{100 * ann:.2f}%** on {result['test_images']:,} test "
                   "images.", "",
-                  "| T | converted | fine-tuned | gap to the ANN (points) | acceptance | training images (+ "
+                  "| T | method | converted | fine-tuned | gap to the ANN (points) | acceptance | training images (+ "
                   "validation) | epochs | lr (Adam, cosine) | batch | validation accuracy | training wall time | "
-                  "training images/s |", "|" + "---:|" * 12]
+                  "training images/s |", "|---:|:---|" + "---:|" * 11]
         for run in result["runs"]:
             t, after = run["timesteps"], run["after"]["accuracy"]
             gap = 100 * (ann - after)
@@ -104,7 +104,7 @@ def markdown(results: list[dict]) -> str:
             history = run["history"]
             rate = np.mean([e["images_per_second"] for e in history])
             val = ", ".join(f"{100 * e['val_accuracy']:.2f}%" for e in history if "val_accuracy" in e)
-            lines.append(f"| {t} | {100 * run['before']['accuracy']:.2f}% | **{100 * after:.2f}%** | {gap:+.2f} | "
+            lines.append(f"| {t} | {run.get('method', 'surrogate')} | {100 * run['before']['accuracy']:.2f}% | **{100 * after:.2f}%** | {gap:+.2f} | "
                          f"{verdict} | {run['train_images']:,} (+ {run['val_images']:,}) | {run['epochs']} | "
                          f"{run['options']['lr']:g} | {run['options']['batch_size']} | {val} | "
                          f"{run['train_seconds'] / 60:.1f} min | {rate:.1f} |")
@@ -116,6 +116,7 @@ def markdown(results: list[dict]) -> str:
 def write_markdown() -> Path:
     """Rebuild the results section of docs/finetune.md from every docs/results/finetune-*.json."""
     results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((DOCS / "results").glob("finetune-*.json"))]
+    results = [r for r in results if "model" in r and "runs" in r]  # not finetune-speed/-profile (other scripts)
     path = DOCS / "finetune.md"
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Fine-tuning\n\n"
     section = markdown(results)
@@ -130,6 +131,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--models", default="vgg-fmnist")
+    parser.add_argument("--method", default="surrogate", choices=("surrogate", "proxy"))
     parser.add_argument("--timesteps", default="4,8")
     parser.add_argument("--train-images", type=int, default=6000)
     parser.add_argument("--val-images", type=int, default=1000)
