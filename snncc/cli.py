@@ -34,7 +34,7 @@ def _timesteps(text: str) -> list[int]:
     return values
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="rate", choices=["rate", "fs", "amos"],
                    help="conversion method: rate (IF neurons), fs (few-spike neurons, Stoeckl & Maass 2021) or amos "
                         "(at most one spike per neuron, Stoeckl & Maass 2020)")
-    p.add_argument("--fs-steps", type=_positive, default=None,
+    p.add_argument("--fs-steps", type=positive_int, default=None,
                    help="K, time steps per layer of the fs and amos methods (default 8)")
     p.add_argument("--calib", type=Path, help="calibration data: " + DATA_FORMATS)
     p.add_argument("--calib-split", default="train", help="split of an IDX directory used for calibration")
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "spikes as the reference, several times faster), or reference, the numpy reference "
                             "simulator (the default otherwise), or torch, the torch lowering (every coding, on the CPU or "
                             "a CUDA device, see --device); --backend cython without the build falls back to the reference with a warning")
-        p.add_argument("--threads", type=_positive, default=None,
+        p.add_argument("--threads", type=positive_int, default=None,
                        help="threads of the Cython runtime (default: OMP_NUM_THREADS or all cores); numpy's BLAS "
                             "follows OPENBLAS_NUM_THREADS")
         p.add_argument("--device", default=None, metavar="DEVICE",

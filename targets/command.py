@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from snncc.cli import positive_int  # one parser of positive integers for every command
 from snncc.targets.base import TargetError, all_targets, get_target
 
 
@@ -75,16 +76,6 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("targets", parents=[common], help="list the hardware targets and their constraints")
     p.add_argument("-v", "--verbose", action="store_true", help="print every constraint")
@@ -99,11 +90,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("snn", type=Path, help=".snn file written by compile")
     p.add_argument("--target", required=True, help="target name (snncc targets lists them)")
     p.add_argument("-o", "--output", type=Path, required=True, help="bundle directory (written atomically)")
-    p.add_argument("--timesteps", type=_positive, default=32, help="answer steps of the rate-coded model (32)")
+    p.add_argument("--timesteps", type=positive_int, default=32, help="answer steps of the rate-coded model (32)")
     p.add_argument("--data", type=Path, default=None,
                    help="sample data to measure synaptic operations per inference (and the energy) with the emulator")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=_positive, default=100, help="samples of --data to measure on (100)")
+    p.add_argument("--limit", type=positive_int, default=100, help="samples of --data to measure on (100)")
     p.set_defaults(func=run_emit)
 
     p = sub.add_parser("verify", parents=[common],
@@ -111,7 +102,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("bundle", type=Path, help="bundle directory written by emit")
     p.add_argument("--data", type=Path, required=True, help="data set (as snncc eval takes it)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=_positive, default=None, help="the first N samples only")
+    p.add_argument("--limit", type=positive_int, default=None, help="the first N samples only")
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--backend", default=None, help="simulator of the float SNN (default: as snncc eval)")
     p.set_defaults(func=run_verify)
