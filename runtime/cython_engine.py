@@ -356,7 +356,10 @@ class _PoolFold(_Plan):
         self.out_height, self.out_width = height // kernel[0], width // kernel[1]
         self.pooled_shape = pooled_shape  # the pooling's own output shape, (C, Ho, Wo) or (C,)
         self.regrouped = (channels * self.size, self.out_height, self.out_width)
-        self.copy = self.out_height * self.out_width > 1  # a global pooling's layout is the input's own
+        # One window covering the whole input (a global pooling) is the input's own layout; anything else, a 1x1
+        # output of a window smaller than the input included, is regrouped into a copy.
+        self.copy = (self.out_height * kernel[0], self.out_width * kernel[1], self.out_height * self.out_width) \
+            != (height, width, 1)
         covered = np.zeros(in_shape)
         covered[:, :self.out_height * kernel[0], :self.out_width * kernel[1]] = 1
         if not np.array_equal(np.asarray(pool_fan_out).reshape(in_shape), covered):
