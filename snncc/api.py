@@ -217,7 +217,7 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, timesteps: list[int], o
         report["device"] = device
     if onnx_model is not None:
         start = time.perf_counter()
-        correct = ann_accuracy(onnx_model, xs[shard], y[shard]) * len(y[shard]) if len(y[shard]) else 0.0
+        correct = round(ann_accuracy(onnx_model, xs[shard], y[shard]) * len(y[shard])) if len(y[shard]) else 0
         report["ann"] = {"accuracy": world.total(correct) / len(y), "model": str(onnx_model),
                          "seconds": time.perf_counter() - start}
     start = time.perf_counter()

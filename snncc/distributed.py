@@ -116,16 +116,6 @@ class World:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
-    def check_same(self, what: str, value: str) -> None:
-        """Raise on every rank unless all ranks hold the same ``value`` (say, the sha256 of the model)."""
-        if self.size == 1:
-            return
-        digest = np.frombuffer(value.encode().ljust(64, b"\0")[:64], dtype=np.uint8)
-        gathered = self.gather(digest[None, :])
-        if not (gathered == gathered[:1]).all():
-            raise DistributedError(f"the ranks disagree on {what}; every process must get the same arguments and "
-                                   "files")
-
     def _all(self, tensor) -> list:
         import torch
         import torch.distributed as dist

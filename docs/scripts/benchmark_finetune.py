@@ -94,7 +94,7 @@ def snncc_step(args: argparse.Namespace):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -129,7 +129,7 @@ def spikingjelly_step(args: argparse.Namespace):
         loss.backward()
         optimizer.step()
         functional.reset_net(net)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -155,7 +155,7 @@ def snntorch_step(args: argparse.Namespace):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

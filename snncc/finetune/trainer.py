@@ -191,8 +191,11 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
         record = _train_epoch(module, optimizer, method, options, x_train[order], y_train[order], epoch, step,
                               steps_per_epoch, device, progress, world)
         step += steps_per_epoch
-        if len(x_val):
-            record["val_accuracy"] = accuracy(module, x_val, y_val, options.timesteps, device)
+        if len(x_val):  # under torchrun each rank classifies its block of the held-back images
+            part = world.shard(len(x_val))
+            correct = round(accuracy(module, x_val[part], y_val[part], options.timesteps, device)
+                            * len(y_val[part])) if len(y_val[part]) else 0
+            record["val_accuracy"] = world.total(correct) / len(x_val)
         history.append(record)
         if progress:
             val = f", validation accuracy {100 * record['val_accuracy']:.2f}%" if "val_accuracy" in record else ""

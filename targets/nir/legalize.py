@@ -22,7 +22,6 @@ flavor of NIR cannot carry, with the limit, the actual value and the remedy.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from snncc.data import InputScaling
 from snncc.errors import PassError
 from snncc.ir import IF, LIF, SNN, CubaLIF, Graph, ops
 from snncc.passes.base import Pass, PassContext, register
+from snncc.targets.base import Violation
 
 INITIAL_MEMBRANE_MODES = ("drop", "bias")
 
@@ -150,13 +150,6 @@ def legalize_for_nir(initial_membrane: str = "drop", timesteps: int = 0) -> list
     return [NirInputPadding(), NirReset(), NirInitialMembrane(mode=initial_membrane, timesteps=timesteps)]
 
 
-class NirViolation(NamedTuple):
-    """Something NIR (in one flavor) cannot carry: the node, the limit, the actual value and the remedy."""
-
-    node: str
-    limit: str
-    actual: str
-    remedy: str
-
-    def __str__(self) -> str:
-        return f"{self.node}: {self.actual}; NIR allows {self.limit}; {self.remedy}"
+#: What NIR (in one flavor) cannot carry is the target framework's one record of a violation: the node, the limit,
+#: the actual value and the remedy.
+NirViolation = Violation

@@ -48,7 +48,7 @@ class NirTarget(Target):
         if graph.level != SNN:
             return [Violation("graph", "an snn-level graph", graph.level, "compile the model first (snncc compile)")]
         legal = run_pipeline(graph, PIPELINE)  # what the export will see: the passes fix what they can
-        return [Violation(*problem) for problem in check_nir(legal, "spec")]
+        return check_nir(legal, "spec")
 
     def package(self, graph: Graph, directory: Path, context: PackageContext) -> list[str]:
         """One file per flavor the graph can be written in (the spec always; a reader's flavor unless the graph
