@@ -125,6 +125,10 @@ def parse_pipeline(text: str) -> list[Pass]:
                                       "expected name or name{key=value,...}")
         name, body = match.group(1), match.group(2)
         if name not in PASSES:
+            from snncc.targets.base import load_targets  # the targets register their passes when they load
+
+            load_targets()
+        if name not in PASSES:
             raise PipelineSyntaxError(f"unknown pass {name!r}; available: {', '.join(sorted(PASSES))}")
         cls = PASSES[name]
         options = {}

@@ -179,6 +179,18 @@ register_backend(Backend("torch", _torch, _torch, available=torch_available,
                          devices=True))
 
 
+def _registered(name: str) -> Backend:
+    """The backend registered as ``name``. The targets register their emulators (``loihi1``, ``loihi2``) when they
+    load, which is on first use, so a name not yet registered may be one of theirs."""
+    if name not in BACKENDS:
+        from snncc.targets.base import load_targets
+
+        load_targets()
+    if name not in BACKENDS:
+        raise SimulationError(f"unknown backend {name!r}; registered: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
 def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: int | None,
             device: str | None = None) -> tuple[object, str]:
     """The engine for ``backend`` (None: :data:`DEFAULT_BACKEND`) and the name of the backend that actually runs."""
@@ -190,9 +202,7 @@ def _engine(graph: Graph, timesteps: int | None, backend: str | None, threads: i
     name = backend if explicit else DEFAULT_BACKEND
     seen = []
     while True:
-        entry = BACKENDS.get(name)
-        if entry is None:
-            raise SimulationError(f"unknown backend {name!r}; registered: {', '.join(BACKENDS)}")
+        entry = _registered(name)
         ok, why = entry.available()
         if ok:
             break
@@ -264,8 +274,8 @@ class Simulator:
 
     def __init__(self, graph: Graph, timesteps: int | None, backend: str | None = None, batch_size: int = 100,
                  threads: int | None = None, device: str | None = None) -> None:
-        if backend is not None and backend not in BACKENDS:
-            raise SimulationError(f"unknown backend {backend!r}; registered: {', '.join(BACKENDS)}")
+        if backend is not None:
+            _registered(backend)
         if batch_size < 1:
             raise SimulationError(f"batch size must be positive, got {batch_size}")
         if threads is not None and threads < 1:

@@ -166,7 +166,10 @@ def register_target(target: Target) -> Target:
 TARGET_MODULES: list[str] = ["snncc.targets.loihi.target", "snncc.targets.nir.target"]
 
 
-def _load_targets() -> None:
+def load_targets() -> None:
+    """Import every module of :data:`TARGET_MODULES`, which registers the targets, their legalization passes and
+    their emulator backends. The pass and backend registries call it when asked for a name they do not hold, so a
+    pipeline may name ``nir-reset`` or a simulation ``backend="loihi2"`` without importing a target first."""
     import importlib
 
     for module in TARGET_MODULES:
@@ -175,16 +178,16 @@ def _load_targets() -> None:
 
 def get_target(name: str) -> Target:
     """The registered target ``name``; raises TargetError listing the known ones."""
-    _load_targets()
+    load_targets()
     if name not in TARGETS:
         raise TargetError(f"unknown target {name!r}; known targets: {', '.join(sorted(TARGETS))}")
     return TARGETS[name]
 
 
 def all_targets() -> dict[str, Target]:
-    _load_targets()
+    load_targets()
     return dict(TARGETS)
 
 
 __all__ = ["Constraints", "PackageContext", "TARGETS", "TARGET_MODULES", "Target", "TargetError", "Violation",
-           "all_targets", "get_target", "register_target"]
+           "all_targets", "get_target", "load_targets", "register_target"]
