@@ -32,10 +32,11 @@ the reset by subtraction (Orchard et al., "Efficient neuromorphic signal process
 ``loihi-partition{variant=loihi2}`` (hw -> hw): splits every population that exceeds a core (compartments per
 core, synaptic memory per core at 8 bits a synapse) into blocks of whole output channels, or of output rows of one
 channel when a channel alone is too large, each block a synaptic node and a population of its own, joined by
-Concat; then places the blocks on cores first-fit in topological order (a block shares the core of the block
-before it when both fit, so consecutive layers' traffic stays inside a core where it can), chips in order of
-cores. Synaptic nodes and readouts are placed with their neurons; rearrangements (views, slices, concatenations)
-are routing and stay unplaced.
+Concat; then places the blocks on cores with :func:`snncc.targets.partition.place`: first-fit in topological
+order, improved by moves and swaps of blocks between cores that lower the number of inter-core routes (neurons whose
+spikes must reach another core), chips in order of cores. Both route counts, first-fit's and the placement's, are
+recorded in ``graph.attrs["loihi"]["inter_core_routes"]``. Synaptic nodes and readouts are placed with their
+neurons; rearrangements (views, slices, concatenations) are routing and stay unplaced.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from snncc.ir.placement import Placement
 from snncc.passes.base import Pass, PassContext, register
 from snncc.targets.loihi import arithmetic as la
 from snncc.targets.loihi.constraints import CONSTRAINTS
+from snncc.targets.partition import CoreLimits, Unit, cut, first_fit, place, routes
 
 VARIANTS = ("loihi1", "loihi2")
 
@@ -287,15 +289,6 @@ class LoihiQuantize(Pass):
 # loihi-partition
 # ----------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CoreLimits:
-    """What one core holds: compartments, synapses (8-bit) and distinct input axons (None: no limit)."""
-
-    neurons: int
-    synapses: int
-    fan_in: int | None = None
-
-
 def synapses_per_neuron(op: ops.Op) -> int:
     """Synapses into one neuron of synaptic ``op`` (its fan-in, counting every weight of the kernel)."""
     if isinstance(op, ops.Conv2d):
@@ -446,18 +439,18 @@ class LoihiPartition(Pass):
             pairs.append((graph.inputs(readout)[0], readout))
         types = graph.types()
         order = {n: i for i, n in enumerate(graph.topological_order())}
-        core, used_neurons, used_synapses = -1, limits.neurons, limits.synapses
-        for syn, pop in sorted(pairs, key=lambda p: order[p[1]]):
-            neurons = types[pop].size
-            synapses = neurons * synapses_per_neuron(graph.op(syn))
-            if used_neurons + neurons > limits.neurons or used_synapses + synapses > limits.synapses:
-                core, used_neurons, used_synapses = core + 1, 0, 0
-            used_neurons += neurons
-            used_synapses += synapses
+        units = [Unit(syn, pop, types[pop].size, types[pop].size * synapses_per_neuron(graph.op(syn)))
+                 for syn, pop in sorted(pairs, key=lambda p: order[p[1]])]
+        weights = routes(graph, units)
+        cores = place(units, weights, limits)
+        graph.attrs["loihi"] = dict(graph.attrs.get("loihi", {}), inter_core_routes={
+            "first_fit": cut(weights, first_fit(units, limits)), "placed": cut(weights, cores)})
+        for unit, core in zip(units, cores):
             placement = Placement(chip=core // c.cores_per_chip, core=core % c.cores_per_chip)
-            for node in (syn, pop):
+            for node in (unit.synapse, unit.neurons_node):
                 changed |= graph.placement(node) != placement
                 graph.place(node, placement)
+        core = max(cores, default=0)
         chips = core // c.cores_per_chip + 1
         if c.chips is not None and chips > c.chips:
             raise PassError(f"the model needs {core + 1} {self.variant} cores ({chips} chips), more than the "

@@ -144,6 +144,7 @@ class LoihiTarget(Target):
             chip["synapses"] += e["synapses"]
         c = self.constraints
         return {"cores": len(cores), "chips": len(chips), "per_core": cores, "per_chip": list(chips.values()),
+                "inter_core_routes": graph.attrs.get("loihi", {}).get("inter_core_routes"),
                 "limits": {"neurons_per_core": c.neurons_per_core, "synapses_per_core": c.synaptic_memory_bits // 8,
                            "input_axons_per_core": c.fan_in, "cores_per_chip": c.cores_per_chip}}
 

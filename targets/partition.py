@@ -1,0 +1,173 @@
+"""Placing a partitioned network on cores so that few spikes cross between cores, within each core's limits.
+
+A target's partitioner first splits the populations that exceed a core into blocks (the target's own rules:
+:func:`snncc.targets.loihi.legalize.plan_blocks`); every block, its synaptic node and its neurons, is a *unit*
+that must stay on one core. This module chooses the core of every unit. It is target-independent: a unit uses
+``neurons`` and ``synapses`` of its core, and a core holds at most ``CoreLimits.neurons`` and
+``CoreLimits.synapses``.
+
+Traffic. ``w(u, v)`` is the number of neurons of unit ``u`` with at least one synapse onto a neuron of unit ``v``
+(found by tracing neuron ids through the graph's rearrangements: slices, concatenations, padding, flattening).
+When ``u`` and ``v`` sit on different cores, every spike of such a neuron travels between the two cores: on
+Loihi's mesh a spike is one message per destination core, so for equal firing rates the messages between cores
+are proportional to the *cut*
+
+    C = sum of w(u, v) over the pairs with core(u) != core(v),
+
+the number of inter-core routes. (Two units on one other core share a message on the chip, so C is an upper bound
+of the routes; the input from the host is not counted.)
+
+Algorithm. The start is first-fit in topological order: a unit joins the core of the unit before it while both
+fit, so consecutive layers share a core where they can. Then local search in the manner of Kernighan & Lin (1970)
+and Fiduccia & Mattheyses (1982): of every move of one unit to another core and every swap of two units on
+different cores that keeps both cores within their limits, apply the one that lowers C the most, until none lowers
+it. C is a non-negative integer that falls at every step, so the search ends; the result is a local optimum (the
+problem is NP-hard) on at most the first-fit's number of cores, and never worse than first-fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from snncc.ir import Graph, ops
+from snncc.runtime.kernels import apply
+
+
+@dataclass(frozen=True)
+class CoreLimits:
+    """What one core holds: compartments, synapses (8-bit) and distinct input axons (None: no limit)."""
+
+    neurons: int
+    synapses: int
+    fan_in: int | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What must stay on one core: a synaptic node and the population (or readout) it feeds, and what they use."""
+
+    synapse: str
+    neurons_node: str
+    neurons: int
+    synapses: int
+
+
+def routes(graph: Graph, units: list[Unit]) -> dict[tuple[int, int], int]:
+    """``w(u, v)`` for every pair of units (indices into ``units``) with ``w > 0``: the neurons of ``u`` that reach
+    ``v``'s synaptic node. Neuron ids (from 1; 0 is no neuron) are pushed through every node that is neither a
+    population nor synaptic with the simulator's own kernels, so every rearrangement the graph can hold is followed
+    exactly; ids stay exact in float64."""
+    owner_of = {u.neurons_node: i for i, u in enumerate(units)}
+    synapse_of = {u.synapse: i for i, u in enumerate(units)}
+    types = graph.types()
+    ids: dict[str, np.ndarray] = {}
+    first_ids, owners = [], []  # the id ranges of the units' neurons, ascending
+    next_id = 1
+    for node in graph.topological_order():
+        op = graph.op(node)
+        shape = types[node].shape
+        if node in owner_of:
+            size = int(np.prod(shape))
+            ids[node] = np.arange(next_id, next_id + size, dtype=np.float64).reshape((1,) + shape)
+            first_ids.append(next_id)
+            owners.append(owner_of[node])
+            next_id += size
+        elif isinstance(op, (ops.Input, ops.Population, ops.Readout)) or op.synaptic:
+            ids[node] = np.zeros((1,) + shape)  # the host's input, or a node whose output is not neurons' spikes
+        else:
+            ids[node] = np.asarray(apply(op, *(ids[s] for s in graph.inputs(node))), dtype=np.float64)
+    starts = np.asarray(first_ids)
+    weights: dict[tuple[int, int], int] = {}
+    for node, v in synapse_of.items():
+        reached = np.unique(np.concatenate([ids[s].ravel() for s in graph.inputs(node)]))
+        reached = reached[reached > 0].astype(np.int64)
+        if not reached.size:
+            continue
+        sources, counts = np.unique(np.searchsorted(starts, reached, side="right") - 1, return_counts=True)
+        for s, count in zip(sources, counts):
+            u = owners[s]
+            if u != v:
+                weights[(u, v)] = weights.get((u, v), 0) + int(count)
+    return weights
+
+
+def cut(weights: dict[tuple[int, int], int], cores: list[int]) -> int:
+    """The inter-core routes ``C`` of an assignment ``cores`` (core index per unit)."""
+    return sum(w for (u, v), w in weights.items() if cores[u] != cores[v])
+
+
+def first_fit(units: list[Unit], limits: CoreLimits) -> list[int]:
+    """Cores in the units' order: a unit joins the current core while it fits, else opens the next one."""
+    cores, core, neurons, synapses = [], -1, limits.neurons, limits.synapses
+    for u in units:
+        if neurons + u.neurons > limits.neurons or synapses + u.synapses > limits.synapses:
+            core, neurons, synapses = core + 1, 0, 0
+        neurons += u.neurons
+        synapses += u.synapses
+        cores.append(core)
+    return cores
+
+
+def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLimits) -> list[int]:
+    """A core per unit: first-fit, then moves and swaps that lower the cut (module docstring)."""
+    cores = first_fit(units, limits)
+    if not units:
+        return cores
+    count = max(cores) + 1
+    load_n, load_s = np.zeros(count, np.int64), np.zeros(count, np.int64)
+    for u, c in zip(units, cores):
+        load_n[c] += u.neurons
+        load_s[c] += u.synapses
+    adjacency: list[dict[int, int]] = [{} for _ in units]
+    for (u, v), w in weights.items():
+        adjacency[u][v] = adjacency[u].get(v, 0) + w
+        adjacency[v][u] = adjacency[v].get(u, 0) + w
+
+    def pull(u: int) -> np.ndarray:
+        """Traffic between unit u and every core."""
+        to_core = np.zeros(count, np.int64)
+        for v, w in adjacency[u].items():
+            to_core[cores[v]] += w
+        return to_core
+
+    def fits(c: int, add: Unit, remove: Unit | None = None) -> bool:
+        n = load_n[c] + add.neurons - (remove.neurons if remove else 0)
+        s = load_s[c] + add.synapses - (remove.synapses if remove else 0)
+        return n <= limits.neurons and s <= limits.synapses
+
+    while True:
+        best_gain, best = 0, None
+        pulls = [pull(u) for u in range(len(units))]
+        for u, unit in enumerate(units):
+            a = cores[u]
+            # Only a core that u exchanges spikes with can gain from u moving there or from a swap with one of
+            # its units.
+            for b in np.flatnonzero(pulls[u]):
+                b = int(b)
+                if b == a:
+                    continue
+                gain = int(pulls[u][b] - pulls[u][a])
+                if gain > best_gain and fits(b, unit):
+                    best_gain, best = gain, (u, b, None)
+                for x in np.flatnonzero(np.asarray(cores) == b):
+                    x = int(x)
+                    swap = gain + int(pulls[x][a] - pulls[x][b]) - 2 * adjacency[u].get(x, 0)
+                    if swap > best_gain and fits(b, unit, units[x]) and fits(a, units[x], unit):
+                        best_gain, best = swap, (u, b, x)
+        if best is None:
+            return cores
+        u, b, x = best
+        a = cores[u]
+        for unit, source, target in ((units[u], a, b),) + (((units[x], b, a),) if x is not None else ()):
+            load_n[source] -= unit.neurons
+            load_s[source] -= unit.synapses
+            load_n[target] += unit.neurons
+            load_s[target] += unit.synapses
+        cores[u] = b
+        if x is not None:
+            cores[x] = a
+
+
+__all__ = ["CoreLimits", "Unit", "cut", "first_fit", "place", "routes"]
