@@ -73,11 +73,6 @@ class Op:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (np.generic, int, float)) and str(f.type).startswith("np.ndarray"):
-                # A scalar given for an array field (np.float32(0.5), 0.5) is the 0-d array it stands for: the
-                # .snn format stores arrays as .npy, so it round-trips, and infer sees a shape. Python numbers
-                # become float32 like every float parameter (an int64 0-d array would promote float32 to float64).
-                value = np.asarray(value, dtype=None if isinstance(value, np.generic) else np.float32)
             if isinstance(value, np.ndarray):
                 object.__setattr__(self, f.name, _frozen_array(value))
             elif isinstance(value, list):

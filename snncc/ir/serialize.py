@@ -6,8 +6,10 @@
      "attrs": {...}, "outputs": [...],
      "nodes": [{"id": "conv1", "kind": "Conv2d", "inputs": ["input"], "params": {...}, "meta": {...}}, ...]}
 
-A parameter value is JSON, except ``{"array": "arrays/3.npy"}`` for a numpy array, ``{"neuron": {...}}`` for a neuron
-model and ``{"float": "inf"}`` for a non-finite float; a parameter that is None by default and None is left out.
+A parameter value is JSON, except ``{"array": "arrays/3.npy"}`` for a numpy array, ``{"scalar": "arrays/4.npy"}``
+for a numpy scalar given for an array parameter (``Affine(scale=np.float32(0.5))``: a 0-d ``.npy`` read back as the
+same scalar, so its dtype and its arithmetic survive), ``{"neuron": {...}}`` for a neuron model and
+``{"float": "inf"}`` for a non-finite float; a parameter that is None by default and None is left out.
 Arrays keep their dtype (float32 at the ann and snn levels; int8, int32, ... at the hw level) and integer neuron
 parameters stay JSON integers. A node placed on a chip (hw level) has ``"placement": {"chip": 0, "core": 3}``.
 Reading uses ``allow_pickle=False`` and validates everything (format, version, node keys, op kinds, parameter
@@ -57,6 +59,15 @@ def _encode(value: object, arrays: dict[str, np.ndarray]) -> object:
     return value
 
 
+def _encode_param(annotation: str, value: object, arrays: dict[str, np.ndarray]) -> object:
+    if isinstance(value, np.generic) and annotation.startswith("np.ndarray"):
+        # Ops keep a numpy scalar given for an array field as it is (canonicalize merges scalar Affines in
+        # float64); as a JSON number it would come back as a float without a shape.
+        encoded = _encode(np.asarray(value), arrays)
+        return {"scalar": encoded["array"]}
+    return _encode(value, arrays)
+
+
 def _decode(value: object, archive: zipfile.ZipFile, where: str) -> object:
     if isinstance(value, dict):
         if set(value) == {"array"}:
@@ -66,6 +77,11 @@ def _decode(value: object, archive: zipfile.ZipFile, where: str) -> object:
                     return np.load(io.BytesIO(fh.read()), allow_pickle=False)
             except (KeyError, ValueError, OSError) as exc:
                 raise FormatError(f"{where}: array {name!r} is missing or unreadable: {exc}") from None
+        if set(value) == {"scalar"}:
+            scalar = _decode({"array": value["scalar"]}, archive, where)
+            if scalar.ndim != 0:
+                raise FormatError(f"{where}: scalar {value['scalar']!r} has shape {scalar.shape}")
+            return scalar[()]
         if set(value) == {"neuron"}:
             fields_ = {k: _decode(v, archive, where) for k, v in value["neuron"].items()}
             return neuron_from_json(fields_)
@@ -89,10 +105,9 @@ def graph_to_json(graph: Graph, arrays: dict[str, np.ndarray]) -> dict:
     nodes = []
     for node in graph.topological_order():
         op = graph.op(node)
-        params = {f.name: getattr(op, f.name) for f in fields(op)
+        params = {f.name: _encode_param(str(f.type), getattr(op, f.name), arrays) for f in fields(op)
                   if not (f.default is None and getattr(op, f.name) is None)}
-        entry = {"id": node, "kind": op.kind, "inputs": graph.inputs(node),
-                 "params": {k: _encode(v, arrays) for k, v in params.items()},
+        entry = {"id": node, "kind": op.kind, "inputs": graph.inputs(node), "params": params,
                  "meta": graph.meta.get(node, {})}
         if graph.placement(node) is not None:
             entry["placement"] = graph.placement(node).to_json()

@@ -95,18 +95,22 @@ def test_input_gains_keep_their_values_and_operands_through_a_file(tmp_path):
     assert "input_gains=(1, f32[4])" in to_text(loaded) and "input_gains=(0.5, f32[8])" in to_text(loaded)
 
 
-def test_scalar_affine_parameters_are_zero_dimensional_arrays_through_a_file(tmp_path):
-    # A numpy or Python scalar given for an array field used to be written as a JSON number and then failed
-    # Affine.infer on load (a float has no shape).
+def test_numpy_scalars_for_array_parameters_keep_their_dtype_through_a_file(tmp_path):
+    # A numpy scalar given for an array field used to be written as a JSON number and then failed Affine.infer on
+    # load (a float has no shape).
     g = Graph(level=SNN)
     x = g.add(ops.Input(shape=(3,)))
-    h = g.add(ops.Affine(scale=np.float32(0.5), shift=0.125), [x])
+    h = g.add(ops.Affine(scale=np.float32(0.5), shift=np.float64(0.1)), [x])
     g.outputs = [g.add(ops.Readout(), [h])]
-    loaded = load(save(g, tmp_path / "affine.snn"))
+    path = save(g, tmp_path / "affine.snn")
+    loaded = load(path)
     assert_same_graph(g, loaded)
-    for name, value in (("scale", 0.5), ("shift", 0.125)):
-        array = getattr(loaded.op(h), name)
-        assert array.shape == () and array.dtype == np.float32 and array == value, name
+    for name, value in (("scale", np.float32(0.5)), ("shift", np.float64(0.1))):
+        stored = getattr(loaded.op(h), name)
+        assert type(stored) is type(value) and stored == value, name
+    with zipfile.ZipFile(path) as archive:
+        params = json.loads(archive.read("graph.json"))["nodes"][1]["params"]
+    assert set(params["scale"]) == {"scalar"} and set(params["shift"]) == {"scalar"}
 
 
 def test_saving_twice_gives_identical_graphs(tmp_path):
