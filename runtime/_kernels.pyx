@@ -27,7 +27,7 @@ the reference rounds the product before the addition.
 """
 
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
 import numpy as np
@@ -296,6 +296,44 @@ def population_steps(const float[:, :, ::1] current, float[:, ::1] v, spike_t[:,
 # Temporal units (FS and AMOS; the window functions of runtime/dynamics.py are the specification)
 # --------------------------------------------------------------------------------------------------------------
 
+cdef inline float _temporal_unit(float x, const float* threshold, const float* height, const float* weight,
+                                 const float* gain, const float* inhibition, Py_ssize_t k, float offset, bint amos,
+                                 uint8_t* spikes, Py_ssize_t stride) noexcept nogil:
+    """One FS neuron or AMOS unit with gate input ``x``: writes its K spikes to ``spikes[t * stride]`` and returns
+    its output value (the arithmetic of :func:`temporal_units`, which documents it; ``inhibition`` is (K, K))."""
+    cdef Py_ssize_t t, j
+    cdef float v, u, acc = 0.0
+    if not amos:
+        v = x
+        for t in range(k):
+            if v >= threshold[t]:
+                v = v - height[t]
+                acc = acc + weight[t]
+                spikes[t * stride] = 1
+            else:
+                spikes[t * stride] = 0
+    else:
+        for j in range(k):
+            u = x * gain[j]
+            for t in range(j):
+                if spikes[t * stride]:
+                    u = u - inhibition[j * k + t]
+            if u >= threshold[j]:
+                acc = acc + weight[j]
+                spikes[j * stride] = 1
+            else:
+                spikes[j * stride] = 0
+    if offset != 0:
+        acc = acc + offset
+    return acc
+
+
+def _check_temporal_parameters(Py_ssize_t k, const float[::1] height, const float[::1] weight,
+                               const float[::1] gain, const float[:, ::1] inhibition):
+    _check_shape("temporal unit parameters", (k, k, k), (height.shape[0], weight.shape[0], gain.shape[0]))
+    _check_shape("AMOS inhibition", (k, k), (inhibition.shape[0], inhibition.shape[1]))
+
+
 def temporal_units(const float[::1] x, const float[::1] threshold, const float[::1] height,
                    const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition, float offset,
                    bint amos, float[::1] out, uint8_t[:, ::1] spikes, int threads=1):
@@ -309,37 +347,65 @@ def temporal_units(const float[::1] x, const float[::1] threshold, const float[:
     earlier neuron ``i`` that fired, in ascending ``i``; ``s = u >= T[j]``; where s: ``out = out + d[j]``.
     Both add ``offset`` last when it is non-zero, exactly as the numpy specification.
     """
-    cdef Py_ssize_t n = x.shape[0], k = threshold.shape[0], i, t, j
-    cdef float v, acc, u
+    cdef Py_ssize_t n = x.shape[0], k = threshold.shape[0], i
     _check_shape("temporal unit output", (n,), (out.shape[0],))
     _check_shape("temporal unit spikes", (k, n), (spikes.shape[0], spikes.shape[1]))
-    _check_shape("temporal unit parameters", (k, k, k), (height.shape[0], weight.shape[0], gain.shape[0]))
-    _check_shape("AMOS inhibition", (k, k), (inhibition.shape[0], inhibition.shape[1]))
+    _check_temporal_parameters(k, height, weight, gain, inhibition)
     for i in prange(n, nogil=True, num_threads=max(1, threads), schedule="static"):
-        acc = 0.0
-        if not amos:
-            v = x[i]
+        out[i] = _temporal_unit(x[i], &threshold[0], &height[0], &weight[0], &gain[0], &inhibition[0, 0], k,
+                                offset, amos, &spikes[0, i], n)
+
+
+def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, const float[::1] height,
+                           const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition,
+                           float offset, bint amos, float[:, ::1] out, int64_t[:, ::1] counts, int64_t[::1] peak,
+                           const double[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1):
+    """:func:`temporal_units` on a batch ``x`` (B, n) that counts instead of storing the spike trains.
+
+    Writes the output values ``out`` (B, n) and, per sample ``b`` and step ``t`` of the window, the spikes
+    ``counts[b, t]`` and, for each of the ``F`` synaptic operands the population feeds (``fan_out`` (F, n), the
+    synapses leaving each neuron), ``synops[b, f, t] = sum over the neurons i that spiked at t of fan_out[f, i]``;
+    ``peak[b]`` is the most spikes of one neuron of sample ``b`` (FS: over the window; AMOS: each of a unit's K
+    neurons fires at most once, so 1 if any did). Every count is an integer sum, exact in any order (the synaptic
+    operations in float64, as the reference's float64 product sums them). The values are the same float32
+    arithmetic as :func:`temporal_units` (one function computes both).
+    """
+    cdef Py_ssize_t batch = x.shape[0], n = x.shape[1], k = threshold.shape[0], f_count = fan_out.shape[0]
+    cdef Py_ssize_t b, i, t, f, row
+    cdef int64_t fired, most
+    cdef uint8_t* z
+    _check_shape("temporal unit output", (batch, n), (out.shape[0], out.shape[1]))
+    _check_shape("temporal unit counts", (batch, k), (counts.shape[0], counts.shape[1]))
+    _check_shape("temporal unit peaks", (batch,), (peak.shape[0],))
+    _check_shape("temporal unit fan-outs", (f_count, n), (fan_out.shape[0], fan_out.shape[1]))
+    _check_shape("temporal unit synaptic operations", (batch, f_count, k),
+                 (synops.shape[0], synops.shape[1], synops.shape[2]))
+    _check_temporal_parameters(k, height, weight, gain, inhibition)
+    if k == 0:
+        raise ValueError("temporal units need a window of at least one step")
+    cdef uint8_t[:, ::1] scratch = _scratch(threads, k, np.uint8)
+    for b in prange(batch, nogil=True, num_threads=max(1, threads), schedule="static"):
+        z = &scratch[threadid(), 0]
+        most = 0
+        for t in range(k):
+            counts[b, t] = 0
+            for f in range(f_count):
+                synops[b, f, t] = 0.0
+        for i in range(n):
+            out[b, i] = _temporal_unit(x[b, i], &threshold[0], &height[0], &weight[0], &gain[0],
+                                       &inhibition[0, 0], k, offset, amos, z, 1)
+            fired = 0
             for t in range(k):
-                if v >= threshold[t]:
-                    v = v - height[t]
-                    acc = acc + weight[t]
-                    spikes[t, i] = 1
-                else:
-                    spikes[t, i] = 0
-        else:
-            for j in range(k):
-                u = x[i] * gain[j]
-                for t in range(j):
-                    if spikes[t, i]:
-                        u = u - inhibition[j, t]
-                if u >= threshold[j]:
-                    acc = acc + weight[j]
-                    spikes[j, i] = 1
-                else:
-                    spikes[j, i] = 0
-        if offset != 0:
-            acc = acc + offset
-        out[i] = acc
+                if z[t]:
+                    fired = fired + 1
+                    counts[b, t] += 1
+                    for f in range(f_count):
+                        synops[b, f, t] += fan_out[f, i]
+            if amos and fired > 1:
+                fired = 1
+            if fired > most:
+                most = fired
+        peak[b] = most
 
 
 def signed_population_steps(const float[:, :, ::1] current, float[:, ::1] v, float[:, ::1] net,
