@@ -882,6 +882,79 @@ _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Reado
              ops.Add: _plan_add}
 
 
+# Sample blocks of a threaded convolution (:class:`_BlockedConv2d`): a block's im2col matrix holds at most
+# BLOCK_VALUES float32 values (4 MiB: it is still in the cache when its product reads it), but its product at least
+# MIN_BLOCK_PRODUCT multiply-adds. OpenBLAS multiplies small matrices (M N K up to 100^3 on x86) with a kernel of
+# another summation order; above that, every element of C = A B is the same sum whatever the number of columns of
+# B, so the blocks give the reference's values (tests/runtime/test_cython_temporal.py checks equality).
+BLOCK_VALUES = 1 << 20
+MIN_BLOCK_PRODUCT = 1 << 22
+
+
+class _BlockedConv2d:
+    """A convolution of decoded (graded) values: the reference's :func:`~snncc.runtime.kernels.conv2d`, the same
+    im2col matrix (compiled copy loop) and the same BLAS product per group, computed block of samples by block of
+    samples, the blocks spread over ``threads`` Python threads (numpy releases the GIL in the product; each thread
+    has its own arrays). Then the bias, as the reference adds it. Within a block the arithmetic is the reference's
+    term for term; see :data:`BLOCK_VALUES` for why the blocks' size does not change the sums."""
+
+    def __init__(self, op: ops.Conv2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...], threads: int) -> None:
+        self.op = op
+        out_ch, self.per_group, kh, kw = op.weight.shape
+        self.out_shape = out_shape
+        self.out_per_group = out_ch // op.groups
+        reduce = self.per_group * kh * kw
+        plane = out_shape[1] * out_shape[2]
+        self.block_shape = (kh, kw, self.per_group)
+        by_cache = BLOCK_VALUES // max(1, reduce * plane)
+        by_product = -(-MIN_BLOCK_PRODUCT // max(1, self.out_per_group * reduce * plane))
+        self.rows = max(1, by_cache, by_product)
+        self.weights = [np.ascontiguousarray(op.weight[g * self.out_per_group:(g + 1) * self.out_per_group]
+                                             .transpose(0, 2, 3, 1).reshape(self.out_per_group, -1), dtype=np.float32)
+                        for g in range(op.groups)]
+        self.bias = None if op.bias is None else op.bias.astype(np.float32)[None, :, None, None]
+        self.pad_value = None if op.pad_value is None else np.ascontiguousarray(
+            np.broadcast_to(np.asarray(op.pad_value, dtype=np.float32), (in_shape[0],)), dtype=np.float32)
+        self.threads = threads
+        self._buffers = [_KeptBuffers() for _ in range(threads)]
+        self._pool = None
+
+    def _block(self, worker: int, x: np.ndarray, out: np.ndarray, start: int, m: int) -> None:
+        buffers = self._buffers[worker]
+        ho, wo = self.out_shape[1:]
+        for g, w in enumerate(self.weights):
+            cols = buffers.get("im2col", self.block_shape + (m, ho, wo), np.float32)
+            _kernels.im2col(x[start:start + m], cols, g * self.per_group, self.op.stride, self.op.padding[:2],
+                            self.op.dilation, self.pad_value, 1)
+            y = np.matmul(w, cols.reshape(w.shape[1], m * ho * wo),
+                          out=buffers.get("product", (self.out_per_group, m * ho * wo), np.float32))
+            out[start:start + m, g * self.out_per_group:(g + 1) * self.out_per_group] = \
+                y.reshape(self.out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
+        if self.bias is not None:
+            out[start:start + m] += self.bias
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        blocks = [(start, min(self.rows, n - start)) for start in range(0, n, self.rows)]
+        workers = min(self.threads, len(blocks))
+        if workers == 1:
+            for start, m in blocks:
+                self._block(0, x, out, start, m)
+            return out
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="snncc-conv")
+
+        def work(worker: int) -> None:
+            for start, m in blocks[worker::workers]:
+                self._block(worker, x, out, start, m)
+
+        for done in [self._pool.submit(work, w) for w in range(workers)]:
+            done.result()
+        return out
+
+
 class _KeptBuffers(_Buffers):
     """Arrays kept for every shape asked for under one name: a batch's convolution builds its im2col blocks in
     slices of the batch whose last one is shorter, and with one array per name the two shapes would evict each
@@ -909,8 +982,9 @@ class CythonTemporalSimulator(TemporalSimulator):
 
     More compiled pieces, all exact:
 
-    - convolutions build the reference's im2col matrix with the compiled copy loop (:func:`_constant_conv2d`: the
-      same matrix, so the same BLAS product and the same values), in arrays kept from batch to batch;
+    - convolutions build the reference's im2col matrix with the compiled copy loop and multiply it with the same
+      BLAS product, in blocks of samples that stay in the cache, on ``threads`` threads (:class:`_BlockedConv2d`:
+      the same values), in arrays kept from batch to batch;
     - :meth:`run_batch` counts instead of storing spike trains: :func:`_kernels.temporal_units_counted` computes a
       population's values with the same per-neuron function as :func:`_kernels.temporal_units` and, in the same
       pass, its spikes per step, its most spikes per neuron and the synaptic operations of its spikes in every
@@ -928,8 +1002,8 @@ class CythonTemporalSimulator(TemporalSimulator):
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
-        self._conv_buffers: dict[str, _Buffers] = {}
-        self._unit_buffers = _Buffers()
+        self._convs: dict[str, _BlockedConv2d] = {}
+        self._unit_buffers = _Buffers()  # outputs of populations and convolutions, kept from batch to batch
         self._params = {}
         for node in self.populations():
             neuron = self.graph.op(node).neuron
@@ -971,8 +1045,12 @@ class CythonTemporalSimulator(TemporalSimulator):
         value = values[src]
         if value.dtype != np.float32 or not value.flags.c_contiguous:
             return False
-        buffers = self._conv_buffers.setdefault(node, _KeptBuffers())
-        values[node] = _constant_conv2d(op, value, self.threads, buffers, keep_output=keep_output)
+        conv = self._convs.get(node)
+        if conv is None:
+            conv = self._convs[node] = _BlockedConv2d(op, value.shape[1:], self.types[node].shape, self.threads)
+        shape = (value.shape[0],) + self.types[node].shape
+        out = self._unit_buffers.get(node, shape, np.float32) if keep_output else np.empty(shape, np.float32)
+        values[node] = conv(value, out)
         return True
 
     def _unit_inputs(self, node: str, values: dict[str, np.ndarray]) -> np.ndarray:
