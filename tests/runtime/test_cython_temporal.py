@@ -108,6 +108,22 @@ def test_blocked_convolution_is_the_references(monkeypatch, batch, channels, siz
     np.testing.assert_array_equal(conv(x, np.empty_like(expected)), expected)  # kept arrays: the same again
 
 
+@pytest.mark.parametrize("stride, groups, bias, threads", [(1, 1, True, 2), (2, 1, False, 2), (1, 2, True, 1),
+                                                         (1, 1, False, 3)])
+def test_convolution_in_many_blocks_is_the_references(stride, groups, bias, threads):
+    """Layers large enough that the batch splits into several blocks above MIN_BLOCK_PRODUCT (the shorter last
+    block included), spread over the threads: kernels.conv2d's values exactly."""
+    rng = np.random.default_rng(stride * 10 + groups)
+    op = ops.Conv2d(weight=rng.normal(0, 0.3, (32, 16 // groups, 3, 3)).astype(np.float32),
+                    bias=rng.normal(0, 0.5, 32).astype(np.float32) if bias else None, stride=(stride, stride),
+                    padding=(1, 1, 1, 1), groups=groups, pad_value=None)
+    x = np.maximum(rng.normal(0, 1, (37, 16, 28 * stride, 28 * stride)), 0).astype(np.float32)
+    expected = kernels.conv2d(op, x)
+    conv = cython_engine._BlockedConv2d(op, x.shape[1:], expected.shape[1:], threads)
+    assert 2 < -(-len(x) // conv.rows) < len(x)
+    np.testing.assert_array_equal(conv(x, np.empty_like(expected)), expected)
+
+
 def _assert_same_results(graph: Graph, x: np.ndarray, threads: int = 2) -> None:
     expected = TemporalSimulator(graph).run_batch(x)
     engine = cython_engine.CythonTemporalSimulator(graph, threads=threads)
