@@ -109,9 +109,9 @@ def markdown(results: dict, meta: dict) -> str:
         lines += [f"| {k} | {v * 1e3:.1f} | {v / r['seconds']:.0%} |" for k, v in r["groups"].items()]
         lines += [f"| {k} | {v * 1e3:.1f} | |" for k, v in sorted(r["per_node"].items())
                   if k.startswith("inside")]
-        lines += ["", "Largest nodes: " + ", ".join(
-            f"{k} {v * 1e3:.1f} ms" for k, v in sorted(r["per_node"].items(), key=lambda kv: -kv[1])
-            if not k.startswith("inside") and k != "other ops")[:6] + ".", ""]
+        largest = [f"{k} {v * 1e3:.1f} ms" for k, v in sorted(r["per_node"].items(), key=lambda kv: -kv[1])
+                   if not k.startswith("inside") and k != "other ops"]
+        lines += ["", "Largest nodes: " + ", ".join(largest[:6]) + ".", ""]
     return "\n".join(lines[:-1]) + "\n"
 
 
