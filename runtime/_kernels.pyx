@@ -27,7 +27,7 @@ the reference rounds the product before the addition.
 """
 
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
 import numpy as np
@@ -156,6 +156,85 @@ cdef extern from *:
             for (j = 0; j < 16; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
     }
     #endif
+    /* FS neurons and AMOS units, a block of SNNCC_UNIT_BLOCK at a time with GCC/Clang vector extensions: each lane
+       is one neuron, with exactly the scalar arithmetic in step order; where a neuron does not fire, a bit-select
+       keeps its old membrane / output (no +0.0 is added, so every value is the specification's bit for bit).
+       spikes[t * SNNCC_UNIT_BLOCK + i] is 1 where neuron i fired at step t. Inputs of lanes i >= m are 0. */
+    #define SNNCC_UNIT_BLOCK 16
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef float snncc_unit_vf __attribute__((vector_size(64)));
+    typedef int32_t snncc_unit_vi __attribute__((vector_size(64)));
+    typedef uint8_t snncc_unit_vb __attribute__((vector_size(16)));
+    #define SNNCC_SELECT(mask, a, b) ((snncc_unit_vf)(((snncc_unit_vi)(a) & (mask)) | ((snncc_unit_vi)(b) & ~(mask))))
+    #define SNNCC_UNIT_LOAD(v, x, m) memcpy(&(v), (x), (size_t)((m) < SNNCC_UNIT_BLOCK ? (m) : SNNCC_UNIT_BLOCK) * sizeof(float))
+    static inline void snncc_fs_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
+                                      const float* weight, Py_ssize_t k, float* value, uint8_t* spikes) {
+        snncc_unit_vf v = {0}, acc = {0};
+        SNNCC_UNIT_LOAD(v, x, m);
+        Py_ssize_t t;
+        for (t = 0; t < k; ++t) {
+            snncc_unit_vi fired = v >= threshold[t];
+            v = SNNCC_SELECT(fired, v - height[t], v);
+            acc = SNNCC_SELECT(fired, acc + weight[t], acc);
+            snncc_unit_vb z = __builtin_convertvector(fired & 1, snncc_unit_vb);
+            memcpy(spikes + t * SNNCC_UNIT_BLOCK, &z, sizeof(z));
+        }
+        memcpy(value, &acc, sizeof(acc));
+    }
+    static inline void snncc_amos_block(const float* x, Py_ssize_t m, const float* threshold, const float* gain,
+                                        const float* weight, const float* inhibition, Py_ssize_t k, float* value,
+                                        uint8_t* spikes) {
+        snncc_unit_vf x_ = {0}, acc = {0};
+        SNNCC_UNIT_LOAD(x_, x, m);
+        snncc_unit_vi fired[64];
+        Py_ssize_t j, t;
+        for (j = 0; j < k; ++j) {
+            snncc_unit_vf u = x_ * gain[j];
+            for (t = 0; t < j; ++t) {
+                snncc_unit_vi earlier;
+                if (t < 64) earlier = fired[t];
+                else { snncc_unit_vb z; memcpy(&z, spikes + t * SNNCC_UNIT_BLOCK, sizeof(z));
+                       earlier = -__builtin_convertvector(z, snncc_unit_vi); }
+                u = SNNCC_SELECT(earlier, u - inhibition[j * k + t], u);
+            }
+            snncc_unit_vi now = u >= threshold[j];
+            if (j < 64) fired[j] = now;
+            acc = SNNCC_SELECT(now, acc + weight[j], acc);
+            snncc_unit_vb z = __builtin_convertvector(now & 1, snncc_unit_vb);
+            memcpy(spikes + j * SNNCC_UNIT_BLOCK, &z, sizeof(z));
+        }
+        memcpy(value, &acc, sizeof(acc));
+    }
+    #else
+    static inline void snncc_fs_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
+                                      const float* weight, Py_ssize_t k, float* value, uint8_t* spikes) {
+        Py_ssize_t i, t;
+        for (i = 0; i < SNNCC_UNIT_BLOCK; ++i) {
+            float v = i < m ? x[i] : 0.0f, acc = 0.0f;
+            for (t = 0; t < k; ++t) {
+                int fired = v >= threshold[t];
+                if (fired) { v = v - height[t]; acc = acc + weight[t]; }
+                spikes[t * SNNCC_UNIT_BLOCK + i] = (uint8_t)fired;
+            }
+            value[i] = acc;
+        }
+    }
+    static inline void snncc_amos_block(const float* x, Py_ssize_t m, const float* threshold, const float* gain,
+                                        const float* weight, const float* inhibition, Py_ssize_t k, float* value,
+                                        uint8_t* spikes) {
+        Py_ssize_t i, j, t;
+        for (i = 0; i < SNNCC_UNIT_BLOCK; ++i) {
+            float xi = i < m ? x[i] : 0.0f, acc = 0.0f;
+            for (j = 0; j < k; ++j) {
+                float u = xi * gain[j];
+                for (t = 0; t < j; ++t) if (spikes[t * SNNCC_UNIT_BLOCK + i]) u = u - inhibition[j * k + t];
+                spikes[j * SNNCC_UNIT_BLOCK + i] = (uint8_t)(u >= threshold[j]);
+                if (u >= threshold[j]) acc = acc + weight[j];
+            }
+            value[i] = acc;
+        }
+    }
+    #endif
     """
     int snncc_openmp() nogil
     int snncc_max_threads() nogil
@@ -167,6 +246,12 @@ cdef extern from *:
     void snncc_add_channels(float* dst, const float* weight, const int32_t* channels, Py_ssize_t m,
                             Py_ssize_t stride, Py_ssize_t n) nogil
     void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) nogil
+    enum: SNNCC_UNIT_BLOCK
+    void snncc_fs_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
+                        const float* weight, Py_ssize_t k, float* value, uint8_t* spikes) nogil
+    void snncc_amos_block(const float* x, Py_ssize_t m, const float* threshold, const float* gain,
+                          const float* weight, const float* inhibition, Py_ssize_t k, float* value,
+                          uint8_t* spikes) nogil
 
     # Pointers the compiler may assume do not alias: the vector loops need no run-time overlap checks.
     ctypedef float* float_rp "float * __restrict__"
@@ -296,6 +381,33 @@ def population_steps(const float[:, :, ::1] current, float[:, ::1] v, spike_t[:,
 # Temporal units (FS and AMOS; the window functions of runtime/dynamics.py are the specification)
 # --------------------------------------------------------------------------------------------------------------
 
+# Neurons per block of the temporal kernels (SNNCC_UNIT_BLOCK, the C block functions above): the step loop runs
+# over a block at a time, one neuron per vector lane, each with its own arithmetic in step order.
+UNIT_BLOCK = SNNCC_UNIT_BLOCK
+
+
+cdef inline void _temporal_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
+                                 const float* weight, const float* gain, const float* inhibition, Py_ssize_t k,
+                                 float offset, bint amos, float* out, uint8_t* spikes) noexcept nogil:
+    """``m <= UNIT_BLOCK`` FS neurons or AMOS units with gate inputs ``x[:m]``: their output values to ``out[:m]``
+    and their spikes to ``spikes[t * UNIT_BLOCK + i]`` (the arithmetic of :func:`temporal_units`, which documents
+    it; ``inhibition`` is (K, K)). The offset is added last, where it is non-zero, as the specification adds it."""
+    cdef float value[SNNCC_UNIT_BLOCK]
+    cdef Py_ssize_t i
+    if amos:
+        snncc_amos_block(x, m, threshold, gain, weight, inhibition, k, value, spikes)
+    else:
+        snncc_fs_block(x, m, threshold, height, weight, k, value, spikes)
+    for i in range(m):
+        out[i] = value[i] + offset if offset != 0 else value[i]
+
+
+def _check_temporal_parameters(Py_ssize_t k, const float[::1] height, const float[::1] weight,
+                               const float[::1] gain, const float[:, ::1] inhibition):
+    _check_shape("temporal unit parameters", (k, k, k), (height.shape[0], weight.shape[0], gain.shape[0]))
+    _check_shape("AMOS inhibition", (k, k), (inhibition.shape[0], inhibition.shape[1]))
+
+
 def temporal_units(const float[::1] x, const float[::1] threshold, const float[::1] height,
                    const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition, float offset,
                    bint amos, float[::1] out, uint8_t[:, ::1] spikes, int threads=1):
@@ -309,37 +421,96 @@ def temporal_units(const float[::1] x, const float[::1] threshold, const float[:
     earlier neuron ``i`` that fired, in ascending ``i``; ``s = u >= T[j]``; where s: ``out = out + d[j]``.
     Both add ``offset`` last when it is non-zero, exactly as the numpy specification.
     """
-    cdef Py_ssize_t n = x.shape[0], k = threshold.shape[0], i, t, j
-    cdef float v, acc, u
+    cdef Py_ssize_t n = x.shape[0], k = threshold.shape[0], block, start, m, i, t
+    cdef uint8_t* z
     _check_shape("temporal unit output", (n,), (out.shape[0],))
     _check_shape("temporal unit spikes", (k, n), (spikes.shape[0], spikes.shape[1]))
-    _check_shape("temporal unit parameters", (k, k, k), (height.shape[0], weight.shape[0], gain.shape[0]))
-    _check_shape("AMOS inhibition", (k, k), (inhibition.shape[0], inhibition.shape[1]))
-    for i in prange(n, nogil=True, num_threads=max(1, threads), schedule="static"):
-        acc = 0.0
-        if not amos:
-            v = x[i]
+    _check_temporal_parameters(k, height, weight, gain, inhibition)
+    cdef uint8_t[:, ::1] scratch = _scratch(threads, k * SNNCC_UNIT_BLOCK, np.uint8)
+    for block in prange((n + SNNCC_UNIT_BLOCK - 1) // SNNCC_UNIT_BLOCK, nogil=True, num_threads=max(1, threads),
+                        schedule="static"):
+        start = block * SNNCC_UNIT_BLOCK
+        z = &scratch[threadid(), 0]
+        m = min(SNNCC_UNIT_BLOCK, n - start)
+        _temporal_block(&x[start], m, &threshold[0], &height[0], &weight[0], &gain[0], &inhibition[0, 0], k,
+                        offset, amos, &out[start], z)
+        for t in range(k):
+            for i in range(m):
+                spikes[t, start + i] = z[t * SNNCC_UNIT_BLOCK + i]
+
+
+def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, const float[::1] height,
+                           const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition,
+                           float offset, bint amos, float[:, ::1] out, int64_t[:, ::1] counts, int64_t[::1] peak,
+                           const double[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1):
+    """:func:`temporal_units` on a batch ``x`` (B, n) that counts instead of storing the spike trains.
+
+    Writes the output values ``out`` (B, n) and, per sample ``b`` and step ``t`` of the window, the spikes
+    ``counts[b, t]`` and, for each of the ``F`` synaptic operands the population feeds (``fan_out`` (F, n), the
+    synapses leaving each neuron), ``synops[b, f, t] = sum over the neurons i that spiked at t of fan_out[f, i]``;
+    ``peak[b]`` is the most spikes of one neuron of sample ``b`` (FS: over the window; AMOS: each of a unit's K
+    neurons fires at most once, so 1 if any did). Every count is an integer sum, exact in any order (the synaptic
+    operations in float64, as the reference's float64 product sums them). The values are the same float32
+    arithmetic as :func:`temporal_units` (one function computes both).
+    """
+    cdef Py_ssize_t batch = x.shape[0], n = x.shape[1], k = threshold.shape[0], f_count = fan_out.shape[0]
+    cdef Py_ssize_t b, i, t, f, block, start, m
+    cdef int64_t most, fired
+    cdef uint8_t* z
+    cdef int64_t* count
+    cdef int64_t* per_neuron
+    cdef double* ops
+    cdef double total
+    _check_shape("temporal unit output", (batch, n), (out.shape[0], out.shape[1]))
+    _check_shape("temporal unit counts", (batch, k), (counts.shape[0], counts.shape[1]))
+    _check_shape("temporal unit peaks", (batch,), (peak.shape[0],))
+    _check_shape("temporal unit fan-outs", (f_count, n), (fan_out.shape[0], fan_out.shape[1]))
+    _check_shape("temporal unit synaptic operations", (batch, f_count, k),
+                 (synops.shape[0], synops.shape[1], synops.shape[2]))
+    _check_temporal_parameters(k, height, weight, gain, inhibition)
+    if k == 0:
+        raise ValueError("temporal units need a window of at least one step")
+    cdef uint8_t[:, ::1] spike_scratch = _scratch(threads, k * SNNCC_UNIT_BLOCK, np.uint8)
+    cdef int64_t[:, ::1] count_scratch = _scratch(threads, k + UNIT_BLOCK, np.int64)
+    cdef double[:, ::1] ops_scratch = _scratch(threads, f_count * k, np.float64)
+    for b in prange(batch, nogil=True, num_threads=max(1, threads), schedule="static"):
+        z = &spike_scratch[threadid(), 0]
+        count = &count_scratch[threadid(), 0]
+        per_neuron = count + k
+        ops = &ops_scratch[threadid(), 0]
+        most = 0
+        for t in range(k):
+            count[t] = 0
+        for f in range(f_count * k):
+            ops[f] = 0.0
+        for block in range((n + SNNCC_UNIT_BLOCK - 1) // SNNCC_UNIT_BLOCK):
+            start = block * SNNCC_UNIT_BLOCK
+            m = min(SNNCC_UNIT_BLOCK, n - start)
+            _temporal_block(&x[b, start], m, &threshold[0], &height[0], &weight[0], &gain[0], &inhibition[0, 0],
+                            k, offset, amos, &out[b, start], z)
+            for i in range(SNNCC_UNIT_BLOCK):
+                per_neuron[i] = 0
             for t in range(k):
-                if v >= threshold[t]:
-                    v = v - height[t]
-                    acc = acc + weight[t]
-                    spikes[t, i] = 1
-                else:
-                    spikes[t, i] = 0
-        else:
-            for j in range(k):
-                u = x[i] * gain[j]
-                for t in range(j):
-                    if spikes[t, i]:
-                        u = u - inhibition[j, t]
-                if u >= threshold[j]:
-                    acc = acc + weight[j]
-                    spikes[j, i] = 1
-                else:
-                    spikes[j, i] = 0
-        if offset != 0:
-            acc = acc + offset
-        out[i] = acc
+                fired = 0
+                for i in range(m):
+                    fired = fired + z[t * SNNCC_UNIT_BLOCK + i]
+                    per_neuron[i] = per_neuron[i] + z[t * SNNCC_UNIT_BLOCK + i]
+                count[t] = count[t] + fired
+                if fired:
+                    for f in range(f_count):
+                        total = 0.0
+                        for i in range(m):
+                            total = total + fan_out[f, start + i] * z[t * SNNCC_UNIT_BLOCK + i]  # 0/1: exact
+                        ops[f * k + t] = ops[f * k + t] + total
+            for i in range(m):
+                fired = 1 if amos and per_neuron[i] > 1 else per_neuron[i]
+                if fired > most:
+                    most = fired
+        for t in range(k):
+            counts[b, t] = count[t]
+            for f in range(f_count):
+                synops[b, f, t] = ops[f * k + t]
+        peak[b] = most
 
 
 def signed_population_steps(const float[:, :, ::1] current, float[:, ::1] v, float[:, ::1] net,

@@ -882,22 +882,129 @@ _PLANNERS = {ops.Input: _plan_input, ops.Population: _plan_population, ops.Reado
              ops.Add: _plan_add}
 
 
+# Sample blocks of a threaded convolution (:class:`_BlockedConv2d`): a block's im2col matrix holds at most
+# BLOCK_VALUES float32 values (256 KiB: it is still in the core's cache when its product reads it; on the VGG's
+# convolutions 1.5x faster than 4 MiB blocks, measured on a loaded 2-core Xeon), but its product at least
+# MIN_BLOCK_PRODUCT multiply-adds. OpenBLAS multiplies small matrices (M N K up to 100^3 on x86) with a kernel of
+# another summation order; above that, every element of C = A B is the same sum whatever the number of columns of
+# B, so the blocks give the reference's values (tests/runtime/test_cython_temporal.py checks equality).
+BLOCK_VALUES = 1 << 16
+MIN_BLOCK_PRODUCT = 1 << 22
+
+
+class _BlockedConv2d:
+    """A convolution of decoded (graded) values: the reference's :func:`~snncc.runtime.kernels.conv2d`, the same
+    im2col matrix (compiled copy loop) and the same BLAS product per group, computed block of samples by block of
+    samples, the blocks spread over ``threads`` Python threads (numpy releases the GIL in the product; each thread
+    has its own arrays). Then the bias, as the reference adds it. Within a block the arithmetic is the reference's
+    term for term; see :data:`BLOCK_VALUES` for why the blocks' size does not change the sums."""
+
+    def __init__(self, op: ops.Conv2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...], threads: int) -> None:
+        self.op = op
+        out_ch, self.per_group, kh, kw = op.weight.shape
+        self.out_shape = out_shape
+        self.out_per_group = out_ch // op.groups
+        reduce = self.per_group * kh * kw
+        plane = out_shape[1] * out_shape[2]
+        self.block_shape = (kh, kw, self.per_group)
+        by_cache = BLOCK_VALUES // max(1, reduce * plane)
+        by_product = -(-MIN_BLOCK_PRODUCT // max(1, self.out_per_group * reduce * plane))
+        self.rows = max(1, by_cache, by_product)
+        self.weights = [np.ascontiguousarray(op.weight[g * self.out_per_group:(g + 1) * self.out_per_group]
+                                             .transpose(0, 2, 3, 1).reshape(self.out_per_group, -1), dtype=np.float32)
+                        for g in range(op.groups)]
+        self.bias = None if op.bias is None else op.bias.astype(np.float32)[None, :, None, None]
+        self.pad_value = None if op.pad_value is None else np.ascontiguousarray(
+            np.broadcast_to(np.asarray(op.pad_value, dtype=np.float32), (in_shape[0],)), dtype=np.float32)
+        self.threads = threads
+        self._buffers = [_KeptBuffers() for _ in range(threads)]
+        self._pool = None
+
+    def _block(self, worker: int, x: np.ndarray, out: np.ndarray, start: int, m: int) -> None:
+        buffers = self._buffers[worker]
+        ho, wo = self.out_shape[1:]
+        for g, w in enumerate(self.weights):
+            cols = buffers.get("im2col", self.block_shape + (m, ho, wo), np.float32)
+            _kernels.im2col(x[start:start + m], cols, g * self.per_group, self.op.stride, self.op.padding[:2],
+                            self.op.dilation, self.pad_value, 1)
+            y = np.matmul(w, cols.reshape(w.shape[1], m * ho * wo),
+                          out=buffers.get("product", (self.out_per_group, m * ho * wo), np.float32))
+            out[start:start + m, g * self.out_per_group:(g + 1) * self.out_per_group] = \
+                y.reshape(self.out_per_group, m, ho, wo).transpose(1, 0, 2, 3)
+        if self.bias is not None:
+            out[start:start + m] += self.bias
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        blocks = [(start, min(self.rows, n - start)) for start in range(0, n, self.rows)]
+        workers = min(self.threads, len(blocks))
+        if workers == 1:
+            for start, m in blocks:
+                self._block(0, x, out, start, m)
+            return out
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="snncc-conv")
+
+        def work(worker: int) -> None:
+            for start, m in blocks[worker::workers]:
+                self._block(worker, x, out, start, m)
+
+        for done in [self._pool.submit(work, w) for w in range(workers)]:
+            done.result()
+        return out
+
+
+class _KeptBuffers(_Buffers):
+    """Arrays kept for every shape asked for under one name: a batch's convolution builds its im2col blocks in
+    slices of the batch whose last one is shorter, and with one array per name the two shapes would evict each
+    other (fresh pages, twice per layer and batch)."""
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        return super().get(f"{name}{shape}", shape, dtype)
+
+
+@dataclass
+class _WindowCounts:
+    """What :func:`_kernels.temporal_units_counted` counted for one population and batch: spikes ``counts`` (B, K)
+    per step of its window, the most spikes of one neuron per sample ``peak`` (B,), and ``synops`` (B, F, K), the
+    synaptic operations its spikes cause in each of the F synaptic operands it feeds."""
+
+    counts: np.ndarray
+    peak: np.ndarray
+    synops: np.ndarray
+
+
 class CythonTemporalSimulator(TemporalSimulator):
     """The temporal (FS/AMOS) simulator with compiled units: the same schedule and numpy kernels for the linear ops
     (they act on decoded values, where BLAS is the fast path), and the units in :func:`_kernels.temporal_units`,
     which reproduce the window functions of :mod:`snncc.runtime.dynamics` bit for bit.
 
-    Two more compiled pieces, both exact: convolutions build the reference's im2col matrix with the compiled copy
-    loop (:func:`_constant_conv2d`: the same matrix, so the same BLAS product and the same values), and the
-    synaptic operations are counted from the spike trains with :func:`_kernels.count_events` (integers summed in
-    float64, as the reference's float64 product sums them) instead of a float64 product of the whole trains."""
+    More compiled pieces, all exact:
+
+    - convolutions build the reference's im2col matrix with the compiled copy loop and multiply it with the same
+      BLAS product, in blocks of samples that stay in the cache, on ``threads`` threads (:class:`_BlockedConv2d`:
+      the same values), in arrays kept from batch to batch;
+    - :meth:`run_batch` counts instead of storing spike trains: :func:`_kernels.temporal_units_counted` computes a
+      population's values with the same per-neuron function as :func:`_kernels.temporal_units` and, in the same
+      pass, its spikes per step, its most spikes per neuron and the synaptic operations of its spikes in every
+      layer it feeds (each spike adds its fan-out: integer sums, exact in any order). The K spike trains of a
+      population (K bytes per neuron) never go through memory;
+    - synaptic operations of graded inputs (the analog input, pooled values) are counted with
+      :func:`_kernels.count_events` (integers summed in float64, as the reference's float64 product sums them).
+
+    :meth:`run_stream` keeps the reference's bookkeeping on spike trains (with the compiled units and convolutions).
+    One instance reuses its arrays from batch to batch: it must not run two batches at the same time.
+    """
 
     def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None) -> None:
         super().__init__(graph, timesteps)
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
-        self._conv_buffers: dict[str, _Buffers] = {}
+        self._convs: dict[str, _BlockedConv2d] = {}
+        self._unit_buffers = _Buffers()  # outputs of populations and convolutions, kept from batch to batch
         self._params = {}
         for node in self.populations():
             neuron = self.graph.op(node).neuron
@@ -909,6 +1016,16 @@ class CythonTemporalSimulator(TemporalSimulator):
                 f32(neuron.gain if is_amos else np.ones(k)),
                 neuron.inhibition_matrix() if is_amos else np.zeros((k, k), np.float32), np.float32(neuron.offset),
                 is_amos)
+        # The fan-outs of every synaptic operand a population's spikes reach, (F, n) per population, and for each
+        # entry of synaptic_inputs the row of its source's array (None for a graded operand).
+        rows: dict[str, list[np.ndarray]] = {node: [] for node in self._params}
+        self._fan_out_rows: list[int | None] = []
+        for _, weights, source in self.synaptic_inputs:
+            self._fan_out_rows.append(None if source is None else len(rows[source]))
+            if source is not None:
+                rows[source].append(weights)
+        self._fan_outs = {node: np.ascontiguousarray(np.array(arrays, dtype=np.float64).reshape(
+            len(arrays), self.types[node].size)) for node, arrays in rows.items()}
 
     def _events(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
         steps, batch = x.shape[:2]
@@ -920,22 +1037,36 @@ class CythonTemporalSimulator(TemporalSimulator):
                               _threads(self.threads, events.size))
         return synops.reshape(steps, batch)
 
+    def _convolve(self, node: str, values: dict[str, np.ndarray], keep_output: bool) -> bool:
+        """The compiled-im2col convolution of ``node`` into ``values`` where it applies; whether it did."""
+        op = self.graph.op(node)
+        if not isinstance(op, ops.Conv2d) or op.input_gains is not None:
+            return False
+        (src,) = self.graph.inputs(node)
+        value = values[src]
+        if value.dtype != np.float32 or not value.flags.c_contiguous:
+            return False
+        conv = self._convs.get(node)
+        if conv is None:
+            conv = self._convs[node] = _BlockedConv2d(op, value.shape[1:], self.types[node].shape, self.threads)
+        shape = (value.shape[0],) + self.types[node].shape
+        out = self._unit_buffers.get(node, shape, np.float32) if keep_output else np.empty(shape, np.float32)
+        values[node] = conv(value, out)
+        return True
+
+    def _unit_inputs(self, node: str, values: dict[str, np.ndarray]) -> np.ndarray:
+        (src,) = self.graph.inputs(node)
+        return np.ascontiguousarray(values[src], dtype=np.float32)
+
     def _evaluate(self, node: str, x: np.ndarray, values: dict[str, np.ndarray],
                   spikes: dict[str, np.ndarray]) -> None:
-        op = self.graph.op(node)
-        if isinstance(op, ops.Conv2d) and op.input_gains is None:
-            (src,) = self.graph.inputs(node)
-            value = values[src]
-            if value.dtype == np.float32 and value.flags.c_contiguous:
-                # Fresh output arrays (values live on in run_stream); the column matrices are kept.
-                buffers = self._conv_buffers.setdefault(node, _Buffers())
-                values[node] = _constant_conv2d(op, value, self.threads, buffers, keep_output=False)
-                return
+        # Fresh output arrays: values live on after the call in run_stream (the column matrices are kept).
+        if self._convolve(node, values, keep_output=False):
+            return
         if node not in self._params:
             super()._evaluate(node, x, values, spikes)
             return
-        (src,) = self.graph.inputs(node)
-        current = np.ascontiguousarray(values[src], dtype=np.float32)
+        current = self._unit_inputs(node, values)
         threshold, height, weight, gain, inhibition, offset, is_amos = self._params[node]
         out = np.empty(current.size, dtype=np.float32)
         trains = np.empty((len(threshold), current.size), dtype=np.uint8)
@@ -943,6 +1074,54 @@ class CythonTemporalSimulator(TemporalSimulator):
                                 out, trains, _threads(self.threads, current.size))
         values[node] = out.reshape(current.shape)
         spikes[node] = trains.reshape((len(threshold),) + current.shape)
+
+    def _count_window(self, node: str, values: dict[str, np.ndarray]) -> _WindowCounts:
+        """Run population ``node`` on its input with :func:`_kernels.temporal_units_counted` (its value into
+        ``values``, in an array kept from batch to batch) and return what it counted."""
+        current = self._unit_inputs(node, values)
+        batch = current.shape[0]
+        threshold, height, weight, gain, inhibition, offset, is_amos = self._params[node]
+        fan_outs = self._fan_outs[node]
+        out = self._unit_buffers.get(node, current.shape, np.float32)
+        counts = np.empty((batch, len(threshold)), dtype=np.int64)
+        peak = np.empty(batch, dtype=np.int64)
+        synops = np.empty((batch, len(fan_outs), len(threshold)), dtype=np.float64)
+        _kernels.temporal_units_counted(current.reshape(batch, -1), threshold, height, weight, gain, inhibition,
+                                        offset, is_amos, out.reshape(batch, -1), counts, peak, fan_outs, synops,
+                                        _threads(self.threads, current.size))
+        values[node] = out
+        return _WindowCounts(counts, peak, synops)
+
+    def run_batch(self, x: np.ndarray) -> BatchResult:
+        """The reference's :meth:`~TemporalSimulator.run_batch` and :meth:`~TemporalSimulator._result` with the
+        populations counted in their kernel (same values, spikes, synaptic operations and peaks)."""
+        batch = x.shape[0]
+        values: dict[str, np.ndarray] = {}
+        counted: dict[str, _WindowCounts] = {}
+        for node in self.order:
+            if node in self._params:
+                counted[node] = self._count_window(node, values)
+            elif not self._convolve(node, values, keep_output=True):  # outputs are copied out below
+                TemporalSimulator._evaluate(self, node, x, values, {})
+        T = self.timesteps
+        spikes = {n: np.zeros((T, batch), dtype=np.float32) for n in self.populations()}
+        for n, window in counted.items():
+            self._place(spikes[n], self.start[n], window.counts.T)
+        max_per_neuron = {n: int(window.peak.max()) if window.peak.size else 0 for n, window in counted.items()}
+        synops = np.zeros((T, batch), dtype=np.float64)
+        for (src, weights, source), row in zip(self.synaptic_inputs, self._fan_out_rows):
+            if source is not None:
+                self._place(synops, self.start[source], counted[source].synops[:, row].T)
+            else:
+                events = self._events(values[src].reshape(1, batch, -1), weights)
+                self._place(synops, max(self.end[src] - 1, 0), events)
+        outputs = []
+        for o in self.graph.outputs:
+            out = np.zeros((T, batch) + self.types[o].shape, dtype=np.float32)
+            if self.latency <= T:
+                out[self.latency - 1:] = values[o]
+            outputs.append(out)
+        return BatchResult(outputs, spikes, synops, max_per_neuron)
 
 
 __all__ = ["DENSE_ABOVE", "CythonSimulator", "CythonTemporalSimulator", "default_threads"]

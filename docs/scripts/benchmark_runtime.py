@@ -339,6 +339,13 @@ def markdown(results: dict, meta: dict) -> str:
     for merged in meta.get("merged", []):
         lines += [f"Measured at the same time by a second process ({merged.get('note') or 'same machine'}): "
                   f"{', '.join(merged['configurations'])}:", "", f"    {merged.get('command', '')}", ""]
+    for updated in meta.get("updated", []):
+        later = {**meta, **{k: v for k, v in updated.items() if v is not None}}
+        code = f"code `{updated['commit']}`, " if updated.get("commit") else ""
+        lines += [f"Measured again by a later run ({code}{updated.get('date')}, {_machine_line(later)}, BLAS threads "
+                  f"{'/'.join(map(str, later.get('blas', [])))}; {updated.get('note') or 'same machine'}), replacing "
+                  f"the first run's figures: {', '.join(updated['configurations'])}:", "",
+                  f"    {updated.get('command', '')}", ""]
     rate = {n: r for n, r in results.items() if r.get("coding", "rate") == "rate"}
     temporal = {n: r for n, r in results.items() if r.get("coding", "rate") != "rate"}
     if rate:
@@ -561,6 +568,10 @@ def main() -> None:
     parser.add_argument("--merge", action="append", default=[], metavar="JSON",
                         help="with --render: add the configurations of another run's results/benchmark.json (a "
                              "second process of the same run), recorded in the meta data")
+    parser.add_argument("--update", action="append", default=[], metavar="JSON",
+                        help="with --render: replace configurations by those of a later run's results/benchmark.json "
+                             "(e.g. a subset measured again with --zoo and --out after a change), recorded in the "
+                             "meta data with that run's command, commit, date and machine")
     parser.add_argument("--with-peers", metavar="PYTHON",
                         help="also measure SpikingJelly and sinabs with this interpreter (their own virtual "
                              "environment, see benchmark_peers.py), each T right after the Cython runtime; writes "
@@ -590,10 +601,17 @@ def main() -> None:
             data["meta"].setdefault("merged", []).append(
                 {"command": extra["meta"].get("command"), "note": extra["meta"].get("note"),
                  "configurations": list(extra["models"]), "date": extra["meta"].get("date")})
+        for other in args.update:  # configurations measured again by a later run
+            extra = json.loads(Path(other).read_text())
+            data["models"].update(extra["models"])
+            data["meta"].setdefault("updated", []).append(
+                {key: extra["meta"].get(key) for key in ("command", "note", "date", "commit", "cpu", "kernels",
+                                                         "cores", "blas")}
+                | {"configurations": list(extra["models"])})
         for result in data["models"].values():  # JSON object keys are strings
             result["summary"] = {int(t): s for t, s in result["summary"].items()}
         peers = _peers(args.out)
-        if args.merge:
+        if args.merge or args.update:
             from snncc.api import write_json
 
             # Their peer measurements too (results/peers.json beside the merged file), into this run's document.

@@ -1,0 +1,195 @@
+"""The Cython temporal (FS/AMOS) runtime against the numpy specification: the counting unit kernel, the blocked
+convolution and whole networks (random graphs and the shipped models), values, spikes, synaptic operations and
+peaks compared for equality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snncc.runtime import cython_available
+
+pytestmark = pytest.mark.skipif(not cython_available()[0], reason="the Cython runtime is not built")
+
+from snncc.ir import SNN, Amos, FewSpike, Graph, ops  # noqa: E402
+from snncc.runtime import TemporalSimulator, cython_engine, kernels  # noqa: E402
+from snncc.runtime.dynamics import run_window  # noqa: E402
+from tests.conftest import MODELS, data_dir  # noqa: E402
+from tests.runtime.test_cython_agreement import _built_variants  # noqa: E402
+
+
+@pytest.fixture(params=_built_variants())
+def variant(request, monkeypatch):
+    """Each instruction-set variant of the kernels that is built and that this CPU runs."""
+    import importlib
+
+    module = importlib.import_module("snncc.runtime._kernels" + ("" if request.param == "portable"
+                                                                else f"_{request.param}"))
+    monkeypatch.setattr(cython_engine, "_kernels", module)
+    return module
+
+
+def _neuron(rng: np.random.Generator, k: int, amos: bool) -> FewSpike | Amos:
+    threshold = tuple(np.round(rng.normal(0.5, 1, k), 2))  # rounded: inputs hit thresholds exactly below
+    weight = tuple(rng.normal(0, 1, k))
+    offset = float(rng.choice([0.0, rng.normal()]))
+    if amos:
+        return Amos(threshold=threshold, weight=weight, gain=tuple(rng.normal(1, 0.3, k)),
+                    inhibition=tuple(rng.normal(0.5, 0.5, k * (k - 1) // 2)), offset=offset)
+    return FewSpike(threshold=threshold, height=tuple(rng.normal(0.5, 0.5, k)), weight=weight, offset=offset)
+
+
+def _parameters(neuron: FewSpike | Amos) -> tuple:
+    amos = isinstance(neuron, Amos)
+    k = neuron.steps
+    f32 = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
+    return (f32(neuron.threshold), f32(np.zeros(k) if amos else neuron.height), f32(neuron.weight),
+            f32(neuron.gain if amos else np.ones(k)), neuron.inhibition_matrix() if amos else np.zeros((k, k),
+                                                                                                       np.float32),
+            np.float32(neuron.offset), amos)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(k=st.sampled_from([1, 2, 5, 8, 12, 70]), batch=st.integers(1, 5), n=st.integers(1, 50),
+       fan_outs=st.integers(0, 3), amos=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
+def test_counting_units_are_the_window_functions(variant, k, batch, n, fan_outs, amos, threads, seed):
+    """temporal_units_counted: the values of dynamics.run_window bit for bit, and the spikes per step, the most
+    spikes of a neuron and the synaptic operations of each fed operand as the reference counts them from the
+    trains. Inputs include 0, -0, thresholds exactly, infinities and NaN; n is rarely a multiple of the block."""
+    rng = np.random.default_rng(seed)
+    neuron = _neuron(rng, k, amos)
+    x = rng.normal(0.5, 1.5, (batch, n)).astype(np.float32)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, *neuron.threshold], dtype=np.float32)
+    mask = rng.random(x.shape) < 0.2
+    x[mask] = rng.choice(specials, mask.sum())
+    fan_out = rng.integers(0, 30, (fan_outs, n)).astype(np.float64)
+    value, trains = run_window(neuron, x)  # trains (K, B, n)
+    out = np.empty_like(x)
+    counts, peak = np.empty((batch, k), np.int64), np.empty(batch, np.int64)
+    synops = np.empty((batch, fan_outs, k))
+    variant.temporal_units_counted(x, *_parameters(neuron), out, counts, peak, fan_out, synops, threads)
+    np.testing.assert_array_equal(out.view(np.uint32), value.view(np.uint32))  # -0 and NaN bits too
+    np.testing.assert_array_equal(counts, trains.sum(axis=2).T)
+    per_neuron = np.minimum(trains.sum(axis=0), 1) if amos else trains.sum(axis=0)
+    np.testing.assert_array_equal(peak, per_neuron.max(axis=1))
+    expected = np.einsum("tbn,fn->bft", trains.astype(np.float64), fan_out)
+    np.testing.assert_array_equal(synops, expected)
+    # The storing kernel computes the same values with the same block function.
+    flat_out, flat_trains = np.empty(x.size, np.float32), np.empty((k, x.size), np.uint8)
+    variant.temporal_units(x.reshape(-1), *_parameters(neuron), flat_out, flat_trains, threads)
+    np.testing.assert_array_equal(flat_out.view(np.uint32), value.reshape(-1).view(np.uint32))
+    np.testing.assert_array_equal(flat_trains, trains.reshape(k, -1))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 24), channels=st.integers(1, 6), size=st.integers(3, 12), out_ch=st.integers(1, 40),
+       kernel=st.integers(1, 4), stride=st.integers(1, 2), pad=st.integers(0, 2), groups=st.sampled_from([1, 2]),
+       bias=st.booleans(), block_values=st.sampled_from([1, 1 << 10, 1 << 20]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31))
+def test_blocked_convolution_is_the_references(monkeypatch, batch, channels, size, out_ch, kernel, stride, pad,
+                                               groups, bias, block_values, threads, seed):
+    """_BlockedConv2d gives kernels.conv2d's values exactly, whatever the blocks and threads (products of at
+    least MIN_BLOCK_PRODUCT multiply-adds: the BLAS sums every element in the same order)."""
+    rng = np.random.default_rng(seed)
+    channels, out_ch = channels * groups, out_ch * groups
+    op = ops.Conv2d(weight=rng.normal(0, 0.5, (out_ch, channels // groups, kernel, kernel)).astype(np.float32),
+                    bias=rng.normal(0, 0.5, out_ch).astype(np.float32) if bias else None, stride=(stride, stride),
+                    padding=(pad,) * 4, groups=groups)
+    x = np.maximum(rng.normal(0, 1, (batch, channels, size, size)), 0).astype(np.float32)
+    expected = kernels.conv2d(op, x)
+    monkeypatch.setattr(cython_engine, "BLOCK_VALUES", block_values)
+    conv = cython_engine._BlockedConv2d(op, x.shape[1:], expected.shape[1:], threads)
+    got = conv(x, np.empty_like(expected))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(conv(x, np.empty_like(expected)), expected)  # kept arrays: the same again
+
+
+@pytest.mark.parametrize("stride, groups, bias, threads", [(1, 1, True, 2), (2, 1, False, 2), (1, 2, True, 1),
+                                                         (1, 1, False, 3)])
+def test_convolution_in_many_blocks_is_the_references(stride, groups, bias, threads):
+    """Layers large enough that the batch splits into several blocks above MIN_BLOCK_PRODUCT (the shorter last
+    block included), spread over the threads: kernels.conv2d's values exactly."""
+    rng = np.random.default_rng(stride * 10 + groups)
+    op = ops.Conv2d(weight=rng.normal(0, 0.3, (32, 16 // groups, 3, 3)).astype(np.float32),
+                    bias=rng.normal(0, 0.5, 32).astype(np.float32) if bias else None, stride=(stride, stride),
+                    padding=(1, 1, 1, 1), groups=groups, pad_value=None)
+    x = np.maximum(rng.normal(0, 1, (37, 16, 28 * stride, 28 * stride)), 0).astype(np.float32)
+    expected = kernels.conv2d(op, x)
+    conv = cython_engine._BlockedConv2d(op, x.shape[1:], expected.shape[1:], threads)
+    assert 2 < -(-len(x) // conv.rows) < len(x)
+    np.testing.assert_array_equal(conv(x, np.empty_like(expected)), expected)
+
+
+def _assert_same_results(graph: Graph, x: np.ndarray, threads: int = 2) -> None:
+    expected = TemporalSimulator(graph).run_batch(x)
+    engine = cython_engine.CythonTemporalSimulator(graph, threads=threads)
+    for _ in range(2):  # the second batch runs on the kept arrays
+        got = engine.run_batch(x)
+        for a, b in zip(expected.outputs, got.outputs):
+            np.testing.assert_array_equal(a, b)
+        assert got.spikes.keys() == expected.spikes.keys()
+        for name in expected.spikes:
+            np.testing.assert_array_equal(got.spikes[name], expected.spikes[name])
+        np.testing.assert_array_equal(got.synops, expected.synops)
+        assert got.max_spikes_per_neuron == expected.max_spikes_per_neuron
+    assert expected.synops.sum() > 0
+
+
+@st.composite
+def temporal_cnns(draw):
+    """Input -> Conv2d -> population -> [max pool] -> Conv2d (a population's spikes feed it) -> population ->
+    Flatten -> Linear -> population -> Linear -> Readout, FS or AMOS units of random parameters and windows."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    amos = draw(st.booleans())
+    channels, size = draw(st.integers(1, 3)), draw(st.integers(6, 10))
+    in_size = size
+    width = draw(st.integers(1, 5))
+    g = Graph(level=SNN)
+    h = g.add(ops.Input(shape=(channels, size, size)), name="x")
+    h = g.add(ops.Conv2d(weight=rng.normal(0, 0.6, (width, channels, 3, 3)), bias=rng.normal(0, 0.2, width),
+                         padding=(1, 1, 1, 1)), [h], name="conv1")
+    h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop1")
+    if draw(st.booleans()):
+        h = g.add(ops.MaxPool2d(kernel=(2, 2), stride=(2, 2)), [h], name="pool")
+        size //= 2
+    h = g.add(ops.Conv2d(weight=rng.normal(0, 0.6, (width, width, 3, 3)), padding=(1, 1, 1, 1)), [h], name="conv2")
+    h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop2")
+    h = g.add(ops.Flatten(), [h])
+    h = g.add(ops.Linear(weight=rng.normal(0, 0.3, (7, width * size * size))), [h], name="fc1")
+    h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop3")
+    g.outputs = [g.add(ops.Readout(), [g.add(ops.Linear(weight=rng.normal(0, 0.5, (3, 7))), [h], name="fc2")])]
+    x = rng.uniform(0, 1, (draw(st.integers(1, 6)), channels, in_size, in_size)).astype(np.float32)
+    return g, x
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=temporal_cnns(), threads=st.sampled_from([1, 2]))
+def test_random_temporal_networks_give_the_references_results(case, threads):
+    graph, x = case
+    _assert_same_results(graph, x, threads)
+
+
+@pytest.mark.parametrize("model, dataset, pipeline", [
+    ("lenet5-mnist", "mnist", "convert-fs{steps=8}"),
+    ("lenet5-mnist", "mnist", "convert-amos{steps=8}"),
+    ("vgg-fmnist", "fashion-mnist", "convert-fs{steps=6}"),
+    ("resnet-fmnist", "fashion-mnist", "convert-fs{steps=8}"),
+])
+def test_zoo_models_give_the_references_results(model, dataset, pipeline):
+    """The shipped models, FS and AMOS, on a few real images: the reference's values, spikes and operations."""
+    from snncc.api import compile_model
+    from snncc.data import InputScaling, load_dataset
+
+    path = MODELS / f"{model}.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} is not built yet")
+    calibration, _ = load_dataset(data_dir(dataset), split="train", limit=100)
+    x, _ = load_dataset(data_dir(dataset), split="test", limit=6)
+    scaling = InputScaling(scale=1 / 255)
+    graph = compile_model(path, calibration=calibration, pipeline=f"canonicalize,normalize,{pipeline}",
+                          input_scaling=scaling)
+    _assert_same_results(graph, scaling.apply(x).astype(np.float32))
