@@ -38,6 +38,7 @@ table's step function under autograd (:func:`fused_steps` answers None for them)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,15 +103,107 @@ class MembraneSteps(torch.autograd.Function):
         return grad_currents, grad_threshold, grad_decay, None, None, None
 
 
-def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate) -> torch.Tensor:
+def _train_kernels():
+    """The compiled kernels (runtime/_train_kernels.pyx), or None where the extension is not built or the
+    environment variable ``SNNCC_TRAIN_KERNELS=torch`` asks for the torch form (to compare the two)."""
+    global _TRAIN_KERNELS
+    if os.environ.get("SNNCC_TRAIN_KERNELS", "compiled") == "torch":
+        return None
+    if _TRAIN_KERNELS is None:
+        try:
+            from snncc.runtime import _train_kernels
+        except ImportError:
+            _TRAIN_KERNELS = False
+        else:
+            _TRAIN_KERNELS = _train_kernels
+    return _TRAIN_KERNELS or None
+
+
+_TRAIN_KERNELS: object = None
+
+
+def _per_neuron(value: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``value`` broadcast to the population ``shape`` (B, *shape) and flattened: a contiguous (M,) copy."""
+    return value.detach().expand(shape).reshape(-1).contiguous()
+
+
+def _array(tensor: torch.Tensor):
+    """A numpy view of a CPU tensor's memory (no copy), for the compiled kernels."""
+    return tensor.detach().numpy()
+
+
+class CompiledMembraneSteps(torch.autograd.Function):
+    """``apply(currents, threshold, decay, v_init, shape_code, width, subtract) -> spikes``: :class:`MembraneSteps`
+    with the forward steps and the backward recursion each one compiled pass over memory
+    (:mod:`snncc.runtime._train_kernels`), on CPU float32/float64 tensors. Same arguments as MembraneSteps except
+    the surrogate, given as its kernel code (``_train_kernels.SURROGATE_CODES``) and a float width. Spikes and saved
+    membranes are bit-identical to MembraneSteps'; gradients equal its up to the order of the sums over time."""
+
+    @staticmethod
+    def forward(ctx, currents, threshold, decay, v_init, shape_code, width, subtract):
+        kernels = _train_kernels()
+        T, shape = currents.shape[0], tuple(currents.shape[1:])
+        constant = currents.stride(0) == 0 and currents[0].is_contiguous()  # one current for every step
+        flat = (currents[:1] if constant else currents.contiguous()).reshape(1 if constant else T, -1)
+        spikes = currents.new_empty(currents.shape)
+        membranes = currents.new_empty(currents.shape)  # h_t, the membrane before the reset: all backward needs
+        threshold_n, v_init_n = _per_neuron(threshold, shape), _per_neuron(v_init, shape)
+        decay_n = _per_neuron(decay, shape) if decay is not None else currents.new_empty(0)
+        scratch = currents.new_empty(flat.shape[1])
+        kernels.membrane_forward(_array(flat), constant, _array(threshold_n), _array(decay_n), _array(v_init_n),
+                                 subtract, _array(spikes.view(T, -1)), _array(membranes.view(T, -1)),
+                                 _array(scratch), torch.get_num_threads())
+        ctx.shape_code, ctx.width, ctx.subtract = shape_code, width, subtract
+        ctx.save_for_backward(membranes, threshold, decay, v_init, threshold_n, decay_n, v_init_n)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        membranes, threshold, decay, v_init, threshold_n, decay_n, v_init_n = ctx.saved_tensors
+        kernels = _train_kernels()
+        T, shape = membranes.shape[0], tuple(membranes.shape[1:])
+        grad_current = torch.empty_like(membranes)
+        per_neuron = [membranes.new_empty(threshold_n.shape) for _ in range(2)]  # dL/dtheta, scratch
+        grad_decay_n = membranes.new_empty(decay_n.shape)
+        kernels.membrane_backward(_array(grad_spikes.contiguous().view(T, -1)), _array(membranes.view(T, -1)),
+                                  _array(threshold_n), _array(decay_n), _array(v_init_n), ctx.subtract,
+                                  ctx.shape_code, ctx.width, _array(grad_current.view(T, -1)), _array(per_neuron[1]),
+                                  _array(per_neuron[0]), _array(grad_decay_n), torch.get_num_threads())
+        grad_threshold = grad_decay = None
+        if ctx.needs_input_grad[1]:
+            grad_threshold = per_neuron[0].view(shape).sum_to_size(threshold.shape)
+        if decay is not None and ctx.needs_input_grad[2]:
+            grad_decay = grad_decay_n.view(shape).sum_to_size(decay.shape)
+        grad_currents = grad_current if ctx.needs_input_grad[0] else None
+        return grad_currents, grad_threshold, grad_decay, None, None, None, None
+
+
+def _compiled_surrogate(currents: torch.Tensor, spike: Surrogate) -> int | None:
+    """The kernel code of ``spike``'s shape where the compiled kernels apply to ``currents`` (built extension, CPU,
+    float32 or float64, a float width), else None."""
+    kernels = _train_kernels()
+    if (kernels is None or currents.device.type != "cpu" or currents.dtype not in (torch.float32, torch.float64)
+            or torch.is_tensor(spike.width)):
+        return None
+    return kernels.SURROGATE_CODES.get(spike.shape)
+
+
+def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate,
+                   compiled: bool = True) -> torch.Tensor:
     """The spikes (T, B, *shape) of an unsigned IF/LIF population with parameter record ``params`` driven by
-    ``currents`` (T, B, *shape), in one :class:`MembraneSteps` call."""
+    ``currents`` (T, B, *shape), in one :class:`CompiledMembraneSteps` call where the compiled kernels apply (and
+    ``compiled``), else one :class:`MembraneSteps` call."""
     like = currents
     threshold = params.threshold if torch.is_tensor(params.threshold) else like.new_tensor(params.threshold)
     v_init = params.v_init if torch.is_tensor(params.v_init) else like.new_tensor(params.v_init)
     decay = params.decay
     if decay is not None and not torch.is_tensor(decay):
         decay = like.new_tensor(decay)
+    code = _compiled_surrogate(currents, spike) if compiled else None
+    if code is not None and all(p.dtype == currents.dtype for p in (threshold, v_init) + (() if decay is None
+                                                                                          else (decay,))):
+        return CompiledMembraneSteps.apply(currents, threshold, decay, v_init, code, float(spike.width),
+                                           params.subtract)
     return MembraneSteps.apply(currents, threshold, decay, v_init, spike.derivative, params.subtract)
 
 
