@@ -122,9 +122,28 @@ def _train_kernels():
 _TRAIN_KERNELS: object = None
 
 
-def _per_neuron(value: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``value`` broadcast to the population ``shape`` (B, *shape) and flattened: a contiguous (M,) copy."""
-    return value.detach().expand(shape).reshape(-1).contiguous()
+def _memory_order(tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The permutation of ``tensor``'s axes in whose order its memory is C-contiguous (the identity for a
+    contiguous tensor, (0, 2, 3, 1) for a channels-last image batch), or None where it is not dense."""
+    order = tuple(sorted(range(tensor.dim()), key=lambda i: (-tensor.stride(i), i)))
+    return order if tensor.permute(order).is_contiguous() else None
+
+
+def _layout(currents: torch.Tensor) -> tuple[int, ...] | None:
+    """The memory order of the currents (T, B, *shape) with time outermost, from the order of one step (a current
+    constant in time is an expanded view, stride 0 over T); None where a step is not dense."""
+    inner = _memory_order(currents[0])
+    return None if inner is None else (0,) + tuple(i + 1 for i in inner)
+
+
+def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+
+def _per_neuron(value: torch.Tensor, shape: tuple[int, ...], inner: tuple[int, ...]) -> torch.Tensor:
+    """``value`` broadcast to the population ``shape`` (B, *shape), laid out in the memory order ``inner`` of the
+    currents' steps and flattened: a contiguous (M,) copy, element ``i`` for neuron ``i`` of the kernels."""
+    return value.detach().expand(shape).permute(inner).contiguous().reshape(-1)
 
 
 def _array(tensor: torch.Tensor):
@@ -143,38 +162,52 @@ class CompiledMembraneSteps(torch.autograd.Function):
     def forward(ctx, currents, threshold, decay, v_init, shape_code, width, subtract):
         kernels = _train_kernels()
         T, shape = currents.shape[0], tuple(currents.shape[1:])
-        constant = currents.stride(0) == 0 and currents[0].is_contiguous()  # one current for every step
-        flat = (currents[:1] if constant else currents.contiguous()).reshape(1 if constant else T, -1)
-        spikes = currents.new_empty(currents.shape)
-        membranes = currents.new_empty(currents.shape)  # h_t, the membrane before the reset: all backward needs
-        threshold_n, v_init_n = _per_neuron(threshold, shape), _per_neuron(v_init, shape)
-        decay_n = _per_neuron(decay, shape) if decay is not None else currents.new_empty(0)
+        # The kernels run over the neurons in memory order, so a channels-last batch stays channels-last (no copy):
+        # the parameters are laid out the same way and the spikes and membranes come back with the currents' strides.
+        order = _layout(currents)
+        if order is None:
+            currents, order = currents.contiguous(), tuple(range(currents.dim()))
+        inner = tuple(i - 1 for i in order[1:])
+        dense = currents.permute(order)
+        constant = dense.stride(0) == 0  # the same current at every step: read once per neuron and step
+        flat = (dense[:1] if constant else dense).reshape(1 if constant else T, -1)
+        spikes = currents.new_empty(dense.shape)  # in memory order; permuted back to (T, B, *shape) on return
+        membranes = currents.new_empty(dense.shape)  # h_t, the membrane before the reset: all backward needs
+        threshold_n, v_init_n = _per_neuron(threshold, shape, inner), _per_neuron(v_init, shape, inner)
+        decay_n = _per_neuron(decay, shape, inner) if decay is not None else currents.new_empty(0)
         scratch = currents.new_empty(flat.shape[1])
         kernels.membrane_forward(_array(flat), constant, _array(threshold_n), _array(decay_n), _array(v_init_n),
                                  subtract, _array(spikes.view(T, -1)), _array(membranes.view(T, -1)),
                                  _array(scratch), torch.get_num_threads())
-        ctx.shape_code, ctx.width, ctx.subtract = shape_code, width, subtract
+        back = _inverse(order)
+        ctx.shape_code, ctx.width, ctx.subtract, ctx.order = shape_code, width, subtract, order
+        membranes = membranes.permute(back)
         ctx.save_for_backward(membranes, threshold, decay, v_init, threshold_n, decay_n, v_init_n)
-        return spikes
+        return spikes.permute(back)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         membranes, threshold, decay, v_init, threshold_n, decay_n, v_init_n = ctx.saved_tensors
         kernels = _train_kernels()
-        T, shape = membranes.shape[0], tuple(membranes.shape[1:])
+        order, back = ctx.order, _inverse(ctx.order)
+        membranes = membranes.permute(order)  # memory order, contiguous
+        T = membranes.shape[0]
         grad_current = torch.empty_like(membranes)
         per_neuron = [membranes.new_empty(threshold_n.shape) for _ in range(2)]  # dL/dtheta, scratch
         grad_decay_n = membranes.new_empty(decay_n.shape)
-        kernels.membrane_backward(_array(grad_spikes.contiguous().view(T, -1)), _array(membranes.view(T, -1)),
-                                  _array(threshold_n), _array(decay_n), _array(v_init_n), ctx.subtract,
-                                  ctx.shape_code, ctx.width, _array(grad_current.view(T, -1)), _array(per_neuron[1]),
-                                  _array(per_neuron[0]), _array(grad_decay_n), torch.get_num_threads())
+        kernels.membrane_backward(_array(grad_spikes.permute(order).contiguous().view(T, -1)),
+                                  _array(membranes.view(T, -1)), _array(threshold_n), _array(decay_n),
+                                  _array(v_init_n), ctx.subtract, ctx.shape_code, ctx.width,
+                                  _array(grad_current.view(T, -1)), _array(per_neuron[1]), _array(per_neuron[0]),
+                                  _array(grad_decay_n), torch.get_num_threads())
         grad_threshold = grad_decay = None
+        population = tuple(membranes.shape[1:])  # (B, *shape) in memory order
+        inner_back = _inverse(tuple(i - 1 for i in order[1:]))
         if ctx.needs_input_grad[1]:
-            grad_threshold = per_neuron[0].view(shape).sum_to_size(threshold.shape)
+            grad_threshold = per_neuron[0].view(population).permute(inner_back).sum_to_size(threshold.shape)
         if decay is not None and ctx.needs_input_grad[2]:
-            grad_decay = grad_decay_n.view(shape).sum_to_size(decay.shape)
-        grad_currents = grad_current if ctx.needs_input_grad[0] else None
+            grad_decay = grad_decay_n.view(population).permute(inner_back).sum_to_size(decay.shape)
+        grad_currents = grad_current.permute(back) if ctx.needs_input_grad[0] else None
         return grad_currents, grad_threshold, grad_decay, None, None, None, None
 
 
@@ -252,7 +285,9 @@ class SpikingMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, steps, kernel, stride, padding):
         T, B = steps.shape[:2]
-        counts = torch.cumsum(steps, dim=0).reshape((T * B,) + tuple(steps.shape[2:]))
+        counts = torch.empty_like(steps)  # the steps' strides: a channels-last batch stays channels-last
+        torch.cumsum(steps, dim=0, out=counts)
+        counts = counts.reshape((T * B,) + tuple(steps.shape[2:]))
         top, left, bottom, right = padding
         if any(padding):
             counts = torch.nn.functional.pad(counts, (left, right, top, bottom), value=float("-inf"))

@@ -105,14 +105,33 @@ def test_gradients_equal_autograd_through_the_tables_step(name, compiled, surrog
         torch.testing.assert_close(ours, expected, **tolerance)
 
 
+def _channels_last_steps(x: torch.Tensor) -> torch.Tensor:
+    """(T, B, C, H, W) with each step's batch channels-last, as the lowering's convolutions hand it on."""
+    T, B = x.shape[:2]
+    return x.reshape((T * B,) + tuple(x.shape[2:])).contiguous(memory_format=torch.channels_last).reshape(x.shape)
+
+
+#: Layouts of the currents the lowering passes: (T, B, *shape) contiguous, constant in time (the analog image's
+#: first layer: an expanded view, stride 0 over T), and channels-last steps (the training convolutions').
+LAYOUTS = {
+    "contiguous": lambda image: image.unsqueeze(0).repeat((T,) + (1,) * image.dim()) * torch.arange(
+        1.0, T + 1).reshape((T,) + (1,) * image.dim()) / T,
+    "constant": lambda image: image.unsqueeze(0).expand((T,) + tuple(image.shape)),
+    "constant-channels-last": lambda image: image.contiguous(memory_format=torch.channels_last).unsqueeze(0).expand(
+        (T,) + tuple(image.shape)),
+    "channels-last": lambda image: _channels_last_steps(LAYOUTS["contiguous"](image)),
+}
+
+
 @pytest.mark.skipif(_train_kernels() is None, reason="runtime/_train_kernels not built")
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", ["if-subtract", "if-per-channel", "lif-zero-per-channel"])
-def test_compiled_form_on_many_blocks_threads_and_a_constant_current(name):
+def test_compiled_form_on_many_blocks_threads_and_layouts(name, layout):
     """The compiled form against the torch form on a population of several kernel blocks with a partial last one
-    (M = 4 * 3 * 21 * 11 = 2772 neurons, blocks of 512), two threads, and the current constant in time as the lowering
-    passes the analog image's first layer (an expanded view, stride 0 over T): spikes identical, gradients within
-    float32 rounding of the sums over time (torch's vectorised addcmul may fuse a multiply-add, the kernel never
-    does), including the gradient of the constant current summed over T."""
+    (M = 4 * 3 * 21 * 11 = 2772 neurons, blocks of 512), two threads, and the currents in each layout of
+    :data:`LAYOUTS`: spikes identical (and in the currents' layout), gradients within float32 rounding of the sums
+    over time (torch's vectorised addcmul may fuse a multiply-add, the kernel never does), including the gradient
+    of a constant current summed over T."""
     shape, batch = (3, 21, 11), 4
     neuron = NEURONS[name]
     rng = np.random.default_rng(3)
@@ -128,8 +147,10 @@ def test_compiled_form_on_many_blocks_threads_and_a_constant_current(name):
                       for n in ("threshold", "decay", "v_init") if getattr(record, n) is not None}
             params = dataclasses.replace(record, **fields)
             leaf = image.clone().requires_grad_(True)
-            currents = leaf.unsqueeze(0).expand((T,) + tuple(image.shape))
+            currents = LAYOUTS[layout](leaf)
             out = membrane_steps(params, currents, Surrogate("fast-sigmoid", 0.5), compiled=compiled)
+            if compiled and "channels-last" in layout:  # the layout kept: the next convolution copies nothing
+                assert out.stride() == _channels_last_steps(out).stride()
             (out * weights).sum().backward()
             results.append((out.detach(), [leaf.grad] + [fields[n].grad for n in ("threshold", "decay")
                                                           if n in fields]))
