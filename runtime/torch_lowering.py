@@ -658,7 +658,11 @@ class LoweredGraph(_LoweredByNode):
                 out, states[node] = module.run(steps(inputs[0]), states.get(node))
                 if node in self._population_set:  # spike events, negative spikes of signed neurons included
                     events = out.abs() if getattr(op.neuron, "signed", False) else out  # else 0/1 already
-                    spikes[node] = events.reshape(T, batch, -1).sum(dim=2)
+                    # summed over the neuron axes in place: a reshape would copy a channels-last batch (the sums
+                    # are of small integers, exact in any order)
+                    neuron_axes = tuple(range(2, events.dim()))
+                    spikes[node] = (events.sum(dim=neuron_axes) if neuron_axes
+                                    else events.reshape(T, batch, -1).sum(dim=2))
                 values[node] = (out.reshape((T * batch,) + tuple(out.shape[2:])), False)
             elif all(values[u][1] for u in inputs):
                 values[node] = (module(*(values[u][0] for u in inputs)), True)
