@@ -123,15 +123,18 @@ def membrane_forward(const real[:, ::1] currents, bint constant, const real[::1]
 def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membranes, const real[::1] threshold,
                       const real[::1] decay, const real[::1] v_init, bint subtract, int shape, double width,
                       real[:, ::1] grad_current, real[::1] grad_v, real[::1] grad_threshold,
-                      real[::1] grad_decay, int threads):
+                      real[::1] grad_decay, real[::1] slope, int threads):
     """The reverse-time recursion: ``grad_current`` (T, M) = dL/dI_t; per neuron, summed over time,
-    ``grad_threshold`` (M) and ``grad_decay`` (M; LIF only, else empty, as ``decay``); ``grad_v`` (M) is scratch.
-    ``shape`` is a :data:`SURROGATE_CODES` code and ``width`` its width."""
+    ``grad_threshold`` (M) and ``grad_decay`` (M; LIF only, else empty, as ``decay``); ``grad_v`` and ``slope``
+    (M) are scratch. ``shape`` is a :data:`SURROGATE_CODES` code and ``width`` its width.
+
+    Each step of a block is three loops, each without branches on the neuron (so that they vectorize): the
+    surrogate derivatives ``g_t`` into ``slope``, the recursion, and (LIF) the decay's share ``v_{t-1} dL/dh_t``."""
     cdef Py_ssize_t T = grad_spikes.shape[0], M = grad_spikes.shape[1]
     cdef Py_ssize_t blocks = (M + BLOCK - 1) // BLOCK, b, i, start, stop, t
     cdef bint lif = decay.shape[0] > 0
     cdef real w = <real>width, half_pi = <real>1.5707963267948966
-    cdef real h, th, s, V, G, share, dh, hp, sp, previous
+    cdef real h, th, s, V, share, dh, hp
     for b in prange(blocks, nogil=True, num_threads=threads, schedule="static"):
         start = b * BLOCK
         stop = start + BLOCK if start + BLOCK < M else M
@@ -142,30 +145,49 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
             for i in range(start, stop):
                 grad_decay[i] = 0
         for t in range(T - 1, -1, -1):
-            for i in range(start, stop):
-                h = membranes[t, i]
-                th = threshold[i]
-                s = <real>(h >= th)
-                V = grad_v[i]
-                if subtract:
-                    G = grad_spikes[t, i] - V * th
-                    share = _derivative(h - th, w, half_pi, shape) * G
+            if shape == 0:
+                for i in range(start, stop):
+                    slope[i] = _derivative(membranes[t, i] - threshold[i], w, half_pi, 0)
+            elif shape == 1:
+                for i in range(start, stop):
+                    slope[i] = _derivative(membranes[t, i] - threshold[i], w, half_pi, 1)
+            elif shape == 2:
+                for i in range(start, stop):
+                    slope[i] = _derivative(membranes[t, i] - threshold[i], w, half_pi, 2)
+            else:
+                for i in range(start, stop):
+                    slope[i] = _derivative(membranes[t, i] - threshold[i], w, half_pi, 3)
+            if subtract:
+                for i in range(start, stop):
+                    th = threshold[i]
+                    s = <real>(membranes[t, i] >= th)
+                    V = grad_v[i]
+                    share = slope[i] * (grad_spikes[t, i] - V * th)  # g_t G_t
                     dh = V + share
                     grad_threshold[i] = grad_threshold[i] - (share + s * V)
-                else:
-                    G = grad_spikes[t, i] - V * h
-                    share = _derivative(h - th, w, half_pi, shape) * G
+                    grad_current[t, i] = dh
+                    grad_v[i] = dh
+            else:
+                for i in range(start, stop):
+                    h = membranes[t, i]
+                    s = <real>(h >= threshold[i])
+                    V = grad_v[i]
+                    share = slope[i] * (grad_spikes[t, i] - V * h)
                     dh = share + V * (<real>1 - s)
                     grad_threshold[i] = grad_threshold[i] - share
-                grad_current[t, i] = dh
-                if lif:
-                    if t > 0:  # v_{t-1}, the membrane after the previous step's reset
-                        hp = membranes[t - 1, i]
-                        sp = <real>(hp >= th)
-                        previous = hp - sp * th if subtract else hp * (<real>1 - sp)
-                    else:
-                        previous = v_init[i]
-                    grad_decay[i] = grad_decay[i] + previous * dh
-                    grad_v[i] = dh * decay[i]
-                else:
+                    grad_current[t, i] = dh
                     grad_v[i] = dh
+            if lif:
+                if t == 0:
+                    for i in range(start, stop):
+                        grad_decay[i] = grad_decay[i] + v_init[i] * grad_v[i]
+                elif subtract:  # v_{t-1}: the membrane after the previous step's reset
+                    for i in range(start, stop):
+                        hp = membranes[t - 1, i]
+                        grad_decay[i] = grad_decay[i] + (hp - <real>(hp >= threshold[i]) * threshold[i]) * grad_v[i]
+                else:
+                    for i in range(start, stop):
+                        hp = membranes[t - 1, i]
+                        grad_decay[i] = grad_decay[i] + (hp * (<real>1 - <real>(hp >= threshold[i]))) * grad_v[i]
+                for i in range(start, stop):
+                    grad_v[i] = grad_v[i] * decay[i]  # V_{t-1} = beta dL/dh_t

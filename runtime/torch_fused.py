@@ -122,6 +122,11 @@ def _train_kernels():
 _TRAIN_KERNELS: object = None
 
 
+def _kernel_threads() -> int:
+    """The kernels' OpenMP threads: torch's intra-op thread count."""
+    return torch.get_num_threads()
+
+
 def _memory_order(tensor: torch.Tensor) -> tuple[int, ...] | None:
     """The permutation of ``tensor``'s axes in whose order its memory is C-contiguous (the identity for a
     contiguous tensor, (0, 2, 3, 1) for a channels-last image batch), or None where it is not dense."""
@@ -178,7 +183,7 @@ class CompiledMembraneSteps(torch.autograd.Function):
         scratch = currents.new_empty(flat.shape[1])
         kernels.membrane_forward(_array(flat), constant, _array(threshold_n), _array(decay_n), _array(v_init_n),
                                  subtract, _array(spikes.view(T, -1)), _array(membranes.view(T, -1)),
-                                 _array(scratch), torch.get_num_threads())
+                                 _array(scratch), _kernel_threads())
         back = _inverse(order)
         ctx.shape_code, ctx.width, ctx.subtract, ctx.order = shape_code, width, subtract, order
         membranes = membranes.permute(back)
@@ -193,13 +198,13 @@ class CompiledMembraneSteps(torch.autograd.Function):
         membranes = membranes.permute(order)  # memory order, contiguous
         T = membranes.shape[0]
         grad_current = torch.empty_like(membranes)
-        per_neuron = [membranes.new_empty(threshold_n.shape) for _ in range(2)]  # dL/dtheta, scratch
+        per_neuron = [membranes.new_empty(threshold_n.shape) for _ in range(3)]  # dL/dtheta, two scratch
         grad_decay_n = membranes.new_empty(decay_n.shape)
         kernels.membrane_backward(_array(grad_spikes.permute(order).contiguous().view(T, -1)),
                                   _array(membranes.view(T, -1)), _array(threshold_n), _array(decay_n),
                                   _array(v_init_n), ctx.subtract, ctx.shape_code, ctx.width,
                                   _array(grad_current.view(T, -1)), _array(per_neuron[1]), _array(per_neuron[0]),
-                                  _array(grad_decay_n), torch.get_num_threads())
+                                  _array(grad_decay_n), _array(per_neuron[2]), _kernel_threads())
         grad_threshold = grad_decay = None
         population = tuple(membranes.shape[1:])  # (B, *shape) in memory order
         inner_back = _inverse(tuple(i - 1 for i in order[1:]))
@@ -285,8 +290,8 @@ class SpikingMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, steps, kernel, stride, padding):
         T, B = steps.shape[:2]
-        counts = torch.empty_like(steps)  # the steps' strides: a channels-last batch stays channels-last
-        torch.cumsum(steps, dim=0, out=counts)
+        order = _layout(steps) or tuple(range(steps.dim()))  # summed in memory order: a layout kept, no copy
+        counts = torch.cumsum(steps.permute(order), dim=0).permute(_inverse(order))
         counts = counts.reshape((T * B,) + tuple(steps.shape[2:]))
         top, left, bottom, right = padding
         if any(padding):

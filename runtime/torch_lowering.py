@@ -177,13 +177,27 @@ class _Conv2d(_SharedWeightLayer):
         factor = gain.expand(groups * per_group).reshape(groups, 1, per_group, 1, 1)
         return factor.expand(groups, out_ch // groups, per_group, 1, 1).reshape(out_ch, per_group, 1, 1)
 
+    @staticmethod
+    def _channels_last(x: torch.Tensor) -> bool:
+        """Training on CPU: oneDNN's channels-last convolutions and their backward run about twice as fast as NCHW
+        ones here (docs/finetune-speed.md). The fused layers keep the layout (torch_fused), so the spikes reach the
+        next convolution channels-last without a copy. (Evaluation keeps NCHW: its results are the agreement
+        tests'.)"""
+        return torch.is_grad_enabled() and x.device.type == "cpu"
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        top, left, bottom, right = self.op.padding
+        if len(xs) == 1 and self.pad_value is None and (top, left) == (bottom, right) and self._channels_last(xs[0]):
+            # Training: one oneDNN call with the zero padding and the bias inside (no padded copy, no bias pass).
+            weight = self.scaled_weights()[0].contiguous(memory_format=torch.channels_last)
+            return F.conv2d(xs[0].contiguous(memory_format=torch.channels_last), weight, self.bias,
+                            stride=self.op.stride, padding=(top, left), dilation=self.op.dilation,
+                            groups=self.op.groups)
+        return super().forward(*xs)
+
     def product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = _pad_spatial(x, self.op.padding, 0.0 if self.pad_value is None else self.pad_value)
-        if torch.is_grad_enabled() and x.device.type == "cpu":
-            # Training on CPU: oneDNN's channels-last convolutions and their backward run about twice as fast as
-            # NCHW ones here (docs/finetune-speed.md). The fused layers keep the layout (torch_fused), so the
-            # spikes reach the next convolution channels-last without a copy. (Evaluation keeps NCHW: its results
-            # are the agreement tests'.)
+        if self._channels_last(x):
             x = x.contiguous(memory_format=torch.channels_last)
             weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, stride=self.op.stride, dilation=self.op.dilation, groups=self.op.groups)

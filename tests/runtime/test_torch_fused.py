@@ -239,3 +239,9 @@ def test_spiking_max_pool_equals_its_composition_of_torch_ops(kernel, stride, pa
     (torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])) * weights).sum().backward()
     assert steps.grad.abs().sum() > 0
     torch.testing.assert_close(steps.grad, leaf.grad, rtol=1e-12, atol=1e-12)
+    # A channels-last batch of steps (the training convolutions' layout): the same spikes and gradients.
+    channels_last = _channels_last_steps(steps.detach()).requires_grad_(True)
+    pooled = spiking_max_pool(channels_last, kernel, stride, padding)
+    assert torch.equal(pooled, ours)
+    (pooled * weights).sum().backward()
+    assert torch.equal(channels_last.grad, steps.grad)
