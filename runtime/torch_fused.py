@@ -31,6 +31,13 @@ and, summed over time (and over the axes a scalar or per-channel parameter was b
     dL/dtheta = -sum_t (G_t g_t + s_t V_t)   (subtract)    dL/dtheta = -sum_t G_t g_t   (zero)
     dL/dbeta  =  sum_t v_{t-1} dL/dh_t
 
+Two forms of the same layer: :class:`CompiledMembraneSteps` (CPU, float32 or float64, a surrogate shape the kernels
+know and a float width) runs the forward steps and the backward recursion each as one OpenMP pass over memory
+(runtime/_train_kernels.pyx), in the currents' memory layout, so that a channels-last batch stays channels-last;
+:class:`MembraneSteps`, the torch form, runs elsewhere (CUDA, a tensor width) or with ``SNNCC_TRAIN_KERNELS=torch``.
+Their spikes and membranes are bit-identical; their gradients agree to float rounding (the sums over time and
+batch run in another order, and torch's vectorised ``addcmul`` may fuse a multiply-add where the kernels never do).
+
 Supported: unsigned IF (both resets) and LIF (including the memoryless gate ``beta = 0``), scalar or per-channel
 threshold and decay, with a :class:`~snncc.runtime.dynamics.Surrogate` spike. Signed IF and CubaLIF stay on the
 table's step function under autograd (:func:`fused_steps` answers None for them).
@@ -142,6 +149,7 @@ def _layout(currents: torch.Tensor) -> tuple[int, ...] | None:
 
 
 def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes ``permute(order)``."""
     return tuple(sorted(range(len(order)), key=order.__getitem__))
 
 
@@ -187,12 +195,12 @@ class CompiledMembraneSteps(torch.autograd.Function):
         back = _inverse(order)
         ctx.shape_code, ctx.width, ctx.subtract, ctx.order = shape_code, width, subtract, order
         membranes = membranes.permute(back)
-        ctx.save_for_backward(membranes, threshold, decay, v_init, threshold_n, decay_n, v_init_n)
+        ctx.save_for_backward(membranes, threshold, decay, threshold_n, decay_n, v_init_n)
         return spikes.permute(back)
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        membranes, threshold, decay, v_init, threshold_n, decay_n, v_init_n = ctx.saved_tensors
+        membranes, threshold, decay, threshold_n, decay_n, v_init_n = ctx.saved_tensors
         kernels = _train_kernels()
         order, back = ctx.order, _inverse(ctx.order)
         membranes = membranes.permute(order)  # memory order, contiguous

@@ -4,7 +4,7 @@ docs/results/finetune-speed.json and docs/finetune-speed.md.
 
     python docs/scripts/benchmark_finetune.py [--data ../shared/data] [--timesteps 4,8] [--batch-size 64]
         [--steps 8] [--threads 2] [--repeats 1] [--with-peers /work/peers-train-venv/bin/python]
-        [--with-baseline PYTHON]
+        [--with-baseline PYTHON] [--render]
 
 ``--with-baseline`` runs snncc's child a second time under another Python whose installed snncc is an earlier
 version (say, a virtual environment with ``pip install .`` of the main branch), reported as ``snncc-baseline``: a
@@ -245,7 +245,9 @@ def markdown(report: dict) -> str:
     lines = ["# Fine-tuning speed", "",
              "Written by `python docs/scripts/benchmark_finetune.py` (see its docstring for the networks and what is "
              f"timed). VGG / Fashion-MNIST, batch {report['batch_size']}, {report['steps']} timed training steps "
-             f"after one warm-up, {report['threads']} threads, one run. Machine: {report['machine']['cpu']} "
+             f"after one warm-up, {report['threads']} threads, one run"
+             + (f" of {report['repeats']} interleaved rounds" if report.get("repeats", 1) > 1 else "")
+             + f". Machine: {report['machine']['cpu']} "
              f"({', '.join(report['machine']['instruction_sets'])}), {report['machine']['cores']} cores.",
              ""]
     if report.get("note"):
@@ -286,8 +288,19 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a sentence put above the table (e.g. what else ran)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "finetune-speed.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "docs" / "finetune-speed.md")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite --markdown from the report already in --out (no measurement)")
     parser.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render:
+        report = json.loads(args.out.read_text())
+        report["results"] = {int(T): row for T, row in report["results"].items()}
+        sys.path.insert(0, str(REPO))
+        from snncc import fileio
+
+        fileio.write_text(args.markdown, markdown(report))
+        print(markdown(report))
+        return
     if args.child:
         args.timesteps = int(args.timesteps)
         print(json.dumps(child(args)))
