@@ -137,6 +137,10 @@ def _extensions() -> list[Extension]:
                             include_dirs=[numpy.get_include()],
                             define_macros=macros + [("SNNCC_VARIANT", f'"{v or "portable"}"')])
                   for v in variants]
+    # The fused training layers' kernels (runtime/_train_kernels.pyx, used by runtime/torch_fused.py): one portable
+    # module, built with the same flags (OpenMP, -ffp-contract=off).
+    extensions.append(Extension("snncc.runtime._train_kernels", [str(Path("runtime") / "_train_kernels.pyx")],
+                                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]))
     return cythonize(extensions, compiler_directives={"language_level": 3}, quiet=True)
 
 

@@ -31,6 +31,13 @@ and, summed over time (and over the axes a scalar or per-channel parameter was b
     dL/dtheta = -sum_t (G_t g_t + s_t V_t)   (subtract)    dL/dtheta = -sum_t G_t g_t   (zero)
     dL/dbeta  =  sum_t v_{t-1} dL/dh_t
 
+Two forms of the same layer: :class:`CompiledMembraneSteps` (CPU, float32 or float64, a surrogate shape the kernels
+know and a float width) runs the forward steps and the backward recursion each as one OpenMP pass over memory
+(runtime/_train_kernels.pyx), in the currents' memory layout, so that a channels-last batch stays channels-last;
+:class:`MembraneSteps`, the torch form, runs elsewhere (CUDA, a tensor width) or with ``SNNCC_TRAIN_KERNELS=torch``.
+Their spikes and membranes are bit-identical; their gradients agree to float rounding (the sums over time and
+batch run in another order, and torch's vectorised ``addcmul`` may fuse a multiply-add where the kernels never do).
+
 Supported: unsigned IF (both resets) and LIF (including the memoryless gate ``beta = 0``), scalar or per-channel
 threshold and decay, with a :class:`~snncc.runtime.dynamics.Surrogate` spike. Signed IF and CubaLIF stay on the
 table's step function under autograd (:func:`fused_steps` answers None for them).
@@ -38,6 +45,7 @@ table's step function under autograd (:func:`fused_steps` answers None for them)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,15 +110,146 @@ class MembraneSteps(torch.autograd.Function):
         return grad_currents, grad_threshold, grad_decay, None, None, None
 
 
-def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate) -> torch.Tensor:
+def _train_kernels():
+    """The compiled kernels (runtime/_train_kernels.pyx), or None where the extension is not built or the
+    environment variable ``SNNCC_TRAIN_KERNELS=torch`` asks for the torch form (to compare the two)."""
+    global _TRAIN_KERNELS
+    if os.environ.get("SNNCC_TRAIN_KERNELS", "compiled") == "torch":
+        return None
+    if _TRAIN_KERNELS is None:
+        try:
+            from snncc.runtime import _train_kernels
+        except ImportError:
+            _TRAIN_KERNELS = False
+        else:
+            _TRAIN_KERNELS = _train_kernels
+    return _TRAIN_KERNELS or None
+
+
+_TRAIN_KERNELS: object = None
+
+
+def _kernel_threads() -> int:
+    """The kernels' OpenMP threads: torch's intra-op thread count."""
+    return torch.get_num_threads()
+
+
+def _memory_order(tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The permutation of ``tensor``'s axes in whose order its memory is C-contiguous (the identity for a
+    contiguous tensor, (0, 2, 3, 1) for a channels-last image batch), or None where it is not dense."""
+    order = tuple(sorted(range(tensor.dim()), key=lambda i: (-tensor.stride(i), i)))
+    return order if tensor.permute(order).is_contiguous() else None
+
+
+def _layout(currents: torch.Tensor) -> tuple[int, ...] | None:
+    """The memory order of the currents (T, B, *shape) with time outermost, from the order of one step (a current
+    constant in time is an expanded view, stride 0 over T); None where a step is not dense."""
+    inner = _memory_order(currents[0])
+    return None if inner is None else (0,) + tuple(i + 1 for i in inner)
+
+
+def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes ``permute(order)``."""
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+
+def _per_neuron(value: torch.Tensor, shape: tuple[int, ...], inner: tuple[int, ...]) -> torch.Tensor:
+    """``value`` broadcast to the population ``shape`` (B, *shape), laid out in the memory order ``inner`` of the
+    currents' steps and flattened: a contiguous (M,) copy, element ``i`` for neuron ``i`` of the kernels."""
+    return value.detach().expand(shape).permute(inner).contiguous().reshape(-1)
+
+
+def _array(tensor: torch.Tensor):
+    """A numpy view of a CPU tensor's memory (no copy), for the compiled kernels."""
+    return tensor.detach().numpy()
+
+
+class CompiledMembraneSteps(torch.autograd.Function):
+    """``apply(currents, threshold, decay, v_init, shape_code, width, subtract) -> spikes``: :class:`MembraneSteps`
+    with the forward steps and the backward recursion each one compiled pass over memory
+    (:mod:`snncc.runtime._train_kernels`), on CPU float32/float64 tensors. Same arguments as MembraneSteps except
+    the surrogate, given as its kernel code (``_train_kernels.SURROGATE_CODES``) and a float width. Spikes and saved
+    membranes are bit-identical to MembraneSteps'; gradients equal its up to the order of the sums over time."""
+
+    @staticmethod
+    def forward(ctx, currents, threshold, decay, v_init, shape_code, width, subtract):
+        kernels = _train_kernels()
+        T, shape = currents.shape[0], tuple(currents.shape[1:])
+        # The kernels run over the neurons in memory order, so a channels-last batch stays channels-last (no copy):
+        # the parameters are laid out the same way and the spikes and membranes come back with the currents' strides.
+        order = _layout(currents)
+        if order is None:
+            currents, order = currents.contiguous(), tuple(range(currents.dim()))
+        inner = tuple(i - 1 for i in order[1:])
+        dense = currents.permute(order)
+        constant = dense.stride(0) == 0  # the same current at every step: read once per neuron and step
+        flat = (dense[:1] if constant else dense).reshape(1 if constant else T, -1)
+        spikes = currents.new_empty(dense.shape)  # in memory order; permuted back to (T, B, *shape) on return
+        membranes = currents.new_empty(dense.shape)  # h_t, the membrane before the reset: all backward needs
+        threshold_n, v_init_n = _per_neuron(threshold, shape, inner), _per_neuron(v_init, shape, inner)
+        decay_n = _per_neuron(decay, shape, inner) if decay is not None else currents.new_empty(0)
+        scratch = currents.new_empty(flat.shape[1])
+        kernels.membrane_forward(_array(flat), constant, _array(threshold_n), _array(decay_n), _array(v_init_n),
+                                 subtract, _array(spikes.view(T, -1)), _array(membranes.view(T, -1)),
+                                 _array(scratch), _kernel_threads())
+        back = _inverse(order)
+        ctx.shape_code, ctx.width, ctx.subtract, ctx.order = shape_code, width, subtract, order
+        membranes = membranes.permute(back)
+        ctx.save_for_backward(membranes, threshold, decay, threshold_n, decay_n, v_init_n)
+        return spikes.permute(back)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        membranes, threshold, decay, threshold_n, decay_n, v_init_n = ctx.saved_tensors
+        kernels = _train_kernels()
+        order, back = ctx.order, _inverse(ctx.order)
+        membranes = membranes.permute(order)  # memory order, contiguous
+        T = membranes.shape[0]
+        grad_current = torch.empty_like(membranes)
+        per_neuron = [membranes.new_empty(threshold_n.shape) for _ in range(3)]  # dL/dtheta, two scratch
+        grad_decay_n = membranes.new_empty(decay_n.shape)
+        kernels.membrane_backward(_array(grad_spikes.permute(order).contiguous().view(T, -1)),
+                                  _array(membranes.view(T, -1)), _array(threshold_n), _array(decay_n),
+                                  _array(v_init_n), ctx.subtract, ctx.shape_code, ctx.width,
+                                  _array(grad_current.view(T, -1)), _array(per_neuron[1]), _array(per_neuron[0]),
+                                  _array(grad_decay_n), _array(per_neuron[2]), _kernel_threads())
+        grad_threshold = grad_decay = None
+        population = tuple(membranes.shape[1:])  # (B, *shape) in memory order
+        inner_back = _inverse(tuple(i - 1 for i in order[1:]))
+        if ctx.needs_input_grad[1]:
+            grad_threshold = per_neuron[0].view(population).permute(inner_back).sum_to_size(threshold.shape)
+        if decay is not None and ctx.needs_input_grad[2]:
+            grad_decay = grad_decay_n.view(population).permute(inner_back).sum_to_size(decay.shape)
+        grad_currents = grad_current.permute(back) if ctx.needs_input_grad[0] else None
+        return grad_currents, grad_threshold, grad_decay, None, None, None, None
+
+
+def _compiled_surrogate(currents: torch.Tensor, spike: Surrogate) -> int | None:
+    """The kernel code of ``spike``'s shape where the compiled kernels apply to ``currents`` (built extension, CPU,
+    float32 or float64, a float width), else None."""
+    kernels = _train_kernels()
+    if (kernels is None or currents.device.type != "cpu" or currents.dtype not in (torch.float32, torch.float64)
+            or torch.is_tensor(spike.width)):
+        return None
+    return kernels.SURROGATE_CODES.get(spike.shape)
+
+
+def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate,
+                   compiled: bool = True) -> torch.Tensor:
     """The spikes (T, B, *shape) of an unsigned IF/LIF population with parameter record ``params`` driven by
-    ``currents`` (T, B, *shape), in one :class:`MembraneSteps` call."""
+    ``currents`` (T, B, *shape), in one :class:`CompiledMembraneSteps` call where the compiled kernels apply (and
+    ``compiled``), else one :class:`MembraneSteps` call."""
     like = currents
     threshold = params.threshold if torch.is_tensor(params.threshold) else like.new_tensor(params.threshold)
     v_init = params.v_init if torch.is_tensor(params.v_init) else like.new_tensor(params.v_init)
     decay = params.decay
     if decay is not None and not torch.is_tensor(decay):
         decay = like.new_tensor(decay)
+    code = _compiled_surrogate(currents, spike) if compiled else None
+    if code is not None and all(p.dtype == currents.dtype for p in (threshold, v_init) + (() if decay is None
+                                                                                          else (decay,))):
+        return CompiledMembraneSteps.apply(currents, threshold, decay, v_init, code, float(spike.width),
+                                           params.subtract)
     return MembraneSteps.apply(currents, threshold, decay, v_init, spike.derivative, params.subtract)
 
 
@@ -159,7 +298,9 @@ class SpikingMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, steps, kernel, stride, padding):
         T, B = steps.shape[:2]
-        counts = torch.cumsum(steps, dim=0).reshape((T * B,) + tuple(steps.shape[2:]))
+        order = _layout(steps) or tuple(range(steps.dim()))  # summed in memory order: a layout kept, no copy
+        counts = torch.cumsum(steps.permute(order), dim=0).permute(_inverse(order))
+        counts = counts.reshape((T * B,) + tuple(steps.shape[2:]))
         top, left, bottom, right = padding
         if any(padding):
             counts = torch.nn.functional.pad(counts, (left, right, top, bottom), value=float("-inf"))

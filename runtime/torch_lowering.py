@@ -177,8 +177,29 @@ class _Conv2d(_SharedWeightLayer):
         factor = gain.expand(groups * per_group).reshape(groups, 1, per_group, 1, 1)
         return factor.expand(groups, out_ch // groups, per_group, 1, 1).reshape(out_ch, per_group, 1, 1)
 
+    @staticmethod
+    def _channels_last(x: torch.Tensor) -> bool:
+        """Training on CPU: oneDNN's channels-last convolutions and their backward run about twice as fast as NCHW
+        ones here (docs/finetune-speed.md). The fused layers keep the layout (torch_fused), so the spikes reach the
+        next convolution channels-last without a copy. (Evaluation keeps NCHW: its results are the agreement
+        tests'.)"""
+        return torch.is_grad_enabled() and x.device.type == "cpu"
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        top, left, bottom, right = self.op.padding
+        if len(xs) == 1 and self.pad_value is None and (top, left) == (bottom, right) and self._channels_last(xs[0]):
+            # Training: one oneDNN call with the zero padding and the bias inside (no padded copy, no bias pass).
+            weight = self.scaled_weights()[0].contiguous(memory_format=torch.channels_last)
+            return F.conv2d(xs[0].contiguous(memory_format=torch.channels_last), weight, self.bias,
+                            stride=self.op.stride, padding=(top, left), dilation=self.op.dilation,
+                            groups=self.op.groups)
+        return super().forward(*xs)
+
     def product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = _pad_spatial(x, self.op.padding, 0.0 if self.pad_value is None else self.pad_value)
+        if self._channels_last(x):
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, stride=self.op.stride, dilation=self.op.dilation, groups=self.op.groups)
 
     def add_bias(self, y: torch.Tensor) -> torch.Tensor:
@@ -651,7 +672,11 @@ class LoweredGraph(_LoweredByNode):
                 out, states[node] = module.run(steps(inputs[0]), states.get(node))
                 if node in self._population_set:  # spike events, negative spikes of signed neurons included
                     events = out.abs() if getattr(op.neuron, "signed", False) else out  # else 0/1 already
-                    spikes[node] = events.reshape(T, batch, -1).sum(dim=2)
+                    # summed over the neuron axes in place: a reshape would copy a channels-last batch (the sums
+                    # are of small integers, exact in any order)
+                    neuron_axes = tuple(range(2, events.dim()))
+                    spikes[node] = (events.sum(dim=neuron_axes) if neuron_axes
+                                    else events.reshape(T, batch, -1).sum(dim=2))
                 values[node] = (out.reshape((T * batch,) + tuple(out.shape[2:])), False)
             elif all(values[u][1] for u in inputs):
                 values[node] = (module(*(values[u][0] for u in inputs)), True)

@@ -3,7 +3,14 @@ snncc's torch lowering and for SpikingJelly 2.0 and snnTorch training the same n
 docs/results/finetune-speed.json and docs/finetune-speed.md.
 
     python docs/scripts/benchmark_finetune.py [--data ../shared/data] [--timesteps 4,8] [--batch-size 64]
-        [--steps 8] [--threads 2] [--with-peers /work/peers-train-venv/bin/python]
+        [--steps 8] [--threads 2] [--repeats 1] [--with-peers /work/peers-train-venv/bin/python]
+        [--with-baseline PYTHON] [--render]
+
+``--with-baseline`` runs snncc's child a second time under another Python whose installed snncc is an earlier
+version (say, a virtual environment with ``pip install .`` of the main branch), reported as ``snncc-baseline``: a
+before/after comparison in the same run. ``--repeats N`` runs every (framework, T) N times, in interleaved rounds
+(so that a change of the machine's load affects every framework alike), and reports each one's median run.
+The load average (``os.getloadavg``) is recorded before and after every run.
 
 The peers run in their own virtual environment (snncc is not imported there)::
 
@@ -21,7 +28,8 @@ folded):
       images): IF neurons with reset by subtraction, the analog image as a constant input current (the first
       convolution runs once per batch, not T times), spiking max pooling of the running spike counts, a membrane
       readout; ``runtime.torch_lowering.lower`` with the fast-sigmoid surrogate, every weight, bias and threshold
-      trainable.
+      trainable. The populations run as the compiled fused layers of ``runtime/_train_kernels.pyx`` (the torch
+      form with ``SNNCC_TRAIN_KERNELS=torch``), the convolutions channels-last.
     - SpikingJelly (``spikingjelly.activation_based``): the same layers with each ReLU replaced by
       ``neuron.IFNode(surrogate_function=surrogate.ATan(), step_mode="m")`` (its multi-step mode, the fastest on a
       CPU, where its cupy/triton backends do not run), stateless layers in ``layer.SeqToANNContainer`` (all T steps
@@ -54,6 +62,8 @@ REPO = HERE.parents[1]
 MODEL = REPO / "models" / "vgg-fmnist.onnx"
 CALIBRATION = 500
 FRAMEWORKS = ("snncc", "spikingjelly", "snntorch")
+PEERS = ("spikingjelly", "snntorch")
+BASELINE = "snncc-baseline"  # snncc's child under --with-baseline's Python
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -198,13 +208,23 @@ def child(args: argparse.Namespace) -> dict:
 def _spawn(python: str, framework: str, T: int, args: argparse.Namespace) -> dict:
     threads = str(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    argv = [python, __file__, "--child", framework, "--timesteps", str(T), "--threads", threads, "--data",
+    child = "snncc" if framework == BASELINE else framework
+    argv = [python, __file__, "--child", child, "--timesteps", str(T), "--threads", threads, "--data",
             str(args.data), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
-    print(f"{framework} T={T}", flush=True)
+    before = os.getloadavg()[0]
+    print(f"{framework} T={T} (load average {before:.1f})", flush=True)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"{framework} T={T} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(framework=framework, load_average=[before, os.getloadavg()[0]])
+    return result
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median speed (the lower middle one of an even count), with every run's speed alongside."""
+    ranked = sorted(runs, key=lambda r: r["images_per_second"])
+    return dict(ranked[(len(ranked) - 1) // 2], all_images_per_second=[r["images_per_second"] for r in runs])
 
 
 def _machine() -> dict:
@@ -225,7 +245,9 @@ def markdown(report: dict) -> str:
     lines = ["# Fine-tuning speed", "",
              "Written by `python docs/scripts/benchmark_finetune.py` (see its docstring for the networks and what is "
              f"timed). VGG / Fashion-MNIST, batch {report['batch_size']}, {report['steps']} timed training steps "
-             f"after one warm-up, {report['threads']} threads, one run. Machine: {report['machine']['cpu']} "
+             f"after one warm-up, {report['threads']} threads, one run"
+             + (f" of {report['repeats']} interleaved rounds" if report.get("repeats", 1) > 1 else "")
+             + f". Machine: {report['machine']['cpu']} "
              f"({', '.join(report['machine']['instruction_sets'])}), {report['machine']['cores']} cores.",
              ""]
     if report.get("note"):
@@ -234,9 +256,18 @@ def markdown(report: dict) -> str:
     lines += [header, "|" + "---:|" * (len(report["frameworks"]) + 2)]
     for T, row in report["results"].items():
         cells = [f"{row[f]['images_per_second']:.1f}" if f in row else "" for f in report["frameworks"]]
-        peers = [row[f]["images_per_second"] for f in row if f != "snncc"]
+        peers = [row[f]["images_per_second"] for f in row if f in PEERS]
         ratio = f"{row['snncc']['images_per_second'] / max(peers):.2f}x" if peers and "snncc" in row else ""
         lines.append(f"| {T} | " + " | ".join(cells) + f" | {ratio} |")
+    repeats = report.get("repeats", 1)
+    if repeats > 1:
+        lines += ["", f"Each figure is the median of {repeats} runs in interleaved rounds; every run (images/s): "
+                  + "; ".join(f"T={T} " + ", ".join(f"{f} " + "/".join(f"{v:.1f}" for v in r["all_images_per_second"])
+                                                  for f, r in row.items())
+                              for T, row in report["results"].items()) + "."]
+    lines += ["", "Load average (1 minute) before and after each reported run: " + "; ".join(
+        f"T={T} " + ", ".join(f"{f} {r['load_average'][0]:.1f}-{r['load_average'][1]:.1f}" for f, r in row.items())
+        for T, row in report["results"].items()) + "."]
     lines += ["", "Peak resident memory of each process (MiB): " + "; ".join(
         f"T={T} " + ", ".join(f"{f} {r['peak_rss_mib']:.0f}" for f, r in row.items())
         for T, row in report["results"].items()) + ".", ""]
@@ -250,22 +281,43 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each (framework, T); the median is reported")
     parser.add_argument("--with-peers", default=None, help="the Python of the peers' virtual environment")
+    parser.add_argument("--with-baseline", default=None,
+                        help="a Python whose installed snncc is an earlier version, run as snncc-baseline")
     parser.add_argument("--note", default="", help="a sentence put above the table (e.g. what else ran)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "finetune-speed.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "docs" / "finetune-speed.md")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite --markdown from the report already in --out (no measurement)")
     parser.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render:
+        report = json.loads(args.out.read_text())
+        report["results"] = {int(T): row for T, row in report["results"].items()}
+        sys.path.insert(0, str(REPO))
+        from snncc import fileio
+
+        fileio.write_text(args.markdown, markdown(report))
+        print(markdown(report))
+        return
     if args.child:
         args.timesteps = int(args.timesteps)
         print(json.dumps(child(args)))
         return
-    frameworks = ["snncc"] + (["spikingjelly", "snntorch"] if args.with_peers else [])
-    results: dict = {}
-    for T in (int(t) for t in args.timesteps.split(",")):
-        results[T] = {f: _spawn(sys.executable if f == "snncc" else args.with_peers, f, T, args) for f in frameworks}
-    report = {"schema_version": 1, "batch_size": args.batch_size, "steps": args.steps, "threads": args.threads,
-              "frameworks": frameworks, "machine": _machine(), "note": args.note, "results": results}
+    frameworks = (["snncc"] + ([BASELINE] if args.with_baseline else [])
+                  + (list(PEERS) if args.with_peers else []))
+    python = {"snncc": sys.executable, BASELINE: args.with_baseline, **{p: args.with_peers for p in PEERS}}
+    timesteps = [int(t) for t in args.timesteps.split(",")]
+    runs: dict = {(T, f): [] for T in timesteps for f in frameworks}
+    for _ in range(args.repeats):  # interleaved rounds: a change of load hits every framework alike
+        for T in timesteps:
+            for f in frameworks:
+                runs[T, f].append(_spawn(python[f], f, T, args))
+    results = {T: {f: _median_run(runs[T, f]) for f in frameworks} for T in timesteps}
+    report = {"schema_version": 2, "batch_size": args.batch_size, "steps": args.steps, "threads": args.threads,
+              "repeats": args.repeats, "frameworks": frameworks, "machine": _machine(), "note": args.note,
+              "results": results}
     sys.path.insert(0, str(REPO))
     from snncc import fileio
 

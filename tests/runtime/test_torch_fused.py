@@ -1,7 +1,10 @@
-"""The fused IF/LIF layers (runtime/torch_fused.py) against the dynamics table's membrane_step: forward spikes and
+"""The fused IF/LIF layers (runtime/torch_fused.py), in both forms (the torch MembraneSteps and the compiled
+CompiledMembraneSteps of runtime/_train_kernels.pyx), against the dynamics table's membrane_step: forward spikes and
 membranes identical, gradients equal to autograd through the table's step."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,7 +13,12 @@ torch = pytest.importorskip("torch")
 
 from snncc.ir import IF, LIF, CubaLIF  # noqa: E402
 from snncc.runtime.dynamics import HEAVISIDE, Surrogate, dynamics_of, membrane_step  # noqa: E402
-from snncc.runtime.torch_fused import MembraneSteps, fused_steps, membrane_steps  # noqa: E402
+from snncc.runtime.torch_fused import _train_kernels, fused_steps, membrane_steps  # noqa: E402
+
+#: The forms of the fused layer: compiled (skipped where the extension is not built) and torch.
+FORMS = [pytest.param(True, id="compiled", marks=pytest.mark.skipif(_train_kernels() is None,
+                                                                   reason="runtime/_train_kernels not built")),
+         pytest.param(False, id="torch")]
 
 SHAPE = (3, 4, 5)  # per sample: channels first, so per-channel values have shape (3, 1, 1)
 T, BATCH = 7, 6
@@ -27,8 +35,6 @@ NEURONS = {
 
 def _parameters(neuron, dtype: torch.dtype):
     """The table's parameter record of ``neuron`` as leaf tensors of ``dtype`` that require gradients."""
-    import dataclasses
-
     record = dynamics_of(neuron).parameters(neuron, SHAPE, np)
     fields = {}
     for name in ("threshold", "decay"):
@@ -55,20 +61,21 @@ def _table_steps(params, currents: torch.Tensor, spike) -> tuple[torch.Tensor, l
     return torch.stack(out), membranes
 
 
+@pytest.mark.parametrize("compiled", FORMS)
 @pytest.mark.parametrize("name", sorted(NEURONS))
-def test_forward_spikes_and_membranes_are_the_tables(name):
+def test_forward_spikes_and_membranes_are_the_tables(name, compiled):
     params = _parameters(NEURONS[name], torch.float32)
     currents = _currents(torch.float32)
     spike = Surrogate("fast-sigmoid", 0.5)
     with torch.no_grad():
         expected, membranes = _table_steps(params, currents, spike)
-        ours = membrane_steps(params, currents, spike)
+        ours = membrane_steps(params, currents, spike, compiled=compiled)
     assert 0 < float(expected.mean()) < 1  # some fire, some do not
     assert torch.equal(ours, expected)
     # The membranes: the saved pre-reset h_t, reset as the table resets, equal the table's v_t bit for bit.
-    fused = MembraneSteps.apply  # run again to read the saved membranes through a backward-less graph
-    currents_leaf = currents.detach().requires_grad_(True)
-    out = fused(currents_leaf, params.threshold, params.decay, params.v_init, spike.derivative, params.subtract)
+    currents_leaf = currents.detach().requires_grad_(True)  # run again to read the saved membranes
+    out = membrane_steps(params, currents_leaf, spike, compiled=compiled)
+    assert type(out.grad_fn).__name__ == ("CompiledMembraneSteps" if compiled else "MembraneSteps") + "Backward"
     h = out.grad_fn.saved_tensors[0]
     v = h - out * params.threshold if params.subtract else h * (1 - out)
     for t in range(T):
@@ -77,9 +84,10 @@ def test_forward_spikes_and_membranes_are_the_tables(name):
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, dict(rtol=1e-5, atol=1e-6)),
                                              (torch.float64, dict(rtol=1e-12, atol=1e-13))])
-@pytest.mark.parametrize("surrogate", ["fast-sigmoid", "arctan", "triangle"])
+@pytest.mark.parametrize("surrogate", ["fast-sigmoid", "arctan", "triangle", "logistic"])
+@pytest.mark.parametrize("compiled", FORMS)
 @pytest.mark.parametrize("name", sorted(NEURONS))
-def test_gradients_equal_autograd_through_the_tables_step(name, surrogate, dtype, tolerance):
+def test_gradients_equal_autograd_through_the_tables_step(name, compiled, surrogate, dtype, tolerance):
     """The explicit BPTT recursion against autograd through membrane_step with the same Surrogate: the gradients
     of a loss mixing every step's spikes, for the currents, the threshold and the decay. (A numerical gradcheck
     cannot apply: the forward pass is the exact Heaviside step, whose numerical derivative is 0, not the
@@ -87,7 +95,7 @@ def test_gradients_equal_autograd_through_the_tables_step(name, surrogate, dtype
     spike = Surrogate(surrogate, 0.5)
     weights = torch.tensor(np.random.default_rng(5).normal(0, 1, (T, BATCH) + SHAPE), dtype=dtype)
     grads = []
-    for run in (lambda p, c: _table_steps(p, c, spike)[0], lambda p, c: membrane_steps(p, c, spike)):
+    for run in (lambda p, c: _table_steps(p, c, spike)[0], lambda p, c: membrane_steps(p, c, spike, compiled=compiled)):
         params, currents = _parameters(NEURONS[name], dtype), _currents(dtype)
         leaves = [currents] + [getattr(params, n) for n in ("threshold", "decay") if getattr(params, n) is not None]
         (run(params, currents) * weights).sum().backward()
@@ -95,6 +103,77 @@ def test_gradients_equal_autograd_through_the_tables_step(name, surrogate, dtype
     for expected, ours in zip(*grads):
         assert expected.abs().sum() > 0
         torch.testing.assert_close(ours, expected, **tolerance)
+
+
+def _channels_last_steps(x: torch.Tensor) -> torch.Tensor:
+    """(T, B, C, H, W) with each step's batch channels-last, as the lowering's convolutions hand it on."""
+    T, B = x.shape[:2]
+    return x.reshape((T * B,) + tuple(x.shape[2:])).contiguous(memory_format=torch.channels_last).reshape(x.shape)
+
+
+#: Layouts of the currents the lowering passes: (T, B, *shape) contiguous, constant in time (the analog image's
+#: first layer: an expanded view, stride 0 over T), and channels-last steps (the training convolutions').
+LAYOUTS = {
+    "contiguous": lambda image: image.unsqueeze(0).repeat((T,) + (1,) * image.dim()) * torch.arange(
+        1.0, T + 1).reshape((T,) + (1,) * image.dim()) / T,
+    "constant": lambda image: image.unsqueeze(0).expand((T,) + tuple(image.shape)),
+    "constant-channels-last": lambda image: image.contiguous(memory_format=torch.channels_last).unsqueeze(0).expand(
+        (T,) + tuple(image.shape)),
+    "channels-last": lambda image: _channels_last_steps(LAYOUTS["contiguous"](image)),
+}
+
+
+@pytest.mark.skipif(_train_kernels() is None, reason="runtime/_train_kernels not built")
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("name", ["if-subtract", "if-per-channel", "lif-zero-per-channel"])
+def test_compiled_form_on_many_blocks_threads_and_layouts(name, layout):
+    """The compiled form against the torch form on a population of several kernel blocks with a partial last one
+    (M = 4 * 3 * 21 * 11 = 2772 neurons, blocks of 512), two threads, and the currents in each layout of
+    :data:`LAYOUTS`: spikes identical (and in the currents' layout), gradients within float32 rounding of the sums
+    over time (torch's vectorised addcmul may fuse a multiply-add, the kernel never does), including the gradient
+    of a constant current summed over T."""
+    shape, batch = (3, 21, 11), 4
+    neuron = NEURONS[name]
+    rng = np.random.default_rng(3)
+    image = torch.tensor(rng.normal(0.3, 0.6, (batch,) + shape), dtype=torch.float32)
+    weights = torch.tensor(rng.normal(0, 1, (T, batch) + shape), dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for compiled in (True, False):
+            record = dynamics_of(neuron).parameters(neuron, shape, np)
+            fields = {n: torch.tensor(np.asarray(getattr(record, n), np.float32), requires_grad=n != "v_init")
+                      for n in ("threshold", "decay", "v_init") if getattr(record, n) is not None}
+            params = dataclasses.replace(record, **fields)
+            leaf = image.clone().requires_grad_(True)
+            currents = LAYOUTS[layout](leaf)
+            out = membrane_steps(params, currents, Surrogate("fast-sigmoid", 0.5), compiled=compiled)
+            if compiled and "channels-last" in layout:  # the layout kept: the next convolution copies nothing
+                assert out.stride() == _channels_last_steps(out).stride()
+            (out * weights).sum().backward()
+            results.append((out.detach(), [leaf.grad] + [fields[n].grad for n in ("threshold", "decay")
+                                                          if n in fields]))
+    finally:
+        torch.set_num_threads(threads)
+    (spikes, grads), (expected_spikes, expected_grads) = results
+    assert 0 < float(spikes.mean()) < 1
+    assert torch.equal(spikes, expected_spikes)
+    for ours, expected in zip(grads, expected_grads):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(_train_kernels() is None, reason="runtime/_train_kernels not built")
+def test_the_torch_form_where_the_kernels_do_not_apply(monkeypatch):
+    """A tensor surrogate width, or SNNCC_TRAIN_KERNELS=torch, runs MembraneSteps."""
+    params = _parameters(NEURONS["if-subtract"], torch.float32)
+    currents = _currents(torch.float32)
+    out = membrane_steps(params, currents, Surrogate("fast-sigmoid", torch.tensor(0.5)))
+    assert type(out.grad_fn).__name__ == "MembraneStepsBackward"
+    assert type(membrane_steps(params, currents, Surrogate()).grad_fn).__name__ == "CompiledMembraneStepsBackward"
+    monkeypatch.setenv("SNNCC_TRAIN_KERNELS", "torch")
+    assert type(membrane_steps(params, currents, Surrogate()).grad_fn).__name__ == "MembraneStepsBackward"
 
 
 def test_signed_if_cubalif_and_the_hard_threshold_are_not_fused():
@@ -160,3 +239,9 @@ def test_spiking_max_pool_equals_its_composition_of_torch_ops(kernel, stride, pa
     (torch.diff(pooled, dim=0, prepend=torch.zeros_like(pooled[:1])) * weights).sum().backward()
     assert steps.grad.abs().sum() > 0
     torch.testing.assert_close(steps.grad, leaf.grad, rtol=1e-12, atol=1e-12)
+    # A channels-last batch of steps (the training convolutions' layout): the same spikes and gradients.
+    channels_last = _channels_last_steps(steps.detach()).requires_grad_(True)
+    pooled = spiking_max_pool(channels_last, kernel, stride, padding)
+    assert torch.equal(pooled, ours)
+    (pooled * weights).sum().backward()
+    assert torch.equal(channels_last.grad, steps.grad)
