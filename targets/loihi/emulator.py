@@ -248,7 +248,16 @@ def _factory(variant: str):
     return build
 
 
+def _few_spike(graph: Graph, timesteps: int | None, threads: int | None):
+    from snncc.targets.loihi.fs_emulator import FewSpikeEmulator
+
+    return FewSpikeEmulator(graph, timesteps)
+
+
+#: The temporal (FS) engine of each variant: Loihi 2's graded spikes; Loihi 1 has none (its check refuses FS).
+_TEMPORAL = {"loihi1": None, "loihi2": _few_spike}
+
 for _variant in ("loihi1", "loihi2"):
-    register_backend(Backend(_variant, _factory(_variant), None,
+    register_backend(Backend(_variant, _factory(_variant), _TEMPORAL[_variant],
                              description=f"the {_variant} emulator: the chip's integer arithmetic on a hw-level "
                                          f"graph legalized for {_variant}"), replace=True)

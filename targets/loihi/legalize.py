@@ -53,7 +53,9 @@ from snncc.ir.ops import HW, SNN
 from snncc.ir.placement import Placement
 from snncc.passes.base import Pass, PassContext, register
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi.avgpool import fold_average_pools
 from snncc.targets.loihi.constraints import CONSTRAINTS
+from snncc.targets.loihi.fewspike import fold_few_spike_offsets, has_few_spike, quantize_few_spike
 
 VARIANTS = ("loihi1", "loihi2")
 
@@ -154,8 +156,9 @@ def _max_pools_to_or_gates(graph: Graph) -> bool:
 @register
 @dataclass(frozen=True)
 class LoihiFold(Pass):
-    """Fold what Loihi cannot express: the input scaling, per-channel thresholds, spiking max pooling (see the
-    module docstring)."""
+    """Fold what Loihi cannot express: the input scaling, per-channel thresholds, spiking max pooling, average
+    pooling (into the next layer, exactly: :mod:`~snncc.targets.loihi.avgpool`) and FS offsets (into the next
+    bias: :mod:`~snncc.targets.loihi.fewspike`); see the module docstring."""
 
     name = "loihi-fold"
     requires_level = SNN
@@ -164,6 +167,8 @@ class LoihiFold(Pass):
         changed = _fold_input_scaling(graph)
         changed |= _fold_thresholds(graph)
         changed |= _max_pools_to_or_gates(graph)
+        changed |= fold_average_pools(graph)
+        changed |= fold_few_spike_offsets(graph)
         return changed
 
 
@@ -245,6 +250,9 @@ class LoihiQuantize(Pass):
         _check_variant(self.variant)
 
     def run(self, graph: Graph, context: PassContext) -> bool:
+        if has_few_spike(graph):
+            quantize_few_spike(graph, self.variant)
+            return True
         subtract = self.variant == "loihi2"
         scales = {}
         for node in graph.topological_order():
