@@ -28,6 +28,7 @@ from snncc.ir.ops import HW
 from snncc.runtime.kernels import apply, fan_outs
 from snncc.runtime.reference import BatchResult
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi.emulator import binary_sums, compiled_synapses
 from snncc.targets.loihi.fewspike import STATE_MAX, LoihiFewSpike
 
 _EXACT_FLOAT32 = 1 << 24
@@ -98,6 +99,8 @@ class FewSpikeEmulator:
                     fields["pad_value"] = op.pad_value.astype(np.float32)
                 self.float_ops[node] = op.replace(**fields)
                 self.fan_outs[node] = fan_outs(op, self.types[src].shape)[0].ravel().astype(np.float64)
+        spike_fed = {n: op for n, op in self.float_ops.items() if not self._constant(graph.inputs(n)[0])}
+        self.plans = compiled_synapses(graph, spike_fed, self.types, self.fan_outs)
 
     def _constant(self, node: str) -> bool:
         """Whether ``node``'s value is the input's (graded pixels delivered once) rather than spike trains."""
@@ -160,13 +163,13 @@ class FewSpikeEmulator:
         else:
             K = self.steps
             (payloads,) = [self.neurons[p][2] for p in [self._population(src)]]
-            binary = apply(float_op, x.reshape((K * batch,) + x.shape[2:]).astype(np.float32))
+            counted = np.zeros((K, batch), np.float64)
+            binary = binary_sums(self.plans.get(node), float_op, self.fan_outs[node], x, counted)
             binary = np.rint(binary).astype(np.int64).reshape((K, batch) + shape)
             acc = np.zeros((batch,) + shape, np.int64)
             for t in range(K):
                 acc = _sat(acc + la.synaptic_input(payloads[t] * binary[t], exp))
-            self._place(synops, self.start[self._population(src)],
-                        (x != 0).reshape(K, batch, -1).astype(np.float64) @ self.fan_outs[node])
+            self._place(synops, self.start[self._population(src)], counted)
         if op.bias is not None:
             acc = _sat(acc + op.bias.astype(np.int64).reshape((1, -1) + (1,) * (len(shape) - 1)))
         return acc
