@@ -30,6 +30,7 @@ from snncc.runtime.temporal import TemporalSimulator
 from snncc.targets.base import get_target
 from snncc.targets.emit import emit, verify
 from snncc.targets.loihi.legalize import LoihiFold
+from snncc.targets.loihi.reset_compensation import calibrate_reset_to_zero
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -47,7 +48,7 @@ def result_path(name: str, method: str, variant: str) -> Path:
 
 
 def run(name: str, method: str, variant: str, data: Path, calib: int, limit: int | None, timesteps: int,
-        note: str) -> dict:
+        note: str, compensate: int) -> dict:
     model, scaling, calibration, x, y = load_model_data(name, data, calib, limit)
     graph = compile_model(model, method=method, calibration=calibration, input_scaling=scaling)
     base = {"model": name, "method": method, "target": variant}
@@ -57,6 +58,12 @@ def run(name: str, method: str, variant: str, data: Path, calib: int, limit: int
         return {**base, "fits": False, "violations": [v.to_json() for v in violations]}
     if method != "rate":
         timesteps = TemporalSimulator(graph).latency
+    calibrate_s = None
+    if variant == "loihi1" and compensate:  # thresholds for the reset to zero, on training images
+        start = time.perf_counter()
+        factors = calibrate_reset_to_zero(graph, calibration[:compensate], timesteps)
+        calibrate_s = time.perf_counter() - start
+        print(f"{name} {variant}: reset-to-zero threshold factors {factors} ({calibrate_s:.0f} s)", flush=True)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
@@ -71,7 +78,10 @@ def run(name: str, method: str, variant: str, data: Path, calib: int, limit: int
     report["fold_accuracy"] = fold_result.accuracy(y, timesteps)
     report.update(base, pipeline=manifest["pipeline"], emit_seconds=emit_s, verify_seconds=verify_s,
                   wall_time_note=note, load_average_before=list(load_before), load_average_after=list(os.getloadavg()),
-                  latency_steps=manifest["latency_steps"], reset=manifest["target_details"]["reset"], fits=True)
+                  latency_steps=manifest["latency_steps"], reset=manifest["target_details"]["reset"], fits=True,
+                  reset_compensation=manifest["target_details"].get("reset_compensation"),
+                  reset_compensation_images=compensate if calibrate_s is not None else None,
+                  calibrate_seconds=calibrate_s)
     report["resources"] = {k: report["resources"][k] for k in ("cores", "chips", "per_chip", "limits")}
     print(f"{name} {method} {variant} n={report['images']}: float {report['float_accuracy']:.4f} fold "
           f"{report['fold_accuracy']:.4f} {variant} {report['target_accuracy']:.4f} agreement "
@@ -124,12 +134,15 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=2000)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--timesteps", type=int, default=32)
+    parser.add_argument("--compensate", type=int, default=256,
+                        help="training images to calibrate Loihi 1's reset-to-zero thresholds on (0: none)")
     parser.add_argument("--note", default="2 CPU cores shared with other jobs",
                         help="what else ran on the machine (recorded with the wall times)")
     args = parser.parse_args()
     for config in args.configs.split(","):
         name, method, variant = config.split(":")
-        report = run(name, method, variant, args.data, args.calib, args.limit, args.timesteps, args.note)
+        report = run(name, method, variant, args.data, args.calib, args.limit, args.timesteps, args.note,
+                     args.compensate)
         write_json(report, result_path(name, method, variant))
     write_page()
 

@@ -254,6 +254,8 @@ class LoihiQuantize(Pass):
             quantize_few_spike(graph, self.variant)
             return True
         subtract = self.variant == "loihi2"
+        # Loihi 1's measured compensation of the reset to zero (targets/loihi/reset_compensation.py), if calibrated.
+        compensation = {} if subtract else dict(graph.attrs.get("loihi_reset_compensation", {}))
         scales = {}
         for node in graph.topological_order():
             op = graph.op(node)
@@ -275,7 +277,8 @@ class LoihiQuantize(Pass):
             neuron = graph.op(population).neuron if population else None
             if neuron is not None and not isinstance(neuron, IF):
                 raise PassError(f"{population!r}: {neuron.kind} neurons have no Loihi mapping here (IF only)")
-            scale, threshold = _layer_scale(op.weight, op.bias, 1.0 if neuron is not None else None)
+            factor = compensation.get(population, 1.0)
+            scale, threshold = _layer_scale(op.weight, op.bias, factor if neuron is not None else None)
             new, meta = _quantize_layer(op, scale)
             graph.replace(node, new)
             graph.meta[node].update(meta)
@@ -288,6 +291,8 @@ class LoihiQuantize(Pass):
         graph.attrs["level"] = HW
         graph.attrs["loihi"] = {"variant": self.variant, "membrane_scale": scales,
                                 "reset": "subtract" if subtract else "zero"}
+        if compensation:
+            graph.attrs["loihi"]["reset_compensation"] = compensation
         return True
 
 

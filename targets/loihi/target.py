@@ -171,7 +171,9 @@ class LoihiTarget(Target):
                                          "neurons) with snncc* extension datasets (netx.py's docstring)"},
                 "details": {"reset": graph.attrs["loihi"]["reset"],
                             "bias_start_step": {n: d for n, d in depth.items() if graph.op(n).synaptic},
-                            "membrane_scale": graph.attrs["loihi"]["membrane_scale"]}}
+                            "membrane_scale": graph.attrs["loihi"]["membrane_scale"],
+                            **({"reset_compensation": graph.attrs["loihi"]["reset_compensation"]}
+                               if "reset_compensation" in graph.attrs["loihi"] else {})}}
 
     @staticmethod
     def _few_spike_io_spec(graph: Graph) -> dict:
