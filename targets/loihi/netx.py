@@ -23,7 +23,9 @@ Extensions netx does not read (its loader ignores datasets it does not ask for),
 - ``snnccWeightExp``: the layer's weight exponent (netx's loader reads none and takes the stored weights at
   ``2^6`` each, which is exponent 0; a layer with a negative exponent must be built with Lava Dense's
   ``weight_exp`` set to it: the first layer, whose bias sets its scale);
-- ``snnccBiasStartStep``: the chip step from which the layer's bias is on (its synaptic depth; see the emulator);
+- ``snnccBiasStartStep``: the chip step from which the layer's bias is on (its synaptic depth; see the emulator; rate
+  layers only: an FS layer adds its bias once per window);
+- ``snnccGradedInput``: whether the layer reads graded events (the pixels on Loihi 2; every FS layer);
 - ``snnccRole``: ``or-gate`` for the layers that replace spiking max pooling, ``readout`` for the last layer,
   whose membrane (``vThMant`` at its maximum: it is read, not thresholded) is the network's answer;
 - FS layers (Loihi 2, :mod:`snncc.targets.loihi.fewspike`): ``neuron/type`` ``snnccFewSpike`` (netx has no FS
@@ -166,7 +168,7 @@ def write_netx(graph: Graph, directory: Path, filename: str = FILENAME, depth: d
                     g.create_dataset("snnccPadValue", data=np.asarray(op.pad_value, np.int32))
             if depth is not None:
                 g.create_dataset("snnccBiasStartStep", data=int(depth[node]))
-            graded = graded_input and isinstance(graph.op(graph.inputs(node)[0]), ops.Input)
+            graded = few_spike or (graded_input and isinstance(graph.op(graph.inputs(node)[0]), ops.Input))
             _neuron(g, graph.op(pop).neuron if pop else None, role, graded=False)
             g.create_dataset("snnccGradedInput", data=bool(graded))
     return [filename]

@@ -201,7 +201,8 @@ class LoihiTarget(Target):
 
         layers = run_pipeline(context.source, [LoihiFold(), LoihiQuantize(variant=self.name)])
         layers.attrs["timesteps"] = graph.attrs.get("timesteps")
-        return write_netx(layers, directory, depth=synaptic_depth(layers))
+        few_spike = layers.attrs["loihi"].get("coding") == "fs"  # FS biases act at the window boundary instead
+        return write_netx(layers, directory, depth=None if few_spike else synaptic_depth(layers))
 
 
 for _variant in CONSTRAINTS:

@@ -141,7 +141,8 @@ def test_fs_netx_layers(tmp_path):
     fs = layers[1]["neuron"]
     assert fs["type"] == "snnccFewSpike" and fs["gradedSpike"] and fs["snnccSteps"] == 3
     assert fs["snnccThreshold"].tolist() == [28672, 12288, 4096] and fs["snnccPayload"].tolist() == [128, 64, 32]
-    assert "snnccBias" in layers[1] and "bias" not in layers[1]
+    assert "snnccBias" in layers[1] and "bias" not in layers[1] and "snnccBiasStartStep" not in layers[1]
+    assert all(layer["snnccGradedInput"] for layer in layers if "weight" in layer)
     assert layers[2]["weight"].shape == (4, 4, 6, 6) and layers[2]["stride"].tolist() == [2, 2]
 
 
