@@ -41,10 +41,11 @@ DEFAULT_CONFIGS = ("lenet5-mnist:rate:loihi2,lenet5-mnist:rate:loihi1,vgg-fmnist
                    "vgg-avg-fmnist:rate:loihi2")
 
 
-def result_path(name: str, method: str, variant: str) -> Path:
-    """``loihi-MODEL-VARIANT.json`` for rate coding (the names of earlier sessions), ``loihi-MODEL-fs-VARIANT.json``."""
-    return DOCS / "results" / (f"loihi-{name}-{variant}.json" if method == "rate" else
-                               f"loihi-{name}-{method}-{variant}.json")
+def result_path(name: str, method: str, variant: str, compensated: bool = False) -> Path:
+    """``loihi-MODEL-VARIANT.json`` for rate coding (the names of earlier sessions), ``loihi-MODEL-fs-VARIANT.json``;
+    ``-compensated`` when Loihi 1's thresholds were calibrated for the reset to zero."""
+    stem = f"loihi-{name}-{variant}" if method == "rate" else f"loihi-{name}-{method}-{variant}"
+    return DOCS / "results" / f"{stem}{'-compensated' if compensated else ''}.json"
 
 
 def run(name: str, method: str, variant: str, data: Path, calib: int, limit: int | None, timesteps: int,
@@ -109,7 +110,8 @@ def markdown(results: list[dict]) -> str:
                          " | | | | | | | | | |")
             continue
         joules = r["energy"].get("joules")
-        lines.append(f"| {r['model']} | {method} | {r['target']} (reset {r['reset']}) | {r['images']:,} | "
+        reset = r["reset"] + (", calibrated thresholds" if r.get("reset_compensation") else "")
+        lines.append(f"| {r['model']} | {method} | {r['target']} (reset {reset}) | {r['images']:,} | "
                      f"{r['timesteps']} | {100 * r['float_accuracy']:.2f} | {100 * r['fold_accuracy']:.2f} | "
                      f"{100 * r['target_accuracy']:.2f} | {100 * (r['target_accuracy'] - r['float_accuracy']):+.2f} | "
                      f"{100 * r['prediction_agreement']:.2f} | "
@@ -134,8 +136,9 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=2000)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--timesteps", type=int, default=32)
-    parser.add_argument("--compensate", type=int, default=256,
-                        help="training images to calibrate Loihi 1's reset-to-zero thresholds on (0: none)")
+    parser.add_argument("--compensate", type=int, default=0,
+                        help="training images to calibrate Loihi 1's reset-to-zero thresholds on (0: none; "
+                             "256 measured 98.80 %% on LeNet-5 against 98.86 %% without: it does not help)")
     parser.add_argument("--note", default="2 CPU cores shared with other jobs",
                         help="what else ran on the machine (recorded with the wall times)")
     args = parser.parse_args()
@@ -143,7 +146,7 @@ def main() -> None:
         name, method, variant = config.split(":")
         report = run(name, method, variant, args.data, args.calib, args.limit, args.timesteps, args.note,
                      args.compensate)
-        write_json(report, result_path(name, method, variant))
+        write_json(report, result_path(name, method, variant, bool(report.get("reset_compensation"))))
     write_page()
 
 

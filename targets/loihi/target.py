@@ -55,7 +55,7 @@ class LoihiTarget(Target):
         self.backend = variant
         self.pipeline = f"loihi-fold,loihi-quantize{{variant={variant}}},loihi-partition{{variant={variant}}}"
         self.description = {"loihi1": "Intel Loihi 1 (reset to zero, binary spikes, 1,024 compartments per core)",
-                            "loihi2": "Intel Loihi 2 (reset by subtraction in microcode, graded input spikes, "
+                            "loihi2": "Intel Loihi 2 (reset by subtraction and FS neurons in microcode, graded spikes, "
                                       "8,192 neurons per core)"}[variant]
         self.energy_source = ("Davies et al., IEEE Micro 38(1), 2018: 23.6 pJ per synaptic spike operation (Loihi 1)"
                               + ("" if variant == "loihi1" else "; Loihi 2 publishes no per-operation figure, so "
