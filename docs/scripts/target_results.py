@@ -123,7 +123,11 @@ def markdown(results: list[dict]) -> str:
         if r.get("fits", True):
             load = (f", load {r['load_average_before'][0]:.1f} -> {r['load_average_after'][0]:.1f}"
                     if "load_average_before" in r else "")
-            lines.append(f"- {r['model']} {r.get('method', 'rate')} {r['target']}: {r['verify_seconds']:.0f} s for "
+            calibrated = ""
+            if r.get("reset_compensation"):
+                calibrated = f" (calibrated thresholds; calibration {r['calibrate_seconds']:.0f} s)"
+            lines.append(f"- {r['model']} {r.get('method', 'rate')} {r['target']}{calibrated}: "
+                         f"{r['verify_seconds']:.0f} s for "
                          f"{r['images']:,} images{load} ({r['wall_time_note']})")
     lines.append("")
     return "\n".join(lines)
