@@ -7,7 +7,8 @@ that must stay on one core. This module chooses the core of every unit. It is ta
 ``CoreLimits.synapses``.
 
 Traffic. ``w(u, v)`` is the number of neurons of unit ``u`` with at least one synapse onto a neuron of unit ``v``
-(found by tracing neuron ids through the graph's rearrangements: slices, concatenations, padding, flattening).
+(found by tracing neuron ids through the graph's rearrangements: slices, concatenations, padding, flattening, and
+element-wise ops of one input; a node that mixes several neurons into one element, such as an Add, is not traced).
 When ``u`` and ``v`` sit on different cores, every spike of such a neuron travels between the two cores: on
 Loihi's mesh a spike is one message per destination core, so for equal firing rates the messages between cores
 are proportional to the *cut*
@@ -74,10 +75,15 @@ def routes(graph: Graph, units: list[Unit]) -> dict[tuple[int, int], int]:
             first_ids.append(next_id)
             owners.append(owner_of[node])
             next_id += size
-        elif isinstance(op, (ops.Input, ops.Population, ops.Readout)) or op.synaptic:
-            ids[node] = np.zeros((1,) + shape)  # the host's input, or a node whose output is not neurons' spikes
-        else:
+        elif op.passes_spikes or isinstance(op, ops.Concat):  # a rearrangement: the simulator's kernel moves ids
             ids[node] = np.asarray(apply(op, *(ids[s] for s in graph.inputs(node))), dtype=np.float64)
+        elif len(graph.inputs(node)) == 1 and types[graph.inputs(node)[0]].shape == shape and \
+                not isinstance(op, (ops.Population, ops.Readout)) and not op.synaptic:
+            ids[node] = ids[graph.inputs(node)[0]]  # element-wise (an Affine): each output keeps its input's neuron
+        else:
+            # The host's input, or a node whose elements mix several neurons (an Add of two branches): not traced,
+            # so the routes through it are not counted.
+            ids[node] = np.zeros((1,) + shape)
     starts = np.asarray(first_ids)
     weights: dict[tuple[int, int], int] = {}
     for node, v in synapse_of.items():

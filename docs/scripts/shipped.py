@@ -10,7 +10,7 @@ import numpy as np
 from snncc.data import InputScaling, load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-DATASETS = {"lenet5-mnist": "mnist", "vgg-fmnist": "fashion-mnist", "silu-fmnist": "fashion-mnist",
+DATASETS = {"lenet5-mnist": "mnist", "lenet5-avg-mnist": "mnist", "vgg-avg-fmnist": "fashion-mnist", "vgg-fmnist": "fashion-mnist", "silu-fmnist": "fashion-mnist",
             "resnet-fmnist": "fashion-mnist"}
 
 

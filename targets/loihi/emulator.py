@@ -64,6 +64,41 @@ def synaptic_depth(graph: Graph) -> dict[str, int]:
     return depth
 
 
+def compiled_synapses(graph: Graph, float_ops: dict[str, ops.Op], types: dict, fan_out: dict[str, np.ndarray]) -> dict:
+    """Event-driven synapses of the Cython runtime for spike-fed float32 layers ``float_ops``, where it is built
+    (the emulators are then several times faster; the sums are the same integers); empty otherwise."""
+    from snncc.runtime import cython_available
+
+    if not cython_available()[0]:
+        return {}
+    from snncc.runtime.cython_engine import _EventSynapse, default_threads
+
+    plans = {}
+    for node, op in float_ops.items():
+        src = graph.inputs(node)[0]
+        if _EventSynapse.supports(op):
+            plans[node] = _EventSynapse(op, types[src].shape, types[node].shape, fan_out[node], default_threads())
+    return plans
+
+
+def binary_sums(plan, float_op: ops.Op, fan_out: np.ndarray, spikes: np.ndarray, synops: np.ndarray) -> np.ndarray:
+    """``sum q s`` over binary spikes (T, batch, *shape) as float32 (sums of integers, exact below 2^24), shaped
+    (T * batch, *out), and the synaptic operations they cost added to ``synops`` (T, batch): the compiled
+    event-driven kernel ``plan`` where there is one, else the numpy kernel."""
+    T, batch = spikes.shape[:2]
+    if plan is not None:
+        from snncc.runtime.cython_engine import _Signal
+
+        signal = _Signal(np.ascontiguousarray(spikes, dtype=np.uint8), False, True)
+        counted = np.zeros(T * batch, np.float64)
+        result = plan.advance(signal, T, batch, counted)
+        synops += counted.reshape(T, batch)
+        return result.data
+    events = (spikes != 0).reshape(T, batch, -1).astype(np.float32)
+    synops += events @ fan_out.astype(np.float32)
+    return apply(float_op, spikes.reshape((T * batch,) + spikes.shape[2:]).astype(np.float32))
+
+
 class LoihiEmulator:
     """Run a Loihi hw-level graph for ``timesteps`` answer steps (chip steps ``D .. D + T - 1``), one batch at a
     time."""
@@ -107,21 +142,8 @@ class LoihiEmulator:
         self._samples_per_chunk = max(1, _CHUNK_VALUES // (largest * timesteps))
 
     def _compiled_synapses(self) -> dict:
-        """Event-driven synapses of the Cython runtime for the spike-fed float32 layers, where it is built (the
-        emulator is then several times faster; the sums are the same integers)."""
-        from snncc.runtime import cython_available
-
-        if not cython_available()[0]:
-            return {}
-        from snncc.runtime.cython_engine import _EventSynapse, default_threads
-
-        plans = {}
-        for node, op in self.float_ops.items():
-            src = self.graph.inputs(node)[0]
-            if src not in self.constant and _EventSynapse.supports(op):
-                plans[node] = _EventSynapse(op, self.types[src].shape, self.types[node].shape, self.fan_outs[node],
-                                            default_threads())
-        return plans
+        spike_fed = {n: op for n, op in self.float_ops.items() if self.graph.inputs(n)[0] not in self.constant}
+        return compiled_synapses(self.graph, spike_fed, self.types, self.fan_outs)
 
     def _sum_bound(self, op: ops.Op, src: str) -> int:
         payload = 255 if src in self.constant else 1
@@ -207,19 +229,7 @@ class LoihiEmulator:
         """``sum q s`` over binary spikes (T, batch, *shape) as float32 (sums of integers, exact below 2^24), and
         the synaptic operations they cost added to ``synops`` (T, batch): the compiled event-driven kernels where
         they are built, else the numpy kernel."""
-        T = self.timesteps
-        plan = self._event_plans.get(node)
-        if plan is not None:
-            from snncc.runtime.cython_engine import _Signal
-
-            signal = _Signal(np.ascontiguousarray(spikes, dtype=np.uint8), False, True)
-            counted = np.zeros(T * batch, np.float64)
-            result = plan.advance(signal, T, batch, counted)
-            synops += counted.reshape(T, batch)
-            return result.data
-        events = (spikes != 0).reshape(T, batch, -1).astype(np.float32)
-        synops += events @ self.fan_outs[node].astype(np.float32)
-        return apply(float_op, spikes.reshape((T * batch,) + spikes.shape[2:]).astype(np.float32))
+        return binary_sums(self._event_plans.get(node), float_op, self.fan_outs[node], spikes, synops)
 
     def _population(self, node: str, neuron: CubaLIF, current: np.ndarray) -> np.ndarray:
         if neuron.decay_unit != la.DECAY_UNIT:
@@ -248,7 +258,16 @@ def _factory(variant: str):
     return build
 
 
+def _few_spike(graph: Graph, timesteps: int | None, threads: int | None):
+    from snncc.targets.loihi.fs_emulator import FewSpikeEmulator
+
+    return FewSpikeEmulator(graph, timesteps)
+
+
+#: The temporal (FS) engine of each variant: Loihi 2's graded spikes; Loihi 1 has none (its check refuses FS).
+_TEMPORAL = {"loihi1": None, "loihi2": _few_spike}
+
 for _variant in ("loihi1", "loihi2"):
-    register_backend(Backend(_variant, _factory(_variant), None,
+    register_backend(Backend(_variant, _factory(_variant), _TEMPORAL[_variant],
                              description=f"the {_variant} emulator: the chip's integer arithmetic on a hw-level "
                                          f"graph legalized for {_variant}"), replace=True)

@@ -54,7 +54,9 @@ from snncc.ir.ops import HW, SNN
 from snncc.ir.placement import Placement
 from snncc.passes.base import Pass, PassContext, register
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi.avgpool import fold_average_pools
 from snncc.targets.loihi.constraints import CONSTRAINTS
+from snncc.targets.loihi.fewspike import fold_few_spike_offsets, has_few_spike, quantize_few_spike
 from snncc.targets.partition import CoreLimits, Unit, cut, first_fit, place, routes
 
 VARIANTS = ("loihi1", "loihi2")
@@ -156,8 +158,9 @@ def _max_pools_to_or_gates(graph: Graph) -> bool:
 @register
 @dataclass(frozen=True)
 class LoihiFold(Pass):
-    """Fold what Loihi cannot express: the input scaling, per-channel thresholds, spiking max pooling (see the
-    module docstring)."""
+    """Fold what Loihi cannot express: the input scaling, per-channel thresholds, spiking max pooling, average
+    pooling (into the next layer, exactly: :mod:`~snncc.targets.loihi.avgpool`) and FS offsets (into the next
+    bias: :mod:`~snncc.targets.loihi.fewspike`); see the module docstring."""
 
     name = "loihi-fold"
     requires_level = SNN
@@ -166,6 +169,8 @@ class LoihiFold(Pass):
         changed = _fold_input_scaling(graph)
         changed |= _fold_thresholds(graph)
         changed |= _max_pools_to_or_gates(graph)
+        changed |= fold_average_pools(graph)
+        changed |= fold_few_spike_offsets(graph)
         return changed
 
 
@@ -247,7 +252,12 @@ class LoihiQuantize(Pass):
         _check_variant(self.variant)
 
     def run(self, graph: Graph, context: PassContext) -> bool:
+        if has_few_spike(graph):
+            quantize_few_spike(graph, self.variant)
+            return True
         subtract = self.variant == "loihi2"
+        # Loihi 1's measured compensation of the reset to zero (targets/loihi/reset_compensation.py), if calibrated.
+        compensation = {} if subtract else dict(graph.attrs.get("loihi_reset_compensation", {}))
         scales = {}
         for node in graph.topological_order():
             op = graph.op(node)
@@ -269,7 +279,8 @@ class LoihiQuantize(Pass):
             neuron = graph.op(population).neuron if population else None
             if neuron is not None and not isinstance(neuron, IF):
                 raise PassError(f"{population!r}: {neuron.kind} neurons have no Loihi mapping here (IF only)")
-            scale, threshold = _layer_scale(op.weight, op.bias, 1.0 if neuron is not None else None)
+            factor = compensation.get(population, 1.0)
+            scale, threshold = _layer_scale(op.weight, op.bias, factor if neuron is not None else None)
             new, meta = _quantize_layer(op, scale)
             graph.replace(node, new)
             graph.meta[node].update(meta)
@@ -282,6 +293,8 @@ class LoihiQuantize(Pass):
         graph.attrs["level"] = HW
         graph.attrs["loihi"] = {"variant": self.variant, "membrane_scale": scales,
                                 "reset": "subtract" if subtract else "zero"}
+        if compensation:
+            graph.attrs["loihi"]["reset_compensation"] = compensation
         return True
 
 

@@ -23,9 +23,16 @@ Extensions netx does not read (its loader ignores datasets it does not ask for),
 - ``snnccWeightExp``: the layer's weight exponent (netx's loader reads none and takes the stored weights at
   ``2^6`` each, which is exponent 0; a layer with a negative exponent must be built with Lava Dense's
   ``weight_exp`` set to it: the first layer, whose bias sets its scale);
-- ``snnccBiasStartStep``: the chip step from which the layer's bias is on (its synaptic depth; see the emulator);
+- ``snnccBiasStartStep``: the chip step from which the layer's bias is on (its synaptic depth; see the emulator; rate
+  layers only: an FS layer adds its bias once per window);
+- ``snnccGradedInput``: whether the layer reads graded events (the pixels on Loihi 2; every FS layer);
 - ``snnccRole``: ``or-gate`` for the layers that replace spiking max pooling, ``readout`` for the last layer,
   whose membrane (``vThMant`` at its maximum: it is read, not thresholded) is the network's answer;
+- FS layers (Loihi 2, :mod:`snncc.targets.loihi.fewspike`): ``neuron/type`` ``snnccFewSpike`` (netx has no FS
+  neuron, so lava-dl's loader refuses these layers: the Loihi 2 program of that module runs them) with
+  ``gradedSpike`` true, ``snnccSteps`` (K), ``snnccThreshold``, ``snnccHeight`` and ``snnccPayload`` (K integers
+  each: ``T(t)``, ``h(t)`` in membrane units, the payloads ``p(t)``); the layer's bias is ``snnccBias`` (24-bit
+  membrane units, added once at the window boundary) instead of netx's ``bias`` mantissa;
 - ``/snncc/{format, schema_version, node_ids}``: this file's own version and the hw-graph node of each layer.
 
 The file is written from the hw graph before partitioning (one layer per population); the placement of the
@@ -43,6 +50,7 @@ from snncc.errors import FormatError
 from snncc.ir import Graph, ops
 from snncc.targets.base import TargetError
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi.fewspike import LoihiFewSpike
 
 FILENAME = "network.net"
 FORMAT = "snncc-netx"
@@ -62,7 +70,22 @@ def _text(group, name: str, value: str) -> None:
     group.create_dataset(name, data=np.array([value.encode("ascii")]))
 
 
+def _few_spike_neuron(group, neuron: LoihiFewSpike) -> None:
+    """An FS layer: netx has no such neuron, so the group's type is the extension ``snnccFewSpike`` (lava-dl's
+    loader refuses it; the bundle's own reader and the Loihi 2 program of targets/loihi/fewspike.py read it)."""
+    n = group.create_group("neuron")
+    _text(n, "type", "snnccFewSpike")
+    n.create_dataset("gradedSpike", data=True)
+    n.create_dataset("snnccSteps", data=int(neuron.steps))
+    n.create_dataset("snnccThreshold", data=np.asarray(neuron.threshold, np.int32))
+    n.create_dataset("snnccHeight", data=np.asarray(neuron.height, np.int32))
+    n.create_dataset("snnccPayload", data=np.asarray(neuron.weight, np.int32))
+
+
 def _neuron(group, neuron, role: str, graded: bool) -> None:
+    if isinstance(neuron, LoihiFewSpike):
+        _few_spike_neuron(group, neuron)
+        return
     n = group.create_group("neuron")
     _text(n, "type", "CUBA")
     if neuron is None:  # the readout: integrate the input, never fire
@@ -92,6 +115,7 @@ def write_netx(graph: Graph, directory: Path, filename: str = FILENAME, depth: d
     """Write the sequential hw graph ``graph`` (Loihi, before partitioning) as ``directory/filename``."""
     h5py = _h5py()
     graded_input = graph.attrs.get("loihi", {}).get("variant") == "loihi2"
+    few_spike = graph.attrs.get("loihi", {}).get("coding") == "fs"
     layers = []  # (kind, node, population or None, role)
     order = graph.topological_order()
     for node in order:
@@ -131,7 +155,9 @@ def write_netx(graph: Graph, directory: Path, filename: str = FILENAME, depth: d
             op = graph.op(node)
             g.create_dataset("weight", data=np.asarray(op.weight, dtype=np.int16))
             g.create_dataset("snnccWeightExp", data=int(graph.meta.get(node, {}).get("weight_exp", 0)))
-            if op.bias is not None:
+            if op.bias is not None and few_spike:  # 24-bit biases, added once at the window boundary
+                g.create_dataset("snnccBias", data=np.asarray(op.bias, np.int32))
+            elif op.bias is not None:
                 g.create_dataset("bias", data=(np.asarray(op.bias, np.int64) >> la.NETX_BIAS_EXP).astype(np.int32))
             if kind == "conv":
                 g.create_dataset("stride", data=_pair(op.stride, node, "stride"))
@@ -142,7 +168,7 @@ def write_netx(graph: Graph, directory: Path, filename: str = FILENAME, depth: d
                     g.create_dataset("snnccPadValue", data=np.asarray(op.pad_value, np.int32))
             if depth is not None:
                 g.create_dataset("snnccBiasStartStep", data=int(depth[node]))
-            graded = graded_input and isinstance(graph.op(graph.inputs(node)[0]), ops.Input)
+            graded = few_spike or (graded_input and isinstance(graph.op(graph.inputs(node)[0]), ops.Input))
             _neuron(g, graph.op(pop).neuron if pop else None, role, graded=False)
             g.create_dataset("snnccGradedInput", data=bool(graded))
     return [filename]

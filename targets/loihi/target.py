@@ -26,7 +26,7 @@ import numpy as np
 
 from snncc.errors import SnnccError
 from snncc.ir import Graph, ops
-from snncc.ir.neurons import IF
+from snncc.ir.neurons import IF, FewSpike
 from snncc.ir.ops import SNN
 from snncc.passes import run_pipeline
 from snncc.targets.base import PackageContext, Target, Violation, register_target
@@ -35,12 +35,14 @@ from snncc.targets.loihi.emulator import synaptic_depth  # importing it register
 from snncc.targets.loihi.legalize import core_limits, plan_blocks
 
 #: The ops the Loihi lowering has a construct for (the rest are violations with a remedy).
-_SUPPORTED = (ops.Input, ops.Conv2d, ops.Linear, ops.Population, ops.SpikingMaxPool2d, ops.Flatten, ops.Readout)
+_SUPPORTED = (ops.Input, ops.Conv2d, ops.Linear, ops.Population, ops.SpikingMaxPool2d, ops.AvgPool2d, ops.Flatten,
+              ops.Readout)
 _REMEDIES = {
     ops.Add: "residual networks are not lowered to Loihi yet; use a sequential model",
     ops.Concat: "concatenations are not lowered to Loihi yet; use a sequential model",
-    ops.AvgPool2d: "average pooling is not folded yet; use spiking max pooling or a strided convolution",
     ops.GlobalAvgPool: "global average pooling is not folded yet; flatten into the classifier instead",
+    ops.MaxPool2d: "FS max pooling (of the currents, before the neurons) has no chip form; use an average-pooling "
+                   "model (models/lenet5-avg-mnist.onnx, models/vgg-avg-fmnist.onnx, folded exactly) or rate coding",
 }
 
 
@@ -53,7 +55,7 @@ class LoihiTarget(Target):
         self.backend = variant
         self.pipeline = f"loihi-fold,loihi-quantize{{variant={variant}}},loihi-partition{{variant={variant}}}"
         self.description = {"loihi1": "Intel Loihi 1 (reset to zero, binary spikes, 1,024 compartments per core)",
-                            "loihi2": "Intel Loihi 2 (reset by subtraction in microcode, graded input spikes, "
+                            "loihi2": "Intel Loihi 2 (reset by subtraction and FS neurons in microcode, graded spikes, "
                                       "8,192 neurons per core)"}[variant]
         self.energy_source = ("Davies et al., IEEE Micro 38(1), 2018: 23.6 pJ per synaptic spike operation (Loihi 1)"
                               + ("" if variant == "loihi1" else "; Loihi 2 publishes no per-operation figure, so "
@@ -84,9 +86,16 @@ class LoihiTarget(Target):
         return self._check_resources(graph)
 
     def _check_neuron(self, node: str, neuron) -> list[Violation]:
+        if isinstance(neuron, FewSpike):
+            if not self.constraints.graded_spikes:
+                return [Violation(node, "binary spikes only (Loihi 1)", f"FS K={neuron.steps} (graded spikes d(t))",
+                                  "use --target loihi2 (graded spikes), or --method rate for Loihi 1 (FS through "
+                                  "unrolled neurons and delays is not lowered)")]
+            return []
         if not isinstance(neuron, IF):
             return [Violation(node, f"{self.name} runs rate-coded IF neurons as CUBA", neuron.kind,
-                              "compile with --method rate (FS and AMOS through graded spikes are not lowered yet)")]
+                              "compile with --method rate, or --method fs for Loihi 2 (AMOS and LIF are not "
+                              "lowered)")]
         if neuron.signed:
             remedy = ("Loihi 1 has only binary spikes: compile without convert-rate{signed=true}"
                       if self.name == "loihi1" else
@@ -149,6 +158,8 @@ class LoihiTarget(Target):
                            "input_axons_per_core": c.fan_in, "cores_per_chip": c.cores_per_chip}}
 
     def io_spec(self, graph: Graph) -> dict:
+        if graph.attrs["loihi"].get("coding") == "fs":
+            return self._few_spike_io_spec(graph)
         depth = synaptic_depth(graph)
         encoding = ("graded events from the host, payload = the stored value (uint8 pixel), at every step"
                     if self.name == "loihi2" else
@@ -161,7 +172,27 @@ class LoihiTarget(Target):
                                          "neurons) with snncc* extension datasets (netx.py's docstring)"},
                 "details": {"reset": graph.attrs["loihi"]["reset"],
                             "bias_start_step": {n: d for n, d in depth.items() if graph.op(n).synaptic},
-                            "membrane_scale": graph.attrs["loihi"]["membrane_scale"]}}
+                            "membrane_scale": graph.attrs["loihi"]["membrane_scale"],
+                            **({"reset_compensation": graph.attrs["loihi"]["reset_compensation"]}
+                               if "reset_compensation" in graph.attrs["loihi"] else {})}}
+
+    @staticmethod
+    def _few_spike_io_spec(graph: Graph) -> dict:
+        info = graph.attrs["loihi"]
+        k = info["steps"]
+        fs_layers = max(synaptic_depth(graph).values()) - 1  # the synaptic layers before the readout's
+        return {"input_encoding": "one graded event per pixel from the host, payload = the stored value (uint8), "
+                                  f"at chip step i*{k} for input i",
+                "latency_steps": fs_layers * k + 1,
+                "readout": "the integrated input of the output compartments over the last window (never "
+                           "thresholded), divided by the membrane scale 2^16; the class is its argmax",
+                "files": {"network.net": "the network in lava-dl's netx HDF5 layout with FS layers as the "
+                                         "snnccFewSpike extension neuron (netx.py's docstring)"},
+                "details": {"coding": "fs", "steps": k, "reset": info["reset"],
+                            "membrane_scale": info["membrane_scale"], "payload_scale": info["payload_scale"],
+                            "payload_bits": info["payload_bits"],
+                            "schedule": f"one phase: every layer latches at chip steps s with s mod {k} = 1; one "
+                                        f"input every {k} steps (targets/loihi/fewspike.py)"}}
 
     def package(self, graph: Graph, directory: Path, context: PackageContext) -> list[str]:
         """netx HDF5 of the graph before partitioning (one layer per population; the blocks are in the
@@ -171,7 +202,8 @@ class LoihiTarget(Target):
 
         layers = run_pipeline(context.source, [LoihiFold(), LoihiQuantize(variant=self.name)])
         layers.attrs["timesteps"] = graph.attrs.get("timesteps")
-        return write_netx(layers, directory, depth=synaptic_depth(layers))
+        few_spike = layers.attrs["loihi"].get("coding") == "fs"  # FS biases act at the window boundary instead
+        return write_netx(layers, directory, depth=None if few_spike else synaptic_depth(layers))
 
 
 for _variant in CONSTRAINTS:

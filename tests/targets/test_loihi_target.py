@@ -264,3 +264,31 @@ def test_an_existing_bundle_is_replaced_and_another_directory_refused(snn, tmp_p
     with pytest.raises(TargetError, match="exists and is not a bundle"):
         emit(snn, "loihi2", other)
     assert sorted(p.name for p in other.iterdir()) == ["mine.txt"]
+
+
+def test_reset_to_zero_compensation_lowers_thresholds_and_recovers_spikes(snn, pixels):
+    """Calibrated on images, the Loihi 1 thresholds drop (factors in [0.5, 1]) and each layer's spike count moves
+    to the float SNN's, which the reset to zero undershoots."""
+    from snncc.passes import run_pipeline
+    from snncc.targets.loihi.legalize import LoihiQuantize
+    from snncc.targets.loihi.reset_compensation import calibrate_reset_to_zero
+
+    T = 16
+    reference = Simulator(snn, T).run(pixels)
+    plain = run_pipeline(snn, [LoihiFold(), LoihiQuantize(variant="loihi1")])
+    before = Simulator(plain, T, backend="loihi1").run(pixels)
+    g = snn.clone()
+    factors = calibrate_reset_to_zero(g, pixels, T)
+    assert set(factors) == {"s1", "s2"} and all(0.5 <= f <= 1.0 for f in factors.values())
+    assert g.attrs["loihi_reset_compensation"] == factors
+    hw = run_pipeline(g, [LoihiFold(), LoihiQuantize(variant="loihi1")])
+    assert hw.attrs["loihi"]["reset_compensation"] == factors
+    after = Simulator(hw, T, backend="loihi1").run(pixels)
+    for pop in factors:
+        if factors[pop] < 1.0:
+            assert hw.op(pop).neuron.threshold < plain.op(pop).neuron.threshold
+        want = reference.spikes[pop].sum()
+        assert abs(after.spikes[pop].sum() - want) <= abs(before.spikes[pop].sum() - want)
+    # loihi2 resets by subtraction and ignores the factors
+    hw2 = run_pipeline(g, [LoihiFold(), LoihiQuantize(variant="loihi2")])
+    assert "reset_compensation" not in hw2.attrs["loihi"]
