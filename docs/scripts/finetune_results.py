@@ -16,7 +16,7 @@ sizes, with other labels, are kept side by side; ``--markdown-only`` rebuilds it
 
     python docs/scripts/finetune_results.py [--models vgg-fmnist] [--pipeline rate|fs8|sew-add|sew-iand]
         [--method surrogate|proxy] [--timesteps 4,8] [--train-images 6000] [--val-images 1000] [--epochs 1]
-        [--lr 3e-4] [--batch-size 32] [--init SNN] [--limit N] [--label NAME] [--data ../shared/data]
+        [--lr 3e-4] [--batch-size 32] [--init SNN] [--threads N] [--limit N] [--label NAME] [--data ../shared/data]
         [--markdown-only]
 """
 
@@ -72,13 +72,61 @@ def converted_report(name: str, key: str, graph, model: Path, x_test: np.ndarray
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def compiled_graph(name: str, key: str, model: Path, scaling, calibration: np.ndarray,
+                   work: Path) -> tuple[object, float | None]:
+    """The model compiled by pipeline ``key``, and the compile time; a graph compiled by an earlier run is loaded
+    from ``work`` instead (compilation is deterministic; the SEW forms take minutes), with no compile time."""
+    compiled = work / f"{name}-{key}.snn"
+    if compiled.is_file():
+        return load(compiled), None
+    start = time.perf_counter()
+    graph = compile_model(model, calibration=calibration, pipeline=PIPELINES[key], input_scaling=scaling)
+    seconds = time.perf_counter() - start
+    save(graph, compiled)
+    return graph, seconds
+
+
+def run_sweep(name: str, args: argparse.Namespace) -> dict:
+    """The learning rates of ``--sweep`` on the training subset, judged by the validation accuracy on the held-back
+    training images only (the test set is not touched); the converted graph's validation accuracy first."""
+    import torch
+
+    from snncc.finetune.trainer import accuracy, model_inputs
+    from snncc.runtime.torch_lowering import lower
+
+    model, scaling, calibration, _, _ = load_model_data(name, args.data, CALIBRATION_IMAGES, 1)
+    graph, _ = compiled_graph(name, args.pipeline, model, scaling, calibration, Path(args.work))
+    x, y = load_dataset(args.data / DATASETS[name], split="train", limit=args.train_images + args.val_images)
+    held_x, held_y = model_inputs(graph, x[args.train_images:]), y[args.train_images:].astype(np.int64)
+    timesteps = [TemporalSimulator(graph).latency] if is_temporal(graph) else args.timesteps
+    record = {"schema_version": 1, "model": name, "pipeline_name": args.pipeline, "label": args.label,
+              "method": args.method, "train_images": args.train_images, "val_images": args.val_images,
+              "epochs": args.epochs, "batch_size": args.batch_size, "torch_threads": args.threads, "sweep": []}
+    path = DOCS / "results" / f"finetune-sweep-{name}-{args.label}.json"
+    for t in timesteps:
+        converted = accuracy(lower(graph), held_x, held_y, t, torch.device("cpu"))
+        for lr in args.sweep:
+            options = FinetuneOptions(timesteps=t, epochs=args.epochs, lr=lr, batch_size=args.batch_size, seed=0,
+                                      limit=args.train_images + args.val_images, val_limit=args.val_images)
+            load_before, start = os.getloadavg(), time.perf_counter()
+            tuned = finetune(graph, (x, y), args.method, options, progress=True)
+            history = tuned.attrs["finetune"]["history"]
+            record["sweep"].append({"timesteps": t, "lr": lr, "converted_val_accuracy": converted,
+                                    "val_accuracy": [e.get("val_accuracy") for e in history],
+                                    "loss": [e["loss"] for e in history],
+                                    "train_seconds": time.perf_counter() - start,
+                                    "load_average": {"before": list(load_before), "after": list(os.getloadavg())}})
+            print(f"{name} [{args.pipeline}] T={t} lr={lr:g}: validation {100 * converted:.2f}% -> "
+                  f"{100 * history[-1]['val_accuracy']:.2f}%", flush=True)
+            write_json(record, path)
+            write_markdown()
+    return record
+
+
 def run_model(name: str, args: argparse.Namespace) -> dict:
     model, scaling, calibration, x_test, y_test = load_model_data(name, args.data, CALIBRATION_IMAGES, args.limit)
-    start = time.perf_counter()
-    graph = compile_model(model, calibration=calibration, pipeline=PIPELINES[args.pipeline], input_scaling=scaling)
-    compile_seconds = time.perf_counter() - start
     work = Path(args.work)
-    save(graph, work / f"{name}-{args.pipeline}.snn")
+    graph, compile_seconds = compiled_graph(name, args.pipeline, model, scaling, calibration, work)
     temporal = is_temporal(graph)
     timesteps = [TemporalSimulator(graph).latency] if temporal else args.timesteps
     converted = converted_report(name, args.pipeline, graph, model, x_test, y_test, timesteps, work)
@@ -92,6 +140,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
                "compile_seconds": compile_seconds, "test_images": int(len(x_test)),
                "ann_accuracy": converted["ann_accuracy"], "before": converted["before"],
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
+               "torch_threads": args.threads,
                "eval_backend": converted["eval_backend"], "runs": []}
     for t in timesteps:
         options = FinetuneOptions(timesteps=t, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -139,7 +188,28 @@ def _method(run: dict) -> str:
     return f"{init['finetune']['method']} → {run['method']}"
 
 
-def markdown(results: list[dict]) -> str:
+def sweep_markdown(sweeps: list[dict]) -> list[str]:
+    """The learning-rate sweeps: validation accuracy on held-back training images only."""
+    if not sweeps:
+        return []
+    lines = ["### Learning-rate sweeps (validation only)", "",
+             "`python docs/scripts/finetune_results.py --sweep LR,LR,...`: short runs on a training subset, each "
+             "judged by its accuracy on the held-back training images (never the test set), to choose the learning "
+             "rate of the runs above.", "",
+             "| model, pipeline | method | T | training images (+ validation) | epochs | lr | validation: converted "
+             "| validation: fine-tuned | loss | wall time | load |", "|:---|:---|" + "---:|" * 9]
+    for sweep in sweeps:
+        for row in sweep["sweep"]:
+            load = row["load_average"]
+            lines.append(f"| {sweep['model']}, {sweep['pipeline_name']} | {sweep['method']} | {row['timesteps']} | "
+                         f"{sweep['train_images']:,} (+ {sweep['val_images']:,}) | {sweep['epochs']} | "
+                         f"{row['lr']:g} | {100 * row['converted_val_accuracy']:.2f}% | "
+                         f"**{100 * row['val_accuracy'][-1]:.2f}%** | {row['loss'][-1]:.4f} | "
+                         f"{row['train_seconds'] / 60:.1f} min | {load['before'][0]:.1f} / {load['after'][0]:.1f} |")
+    return lines + [""]
+
+
+def markdown(results: list[dict], sweeps: list[dict] = ()) -> str:
     lines = [START, "", "## Results", "",
              "Measured by `python docs/scripts/finetune_results.py` (figures in `docs/results/finetune-*.json`). Each "
              "model is compiled with the pipeline named in its heading (`rate`: the defaults of "
@@ -174,17 +244,18 @@ def markdown(results: list[dict]) -> str:
                          f"{run['options']['batch_size']} | {val} | {run['train_seconds'] / 60:.1f} min | {rate:.1f} | "
                          f"{_load(run)} |")
         lines.append("")
-    lines += [END]
+    lines += sweep_markdown(list(sweeps)) + [END]
     return "\n".join(lines) + "\n"
 
 
 def write_markdown() -> Path:
     """Rebuild the results section of docs/finetune.md from every docs/results/finetune-*.json."""
     results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((DOCS / "results").glob("finetune-*.json"))]
+    sweeps = [r for r in results if "model" in r and "sweep" in r]
     results = [r for r in results if "model" in r and "runs" in r]  # not finetune-speed/-profile (other scripts)
     path = DOCS / "finetune.md"
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Fine-tuning\n\n"
-    section = markdown(results)
+    section = markdown(results, sweeps)
     if START in text and END in text:
         text = text[:text.index(START)] + section + text[text.index(END) + len(END) + 1:]
     else:
@@ -208,12 +279,25 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
     parser.add_argument("--work", default="/tmp/snncc-finetune-results", help="where the .snn files go")
     parser.add_argument("--label", default="short", help="names this run's JSON files (finetune-MODEL-LABEL.json)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch's threads for the training (on a loaded shared machine 1 is fastest)")
+    parser.add_argument("--sweep", default=None,
+                        help="learning rates (comma-separated) to compare by validation accuracy only, no test set")
     parser.add_argument("--markdown-only", action="store_true", help="only rebuild docs/finetune.md from the JSON")
     args = parser.parse_args()
     if args.markdown_only:
         print(f"wrote {write_markdown()}")
         return 0
     args.timesteps = [int(t) for t in args.timesteps.split(",")]
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.sweep is not None:
+        args.sweep = [float(v) for v in args.sweep.split(",")]
+        for name in args.models.split(","):
+            run_sweep(name, args)
+        return 0
     results = {}
     for name in args.models.split(","):
         results[name] = run_model(name, args)
