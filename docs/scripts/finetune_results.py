@@ -13,11 +13,15 @@ times are recorded with the load average of the (shared) machine before and afte
 ``docs/results/finetune-<model>-<label>.json`` after every T (partial runs keep what they measured) and rebuilds the
 section between the markers of ``docs/finetune.md`` from every ``docs/results/finetune-*.json`` (so runs of other
 sizes, with other labels, are kept side by side; ``--markdown-only`` rebuilds it without training).
+``--sweep LR,LR,...`` instead compares learning rates on the training subset by the validation accuracy of the
+held-back training images alone (``finetune-sweep-<model>-<label>.json``; the test set is not touched), and
+``--torch-eval`` evaluates the fine-tuned ``.snn`` files of ``--label``'s JSON on the torch backend as well.
+``--threads 1`` sets torch's threads: on a loaded shared machine one thread trains several times faster than two.
 
     python docs/scripts/finetune_results.py [--models vgg-fmnist] [--pipeline rate|fs8|sew-add|sew-iand]
         [--method surrogate|proxy] [--timesteps 4,8] [--train-images 6000] [--val-images 1000] [--epochs 1]
-        [--lr 3e-4] [--batch-size 32] [--init SNN] [--threads N] [--limit N] [--label NAME] [--data ../shared/data]
-        [--markdown-only]
+        [--lr 3e-4] [--batch-size 32] [--init SNN] [--threads N] [--sweep LR,LR] [--torch-eval] [--limit N]
+        [--label NAME] [--data ../shared/data] [--markdown-only]
 """
 
 from __future__ import annotations
@@ -70,6 +74,22 @@ def converted_report(name: str, key: str, graph, model: Path, x_test: np.ndarray
               "eval_backend": before["backend"], "eval_seconds": before["seconds"], "temporal": "latency" in before}
     write_json(report, path)
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def torch_eval(name: str, args: argparse.Namespace) -> None:
+    """Evaluate every fine-tuned ``.snn`` of ``finetune-<model>-<label>.json`` on the torch backend too (the same
+    test images), recorded as ``after_torch`` next to the Cython runtime's ``after``."""
+    path = DOCS / "results" / f"finetune-{name}-{args.label}.json"
+    results = json.loads(path.read_text(encoding="utf-8"))
+    _, _, _, x_test, y_test = load_model_data(name, args.data, 1, args.limit)
+    for run in results["runs"]:
+        report = evaluate(load(run["snn_file"]), x_test, y_test, [run["timesteps"]], backend="torch", progress=True)
+        (row,) = report["snn"]
+        run["after_torch"] = row
+        print(f"{name} T={run['timesteps']}: torch backend {100 * row['accuracy']:.2f}% (Cython runtime "
+              f"{100 * run['after']['accuracy']:.2f}%)", flush=True)
+    write_json(results, path)
+    write_markdown()
 
 
 def compiled_graph(name: str, key: str, model: Path, scaling, calibration: np.ndarray,
@@ -238,7 +258,9 @@ def markdown(results: list[dict], sweeps: list[dict] = ()) -> str:
             history = run["history"]
             rate = np.mean([e["images_per_second"] for e in history])
             val = ", ".join(f"{100 * e['val_accuracy']:.2f}%" for e in history if "val_accuracy" in e)
-            lines.append(f"| {t} | {_method(run)} | {100 * run['before']['accuracy']:.2f}% | **{100 * after:.2f}%** | "
+            torch_row = run.get("after_torch")
+            also = "" if torch_row is None else f" (torch backend {100 * torch_row['accuracy']:.2f}%)"
+            lines.append(f"| {t} | {_method(run)} | {100 * run['before']['accuracy']:.2f}% | **{100 * after:.2f}%**{also} | "
                          f"{gap:+.2f} | {_verdict(bounds, t, temporal, gap)} | {run['train_images']:,} (+ "
                          f"{run['val_images']:,}) | {run['epochs']} | {run['options']['lr']:g} | "
                          f"{run['options']['batch_size']} | {val} | {run['train_seconds'] / 60:.1f} min | {rate:.1f} | "
@@ -283,6 +305,8 @@ def main() -> int:
                         help="torch's threads for the training (on a loaded shared machine 1 is fastest)")
     parser.add_argument("--sweep", default=None,
                         help="learning rates (comma-separated) to compare by validation accuracy only, no test set")
+    parser.add_argument("--torch-eval", action="store_true",
+                        help="evaluate the fine-tuned .snn files of --label's JSON on the torch backend too")
     parser.add_argument("--markdown-only", action="store_true", help="only rebuild docs/finetune.md from the JSON")
     args = parser.parse_args()
     if args.markdown_only:
@@ -293,6 +317,10 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.torch_eval:
+        for name in args.models.split(","):
+            torch_eval(name, args)
+        return 0
     if args.sweep is not None:
         args.sweep = [float(v) for v in args.sweep.split(",")]
         for name in args.models.split(","):
