@@ -38,6 +38,8 @@ class Method:
     summary: str
     loss: Loss | None = None
     transform: Transform | None = None
+    #: Whether the method takes temporally coded graphs (FS, AMOS), whose lowering has no analog (ANN) mode.
+    temporal: bool = True
 
     def __post_init__(self) -> None:
         if (self.loss is None) == (self.transform is None):
@@ -99,7 +101,7 @@ METHODS: dict[str, Method] = {
     "surrogate": Method("surrogate", "BPTT with surrogate gradients, cross-entropy on the readout at T "
                         "(Neftci et al. 2019)", loss=surrogate_loss),
     "proxy": Method("proxy", "proxy learning: the SNN's output, the ANN's backward pass (Kheradpisheh et al. "
-                    "2022)", loss=proxy_method_loss),
+                    "2022)", loss=proxy_method_loss, temporal=False),
     "calibrate": Method("calibrate", "training-free threshold rescaling, bias and potential calibration against "
                         "the ANN's activations (Li et al. 2021)", transform=calibrate_transform),
 }

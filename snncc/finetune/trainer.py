@@ -37,14 +37,14 @@ from tqdm import tqdm
 
 from snncc.data import InputScaling
 from snncc.distributed import World
-from snncc.errors import DataError
+from snncc.errors import DataError, SnnccError
 from snncc.finetune.checkpoint import Checkpoint, check_matches, data_sha256, graph_sha256, load_checkpoint, \
     save_checkpoint
 from snncc.finetune.methods import Method
 from snncc.finetune.options import FinetuneOptions
 from snncc.ir import Graph
 from snncc.runtime.analog import check_input
-from snncc.runtime.torch_lowering import LoweredGraph, lower
+from snncc.runtime.torch_lowering import LoweredGraph, LoweredTemporalGraph, lower
 
 #: Smallest threshold a trained population keeps: thresholds must stay positive (the IR refuses others).
 THRESHOLD_FLOOR = 1e-3
@@ -93,6 +93,23 @@ def model_inputs(graph: Graph, x: np.ndarray) -> np.ndarray:
     """The stored data as the model's inputs: the graph's recorded input scaling, then its input shape."""
     scaling = InputScaling.from_json(graph.attrs.get("input_scaling", {}))
     return check_input(graph, scaling.apply(np.asarray(x)))
+
+
+def check_temporal(module: LoweredGraph | LoweredTemporalGraph, method: Method, options: FinetuneOptions) -> None:
+    """Refuse what cannot train a temporally coded graph (FS, AMOS): a method without its analog mode, and a T
+    shorter than the latency, at which the readout has not answered yet (its output is zero, so the loss would have
+    no gradient and the run would train nothing)."""
+    if not isinstance(module, LoweredTemporalGraph):
+        return
+    if not method.temporal:
+        raise SnnccError(f"method {method.name!r} needs the ANN the rate conversion assumed, which temporally coded "
+                         "(FS/AMOS) graphs do not have; use --method surrogate (for FS graphs it trains through "
+                         "the K-step windows in one pass)")
+    if options.timesteps < module.latency:
+        raise SnnccError(f"--timesteps {options.timesteps} is shorter than the latency of this temporally coded "
+                         f"graph, {module.latency} steps (every FS/AMOS layer's window of K steps, one after the "
+                         f"other): its readout answers only at step {module.latency}; give --timesteps "
+                         f"{module.latency}")
 
 
 def _optimizer(module: LoweredGraph, options: FinetuneOptions) -> torch.optim.Optimizer:
@@ -174,6 +191,7 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
     x_train, y_train, x_val, y_val = split_training_data(inputs, np.asarray(y, dtype=np.int64), options.val_limit)
     torch.manual_seed(options.seed)
     module = lower(graph, surrogate=options.surrogate, width=options.width, device=options.device)
+    check_temporal(module, method, options)
     device = module.device
     optimizer = _optimizer(module, options)
     steps_per_epoch = math.ceil(len(x_train) / options.batch_size)
