@@ -1115,13 +1115,7 @@ class CythonTemporalSimulator(TemporalSimulator):
             else:
                 events = self._events(values[src].reshape(1, batch, -1), weights)
                 self._place(synops, max(self.end[src] - 1, 0), events)
-        outputs = []
-        for o in self.graph.outputs:
-            out = np.zeros((T, batch) + self.types[o].shape, dtype=np.float32)
-            if self.latency <= T:
-                out[self.latency - 1:] = values[o]
-            outputs.append(out)
-        return BatchResult(outputs, spikes, synops, max_per_neuron)
+        return BatchResult(self._readouts(values, batch), spikes, synops, max_per_neuron)
 
 
 __all__ = ["DENSE_ABOVE", "CythonSimulator", "CythonTemporalSimulator", "default_threads"]

@@ -134,13 +134,17 @@ class TemporalSimulator:
             else:
                 events = self._events(values[src].reshape(1, batch, -1), weights)
                 self._place(synops, max(self.end[src] - 1, 0), events)
+        return BatchResult(self._readouts(values, batch), spikes, synops, max_per_neuron)
+
+    def _readouts(self, values: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+        """Every graph output per step: zero before the latency, the decoded value from then on."""
         outputs = []
         for o in self.graph.outputs:
-            out = np.zeros((T, batch) + self.types[o].shape, dtype=np.float32)
-            if self.latency <= T:
+            out = np.zeros((self.timesteps, batch) + self.types[o].shape, dtype=np.float32)
+            if self.latency <= self.timesteps:
                 out[self.latency - 1:] = values[o]
             outputs.append(out)
-        return BatchResult(outputs, spikes, synops, max_per_neuron)
+        return outputs
 
     @staticmethod
     def _events(x: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -81,6 +81,16 @@ def compiled_synapses(graph: Graph, float_ops: dict[str, ops.Op], types: dict, f
     return plans
 
 
+def stored_pixels(x: np.ndarray) -> np.ndarray:
+    """``x`` checked to be the data as stored, integers 0..255 (the input scaling is folded into the first layer)."""
+    pixels = np.asarray(x)
+    if not np.all(np.isfinite(pixels)) or np.any(pixels != np.round(pixels)) or pixels.min() < 0 \
+            or pixels.max() > 255:
+        raise SimulationError("the Loihi emulator takes the data as stored, integers 0..255 (uint8 pixels); "
+                              "the input scaling is folded into the first layer")
+    return pixels
+
+
 def binary_sums(plan, float_op: ops.Op, fan_out: np.ndarray, spikes: np.ndarray, synops: np.ndarray) -> np.ndarray:
     """``sum q s`` over binary spikes (T, batch, *shape) as float32 (sums of integers, exact below 2^24), shaped
     (T * batch, *out), and the synaptic operations they cost added to ``synops`` (T, batch): the compiled
@@ -166,11 +176,7 @@ class LoihiEmulator:
         it a node has seen no input (and its layer bias is off), after it nothing downstream reads it."""
         graph, T = self.graph, self.timesteps
         batch = x.shape[0]
-        payload = np.asarray(x)
-        if not np.all(np.isfinite(payload)) or np.any(payload != np.round(payload)) or payload.min() < 0 \
-                or payload.max() > 255:
-            raise SimulationError("the Loihi emulator takes the data as stored, integers 0..255 (uint8 pixels); "
-                                  "the input scaling is folded into the first layer")
+        payload = stored_pixels(x)
         values: dict[str, np.ndarray] = {}
         spikes = {n: np.zeros((T, batch), np.float32) for n in self._populations}
         synops = np.zeros((T, batch), np.float64)

@@ -28,7 +28,7 @@ from snncc.ir.ops import HW
 from snncc.runtime.kernels import apply, fan_outs
 from snncc.runtime.reference import BatchResult
 from snncc.targets.loihi import arithmetic as la
-from snncc.targets.loihi.emulator import binary_sums, compiled_synapses
+from snncc.targets.loihi.emulator import binary_sums, compiled_synapses, stored_pixels
 from snncc.targets.loihi.fewspike import STATE_MAX, LoihiFewSpike
 
 _EXACT_FLOAT32 = 1 << 24
@@ -114,11 +114,7 @@ class FewSpikeEmulator:
     def run_batch(self, x: np.ndarray) -> BatchResult:
         graph, K, T = self.graph, self.steps, self.timesteps
         batch = len(x)
-        pixels = np.asarray(x)
-        if not np.all(np.isfinite(pixels)) or np.any(pixels != np.round(pixels)) or pixels.min() < 0 \
-                or pixels.max() > 255:
-            raise SimulationError("the Loihi emulator takes the data as stored, integers 0..255 (uint8 pixels); "
-                                  "the input scaling is folded into the first layer")
+        pixels = stored_pixels(x)
         values: dict[str, np.ndarray] = {}  # graded input: (B, *shape); spikes: (K, B, *shape) uint8
         spikes = {n: np.zeros((T, batch), np.float32) for n in self.neurons}
         synops = np.zeros((T, batch), np.float64)

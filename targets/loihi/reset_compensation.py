@@ -28,7 +28,6 @@ ATTR = "loihi_reset_compensation"
 def _emulated_spikes(graph: Graph, factors: dict[str, float], images: np.ndarray, timesteps: int) -> dict[str, float]:
     from snncc.passes import run_pipeline
     from snncc.runtime import Simulator
-    from snncc.targets.loihi import emulator  # noqa: F401  (registers the loihi1 backend)
     from snncc.targets.loihi.legalize import LoihiFold, LoihiQuantize
 
     g = graph.clone()
