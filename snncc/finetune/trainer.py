@@ -42,7 +42,7 @@ from snncc.finetune.checkpoint import Checkpoint, check_matches, data_sha256, gr
     save_checkpoint
 from snncc.finetune.methods import Method
 from snncc.finetune.options import FinetuneOptions
-from snncc.ir import Graph
+from snncc.ir import LIF, Graph, ops
 from snncc.runtime.analog import check_input
 from snncc.runtime.torch_lowering import LoweredGraph, LoweredTemporalGraph, lower
 
@@ -110,6 +110,22 @@ def check_temporal(module: LoweredGraph | LoweredTemporalGraph, method: Method, 
                          f"graph, {module.latency} steps (every FS/AMOS layer's window of K steps, one after the "
                          f"other): its readout answers only at step {module.latency}; give --timesteps "
                          f"{module.latency}")
+
+
+def freeze_logic_gates(graph: Graph, module: LoweredGraph) -> list[str]:
+    """Fix the parameters of the memoryless LIF populations (``tau_mem = 0``), the SEW connect functions' gates:
+    on binary spikes they compute a logic function (AND fires at ``a + s >= 1.5``, IAND at ``s - a >= 0.5``), which
+    any threshold between the input levels gives alike, and a trained threshold outside that interval, or a decay
+    above zero, would change the function itself. They keep ``requires_grad = False`` (and stay in the optimizer,
+    which skips them, so checkpoints keep their layout). Returns the frozen nodes."""
+    frozen = []
+    for node in graph.find(ops.Population):
+        neuron = graph.op(node).neuron
+        if isinstance(neuron, LIF) and neuron.tau_mem == 0:
+            for parameter in module.parameters_of(node).values():
+                parameter.requires_grad_(False)
+            frozen.append(node)
+    return frozen
 
 
 def _optimizer(module: LoweredGraph, options: FinetuneOptions) -> torch.optim.Optimizer:
@@ -192,6 +208,7 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
     torch.manual_seed(options.seed)
     module = lower(graph, surrogate=options.surrogate, width=options.width, device=options.device)
     check_temporal(module, method, options)
+    freeze_logic_gates(graph, module)
     device = module.device
     optimizer = _optimizer(module, options)
     steps_per_epoch = math.ceil(len(x_train) / options.batch_size)
