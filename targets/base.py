@@ -123,7 +123,8 @@ class Target:
 
     def io_spec(self, graph: Graph) -> dict:
         """What the manifest says about the legalized graph beyond shapes: ``input_encoding``, ``readout``,
-        ``latency_steps``, ``files`` (name -> description of the target's own files), ``details``."""
+        ``latency_steps``, ``timing`` (a sentence for the bundle's README: when the answer is read, in the
+        target's own terms), ``files`` (name -> description of the target's own files), ``details``."""
         return {}
 
     def resources(self, graph: Graph) -> dict:

@@ -27,7 +27,13 @@ def _simulate(graph: Graph, x: np.ndarray, timesteps: int, backend: str, batch_s
     return Simulator(graph, timesteps, backend=backend, batch_size=batch_size).run(x)
 
 
-def _readme(target: Target, manifest: dict) -> str:
+def rate_timing(timesteps: int, latency_steps: int) -> str:
+    """When a rate-coded bundle's answer is ready: each synaptic layer delays by one chip step."""
+    return (f"run {timesteps} answer steps; the answer of step t is ready at chip step t + {latency_steps} (one "
+            "step per synaptic layer).")
+
+
+def _readme(target: Target, manifest: dict, timing: str) -> str:
     io, res = manifest["io"], manifest["resources"]
     energy = manifest["energy"]
     joules = energy.get("joules")
@@ -42,8 +48,7 @@ def _readme(target: Target, manifest: dict) -> str:
              f"- input `{io['input']['node']}`, shape {io['input']['shape']}, {io['input']['dtype']}: "
              f"{io['input']['encoding']}",
              f"- output `{io['output']['node']}`, shape {io['output']['shape']}: {io['output']['readout']}",
-             f"- run {manifest['timesteps']} answer steps; the answer of step t is ready at chip step t + "
-             f"{manifest['latency_steps']} (one step per synaptic layer).", "",
+             f"- {timing}", "",
              "## Resources", "",
              (f"{res.get('cores')} cores on {res.get('chips')} chip(s); per core in `manifest.json` "
               "(`resources.per_core`)." if res.get("cores") is not None else res.get("note", "No cores.")), "",
@@ -98,7 +103,8 @@ def emit(graph: Graph, target_name: str, directory: str | Path, timesteps: int =
     # The README needs the manifest's figures; write_bundle adds format, versions and hashes.
     from snncc import __version__
 
-    readme = _readme(target, {**manifest, "snncc_version": __version__})
+    timing = info.get("timing") or rate_timing(timesteps, manifest["latency_steps"])
+    readme = _readme(target, {**manifest, "snncc_version": __version__}, timing)
     write_bundle(directory, hw, graph, files, manifest, readme)
     return read_bundle(directory).manifest
 

@@ -184,6 +184,9 @@ class LoihiTarget(Target):
         return {"input_encoding": "one graded event per pixel from the host, payload = the stored value (uint8), "
                                   f"at chip step i*{k} for input i",
                 "latency_steps": fs_layers * k + 1,
+                "timing": f"FS coding, K = {k} steps per layer: input i enters at chip step i*{k}; its answer is read "
+                          f"{fs_layers * k + 1} chip steps later ({fs_layers} FS layers of {k} steps, plus one: "
+                          "targets/loihi/fs_emulator.py); one answer per input, not a rate over answer steps.",
                 "readout": "the integrated input of the output compartments over the last window (never "
                            "thresholded), divided by the membrane scale 2^16; the class is its argmax",
                 "files": {"network.net": "the network in lava-dl's netx HDF5 layout with FS layers as the "

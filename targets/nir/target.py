@@ -65,6 +65,8 @@ class NirTarget(Target):
         return {"input_encoding": "analog: the scaled image as the same input current at every time step "
                                   f"(dt = {DEFAULT_DT} s)",
                 "latency_steps": 0,
+                "timing": "run the NIR graph for the bundle's timesteps (each of dt); NIR's edges carry no delay, so "
+                          "the answer is the readout's time average over those steps.",
                 "readout": "the time average of the last layer's current (nir.I in network.nir); the class is its "
                            "argmax",
                 "files": {name: text for f, (name, text) in FILES.items() if f not in skipped},

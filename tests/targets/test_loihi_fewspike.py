@@ -146,6 +146,15 @@ def test_fs_netx_layers(tmp_path):
     assert layers[2]["weight"].shape == (4, 4, 6, 6) and layers[2]["stride"].tolist() == [2, 2]
 
 
+def test_fs_bundle_readme_states_the_fs_timing(tmp_path):
+    """An FS bundle's README gives the answer's latency in FS terms (K steps per layer), not as rate answer steps."""
+    manifest = emit(small_fs_cnn(), "loihi2", tmp_path / "b", timesteps=6)
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert manifest["latency_steps"] == 2 * 3 + 1  # two FS layers of K = 3 steps, plus one
+    assert "K = 3 steps per layer" in readme and "read 7 chip steps later" in readme
+    assert "answer steps; the answer of step t" not in readme
+
+
 def test_check_refuses_fs_on_loihi1_and_fs_max_pooling():
     violations = get_target("loihi1").check(small_fs_cnn())
     assert {v.node for v in violations} == {"s1", "s2"}

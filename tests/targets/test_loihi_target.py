@@ -158,6 +158,8 @@ def test_bundle_is_written_atomically_and_verify_detects_changes(snn, pixels, tm
     assert manifest["synops_per_inference"] > 0 and manifest["energy"]["joules"] > 0
     assert "Davies et al." in manifest["energy"]["source"]
     assert manifest["pipeline"]["full"].endswith("loihi-partition{variant=loihi2}")
+    assert (f"run 8 answer steps; the answer of step t is ready at chip step t + {manifest['latency_steps']}"
+            in (out / "README.md").read_text())
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["schema_version"] == 1 and on_disk["format"] == "snncc-bundle"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
