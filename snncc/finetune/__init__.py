@@ -43,8 +43,8 @@ def _check_device(device: str) -> None:
 
 def for_target(graph: Graph, target: str) -> Graph:
     """``graph`` in the float form of hardware target ``target`` (``Target.trainable_form``: for Loihi the
-    OR gates of ``loihi-fold``, its folded input scaling and thresholds, and on Loihi 1 the reset to zero), the
-    graph that fine-tuning for the chip trains; a coding or model the target refuses, or an unknown target, is a
+    spiking max pooling as ``loihi-fold``'s OR gates and, on Loihi 1, the reset to zero), the graph that
+    fine-tuning for the chip trains; a coding or model the target refuses, or an unknown target, is a
     :class:`~snncc.targets.base.TargetError` naming the remedy."""
     from snncc.targets.base import get_target
 

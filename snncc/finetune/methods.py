@@ -29,7 +29,7 @@ Loss = Callable[[Any, Any, Any, int], tuple[Any, Any]]
 #: ``transform(graph, x, options, reference=None) -> graph``: a training-free method on scaled training images
 #: ``x``; ``reference``: ``(source, x_source)`` when ``graph`` is a chip's float form made from the converted
 #: ``source`` (``snncc finetune --target``), with the same images as ``source``'s inputs.
-Transform = Callable[[Any, Any, Any], Any]
+Transform = Callable[..., Any]
 
 
 @dataclass(frozen=True)

@@ -188,8 +188,8 @@ def cuba_window(state: CubaState, currents: np.ndarray, current_decay: int, volt
     The records of ``loihi-quantize`` hold only the step's input in the current (``current_decay = D``: ``u(t) =
     wrap24(a(t))``, no recurrence) and integrate the voltage without loss (``voltage_decay = 0``); for them the
     currents of all steps are wrapped at once and the voltage ``v(t) = sat24(v(t-1) + u(t) + bias)`` runs in place
-    in int32, exact because ``|v| < 2^23``, ``|u| <= 2^23`` and ``|bias| < 2^24`` sum below ``2^31`` (the emulator's
-    time was half in this loop in int64). Other records take :func:`cuba_step` step by step."""
+    in int32, exact because ``|v| < 2^23``, ``|u| <= 2^23`` and ``|bias| < 2^24`` sum below ``2^31`` (over a third
+    of the VGG emulator's time was this loop in int64). Other records take :func:`cuba_step` step by step."""
     bias_max = int(np.abs(np.asarray(bias)).max(initial=0))
     if current_decay != DECAY_UNIT or voltage_decay != 0 or bias_max >= 1 << STATE_BITS:
         out = np.zeros(currents.shape, np.uint8)
