@@ -9,6 +9,10 @@ A target is one registry entry. It has
   graph to the target's form (the ``hw`` level for chips; an exchange format such as NIR may stay at ``snn``);
 - ``check(graph) -> list[Violation]``: every violation at once, before anything is written;
 - ``legalize(graph) -> graph``: run the pipeline (the default runs :attr:`pipeline`);
+- ``float_pipeline``: the passes that keep the graph a float snn-level graph but make it compute what the chip
+  will (Loihi: max pooling as OR gates and, on Loihi 1, the reset to zero), and ``trainable_form(graph)``,
+  which runs it: the graph that ``snncc finetune --target NAME`` trains, so that the fine-tuning sees the chip's
+  approximations (empty: the target has none, and fine-tuning for it is refused);
 - ``package(graph, directory, context) -> list[str]``: write the target's own files into ``directory`` (a fresh
   temporary directory, see :mod:`snncc.targets.bundle`) and return their names; the bundle adds
   ``manifest.json`` and ``README.md`` and renames the directory into place;
@@ -93,6 +97,7 @@ class Target:
     description: str = ""
     constraints: Constraints
     pipeline: str = ""
+    float_pipeline: str = ""
     backend: str | None = None
     #: The energy of one synaptic operation in joules and the paper it comes from (None: not published).
     energy_per_synop_j: float | None = None
@@ -108,6 +113,25 @@ class Target:
 
         self.require_fits(graph)
         return run_pipeline(graph, self.pipeline)
+
+    def trainable_form(self, graph: Graph) -> Graph:
+        """``graph`` (snn level) after :attr:`float_pipeline`: still a float SNN, but one that computes what the
+        chip will, for fine-tuning against the chip's approximations, marked ``attrs["target_form"] = name`` (a
+        graph already in this form is returned as it is); every violation of the target is raised first (a
+        coding the target refuses, a model that does not fit)."""
+        from snncc.passes import run_pipeline
+
+        if not self.float_pipeline:
+            raise TargetError(f"target {self.name!r} has no float form to fine-tune for; fine-tune without "
+                              "--target, or choose a target that has one (snncc targets)")
+        self.require_fits(graph)
+        if graph.attrs.get("target_form") == self.name:
+            return graph
+        before = graph.attrs.get("pipeline", "")
+        out = run_pipeline(graph, self.float_pipeline)
+        out.attrs["pipeline"] = ",".join(p for p in (before, self.float_pipeline) if p)  # keep how it was compiled
+        out.attrs["target_form"] = self.name
+        return out
 
     def require_fits(self, graph: Graph) -> None:
         """Raise :class:`TargetError` listing every violation, if there is any."""

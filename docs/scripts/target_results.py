@@ -11,6 +11,17 @@ steps per layer). Every result records the number of images, the wall time and t
     python docs/scripts/target_results.py [--data ../shared/data]
         [--configs lenet5-mnist:rate:loihi2,lenet5-avg-mnist:fs:loihi2,...] [--limit N] [--timesteps 32]
         [--note "what else ran on the machine"]
+
+Fine-tuning for the chip (``--tuned MODEL:VARIANT:METHOD,...``): the converted SNN fine-tuned in the target's
+float form (``snncc finetune --target VARIANT``: OR gates, Loihi 1's reset to zero) on the first ``--train``
+training images (the last 1,000 of them held back for validation; ``surrogate``: one epoch, Adam at ``--lr``,
+cosine; ``calibrate``: its first 1,000), then emitted and verified like the rows above: the float SNN as
+converted, the untuned float form, the fine-tuned float form and its emulator, on the first ``--limit`` test
+images. The emulator before fine-tuning is the row of ``loihi-MODEL-VARIANT.json`` (the same converted SNN, the
+same images). JSON in ``docs/results/chip-finetune-MODEL-VARIANT-METHOD.json``:
+
+    python docs/scripts/target_results.py --tuned lenet5-mnist:loihi1:surrogate,lenet5-mnist:loihi2:surrogate \
+        --train 30000 --lr 1e-4
 """
 from __future__ import annotations
 
@@ -91,6 +102,89 @@ def run(name: str, method: str, variant: str, data: Path, calib: int, limit: int
     return report
 
 
+def tuned_path(name: str, variant: str, method: str) -> Path:
+    return DOCS / "results" / f"chip-finetune-{name}-{variant}-{method}.json"
+
+
+def run_tuned(name: str, variant: str, method: str, data: Path, calib: int, limit: int | None, timesteps: int,
+              note: str, train: int, lr: float, keep: Path | None = None) -> dict:
+    """Fine-tune the converted SNN for ``variant`` by ``method``, emit and verify it (module docstring)."""
+    from snncc.data import load_dataset
+    from snncc.finetune import FinetuneOptions, finetune, for_target
+    from snncc.finetune.methods import CALIBRATION_IMAGES
+    from shipped import DATASETS
+
+    model, scaling, calibration, x, y = load_model_data(name, data, calib, limit)
+    graph = compile_model(model, method="rate", calibration=calibration, input_scaling=scaling)
+    before = json.loads(result_path(name, "rate", variant).read_text())
+    if before["images"] != len(x) or before["timesteps"] != timesteps:
+        raise SystemExit(f"{result_path(name, 'rate', variant)} holds {before['images']} images at T="
+                         f"{before['timesteps']}; run target_results.py --configs {name}:rate:{variant} with the "
+                         f"same --limit and --timesteps first")
+    training = load_dataset(data / DATASETS[name], split="train", limit=train)
+    options = FinetuneOptions(timesteps=timesteps, lr=lr, limit=train if method != "calibrate" else
+                              min(train, CALIBRATION_IMAGES), val_limit=1000 if method != "calibrate" else 0)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    tuned = finetune(graph, training, method, options, progress=False, target=variant)
+    train_s = time.perf_counter() - start
+    load_trained = os.getloadavg()
+    if keep is not None:  # the fine-tuned .snn, to emit or verify again without training
+        from snncc.ir import save
+
+        save(tuned, Path(keep) / f"{name}-{variant}-{method}.snn")
+    form = for_target(graph, variant)
+    form_accuracy = Simulator(form, timesteps).run(x).accuracy(y, timesteps)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        emit(tuned, variant, bundle, timesteps=timesteps)
+        start = time.perf_counter()
+        report = verify(bundle, x, y)
+        verify_s = time.perf_counter() - start
+    record = tuned.attrs["finetune"]
+    result = {"model": name, "target": variant, "method": method, "images": report["images"],
+              "timesteps": timesteps, "converted_float_accuracy": before["float_accuracy"],
+              "converted_target_accuracy": before["target_accuracy"], "before_source": result_path(
+                  name, "rate", variant).name, "form_float_accuracy": form_accuracy,
+              "tuned_float_accuracy": report["float_accuracy"], "tuned_target_accuracy": report["target_accuracy"],
+              "prediction_agreement": report["prediction_agreement"], "pipeline": tuned.attrs["pipeline"],
+              "options": record["options"], "training_images": record["data"]["images"] - record["data"]["val_limit"],
+              "val_images": record["data"]["val_limit"], "history": record["history"], "train_seconds": train_s,
+              "verify_seconds": verify_s, "load_average_before": list(load_before),
+              "load_average_trained": list(load_trained), "load_average_after": list(os.getloadavg()),
+              "wall_time_note": note}
+    print(f"{name} {variant} {method}: converted float {before['float_accuracy']:.4f} chip "
+          f"{before['target_accuracy']:.4f}; form {form_accuracy:.4f}; tuned float {report['float_accuracy']:.4f} "
+          f"chip {report['target_accuracy']:.4f} (train {train_s:.0f} s, verify {verify_s:.0f} s)", flush=True)
+    return result
+
+
+def tuned_markdown(results: list[dict]) -> str:
+    lines = ["### Fine-tuned for the chip", "",
+             "`python docs/scripts/target_results.py --tuned MODEL:VARIANT:METHOD` (JSON in "
+             "`docs/results/chip-finetune-*.json`): the converted SNN fine-tuned in the target's float form "
+             "(`snncc finetune --target`), emitted and verified. `converted`: the float SNN as converted (the SNN "
+             "the user had) and its chip (the rows above); `form`: the float form before fine-tuning (OR gates; "
+             "Loihi 1: reset to zero); `tuned`: the fine-tuned float form and its chip. The gaps: the chip after "
+             "fine-tuning against the converted float SNN, and against the fine-tuned float SNN.", "",
+             "| model | target | method | images | T | converted float | converted chip | form float | tuned float "
+             "| tuned chip | chip - converted float | chip - tuned float | agreement | training images | train | "
+             "verify | load |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['target']} | {r['method']} | {r['images']:,} | {r['timesteps']} | "
+                     f"{100 * r['converted_float_accuracy']:.2f} | {100 * r['converted_target_accuracy']:.2f} | "
+                     f"{100 * r['form_float_accuracy']:.2f} | {100 * r['tuned_float_accuracy']:.2f} | "
+                     f"**{100 * r['tuned_target_accuracy']:.2f}** | "
+                     f"{100 * (r['tuned_target_accuracy'] - r['converted_float_accuracy']):+.2f} | "
+                     f"{100 * (r['tuned_target_accuracy'] - r['tuned_float_accuracy']):+.2f} | "
+                     f"{100 * r['prediction_agreement']:.2f} | {r['training_images']:,} | "
+                     f"{r['train_seconds'] / 60:.1f} min | {r['verify_seconds'] / 60:.1f} min | "
+                     f"{r['load_average_before'][0]:.1f} / {r['load_average_after'][0]:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["## Measured", "",
              "`python docs/scripts/target_results.py` (JSON in `docs/results/loihi-*.json`); on the first `images` "
@@ -145,7 +239,20 @@ def main() -> None:
                              "256 measured 98.80 %% on LeNet-5 against 98.86 %% without: it does not help)")
     parser.add_argument("--note", default="2 CPU cores shared with other jobs",
                         help="what else ran on the machine (recorded with the wall times)")
+    parser.add_argument("--tuned", default=None, help="MODEL:VARIANT:METHOD, comma separated: fine-tune for the "
+                        "chip instead of the --configs rows")
+    parser.add_argument("--train", type=int, default=30000, help="training images of --tuned (the last 1,000 "
+                        "held back for validation)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of --tuned surrogate")
+    parser.add_argument("--keep", type=Path, default=None, help="write each fine-tuned .snn into this directory")
     args = parser.parse_args()
+    if args.tuned:
+        for config in args.tuned.split(","):
+            name, variant, method = config.split(":")
+            write_json(run_tuned(name, variant, method, args.data, args.calib, args.limit, args.timesteps,
+                                 args.note, args.train, args.lr, args.keep), tuned_path(name, variant, method))
+        write_page()
+        return
     for config in args.configs.split(","):
         name, method, variant = config.split(":")
         report = run(name, method, variant, args.data, args.calib, args.limit, args.timesteps, args.note,
@@ -161,7 +268,8 @@ def write_page() -> None:
     page = DOCS / "targets.md"
     text = page.read_text() if page.exists() else "# Hardware targets\n"
     head = text.split("## Measured")[0].rstrip() + "\n\n"
-    write_text(page, head + markdown(results))
+    tuned = [json.loads(p.read_text()) for p in sorted((DOCS / "results").glob("chip-finetune-*.json"))]
+    write_text(page, head + markdown(results) + ("\n" + tuned_markdown(tuned) if tuned else ""))
     print(json.dumps([{k: r.get(k) for k in ("model", "method", "target", "fits", "float_accuracy", "target_accuracy")}
                       for r in results]))
 

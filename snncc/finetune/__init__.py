@@ -24,7 +24,7 @@ from snncc.finetune.methods import METHODS, Method, method_of
 from snncc.finetune.options import FinetuneOptions
 from snncc.ir import Graph, ops
 
-__all__ = ["METHODS", "FinetuneOptions", "Method", "check_graph", "finetune"]
+__all__ = ["METHODS", "FinetuneOptions", "Method", "check_graph", "finetune", "for_target"]
 
 
 def check_graph(graph: Graph, where: str = "the graph") -> None:
@@ -41,18 +41,34 @@ def _check_device(device: str) -> None:
         raise SnnccError(f"--device {device} was asked for but torch sees no CUDA device here; use --device cpu")
 
 
+def for_target(graph: Graph, target: str) -> Graph:
+    """``graph`` in the float form of hardware target ``target`` (``Target.trainable_form``: for Loihi the
+    spiking max pooling as ``loihi-fold``'s OR gates and, on Loihi 1, the reset to zero), the graph that
+    fine-tuning for the chip trains; a coding or model the target refuses, or an unknown target, is a
+    :class:`~snncc.targets.base.TargetError` naming the remedy."""
+    from snncc.targets.base import get_target
+
+    check_graph(graph)
+    return get_target(target).trainable_form(graph)
+
+
 def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOptions | None = None,
-             progress: bool = False, world=None) -> Graph:
+             progress: bool = False, world=None, target: str | None = None) -> Graph:
     """Fine-tune ``graph`` on ``data`` (stored training images and labels) by ``method``; returns the new graph.
 
     Its ``attrs["finetune"]`` records the method, the options, the data (path where known, SHA-256 of the arrays,
     count, limit, held-back validation images), the epochs and each epoch's loss, training and validation
     accuracy and time; a record already there (a graph fine-tuned before) is kept under ``"previous"``.
     ``world`` (:class:`snncc.distributed.World`): the data-parallel processes under torchrun, every rank passing
-    the same data (:mod:`snncc.finetune.trainer`)."""
+    the same data (:mod:`snncc.finetune.trainer`). ``target``: fine-tune the target's float form of the graph
+    (:func:`for_target`) instead, recorded as ``attrs["finetune"]["target"]``; ``snncc emit --target`` takes the
+    result and refuses it for another target."""
     options = options or FinetuneOptions()
     chosen: Method = method_of(method)
     check_graph(graph)
+    source = graph
+    if target is not None:
+        graph = for_target(graph, target)
     _check_device(options.device)
     x, y = data
     x, y = np.asarray(x), np.asarray(y)
@@ -62,7 +78,8 @@ def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOpt
     if not chosen.trains:
         from snncc.finetune.trainer import model_inputs
 
-        tuned = chosen.transform(graph, model_inputs(graph, x), options)
+        reference = None if source is graph else (source, model_inputs(source, x))
+        tuned = chosen.transform(graph, model_inputs(graph, x), options, reference)
         history, data_hash = [], None
     else:
         from snncc.finetune.trainer import train
@@ -74,7 +91,7 @@ def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOpt
 
         data_hash = data_sha256(x, y)
     info = getattr(data, "info", None)
-    record = {"method": chosen.name, "options": options.to_json(),
+    record = {"method": chosen.name, "target": graph.attrs.get("target_form"), "options": options.to_json(),
               "data": {"path": info.path if info is not None else None, "sha256": data_hash, "images": int(len(x)),
                        "limit": options.limit, "val_limit": options.val_limit if chosen.trains else 0},
               "epochs": len(history), "history": history,

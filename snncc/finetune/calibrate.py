@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from snncc.data import InputScaling
 from snncc.errors import SimulationError
-from snncc.ir import IF, Graph, ops
+from snncc.ir import IF, LIF, Graph, ops
 from snncc.runtime import Simulator
 from snncc.runtime.analog import check_input
 from snncc.runtime.torch_lowering import lower
@@ -69,7 +69,10 @@ _SCALE_TRANSPARENT = (ops.SpikingMaxPool2d, ops.AvgPool2d, ops.GlobalAvgPool, op
 
 
 def _populations(graph: Graph) -> list[str]:
-    return [n for n in graph.topological_order() if isinstance(graph.op(n), ops.Population)]
+    """The populations calibration corrects: all but the logic gates (memoryless LIF, ``tau_mem = 0``: the SEW
+    gates and the OR gates of a chip's float form), whose thresholds are logic, not a rate's scale."""
+    return [n for n in graph.topological_order() if isinstance(op := graph.op(n), ops.Population)
+            and not (isinstance(op.neuron, LIF) and op.neuron.tau_mem == 0)]
 
 
 def _model_inputs(graph: Graph, x: np.ndarray, apply_scaling: bool) -> np.ndarray:
@@ -162,6 +165,8 @@ def _weight_layers(graph: Graph, population: str) -> list[str] | None:
             return None
         for user, _ in graph.users(node):
             op = graph.op(user)
+            if "or_gate_of" in graph.meta.get(user, {}):
+                return None  # an OR gate's gather: its output is logic, which no factor on the spikes passes
             if isinstance(op, (ops.Conv2d, ops.Linear)) and op.input_gains is None:
                 layers.append(user)
             elif isinstance(op, _SCALE_TRANSPARENT):
@@ -224,13 +229,16 @@ def _mean_abs(error: np.ndarray) -> float:
 
 def calibrate(graph: Graph, x: np.ndarray, timesteps: int, bias: bool = True, potential: str = "layer",
               rescale: bool = False, apply_scaling: bool = True, backend: str | None = None,
-              progress: bool = False) -> Graph:
+              progress: bool = False, ann: tuple[Graph, np.ndarray] | None = None) -> Graph:
     """A copy of the rate-coded SNN ``graph`` calibrated for ``timesteps`` steps on the images ``x`` (training
     data as stored; the graph's recorded input scaling applies unless ``apply_scaling=False``), as the module
     docstring describes: threshold rescaling (``rescale``), then per population in topological order bias
     calibration (``bias``) and potential calibration (``potential``: ``"layer"``, ``"channel"`` or ``"none"``).
-    ``backend`` is the simulator that measures the SNN's rates. The new graph records what was done in
-    ``attrs["calibration"]``."""
+    ``backend`` is the simulator that measures the SNN's rates. ``ann``: ``(graph0, x0)``, another graph whose
+    analog values on its model inputs ``x0`` (the same images) are the targets, its populations named as
+    ``graph``'s: the converted SNN when ``graph`` is a chip's float form (``snncc finetune --target``), whose OR
+    gates have no analog mode and whose goal is the SNN the user had, not its own approximation. The new graph
+    records what was done in ``attrs["calibration"]``."""
     if timesteps < 1:
         raise SimulationError(f"calibrate: timesteps must be at least 1, got {timesteps}")
     if potential not in POTENTIAL_MODES:
@@ -247,12 +255,15 @@ def calibrate(graph: Graph, x: np.ndarray, timesteps: int, bias: bool = True, po
             raise SimulationError(f"calibrate: node {node!r} is a {graph.op(node).neuron.kind} population; "
                                   "calibration handles rate-coded IF populations only")
     out = graph.clone()
-    ann = ann_channel_means(graph, x, nodes)  # the targets, from the uncalibrated graph
+    ann_graph, ann_x = ann if ann is not None else (graph, x)
+    if len(ann_x) != len(x):
+        raise SimulationError(f"calibrate: {len(ann_x)} inputs of the ANN's graph for {len(x)} images")
+    ann = ann_channel_means(ann_graph, ann_x, nodes)  # the targets, from the uncalibrated graph
     report: dict[str, dict] = {n: {"threshold_scale": 1.0, "bias_layer": None, "potential": None} for n in nodes}
     value = {n: 1.0 for n in nodes}  # what one spike stands for, in units of the original threshold
 
     if rescale:
-        for node, alpha in threshold_scales(graph, x, timesteps, nodes).items():
+        for node, alpha in threshold_scales(ann_graph, ann_x, timesteps, nodes).items():
             layers = _weight_layers(out, node)
             if layers is None or alpha == 1.0:
                 continue

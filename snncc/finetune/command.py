@@ -28,6 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("-o", "--output", type=Path, required=True, help="the fine-tuned .snn file")
     p.add_argument("--method", default="surrogate",
                    help=f"fine-tuning method: {', '.join(f'{m.name} ({m.summary})' for m in METHODS.values())}")
+    p.add_argument("--target", default=None,
+                   help="fine-tune the graph as this hardware target will run it (loihi1, loihi2: its float form, "
+                        "OR gates for max pooling and the chip's reset, snncc targets lists them); emit the result "
+                        "with the same --target")
     p.add_argument("--timesteps", type=int, required=True, help="T, the latency the loss is computed at")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr:g})")
@@ -67,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
     method_of(args.method)
     graph = load(args.snn)
     check_graph(graph, str(args.snn))
-    _check_lowering(graph, options)
+    form = graph
+    if args.target is not None:  # the chip's float form, before any data are read: a refusal costs nothing
+        from snncc.finetune import for_target
+
+        form = for_target(graph, args.target)
+        print(f"fine-tuning the {args.target} form of {args.snn} ({form.attrs['pipeline']})")
+    _check_lowering(form, options)
     data = load_dataset(args.data, split="train", limit=args.limit)
     print(f"training data: {data.info.describe()}")
     check_against_model(data.info, graph.op(graph.input_nodes()[0]).shape, graph.types()[graph.outputs[0]].size,
@@ -77,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
         load_checkpoint(options.resume)
     world = World.from_env(options.device)  # torchrun: data-parallel, rank 0 writes
-    tuned = finetune(graph, data, args.method, options, progress=not args.quiet, world=world)
+    tuned = finetune(graph, data, args.method, options, progress=not args.quiet, world=world, target=args.target)
     tuned.attrs["finetune"]["input"] = {"path": str(Path(args.snn).resolve()), "sha256": _sha256(args.snn)}
     if world.size > 1:
         tuned.attrs["finetune"]["processes"] = world.size
@@ -89,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     summary = f"; validation accuracy {100 * val:.2f}% at T={options.timesteps}" if val is not None else ""
     epochs = tuned.attrs["finetune"]["epochs"]
     print(f"wrote {args.output} ({args.method}, {epochs} epoch{'s' * (epochs != 1)}{summary}); measure it "
-          f"with snncc eval {args.output} --data DATA --timesteps {options.timesteps}")
+          f"with snncc eval {args.output} --data DATA --timesteps {options.timesteps}"
+          + (f", or on the chip's emulator with snncc emit {args.output} --target {args.target} -o DIR and "
+             "snncc verify DIR --data DATA" if args.target else ""))
     return 0
 
 

@@ -26,8 +26,10 @@ from snncc.errors import SnnccError
 #: ``loss(module, x, y, timesteps) -> (loss, logits)``: a scalar loss to minimize and the (B, classes) logits it
 #: was computed from (for the running training accuracy).
 Loss = Callable[[Any, Any, Any, int], tuple[Any, Any]]
-#: ``transform(graph, x, options) -> graph``: a training-free method on scaled training images ``x``.
-Transform = Callable[[Any, Any, Any], Any]
+#: ``transform(graph, x, options, reference=None) -> graph``: a training-free method on scaled training images
+#: ``x``; ``reference``: ``(source, x_source)`` when ``graph`` is a chip's float form made from the converted
+#: ``source`` (``snncc finetune --target``), with the same images as ``source``'s inputs.
+Transform = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,18 @@ def proxy_method_loss(module: Any, x: Any, y: Any, timesteps: int) -> tuple[Any,
 CALIBRATION_IMAGES = 1000
 
 
-def calibrate_transform(graph: Any, x: Any, options: Any) -> Any:
+def calibrate_transform(graph: Any, x: Any, options: Any, reference: Any = None) -> Any:
     """Calibration for ``options.timesteps`` steps on the (scaled) training images ``x``: per-layer threshold
     rescaling, then bias (BC) and per-layer potential (PC) calibration (:func:`snncc.finetune.calibrate.calibrate`;
     the combination measured best on the VGG in docs/calibration.md). Without ``--limit`` it takes the first
-    :data:`CALIBRATION_IMAGES` images, the number measured there."""
+    :data:`CALIBRATION_IMAGES` images, the number measured there. For a chip's float form (``reference``) the
+    targets are the analog values of the converted SNN it came from (its OR gates have none of their own)."""
     from snncc.finetune.calibrate import calibrate
 
-    images = x if options.limit is not None else x[:CALIBRATION_IMAGES]
-    return calibrate(graph, images, options.timesteps, bias=True, potential="layer", rescale=True,
-                     apply_scaling=False)
+    count = len(x) if options.limit is not None else CALIBRATION_IMAGES
+    ann = None if reference is None else (reference[0], reference[1][:count])
+    return calibrate(graph, x[:count], options.timesteps, bias=True, potential="layer", rescale=True,
+                     apply_scaling=False, ann=ann)
 
 
 METHODS: dict[str, Method] = {

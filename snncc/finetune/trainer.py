@@ -113,15 +113,19 @@ def check_temporal(module: LoweredGraph | LoweredTemporalGraph, method: Method, 
 
 
 def freeze_logic_gates(graph: Graph, module: LoweredGraph) -> list[str]:
-    """Fix the parameters of the memoryless LIF populations (``tau_mem = 0``), the SEW connect functions' gates:
-    on binary spikes they compute a logic function (AND fires at ``a + s >= 1.5``, IAND at ``s - a >= 0.5``), which
-    any threshold between the input levels gives alike, and a trained threshold outside that interval, or a decay
-    above zero, would change the function itself. They keep ``requires_grad = False`` (and stay in the optimizer,
-    which skips them, so checkpoints keep their layout). Returns the frozen nodes."""
+    """Fix the parameters of the memoryless LIF populations (``tau_mem = 0``), the SEW connect functions' gates
+    and the OR gates of a chip's float form (``loihi-fold``'s max pooling): on binary spikes they compute a logic
+    function (AND fires at ``a + s >= 1.5``, IAND at ``s - a >= 0.5``, OR at ``sum >= 0.5``), which any threshold
+    between the input levels gives alike, and a trained threshold outside that interval, or a decay above zero,
+    would change the function itself. An OR gate's gather (the depthwise convolution of ones that ``loihi-fold``
+    marks ``or_gate_of``) is fixed with it: its weights are the logic's wiring, not parameters. They keep
+    ``requires_grad = False`` (and stay in the optimizer, which skips them, so checkpoints keep their layout).
+    Returns the frozen nodes."""
     frozen = []
-    for node in graph.find(ops.Population):
-        neuron = graph.op(node).neuron
-        if isinstance(neuron, LIF) and neuron.tau_mem == 0:
+    for node in graph.topological_order():
+        op = graph.op(node)
+        gate = isinstance(op, ops.Population) and isinstance(op.neuron, LIF) and op.neuron.tau_mem == 0
+        if gate or (op.synaptic and "or_gate_of" in graph.meta.get(node, {})):
             for parameter in module.parameters_of(node).values():
                 parameter.requires_grad_(False)
             frozen.append(node)

@@ -13,7 +13,9 @@ What runs, per time step of the chip:
   synaptic depth; the host switches each layer's bias on then, listed in the bundle's manifest), so that no
   layer integrates its bias before its first input arrives;
 - every **population** runs the CUBA step of :func:`~snncc.targets.loihi.arithmetic.cuba_step` on its
-  :class:`~snncc.ir.neurons.CubaLIF` record (24-bit wrap of ``u``, saturation of ``v``, truncation toward zero);
+  :class:`~snncc.ir.neurons.CubaLIF` record (24-bit wrap of ``u``, saturation of ``v``, truncation toward zero)
+  over its window (:func:`~snncc.targets.loihi.arithmetic.cuba_window`: the same integers, in int32 where the
+  record allows);
 - the **readout** sums the integer input of its output compartments (a membrane without threshold).
 
 Each synaptic layer delays by one step, so a graph of synaptic depth ``D`` answers ``D`` steps late: step ``t`` of
@@ -250,11 +252,8 @@ class LoihiEmulator:
             if s.any():
                 raise SimulationError(f"{node!r}: fires before its first input arrives (initial voltage or bias "
                                       "at the threshold); the emulator's time alignment does not hold")
-        out = np.zeros(current.shape, np.uint8)
-        for t in range(current.shape[0]):
-            state, s = la.cuba_step(state, current[t], neuron.current_decay, neuron.voltage_decay, neuron.bias,
-                                    neuron.threshold, subtract=subtract)
-            out[t] = s
+        _, out = la.cuba_window(state, current, neuron.current_decay, neuron.voltage_decay, neuron.bias,
+                                neuron.threshold, subtract=subtract)
         return out
 
 

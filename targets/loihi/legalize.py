@@ -15,6 +15,16 @@
   into a memoryless neuron of threshold one spike): the max of binary spike trains at each step. Its count is at
   least the max count of the window (and at most the sum): an approximation whose cost ``snncc verify`` measures.
 
+``loihi-gates`` (snn -> snn, float): the spiking max pooling into OR gates alone (the one inexact step of
+``loihi-fold``), and ``loihi-reset{variant=loihi1}`` (snn -> snn, float): the reset the chip's neurons run. Loihi 1
+resets to zero (``loihi-quantize{variant=loihi1}`` makes every neuron do so), so its IF populations become
+``reset="zero"``; Loihi 2 runs the reset by subtraction, and the pass changes nothing there. Together they are the
+target's float form (``Target.float_pipeline``): the float SNN that computes what the chip will, which ``snncc
+finetune --target`` trains. The exact folds (input scaling, thresholds, average pooling) are left to ``emit``:
+they change only how the same function is parametrized, and fine-tuning's learning rates are in the converted
+graph's units (Adam moves every parameter by about ``lr`` a step, and the folded first layer's weights are
+``255 std`` times smaller). ``loihi-fold`` on the float form recognises the OR gates and folds the rest.
+
 ``loihi-quantize{variant=loihi2}`` (snn -> hw): every synaptic layer gets a membrane scale ``S`` (membrane units
 per float unit) chosen so that its largest weight is the largest 8-bit stored weight (254 in the mixed sign mode,
 weight exponent 0, the layout netx stores) unless the largest bias would overflow its mantissa, in which case the
@@ -41,6 +51,7 @@ neurons; rearrangements (views, slices, concatenations) are routing and stay unp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -171,6 +182,42 @@ class LoihiFold(Pass):
         changed |= _max_pools_to_or_gates(graph)
         changed |= fold_average_pools(graph)
         changed |= fold_few_spike_offsets(graph)
+        return changed
+
+
+@register
+@dataclass(frozen=True)
+class LoihiGates(Pass):
+    """Spiking max pooling into OR gates (module docstring), the rest of the graph unchanged."""
+
+    name = "loihi-gates"
+    requires_level = SNN
+
+    def run(self, graph: Graph, context: PassContext) -> bool:
+        return _max_pools_to_or_gates(graph)
+
+
+@register
+@dataclass(frozen=True)
+class LoihiReset(Pass):
+    """The chip's reset in the float graph: reset to zero on Loihi 1, unchanged on Loihi 2 (module docstring)."""
+
+    name = "loihi-reset"
+    requires_level = SNN
+    variant: str = "loihi2"
+
+    def __post_init__(self) -> None:
+        _check_variant(self.variant)
+
+    def run(self, graph: Graph, context: PassContext) -> bool:
+        if self.variant == "loihi2":
+            return False
+        changed = False
+        for node in graph.find(ops.Population):
+            neuron = graph.op(node).neuron
+            if isinstance(neuron, IF) and neuron.reset != "zero":
+                graph.replace(node, ops.Population(neuron=dataclasses.replace(neuron, reset="zero")))
+                changed = True
         return changed
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from snncc.errors import SnnccError
 from snncc.ir import Graph, ops
-from snncc.ir.neurons import IF, FewSpike
+from snncc.ir.neurons import IF, LIF, FewSpike
 from snncc.ir.ops import SNN
 from snncc.passes import run_pipeline
 from snncc.targets.base import PackageContext, Target, Violation, register_target
@@ -54,6 +54,8 @@ class LoihiTarget(Target):
         self.constraints = CONSTRAINTS[variant]
         self.backend = variant
         self.pipeline = f"loihi-fold,loihi-quantize{{variant={variant}}},loihi-partition{{variant={variant}}}"
+        # The float form fine-tuning trains (legalize.py): the OR gates and the chip's reset; the exact folds wait.
+        self.float_pipeline = "loihi-gates" + (",loihi-reset{variant=loihi1}" if variant == "loihi1" else "")
         self.description = {"loihi1": "Intel Loihi 1 (reset to zero, binary spikes, 1,024 compartments per core)",
                             "loihi2": "Intel Loihi 2 (reset by subtraction and FS neurons in microcode, graded spikes, "
                                       "8,192 neurons per core)"}[variant]
@@ -66,8 +68,17 @@ class LoihiTarget(Target):
             return [Violation("graph", "the Loihi legalization starts from an snn-level graph", graph.level,
                               "compile the model first (snncc compile)")]
         violations = []
+        form = graph.attrs.get("target_form")  # the float form of a target (snncc finetune --target)
+        if form is not None and form != self.name:
+            violations.append(Violation("graph", f"the converted SNN or {self.name}'s float form",
+                                        f"{form}'s float form (its reset and gates, fine-tuned for {form})",
+                                        f"emit it with --target {form}, or fine-tune the converted .snn with "
+                                        f"--target {self.name}"))
         for node in graph.topological_order():
             op = graph.op(node)
+            if isinstance(op, ops.Population) and graph.meta.get(node, {}).get("or_gate") \
+                    and isinstance(op.neuron, LIF) and op.neuron.tau_mem == 0:
+                continue  # a max pooling that loihi-fold already made an OR gate (a graph in the float form)
             if not isinstance(op, _SUPPORTED):
                 violations.append(Violation(node, f"{self.name} lowers {', '.join(c.__name__ for c in _SUPPORTED)}",
                                             op.kind, _REMEDIES.get(type(op), "rewrite the model without it")))

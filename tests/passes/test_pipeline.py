@@ -69,6 +69,8 @@ IDEMPOTENCE = {
     "sew": ("canonicalize,normalize,convert-rate", "already in SEW form"),
     # The Loihi legalization (targets/loihi/legalize.py): quantize maps the snn level to the hw level.
     "loihi-fold": ("canonicalize,normalize,convert-rate", None),
+    "loihi-gates": ("canonicalize,normalize,convert-rate", None),
+    "loihi-reset{variant=loihi1}": ("canonicalize,normalize,convert-rate", None),
     "loihi-quantize": ("canonicalize,normalize,convert-rate,loihi-fold", "needs a graph at the snn level"),
     "loihi-partition": ("canonicalize,normalize,convert-rate,loihi-fold,loihi-quantize", None),
     # NIR's legalization (snncc.targets.nir.legalize): the padding value, the reset and the initial membrane.
