@@ -29,7 +29,8 @@ loop inside, the neuron loop innermost (contiguous, vectorizable); a block's sta
 ``T`` steps.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
 
 ctypedef fused real:
     float
@@ -191,3 +192,87 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                         grad_decay[i] = grad_decay[i] + (hp * (<real>1 - <real>(hp >= threshold[i]))) * grad_v[i]
                 for i in range(start, stop):
                     grad_v[i] = grad_v[i] * decay[i]  # V_{t-1} = beta dL/dh_t
+
+
+def max_pool_forward(const real[:, :, :, :, :] steps, int kh, int kw, int sh, int sw, int top, int left,
+                     real[:, :, :, :, :] out, unsigned char[:, :, :, :, :] argmax, int threads):
+    """Spiking max pooling (torch_fused.SpikingMaxPool) in one pass: ``steps`` (T, B, H, W, C) and ``out``,
+    ``argmax`` (T, B, Ho, Wo, C), any strides (channels innermost in the loops). Per output element and step, the
+    running counts ``N(t)`` of its window's inputs (padding counts -inf), their maximum ``M(t)`` and the window
+    position ``i * kw + j`` of the first maximal input (max_pool2d's choice) into ``argmax``; ``out = M(t) - M(t-1)``
+    (``M(0) = 0``). A thread takes whole samples; its scratch is ``2 kh kw C`` values."""
+    cdef Py_ssize_t T = steps.shape[0], B = steps.shape[1], H = steps.shape[2], W = steps.shape[3]
+    cdef Py_ssize_t C = steps.shape[4], Ho = out.shape[2], Wo = out.shape[3], P = kh * kw
+    cdef Py_ssize_t b, oy, ox, c, t, p, iy, ix, best
+    cdef real *counts
+    cdef real *previous
+    cdef real m, inf = <real>float("inf")
+    with nogil, parallel(num_threads=threads):
+        counts = <real *> malloc(sizeof(real) * (P + 1) * C)
+        previous = counts + P * C
+        for b in prange(B, schedule="static"):
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    for p in range(P):
+                        iy = oy * sh + p // kw - top
+                        ix = ox * sw + p % kw - left
+                        for c in range(C):
+                            counts[p * C + c] = 0 if 0 <= iy < H and 0 <= ix < W else -inf
+                    for c in range(C):
+                        previous[c] = 0
+                    for t in range(T):
+                        for p in range(P):
+                            iy = oy * sh + p // kw - top
+                            ix = ox * sw + p % kw - left
+                            if 0 <= iy < H and 0 <= ix < W:
+                                for c in range(C):
+                                    counts[p * C + c] = counts[p * C + c] + steps[t, b, iy, ix, c]
+                        for c in range(C):
+                            m = counts[c]
+                            best = 0
+                            for p in range(1, P):
+                                if counts[p * C + c] > m:
+                                    m = counts[p * C + c]
+                                    best = p
+                            out[t, b, oy, ox, c] = m - previous[c]
+                            previous[c] = m
+                            argmax[t, b, oy, ox, c] = <unsigned char>best
+        free(counts)
+
+
+def max_pool_backward(const real[:, :, :, :, :] grad_out, const unsigned char[:, :, :, :, :] argmax, int kh,
+                      int kw, int sh, int sw, int top, int left, real[:, :, :, :, :] grad_steps, int threads):
+    """The backward of :func:`max_pool_forward`: with ``g(t) = grad_out`` (T, B, Ho, Wo, C), ``dM(t) = g(t) -
+    g(t+1)`` (``g(T+1) = 0``) goes to the window position ``argmax`` chose, and ``grad_steps`` (T, B, H, W, C) is
+    each input's reverse running sum ``sum_{tau >= t} dN(tau)``, summed over the windows that hold it. A thread
+    takes whole samples (their region zeroed first, then accumulated: windows may overlap)."""
+    cdef Py_ssize_t T = grad_steps.shape[0], B = grad_steps.shape[1], H = grad_steps.shape[2]
+    cdef Py_ssize_t W = grad_steps.shape[3], C = grad_steps.shape[4], Ho = grad_out.shape[2]
+    cdef Py_ssize_t Wo = grad_out.shape[3], P = kh * kw
+    cdef Py_ssize_t b, oy, ox, c, t, p, iy, ix, y, x
+    cdef real *acc
+    cdef real later
+    with nogil, parallel(num_threads=threads):
+        acc = <real *> malloc(sizeof(real) * P * C)
+        for b in prange(B, schedule="static"):
+            for t in range(T):
+                for y in range(H):
+                    for x in range(W):
+                        for c in range(C):
+                            grad_steps[t, b, y, x, c] = 0
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    for p in range(P * C):
+                        acc[p] = 0
+                    for t in range(T - 1, -1, -1):
+                        for c in range(C):
+                            later = grad_out[t + 1, b, oy, ox, c] if t + 1 < T else 0
+                            p = argmax[t, b, oy, ox, c]
+                            acc[p * C + c] = acc[p * C + c] + (grad_out[t, b, oy, ox, c] - later)
+                        for p in range(P):
+                            iy = oy * sh + p // kw - top
+                            ix = ox * sw + p % kw - left
+                            if 0 <= iy < H and 0 <= ix < W:
+                                for c in range(C):
+                                    grad_steps[t, b, iy, ix, c] = grad_steps[t, b, iy, ix, c] + acc[p * C + c]
+        free(acc)

@@ -331,7 +331,58 @@ class SpikingMaxPool(torch.autograd.Function):
         return grad_counts, None, None, None
 
 
+class CompiledSpikingMaxPool(torch.autograd.Function):
+    """:class:`SpikingMaxPool` with the forward and the backward each one compiled pass
+    (``_train_kernels.max_pool_forward`` / ``max_pool_backward``), on CPU float32/float64 tensors of any layout:
+    the running counts live in a thread's scratch (no (T, B, C, H, W) counts tensor), the window position of the
+    maximum is saved as one byte per output element (not max_pool2d's int64 index), and the backward's reverse
+    running sum over time runs inside the kernel. Output and gradient come back in the layout of ``steps`` (a
+    channels-last batch stays channels-last). Same results as SpikingMaxPool: the forward exactly (sums of the
+    same terms in the same order, exact maxima, the same first maximal position), the gradient up to the order of
+    the sums where windows overlap."""
+
+    @staticmethod
+    def forward(ctx, steps, kernel, stride, padding):
+        T, B, C, H, W = steps.shape
+        (kh, kw), (sh, sw), (top, left, bottom, right) = kernel, stride, padding
+        ho, wo = (H + top + bottom - kh) // sh + 1, (W + left + right - kw) // sw + 1
+        if _layout(steps) is None:
+            steps = steps.contiguous()
+        order = _layout(steps)
+        out = _like_layout((T, B, C, ho, wo), order, steps)
+        argmax = _like_layout((T, B, C, ho, wo), order, steps, torch.uint8)
+        last = (0, 1, 3, 4, 2)  # (T, B, H, W, C): the kernels' axes
+        _train_kernels().max_pool_forward(_array(steps.permute(last)), kh, kw, sh, sw, top, left,
+                                          _array(out.permute(last)), _array(argmax.permute(last)),
+                                          _kernel_threads())
+        ctx.geometry, ctx.shape, ctx.order = (kh, kw, sh, sw, top, left), tuple(steps.shape), order
+        ctx.save_for_backward(argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (argmax,) = ctx.saved_tensors
+        grad_steps = _like_layout(ctx.shape, ctx.order, grad)
+        last = (0, 1, 3, 4, 2)
+        _train_kernels().max_pool_backward(_array(grad.permute(last)), _array(argmax.permute(last)), *ctx.geometry,
+                                           _array(grad_steps.permute(last)), _kernel_threads())
+        return grad_steps, None, None, None
+
+
+def _like_layout(shape: tuple[int, ...], order: tuple[int, ...], like: torch.Tensor,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialized tensor of ``shape`` whose memory is C-contiguous in the axis order ``order``."""
+    dense = like.new_empty([shape[i] for i in order], dtype=dtype or like.dtype)
+    return dense.permute(_inverse(order))
+
+
 def spiking_max_pool(steps: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
                      padding: tuple[int, int, int, int]) -> torch.Tensor:
-    """Spiking max pooling of ``steps`` (T, B, C, H, W) in one :class:`SpikingMaxPool` call."""
-    return SpikingMaxPool.apply(steps, tuple(kernel), tuple(stride), tuple(padding))
+    """Spiking max pooling of ``steps`` (T, B, C, H, W) in one :class:`CompiledSpikingMaxPool` call where the
+    compiled kernels apply (CPU, float32/float64, windows of at most 256 positions: the saved position is a
+    byte), else one :class:`SpikingMaxPool` call."""
+    kernel, stride, padding = tuple(kernel), tuple(stride), tuple(padding)
+    if (_train_kernels() is not None and steps.device.type == "cpu" and steps.dtype in (torch.float32, torch.float64)
+            and kernel[0] * kernel[1] <= 256):
+        return CompiledSpikingMaxPool.apply(steps, kernel, stride, padding)
+    return SpikingMaxPool.apply(steps, kernel, stride, padding)

@@ -62,6 +62,7 @@ from snncc.runtime.kernels import fan_outs
 from snncc.runtime.reference import _CHUNK_VALUES, BatchResult
 from snncc.runtime.temporal import TemporalSimulator, is_temporal
 from snncc.runtime.torch_fused import fused_steps, spiking_max_pool
+from snncc.runtime.torch_memory import keep_freed_memory
 
 #: Fields of a neuron model's parameter record (see runtime/dynamics.py) that the lowering trains.
 TRAINABLE_NEURON_FIELDS = frozenset({"threshold", "decay", "bias", "keep_u", "keep_v"})
@@ -623,6 +624,8 @@ class LoweredGraph(_LoweredByNode):
         if T < 1:
             raise SimulationError(f"timesteps must be at least 1, got {T}")
         x = self._input(x)
+        if torch.is_grad_enabled() and self.device.type == "cpu":
+            keep_freed_memory()  # training: each step's activations reuse the last step's memory (torch_memory.py)
         if chunk_steps is None:
             chunk_steps = T if torch.is_grad_enabled() else self.eval_chunk_steps(x.shape[0], T)
         elif chunk_steps < 1:
