@@ -191,10 +191,16 @@ class _Conv2d(_SharedWeightLayer):
         if len(xs) == 1 and self.pad_value is None and (top, left) == (bottom, right) and self._channels_last(xs[0]):
             # Training: one oneDNN call with the zero padding and the bias inside (no padded copy, no bias pass).
             weight = self.scaled_weights()[0].contiguous(memory_format=torch.channels_last)
-            return F.conv2d(xs[0].contiguous(memory_format=torch.channels_last), weight, self.bias,
-                            stride=self.op.stride, padding=(top, left), dilation=self.op.dilation,
-                            groups=self.op.groups)
-        return super().forward(*xs)
+            out = F.conv2d(xs[0].contiguous(memory_format=torch.channels_last), weight, self.bias,
+                           stride=self.op.stride, padding=(top, left), dilation=self.op.dilation,
+                           groups=self.op.groups)
+        else:
+            out = super().forward(*xs)
+        if self._channels_last(xs[0]):
+            # With one input channel oneDNN answers NCHW (the two layouts coincide for such an input); the spikes
+            # of the population behind would then be NCHW too and copied, T times larger, by the next convolution.
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
     def product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = _pad_spatial(x, self.op.padding, 0.0 if self.pad_value is None else self.pad_value)
