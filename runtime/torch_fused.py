@@ -49,6 +49,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from snncc.runtime.dynamics import MembraneParameters, SpikeFunction, Surrogate
@@ -155,8 +156,12 @@ def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
 
 def _per_neuron(value: torch.Tensor, shape: tuple[int, ...], inner: tuple[int, ...]) -> torch.Tensor:
     """``value`` broadcast to the population ``shape`` (B, *shape), laid out in the memory order ``inner`` of the
-    currents' steps and flattened: a contiguous (M,) copy, element ``i`` for neuron ``i`` of the kernels."""
-    return value.detach().expand(shape).permute(inner).contiguous().reshape(-1)
+    currents' steps and flattened: a contiguous (M,) copy, element ``i`` for neuron ``i`` of the kernels. A scalar
+    is one fill (copying a broadcast value through the permutation is several times slower)."""
+    value = value.detach()
+    if value.numel() == 1:
+        return value.reshape(1).expand(int(np.prod(shape))).contiguous()
+    return value.expand(shape).permute(inner).contiguous().reshape(-1)
 
 
 def _array(tensor: torch.Tensor):

@@ -46,7 +46,7 @@ naming the node, and graphs that mix rate and temporal populations.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -452,19 +452,57 @@ LOWERINGS: dict[type[ops.Op], Callable[[ops.Op, torch.device], nn.Module]] = {
 }
 
 
+class SpikeCounts(Mapping):
+    """Per population, its spike events at each step, (T, B): the spike trains summed over the neurons, negative
+    spikes of signed neurons counted. Summed where a train is added, or, ``lazy`` (in a training forward, where
+    they are rarely read), where a count is first read: a training step that reads none skips a pass over every
+    population's (T, B, *shape) spikes. A count read with gradients on is differentiable (spike-count penalties)."""
+
+    def __init__(self, lazy: bool = False) -> None:
+        self.lazy = lazy
+        self._counts: dict[str, torch.Tensor | None] = {}  # in the order added; None: not summed yet
+        self._trains: dict[str, tuple[torch.Tensor, bool]] = {}
+
+    def add(self, node: str, trains: torch.Tensor, signed: bool) -> None:
+        """The spike trains ``trains`` (T, B, *shape) of population ``node``, ``signed`` for signed neurons."""
+        if self.lazy:
+            self._counts[node], self._trains[node] = None, (trains, signed)
+        else:
+            self._counts[node] = _spike_events(trains, signed)
+
+    def __getitem__(self, node: str) -> torch.Tensor:
+        if self._counts[node] is None:
+            self._counts[node] = _spike_events(*self._trains.pop(node))
+        return self._counts[node]
+
+    def __iter__(self):
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+def _spike_events(trains: torch.Tensor, signed: bool) -> torch.Tensor:
+    """(T, B) spike events of ``trains`` (T, B, *shape), summed over the neuron axes in place (a reshape would copy
+    a channels-last batch; the sums are of small integers, exact in any order)."""
+    events = trains.abs() if signed else trains  # else 0/1 already
+    neuron_axes = tuple(range(2, events.dim()))
+    return events.sum(dim=neuron_axes) if neuron_axes else events.reshape(events.shape[:2] + (-1,)).sum(dim=2)
+
+
 @dataclass
 class LoweredResult:
     """What one forward pass of a :class:`LoweredGraph` computed.
 
     ``outputs``: per graph output, (T, B, *shape) (the readout after each step; differentiable). ``spikes``: per
     population, (T, B) spike events at each step (negative spikes of signed neurons counted; differentiable, for
-    spike-count penalties). ``synops``: (T, B) float64 synaptic operations per step, counted as the reference does
+    spike-count penalties; a :class:`SpikeCounts` in a rate-coded forward). ``synops``: (T, B) float64 synaptic operations per step, counted as the reference does
     (events times the fan-out of the current weights, see :meth:`LoweredGraph.fan_outs_of`), or None where they
     were not counted (:attr:`LoweredGraph.count_synops`). ``max_spikes_per_neuron``: per population, the most spikes
     one neuron emitted (temporal graphs only, as the temporal simulator reports it)."""
 
     outputs: list[torch.Tensor]
-    spikes: dict[str, torch.Tensor]
+    spikes: Mapping[str, torch.Tensor]
     synops: torch.Tensor | None
     max_spikes_per_neuron: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -657,7 +695,7 @@ class LoweredGraph(_LoweredByNode):
         batch = x.shape[0]
         # node -> (tensor, constant): a constant is (B, *shape), computed once; otherwise (T * B, *shape).
         values: dict[str, tuple[torch.Tensor, bool]] = {n: (v, True) for n, v in constants.items()}
-        spikes: dict[str, torch.Tensor] = {}
+        spikes = SpikeCounts(lazy=torch.is_grad_enabled())
         counting = not torch.is_grad_enabled() if self.count_synops is None else self.count_synops
         synops = torch.zeros((T, batch), dtype=torch.float64, device=self.device) if counting else None
 
@@ -679,13 +717,8 @@ class LoweredGraph(_LoweredByNode):
             inputs = graph.inputs(node)
             if getattr(module, "stateful", False):
                 out, states[node] = module.run(steps(inputs[0]), states.get(node))
-                if node in self._population_set:  # spike events, negative spikes of signed neurons included
-                    events = out.abs() if getattr(op.neuron, "signed", False) else out  # else 0/1 already
-                    # summed over the neuron axes in place: a reshape would copy a channels-last batch (the sums
-                    # are of small integers, exact in any order)
-                    neuron_axes = tuple(range(2, events.dim()))
-                    spikes[node] = (events.sum(dim=neuron_axes) if neuron_axes
-                                    else events.reshape(T, batch, -1).sum(dim=2))
+                if node in self._population_set:
+                    spikes.add(node, out, getattr(op.neuron, "signed", False))
                 values[node] = (out.reshape((T * batch,) + tuple(out.shape[2:])), False)
             elif all(values[u][1] for u in inputs):
                 values[node] = (module(*(values[u][0] for u in inputs)), True)
