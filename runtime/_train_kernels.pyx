@@ -125,7 +125,8 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                       const real[::1] decay, const real[::1] v_init, bint subtract, int shape, double width,
                       real[:, ::1] grad_current, real[::1] grad_v, real[::1] grad_threshold,
                       real[::1] grad_decay, real[::1] slope, int threads):
-    """The reverse-time recursion: ``grad_current`` (T, M) = dL/dI_t; per neuron, summed over time,
+    """The reverse-time recursion: ``grad_current`` (T, M) = dL/dI_t, or, given as (1, M) (a current constant in
+    time, read once per step), ``sum_t dL/dI_t`` (summed from t = T down to 1); per neuron, summed over time,
     ``grad_threshold`` (M) and ``grad_decay`` (M; LIF only, else empty, as ``decay``); ``grad_v`` and ``slope``
     (M) are scratch. ``shape`` is a :data:`SURROGATE_CODES` code and ``width`` its width.
 
@@ -133,7 +134,7 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
     surrogate derivatives ``g_t`` into ``slope``, the recursion, and (LIF) the decay's share ``v_{t-1} dL/dh_t``."""
     cdef Py_ssize_t T = grad_spikes.shape[0], M = grad_spikes.shape[1]
     cdef Py_ssize_t blocks = (M + BLOCK - 1) // BLOCK, b, i, start, stop, t
-    cdef bint lif = decay.shape[0] > 0
+    cdef bint lif = decay.shape[0] > 0, summed = grad_current.shape[0] == 1 and T > 1
     cdef real w = <real>width, half_pi = <real>1.5707963267948966
     cdef real h, th, s, V, share, dh, hp
     for b in prange(blocks, nogil=True, num_threads=threads, schedule="static"):
@@ -142,6 +143,9 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
         for i in range(start, stop):
             grad_v[i] = 0
             grad_threshold[i] = 0
+        if summed:
+            for i in range(start, stop):
+                grad_current[0, i] = 0
         if lif:
             for i in range(start, stop):
                 grad_decay[i] = 0
@@ -166,7 +170,10 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                     share = slope[i] * (grad_spikes[t, i] - V * th)  # g_t G_t
                     dh = V + share
                     grad_threshold[i] = grad_threshold[i] - (share + s * V)
-                    grad_current[t, i] = dh
+                    if summed:
+                        grad_current[0, i] = grad_current[0, i] + dh
+                    else:
+                        grad_current[t, i] = dh
                     grad_v[i] = dh
             else:
                 for i in range(start, stop):
@@ -176,7 +183,10 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                     share = slope[i] * (grad_spikes[t, i] - V * h)
                     dh = share + V * (<real>1 - s)
                     grad_threshold[i] = grad_threshold[i] - share
-                    grad_current[t, i] = dh
+                    if summed:
+                        grad_current[0, i] = grad_current[0, i] + dh
+                    else:
+                        grad_current[t, i] = dh
                     grad_v[i] = dh
             if lif:
                 if t == 0:

@@ -38,6 +38,9 @@ know and a float width) runs the forward steps and the backward recursion each a
 Their spikes and membranes are bit-identical; their gradients agree to float rounding (the sums over time and
 batch run in another order, and torch's vectorised ``addcmul`` may fuse a multiply-add where the kernels never do).
 
+Spiking max pooling over all ``T`` steps has the same two forms: :class:`CompiledSpikingMaxPool` (CPU, one kernel
+pass each way, no counts tensor) and :class:`SpikingMaxPool` (torch ops, elsewhere); their outputs are identical.
+
 Supported: unsigned IF (both resets) and LIF (including the memoryless gate ``beta = 0``), scalar or per-channel
 threshold and decay, with a :class:`~snncc.runtime.dynamics.Surrogate` spike. Signed IF and CubaLIF stay on the
 table's step function under autograd (:func:`fused_steps` answers None for them).
@@ -177,8 +180,11 @@ class CompiledMembraneSteps(torch.autograd.Function):
     membranes are bit-identical to MembraneSteps'; gradients equal its up to the order of the sums over time."""
 
     @staticmethod
-    def forward(ctx, currents, threshold, decay, v_init, shape_code, width, subtract):
+    def forward(ctx, currents, threshold, decay, v_init, shape_code, width, subtract, timesteps=None):
         kernels = _train_kernels()
+        ctx.constant_input = timesteps is not None
+        if ctx.constant_input:  # (B, *shape), the same at every step: its gradient is summed over time in the kernel
+            currents = currents.unsqueeze(0).expand((timesteps,) + tuple(currents.shape))
         T, shape = currents.shape[0], tuple(currents.shape[1:])
         # The kernels run over the neurons in memory order, so a channels-last batch stays channels-last (no copy):
         # the parameters are laid out the same way and the spikes and membranes come back with the currents' strides.
@@ -210,13 +216,15 @@ class CompiledMembraneSteps(torch.autograd.Function):
         order, back = ctx.order, _inverse(ctx.order)
         membranes = membranes.permute(order)  # memory order, contiguous
         T = membranes.shape[0]
-        grad_current = torch.empty_like(membranes)
+        grad_current = membranes.new_empty((1,) + membranes.shape[1:]) if ctx.constant_input else torch.empty_like(
+            membranes)
         per_neuron = [membranes.new_empty(threshold_n.shape) for _ in range(3)]  # dL/dtheta, two scratch
         grad_decay_n = membranes.new_empty(decay_n.shape)
         kernels.membrane_backward(_array(grad_spikes.permute(order).contiguous().view(T, -1)),
                                   _array(membranes.view(T, -1)), _array(threshold_n), _array(decay_n),
                                   _array(v_init_n), ctx.subtract, ctx.shape_code, ctx.width,
-                                  _array(grad_current.view(T, -1)), _array(per_neuron[1]), _array(per_neuron[0]),
+                                  _array(grad_current.view(grad_current.shape[0], -1)), _array(per_neuron[1]),
+                                  _array(per_neuron[0]),
                                   _array(grad_decay_n), _array(per_neuron[2]), _kernel_threads())
         grad_threshold = grad_decay = None
         population = tuple(membranes.shape[1:])  # (B, *shape) in memory order
@@ -226,7 +234,9 @@ class CompiledMembraneSteps(torch.autograd.Function):
         if decay is not None and ctx.needs_input_grad[2]:
             grad_decay = grad_decay_n.view(population).permute(inner_back).sum_to_size(decay.shape)
         grad_currents = grad_current.permute(back) if ctx.needs_input_grad[0] else None
-        return grad_currents, grad_threshold, grad_decay, None, None, None, None
+        if grad_currents is not None and ctx.constant_input:
+            grad_currents = grad_currents[0]
+        return grad_currents, grad_threshold, grad_decay, None, None, None, None, None
 
 
 def _compiled_surrogate(currents: torch.Tensor, spike: Surrogate) -> int | None:
@@ -240,10 +250,12 @@ def _compiled_surrogate(currents: torch.Tensor, spike: Surrogate) -> int | None:
 
 
 def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate,
-                   compiled: bool = True) -> torch.Tensor:
+                   compiled: bool = True, timesteps: int | None = None) -> torch.Tensor:
     """The spikes (T, B, *shape) of an unsigned IF/LIF population with parameter record ``params`` driven by
-    ``currents`` (T, B, *shape), in one :class:`CompiledMembraneSteps` call where the compiled kernels apply (and
-    ``compiled``), else one :class:`MembraneSteps` call."""
+    ``currents`` (T, B, *shape), or, given ``timesteps`` T, by the current ``currents`` (B, *shape) at every step
+    (the compiled form then sums its gradient over time in the backward kernel, with no (T, B, *shape) gradient
+    in between); in one :class:`CompiledMembraneSteps` call where the compiled kernels apply (and ``compiled``),
+    else one :class:`MembraneSteps` call."""
     like = currents
     threshold = params.threshold if torch.is_tensor(params.threshold) else like.new_tensor(params.threshold)
     v_init = params.v_init if torch.is_tensor(params.v_init) else like.new_tensor(params.v_init)
@@ -254,17 +266,20 @@ def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Su
     if code is not None and all(p.dtype == currents.dtype for p in (threshold, v_init) + (() if decay is None
                                                                                           else (decay,))):
         return CompiledMembraneSteps.apply(currents, threshold, decay, v_init, code, float(spike.width),
-                                           params.subtract)
+                                           params.subtract, timesteps)
+    if timesteps is not None:
+        currents = currents.unsqueeze(0).expand((timesteps,) + tuple(currents.shape))
     return MembraneSteps.apply(currents, threshold, decay, v_init, spike.derivative, params.subtract)
 
 
 @dataclass(frozen=True)
 class FusedSteps:
     """A fused multi-step form of one step model: ``supports(params, spike)`` says whether it applies to this
-    population (else the table's step function runs under autograd); ``run(params, currents, spike)`` -> spikes."""
+    population (else the table's step function runs under autograd); ``run(params, currents, spike,
+    timesteps=None)`` -> spikes, with ``timesteps`` for a current constant in time (B, *shape)."""
 
     supports: Callable[[object, SpikeFunction], bool]
-    run: Callable[[object, torch.Tensor, SpikeFunction], torch.Tensor]
+    run: Callable[..., torch.Tensor]
 
 
 #: Fused forms by the class of the dynamics' parameter record (runtime/dynamics.py). Signed IF (its take-back of
@@ -275,8 +290,7 @@ FUSED: dict[type, FusedSteps] = {
 }
 
 
-def fused_steps(params: object, spike: SpikeFunction) -> Callable[[object, torch.Tensor, SpikeFunction],
-                                                                  torch.Tensor] | None:
+def fused_steps(params: object, spike: SpikeFunction) -> Callable[..., torch.Tensor] | None:
     """The fused multi-step function for a population with parameter record ``params`` and ``spike``, or None
     where there is none (then step with the table's function)."""
     entry = FUSED.get(type(params))

@@ -360,6 +360,15 @@ class _Population(nn.Module):
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
         return self.run(steps, None)[0]
 
+    def run_constant(self, current: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, object]:
+        """:meth:`run` from t = 0 on the current ``current`` (B, *shape) at each of ``timesteps`` steps; in training
+        the fused form takes it unexpanded and sums its gradient over time itself."""
+        params = self.parameters_record()
+        fused = fused_steps(params, self.spike) if torch.is_grad_enabled() else None
+        if fused is not None:
+            return fused(params, current, self.spike, timesteps=timesteps), None
+        return self.run(current.unsqueeze(0).expand((timesteps,) + tuple(current.shape)), None)
+
     def run(self, steps: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         """The spikes of ``steps`` (T, B, *shape) from ``state`` (None: the state at t = 0) and the state after
         the last step, so that a run in chunks of steps equals one run."""
@@ -716,7 +725,11 @@ class LoweredGraph(_LoweredByNode):
             module = self.layers[self.index[node]]
             inputs = graph.inputs(node)
             if getattr(module, "stateful", False):
-                out, states[node] = module.run(steps(inputs[0]), states.get(node))
+                data, constant = values[inputs[0]]
+                if constant and states.get(node) is None and hasattr(module, "run_constant"):
+                    out, states[node] = module.run_constant(data, T)  # the first layer's current
+                else:
+                    out, states[node] = module.run(steps(inputs[0]), states.get(node))
                 if node in self._population_set:
                     spikes.add(node, out, getattr(op.neuron, "signed", False))
                 values[node] = (out.reshape((T * batch,) + tuple(out.shape[2:])), False)

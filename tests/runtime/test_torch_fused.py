@@ -281,3 +281,48 @@ def test_compiled_spiking_max_pool_equals_the_torch_form(kernel, stride, padding
                                        atol=1e-5 if dtype == torch.float32 else 1e-12)
         else:
             assert torch.equal(ours_leaf.grad, leaf.grad)
+
+
+@pytest.mark.parametrize("compiled", FORMS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+@pytest.mark.parametrize("name", ["if-subtract", "if-zero", "lif-zero-per-channel"])
+def test_a_constant_current_given_once_equals_its_expansion_over_time(name, layout, compiled):
+    """``membrane_steps(..., timesteps=T)`` on a (B, *shape) current (the lowering's first layer): the spikes of
+    the expanded (T, B, *shape) current exactly, and the gradient of the current, which the compiled backward sums
+    over time itself (t = T..1) where autograd's expand sums the (T, B, *shape) gradient, equal to rounding; on a
+    population of several kernel blocks and two threads."""
+    shape, batch = (3, 21, 11), 4
+    neuron = NEURONS[name]
+    rng = np.random.default_rng(8)
+    image = torch.tensor(rng.normal(0.3, 0.6, (batch,) + shape), dtype=torch.float32)
+    if layout == "channels-last":
+        image = image.contiguous(memory_format=torch.channels_last)
+    weights = torch.tensor(rng.normal(0, 1, (T, batch) + shape), dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for once in (True, False):
+            record = dynamics_of(neuron).parameters(neuron, shape, np)
+            fields = {n: torch.tensor(np.asarray(getattr(record, n), np.float32), requires_grad=n != "v_init")
+                      for n in ("threshold", "decay", "v_init") if getattr(record, n) is not None}
+            params = dataclasses.replace(record, **fields)
+            leaf = image.clone().requires_grad_(True)
+            spike = Surrogate("arctan", 0.5)
+            if once:
+                out = membrane_steps(params, leaf, spike, compiled=compiled, timesteps=T)
+            else:
+                out = membrane_steps(params, leaf.unsqueeze(0).expand((T,) + tuple(leaf.shape)), spike,
+                                     compiled=compiled)
+            (out * weights).sum().backward()
+            assert leaf.grad.shape == leaf.shape
+            results.append((out.detach(), [leaf.grad] + [fields[n].grad for n in ("threshold", "decay")
+                                                          if n in fields]))
+    finally:
+        torch.set_num_threads(threads)
+    (spikes, grads), (expected_spikes, expected_grads) = results
+    assert 0 < float(spikes.mean()) < 1
+    assert torch.equal(spikes, expected_spikes)
+    for ours, expected in zip(grads, expected_grads):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
