@@ -505,8 +505,9 @@ class LoweredResult:
 
     ``outputs``: per graph output, (T, B, *shape) (the readout after each step; differentiable). ``spikes``: per
     population, (T, B) spike events at each step (negative spikes of signed neurons counted; differentiable, for
-    spike-count penalties; a :class:`SpikeCounts` in a rate-coded forward). ``synops``: (T, B) float64 synaptic operations per step, counted as the reference does
-    (events times the fan-out of the current weights, see :meth:`LoweredGraph.fan_outs_of`), or None where they
+    spike-count penalties; a :class:`SpikeCounts` in a rate-coded forward). ``synops``: (T, B) float64 synaptic
+    operations per step, counted as the reference does (events times the fan-out of the current weights, see
+    :meth:`LoweredGraph.fan_outs_of`), or None where they
     were not counted (:attr:`LoweredGraph.count_synops`). ``max_spikes_per_neuron``: per population, the most spikes
     one neuron emitted (temporal graphs only, as the temporal simulator reports it)."""
 
