@@ -21,5 +21,13 @@ def membrane_forward(currents: Real, constant: bool, threshold: Real, decay: Rea
 def membrane_backward(grad_spikes: Real, membranes: Real, threshold: Real, decay: Real, v_init: Real,
                       subtract: bool, shape: int, width: float, grad_current: Real, grad_v: Real,
                       grad_threshold: Real, grad_decay: Real, slope: Real, threads: int) -> None:
-    """grad_spikes, membranes (T, M); writes grad_current (T, M), grad_threshold (M) and (LIF) grad_decay (M);
+    """grad_spikes, membranes (T, M); writes grad_current (T, M), or its sum over time given as (1, M),
+    grad_threshold (M) and (LIF) grad_decay (M);
     grad_v and slope (M) scratch."""
+def max_pool_forward(steps: npt.NDArray, kh: int, kw: int, sh: int, sw: int, top: int, left: int,
+                     out: npt.NDArray, argmax: npt.NDArray[np.uint8], threads: int) -> None:
+    """steps (T, B, H, W, C), any strides; writes out and argmax (T, B, Ho, Wo, C), the window position as a byte."""
+
+def max_pool_backward(grad_out: npt.NDArray, argmax: npt.NDArray[np.uint8], kh: int, kw: int, sh: int, sw: int,
+                      top: int, left: int, grad_steps: npt.NDArray, threads: int) -> None:
+    """grad_out and argmax (T, B, Ho, Wo, C); writes grad_steps (T, B, H, W, C), any strides."""

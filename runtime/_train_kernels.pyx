@@ -29,7 +29,8 @@ loop inside, the neuron loop innermost (contiguous, vectorizable); a block's sta
 ``T`` steps.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
 
 ctypedef fused real:
     float
@@ -124,7 +125,8 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                       const real[::1] decay, const real[::1] v_init, bint subtract, int shape, double width,
                       real[:, ::1] grad_current, real[::1] grad_v, real[::1] grad_threshold,
                       real[::1] grad_decay, real[::1] slope, int threads):
-    """The reverse-time recursion: ``grad_current`` (T, M) = dL/dI_t; per neuron, summed over time,
+    """The reverse-time recursion: ``grad_current`` (T, M) = dL/dI_t, or, given as (1, M) (a current constant in
+    time, read once per step), ``sum_t dL/dI_t`` (summed from t = T down to 1); per neuron, summed over time,
     ``grad_threshold`` (M) and ``grad_decay`` (M; LIF only, else empty, as ``decay``); ``grad_v`` and ``slope``
     (M) are scratch. ``shape`` is a :data:`SURROGATE_CODES` code and ``width`` its width.
 
@@ -132,7 +134,7 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
     surrogate derivatives ``g_t`` into ``slope``, the recursion, and (LIF) the decay's share ``v_{t-1} dL/dh_t``."""
     cdef Py_ssize_t T = grad_spikes.shape[0], M = grad_spikes.shape[1]
     cdef Py_ssize_t blocks = (M + BLOCK - 1) // BLOCK, b, i, start, stop, t
-    cdef bint lif = decay.shape[0] > 0
+    cdef bint lif = decay.shape[0] > 0, summed = grad_current.shape[0] == 1 and T > 1
     cdef real w = <real>width, half_pi = <real>1.5707963267948966
     cdef real h, th, s, V, share, dh, hp
     for b in prange(blocks, nogil=True, num_threads=threads, schedule="static"):
@@ -141,6 +143,9 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
         for i in range(start, stop):
             grad_v[i] = 0
             grad_threshold[i] = 0
+        if summed:
+            for i in range(start, stop):
+                grad_current[0, i] = 0
         if lif:
             for i in range(start, stop):
                 grad_decay[i] = 0
@@ -165,7 +170,10 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                     share = slope[i] * (grad_spikes[t, i] - V * th)  # g_t G_t
                     dh = V + share
                     grad_threshold[i] = grad_threshold[i] - (share + s * V)
-                    grad_current[t, i] = dh
+                    if summed:
+                        grad_current[0, i] = grad_current[0, i] + dh
+                    else:
+                        grad_current[t, i] = dh
                     grad_v[i] = dh
             else:
                 for i in range(start, stop):
@@ -175,7 +183,10 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                     share = slope[i] * (grad_spikes[t, i] - V * h)
                     dh = share + V * (<real>1 - s)
                     grad_threshold[i] = grad_threshold[i] - share
-                    grad_current[t, i] = dh
+                    if summed:
+                        grad_current[0, i] = grad_current[0, i] + dh
+                    else:
+                        grad_current[t, i] = dh
                     grad_v[i] = dh
             if lif:
                 if t == 0:
@@ -191,3 +202,87 @@ def membrane_backward(const real[:, ::1] grad_spikes, const real[:, ::1] membran
                         grad_decay[i] = grad_decay[i] + (hp * (<real>1 - <real>(hp >= threshold[i]))) * grad_v[i]
                 for i in range(start, stop):
                     grad_v[i] = grad_v[i] * decay[i]  # V_{t-1} = beta dL/dh_t
+
+
+def max_pool_forward(const real[:, :, :, :, :] steps, int kh, int kw, int sh, int sw, int top, int left,
+                     real[:, :, :, :, :] out, unsigned char[:, :, :, :, :] argmax, int threads):
+    """Spiking max pooling (torch_fused.SpikingMaxPool) in one pass: ``steps`` (T, B, H, W, C) and ``out``,
+    ``argmax`` (T, B, Ho, Wo, C), any strides (channels innermost in the loops). Per output element and step, the
+    running counts ``N(t)`` of its window's inputs (padding counts -inf), their maximum ``M(t)`` and the window
+    position ``i * kw + j`` of the first maximal input (max_pool2d's choice) into ``argmax``; ``out = M(t) - M(t-1)``
+    (``M(0) = 0``). A thread takes whole samples; its scratch is ``2 kh kw C`` values."""
+    cdef Py_ssize_t T = steps.shape[0], B = steps.shape[1], H = steps.shape[2], W = steps.shape[3]
+    cdef Py_ssize_t C = steps.shape[4], Ho = out.shape[2], Wo = out.shape[3], P = kh * kw
+    cdef Py_ssize_t b, oy, ox, c, t, p, iy, ix, best
+    cdef real *counts
+    cdef real *previous
+    cdef real m, inf = <real>float("inf")
+    with nogil, parallel(num_threads=threads):
+        counts = <real *> malloc(sizeof(real) * (P + 1) * C)
+        previous = counts + P * C
+        for b in prange(B, schedule="static"):
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    for p in range(P):
+                        iy = oy * sh + p // kw - top
+                        ix = ox * sw + p % kw - left
+                        for c in range(C):
+                            counts[p * C + c] = 0 if 0 <= iy < H and 0 <= ix < W else -inf
+                    for c in range(C):
+                        previous[c] = 0
+                    for t in range(T):
+                        for p in range(P):
+                            iy = oy * sh + p // kw - top
+                            ix = ox * sw + p % kw - left
+                            if 0 <= iy < H and 0 <= ix < W:
+                                for c in range(C):
+                                    counts[p * C + c] = counts[p * C + c] + steps[t, b, iy, ix, c]
+                        for c in range(C):
+                            m = counts[c]
+                            best = 0
+                            for p in range(1, P):
+                                if counts[p * C + c] > m:
+                                    m = counts[p * C + c]
+                                    best = p
+                            out[t, b, oy, ox, c] = m - previous[c]
+                            previous[c] = m
+                            argmax[t, b, oy, ox, c] = <unsigned char>best
+        free(counts)
+
+
+def max_pool_backward(const real[:, :, :, :, :] grad_out, const unsigned char[:, :, :, :, :] argmax, int kh,
+                      int kw, int sh, int sw, int top, int left, real[:, :, :, :, :] grad_steps, int threads):
+    """The backward of :func:`max_pool_forward`: with ``g(t) = grad_out`` (T, B, Ho, Wo, C), ``dM(t) = g(t) -
+    g(t+1)`` (``g(T+1) = 0``) goes to the window position ``argmax`` chose, and ``grad_steps`` (T, B, H, W, C) is
+    each input's reverse running sum ``sum_{tau >= t} dN(tau)``, summed over the windows that hold it. A thread
+    takes whole samples (their region zeroed first, then accumulated: windows may overlap)."""
+    cdef Py_ssize_t T = grad_steps.shape[0], B = grad_steps.shape[1], H = grad_steps.shape[2]
+    cdef Py_ssize_t W = grad_steps.shape[3], C = grad_steps.shape[4], Ho = grad_out.shape[2]
+    cdef Py_ssize_t Wo = grad_out.shape[3], P = kh * kw
+    cdef Py_ssize_t b, oy, ox, c, t, p, iy, ix, y, x
+    cdef real *acc
+    cdef real later
+    with nogil, parallel(num_threads=threads):
+        acc = <real *> malloc(sizeof(real) * P * C)
+        for b in prange(B, schedule="static"):
+            for t in range(T):
+                for y in range(H):
+                    for x in range(W):
+                        for c in range(C):
+                            grad_steps[t, b, y, x, c] = 0
+            for oy in range(Ho):
+                for ox in range(Wo):
+                    for p in range(P * C):
+                        acc[p] = 0
+                    for t in range(T - 1, -1, -1):
+                        for c in range(C):
+                            later = grad_out[t + 1, b, oy, ox, c] if t + 1 < T else 0
+                            p = argmax[t, b, oy, ox, c]
+                            acc[p * C + c] = acc[p * C + c] + (grad_out[t, b, oy, ox, c] - later)
+                        for p in range(P):
+                            iy = oy * sh + p // kw - top
+                            ix = ox * sw + p % kw - left
+                            if 0 <= iy < H and 0 <= ix < W:
+                                for c in range(C):
+                                    grad_steps[t, b, iy, ix, c] = grad_steps[t, b, iy, ix, c] + acc[p * C + c]
+        free(acc)

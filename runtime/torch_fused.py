@@ -38,6 +38,9 @@ know and a float width) runs the forward steps and the backward recursion each a
 Their spikes and membranes are bit-identical; their gradients agree to float rounding (the sums over time and
 batch run in another order, and torch's vectorised ``addcmul`` may fuse a multiply-add where the kernels never do).
 
+Spiking max pooling over all ``T`` steps has the same two forms: :class:`CompiledSpikingMaxPool` (CPU, one kernel
+pass each way, no counts tensor) and :class:`SpikingMaxPool` (torch ops, elsewhere); their outputs are identical.
+
 Supported: unsigned IF (both resets) and LIF (including the memoryless gate ``beta = 0``), scalar or per-channel
 threshold and decay, with a :class:`~snncc.runtime.dynamics.Surrogate` spike. Signed IF and CubaLIF stay on the
 table's step function under autograd (:func:`fused_steps` answers None for them).
@@ -49,6 +52,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from snncc.runtime.dynamics import MembraneParameters, SpikeFunction, Surrogate
@@ -155,8 +159,12 @@ def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
 
 def _per_neuron(value: torch.Tensor, shape: tuple[int, ...], inner: tuple[int, ...]) -> torch.Tensor:
     """``value`` broadcast to the population ``shape`` (B, *shape), laid out in the memory order ``inner`` of the
-    currents' steps and flattened: a contiguous (M,) copy, element ``i`` for neuron ``i`` of the kernels."""
-    return value.detach().expand(shape).permute(inner).contiguous().reshape(-1)
+    currents' steps and flattened: a contiguous (M,) copy, element ``i`` for neuron ``i`` of the kernels. A scalar
+    is one fill (copying a broadcast value through the permutation is several times slower)."""
+    value = value.detach()
+    if value.numel() == 1:
+        return value.reshape(1).expand(int(np.prod(shape))).contiguous()
+    return value.expand(shape).permute(inner).contiguous().reshape(-1)
 
 
 def _array(tensor: torch.Tensor):
@@ -172,8 +180,11 @@ class CompiledMembraneSteps(torch.autograd.Function):
     membranes are bit-identical to MembraneSteps'; gradients equal its up to the order of the sums over time."""
 
     @staticmethod
-    def forward(ctx, currents, threshold, decay, v_init, shape_code, width, subtract):
+    def forward(ctx, currents, threshold, decay, v_init, shape_code, width, subtract, timesteps=None):
         kernels = _train_kernels()
+        ctx.constant_input = timesteps is not None
+        if ctx.constant_input:  # (B, *shape), the same at every step: its gradient is summed over time in the kernel
+            currents = currents.unsqueeze(0).expand((timesteps,) + tuple(currents.shape))
         T, shape = currents.shape[0], tuple(currents.shape[1:])
         # The kernels run over the neurons in memory order, so a channels-last batch stays channels-last (no copy):
         # the parameters are laid out the same way and the spikes and membranes come back with the currents' strides.
@@ -205,13 +216,15 @@ class CompiledMembraneSteps(torch.autograd.Function):
         order, back = ctx.order, _inverse(ctx.order)
         membranes = membranes.permute(order)  # memory order, contiguous
         T = membranes.shape[0]
-        grad_current = torch.empty_like(membranes)
+        grad_current = membranes.new_empty((1,) + membranes.shape[1:]) if ctx.constant_input else torch.empty_like(
+            membranes)
         per_neuron = [membranes.new_empty(threshold_n.shape) for _ in range(3)]  # dL/dtheta, two scratch
         grad_decay_n = membranes.new_empty(decay_n.shape)
         kernels.membrane_backward(_array(grad_spikes.permute(order).contiguous().view(T, -1)),
                                   _array(membranes.view(T, -1)), _array(threshold_n), _array(decay_n),
                                   _array(v_init_n), ctx.subtract, ctx.shape_code, ctx.width,
-                                  _array(grad_current.view(T, -1)), _array(per_neuron[1]), _array(per_neuron[0]),
+                                  _array(grad_current.view(grad_current.shape[0], -1)), _array(per_neuron[1]),
+                                  _array(per_neuron[0]),
                                   _array(grad_decay_n), _array(per_neuron[2]), _kernel_threads())
         grad_threshold = grad_decay = None
         population = tuple(membranes.shape[1:])  # (B, *shape) in memory order
@@ -221,7 +234,9 @@ class CompiledMembraneSteps(torch.autograd.Function):
         if decay is not None and ctx.needs_input_grad[2]:
             grad_decay = grad_decay_n.view(population).permute(inner_back).sum_to_size(decay.shape)
         grad_currents = grad_current.permute(back) if ctx.needs_input_grad[0] else None
-        return grad_currents, grad_threshold, grad_decay, None, None, None, None
+        if grad_currents is not None and ctx.constant_input:
+            grad_currents = grad_currents[0]
+        return grad_currents, grad_threshold, grad_decay, None, None, None, None, None
 
 
 def _compiled_surrogate(currents: torch.Tensor, spike: Surrogate) -> int | None:
@@ -235,10 +250,12 @@ def _compiled_surrogate(currents: torch.Tensor, spike: Surrogate) -> int | None:
 
 
 def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Surrogate,
-                   compiled: bool = True) -> torch.Tensor:
+                   compiled: bool = True, timesteps: int | None = None) -> torch.Tensor:
     """The spikes (T, B, *shape) of an unsigned IF/LIF population with parameter record ``params`` driven by
-    ``currents`` (T, B, *shape), in one :class:`CompiledMembraneSteps` call where the compiled kernels apply (and
-    ``compiled``), else one :class:`MembraneSteps` call."""
+    ``currents`` (T, B, *shape), or, given ``timesteps`` T, by the current ``currents`` (B, *shape) at every step
+    (the compiled form then sums its gradient over time in the backward kernel, with no (T, B, *shape) gradient
+    in between); in one :class:`CompiledMembraneSteps` call where the compiled kernels apply (and ``compiled``),
+    else one :class:`MembraneSteps` call."""
     like = currents
     threshold = params.threshold if torch.is_tensor(params.threshold) else like.new_tensor(params.threshold)
     v_init = params.v_init if torch.is_tensor(params.v_init) else like.new_tensor(params.v_init)
@@ -249,17 +266,20 @@ def membrane_steps(params: MembraneParameters, currents: torch.Tensor, spike: Su
     if code is not None and all(p.dtype == currents.dtype for p in (threshold, v_init) + (() if decay is None
                                                                                           else (decay,))):
         return CompiledMembraneSteps.apply(currents, threshold, decay, v_init, code, float(spike.width),
-                                           params.subtract)
+                                           params.subtract, timesteps)
+    if timesteps is not None:
+        currents = currents.unsqueeze(0).expand((timesteps,) + tuple(currents.shape))
     return MembraneSteps.apply(currents, threshold, decay, v_init, spike.derivative, params.subtract)
 
 
 @dataclass(frozen=True)
 class FusedSteps:
     """A fused multi-step form of one step model: ``supports(params, spike)`` says whether it applies to this
-    population (else the table's step function runs under autograd); ``run(params, currents, spike)`` -> spikes."""
+    population (else the table's step function runs under autograd); ``run(params, currents, spike,
+    timesteps=None)`` -> spikes, with ``timesteps`` for a current constant in time (B, *shape)."""
 
     supports: Callable[[object, SpikeFunction], bool]
-    run: Callable[[object, torch.Tensor, SpikeFunction], torch.Tensor]
+    run: Callable[..., torch.Tensor]
 
 
 #: Fused forms by the class of the dynamics' parameter record (runtime/dynamics.py). Signed IF (its take-back of
@@ -270,8 +290,7 @@ FUSED: dict[type, FusedSteps] = {
 }
 
 
-def fused_steps(params: object, spike: SpikeFunction) -> Callable[[object, torch.Tensor, SpikeFunction],
-                                                                  torch.Tensor] | None:
+def fused_steps(params: object, spike: SpikeFunction) -> Callable[..., torch.Tensor] | None:
     """The fused multi-step function for a population with parameter record ``params`` and ``spike``, or None
     where there is none (then step with the table's function)."""
     entry = FUSED.get(type(params))
@@ -331,7 +350,58 @@ class SpikingMaxPool(torch.autograd.Function):
         return grad_counts, None, None, None
 
 
+class CompiledSpikingMaxPool(torch.autograd.Function):
+    """:class:`SpikingMaxPool` with the forward and the backward each one compiled pass
+    (``_train_kernels.max_pool_forward`` / ``max_pool_backward``), on CPU float32/float64 tensors of any layout:
+    the running counts live in a thread's scratch (no (T, B, C, H, W) counts tensor), the window position of the
+    maximum is saved as one byte per output element (not max_pool2d's int64 index), and the backward's reverse
+    running sum over time runs inside the kernel. Output and gradient come back in the layout of ``steps`` (a
+    channels-last batch stays channels-last). Same results as SpikingMaxPool: the forward exactly (sums of the
+    same terms in the same order, exact maxima, the same first maximal position), the gradient up to the order of
+    the sums where windows overlap."""
+
+    @staticmethod
+    def forward(ctx, steps, kernel, stride, padding):
+        T, B, C, H, W = steps.shape
+        (kh, kw), (sh, sw), (top, left, bottom, right) = kernel, stride, padding
+        ho, wo = (H + top + bottom - kh) // sh + 1, (W + left + right - kw) // sw + 1
+        if _layout(steps) is None:
+            steps = steps.contiguous()
+        order = _layout(steps)
+        out = _like_layout((T, B, C, ho, wo), order, steps)
+        argmax = _like_layout((T, B, C, ho, wo), order, steps, torch.uint8)
+        last = (0, 1, 3, 4, 2)  # (T, B, H, W, C): the kernels' axes
+        _train_kernels().max_pool_forward(_array(steps.permute(last)), kh, kw, sh, sw, top, left,
+                                          _array(out.permute(last)), _array(argmax.permute(last)),
+                                          _kernel_threads())
+        ctx.geometry, ctx.shape, ctx.order = (kh, kw, sh, sw, top, left), tuple(steps.shape), order
+        ctx.save_for_backward(argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (argmax,) = ctx.saved_tensors
+        grad_steps = _like_layout(ctx.shape, ctx.order, grad)
+        last = (0, 1, 3, 4, 2)
+        _train_kernels().max_pool_backward(_array(grad.permute(last)), _array(argmax.permute(last)), *ctx.geometry,
+                                           _array(grad_steps.permute(last)), _kernel_threads())
+        return grad_steps, None, None, None
+
+
+def _like_layout(shape: tuple[int, ...], order: tuple[int, ...], like: torch.Tensor,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialized tensor of ``shape`` whose memory is C-contiguous in the axis order ``order``."""
+    dense = like.new_empty([shape[i] for i in order], dtype=dtype or like.dtype)
+    return dense.permute(_inverse(order))
+
+
 def spiking_max_pool(steps: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
                      padding: tuple[int, int, int, int]) -> torch.Tensor:
-    """Spiking max pooling of ``steps`` (T, B, C, H, W) in one :class:`SpikingMaxPool` call."""
-    return SpikingMaxPool.apply(steps, tuple(kernel), tuple(stride), tuple(padding))
+    """Spiking max pooling of ``steps`` (T, B, C, H, W) in one :class:`CompiledSpikingMaxPool` call where the
+    compiled kernels apply (CPU, float32/float64, windows of at most 256 positions: the saved position is a
+    byte), else one :class:`SpikingMaxPool` call."""
+    kernel, stride, padding = tuple(kernel), tuple(stride), tuple(padding)
+    if (_train_kernels() is not None and steps.device.type == "cpu" and steps.dtype in (torch.float32, torch.float64)
+            and kernel[0] * kernel[1] <= 256):
+        return CompiledSpikingMaxPool.apply(steps, kernel, stride, padding)
+    return SpikingMaxPool.apply(steps, kernel, stride, padding)

@@ -46,7 +46,7 @@ naming the node, and graphs that mix rate and temporal populations.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +62,7 @@ from snncc.runtime.kernels import fan_outs
 from snncc.runtime.reference import _CHUNK_VALUES, BatchResult
 from snncc.runtime.temporal import TemporalSimulator, is_temporal
 from snncc.runtime.torch_fused import fused_steps, spiking_max_pool
+from snncc.runtime.torch_memory import keep_freed_memory
 
 #: Fields of a neuron model's parameter record (see runtime/dynamics.py) that the lowering trains.
 TRAINABLE_NEURON_FIELDS = frozenset({"threshold", "decay", "bias", "keep_u", "keep_v"})
@@ -190,10 +191,16 @@ class _Conv2d(_SharedWeightLayer):
         if len(xs) == 1 and self.pad_value is None and (top, left) == (bottom, right) and self._channels_last(xs[0]):
             # Training: one oneDNN call with the zero padding and the bias inside (no padded copy, no bias pass).
             weight = self.scaled_weights()[0].contiguous(memory_format=torch.channels_last)
-            return F.conv2d(xs[0].contiguous(memory_format=torch.channels_last), weight, self.bias,
-                            stride=self.op.stride, padding=(top, left), dilation=self.op.dilation,
-                            groups=self.op.groups)
-        return super().forward(*xs)
+            out = F.conv2d(xs[0].contiguous(memory_format=torch.channels_last), weight, self.bias,
+                           stride=self.op.stride, padding=(top, left), dilation=self.op.dilation,
+                           groups=self.op.groups)
+        else:
+            out = super().forward(*xs)
+        if self._channels_last(xs[0]):
+            # With one input channel oneDNN answers NCHW (the two layouts coincide for such an input); the spikes
+            # of the population behind would then be NCHW too and copied, T times larger, by the next convolution.
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
     def product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = _pad_spatial(x, self.op.padding, 0.0 if self.pad_value is None else self.pad_value)
@@ -353,6 +360,15 @@ class _Population(nn.Module):
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
         return self.run(steps, None)[0]
 
+    def run_constant(self, current: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, object]:
+        """:meth:`run` from t = 0 on the current ``current`` (B, *shape) at each of ``timesteps`` steps; in training
+        the fused form takes it unexpanded and sums its gradient over time itself."""
+        params = self.parameters_record()
+        fused = fused_steps(params, self.spike) if torch.is_grad_enabled() else None
+        if fused is not None:
+            return fused(params, current, self.spike, timesteps=timesteps), None
+        return self.run(current.unsqueeze(0).expand((timesteps,) + tuple(current.shape)), None)
+
     def run(self, steps: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         """The spikes of ``steps`` (T, B, *shape) from ``state`` (None: the state at t = 0) and the state after
         the last step, so that a run in chunks of steps equals one run."""
@@ -445,19 +461,58 @@ LOWERINGS: dict[type[ops.Op], Callable[[ops.Op, torch.device], nn.Module]] = {
 }
 
 
+class SpikeCounts(Mapping):
+    """Per population, its spike events at each step, (T, B): the spike trains summed over the neurons, negative
+    spikes of signed neurons counted. Summed where a train is added, or, ``lazy`` (in a training forward, where
+    they are rarely read), where a count is first read: a training step that reads none skips a pass over every
+    population's (T, B, *shape) spikes. A count read with gradients on is differentiable (spike-count penalties)."""
+
+    def __init__(self, lazy: bool = False) -> None:
+        self.lazy = lazy
+        self._counts: dict[str, torch.Tensor | None] = {}  # in the order added; None: not summed yet
+        self._trains: dict[str, tuple[torch.Tensor, bool]] = {}
+
+    def add(self, node: str, trains: torch.Tensor, signed: bool) -> None:
+        """The spike trains ``trains`` (T, B, *shape) of population ``node``, ``signed`` for signed neurons."""
+        if self.lazy:
+            self._counts[node], self._trains[node] = None, (trains, signed)
+        else:
+            self._counts[node] = _spike_events(trains, signed)
+
+    def __getitem__(self, node: str) -> torch.Tensor:
+        if self._counts[node] is None:
+            self._counts[node] = _spike_events(*self._trains.pop(node))
+        return self._counts[node]
+
+    def __iter__(self):
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+def _spike_events(trains: torch.Tensor, signed: bool) -> torch.Tensor:
+    """(T, B) spike events of ``trains`` (T, B, *shape), summed over the neuron axes in place (a reshape would copy
+    a channels-last batch; the sums are of small integers, exact in any order)."""
+    events = trains.abs() if signed else trains  # else 0/1 already
+    neuron_axes = tuple(range(2, events.dim()))
+    return events.sum(dim=neuron_axes) if neuron_axes else events.reshape(events.shape[:2] + (-1,)).sum(dim=2)
+
+
 @dataclass
 class LoweredResult:
     """What one forward pass of a :class:`LoweredGraph` computed.
 
     ``outputs``: per graph output, (T, B, *shape) (the readout after each step; differentiable). ``spikes``: per
     population, (T, B) spike events at each step (negative spikes of signed neurons counted; differentiable, for
-    spike-count penalties). ``synops``: (T, B) float64 synaptic operations per step, counted as the reference does
-    (events times the fan-out of the current weights, see :meth:`LoweredGraph.fan_outs_of`), or None where they
+    spike-count penalties; a :class:`SpikeCounts` in a rate-coded forward). ``synops``: (T, B) float64 synaptic
+    operations per step, counted as the reference does (events times the fan-out of the current weights, see
+    :meth:`LoweredGraph.fan_outs_of`), or None where they
     were not counted (:attr:`LoweredGraph.count_synops`). ``max_spikes_per_neuron``: per population, the most spikes
     one neuron emitted (temporal graphs only, as the temporal simulator reports it)."""
 
     outputs: list[torch.Tensor]
-    spikes: dict[str, torch.Tensor]
+    spikes: Mapping[str, torch.Tensor]
     synops: torch.Tensor | None
     max_spikes_per_neuron: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -623,6 +678,8 @@ class LoweredGraph(_LoweredByNode):
         if T < 1:
             raise SimulationError(f"timesteps must be at least 1, got {T}")
         x = self._input(x)
+        if torch.is_grad_enabled() and self.device.type == "cpu":
+            keep_freed_memory()  # training: each step's activations reuse the last step's memory (torch_memory.py)
         if chunk_steps is None:
             chunk_steps = T if torch.is_grad_enabled() else self.eval_chunk_steps(x.shape[0], T)
         elif chunk_steps < 1:
@@ -648,7 +705,7 @@ class LoweredGraph(_LoweredByNode):
         batch = x.shape[0]
         # node -> (tensor, constant): a constant is (B, *shape), computed once; otherwise (T * B, *shape).
         values: dict[str, tuple[torch.Tensor, bool]] = {n: (v, True) for n, v in constants.items()}
-        spikes: dict[str, torch.Tensor] = {}
+        spikes = SpikeCounts(lazy=torch.is_grad_enabled())
         counting = not torch.is_grad_enabled() if self.count_synops is None else self.count_synops
         synops = torch.zeros((T, batch), dtype=torch.float64, device=self.device) if counting else None
 
@@ -669,14 +726,13 @@ class LoweredGraph(_LoweredByNode):
             module = self.layers[self.index[node]]
             inputs = graph.inputs(node)
             if getattr(module, "stateful", False):
-                out, states[node] = module.run(steps(inputs[0]), states.get(node))
-                if node in self._population_set:  # spike events, negative spikes of signed neurons included
-                    events = out.abs() if getattr(op.neuron, "signed", False) else out  # else 0/1 already
-                    # summed over the neuron axes in place: a reshape would copy a channels-last batch (the sums
-                    # are of small integers, exact in any order)
-                    neuron_axes = tuple(range(2, events.dim()))
-                    spikes[node] = (events.sum(dim=neuron_axes) if neuron_axes
-                                    else events.reshape(T, batch, -1).sum(dim=2))
+                data, constant = values[inputs[0]]
+                if constant and states.get(node) is None and hasattr(module, "run_constant"):
+                    out, states[node] = module.run_constant(data, T)  # the first layer's current
+                else:
+                    out, states[node] = module.run(steps(inputs[0]), states.get(node))
+                if node in self._population_set:
+                    spikes.add(node, out, getattr(op.neuron, "signed", False))
                 values[node] = (out.reshape((T * batch,) + tuple(out.shape[2:])), False)
             elif all(values[u][1] for u in inputs):
                 values[node] = (module(*(values[u][0] for u in inputs)), True)

@@ -28,8 +28,11 @@ folded):
       images): IF neurons with reset by subtraction, the analog image as a constant input current (the first
       convolution runs once per batch, not T times), spiking max pooling of the running spike counts, a membrane
       readout; ``runtime.torch_lowering.lower`` with the fast-sigmoid surrogate, every weight, bias and threshold
-      trainable. The populations run as the compiled fused layers of ``runtime/_train_kernels.pyx`` (the torch
-      form with ``SNNCC_TRAIN_KERNELS=torch``), the convolutions channels-last.
+      trainable. The populations and the spiking max poolings run as the compiled kernels of
+      ``runtime/_train_kernels.pyx`` (the torch form with ``SNNCC_TRAIN_KERNELS=torch``), the convolutions
+      channels-last, and glibc keeps freed memory for the next step (``runtime/torch_memory.py``; off with
+      ``SNNCC_KEEP_FREED_MEMORY=0``). ``--peers-keep-freed-memory`` gives the peers the same allocator setting
+      (``GLIBC_TUNABLES``), to show what it alone is worth to them.
     - SpikingJelly (``spikingjelly.activation_based``): the same layers with each ReLU replaced by
       ``neuron.IFNode(surrogate_function=surrogate.ATan(), step_mode="m")`` (its multi-step mode, the fastest on a
       CPU, where its cupy/triton backends do not run), stateless layers in ``layer.SeqToANNContainer`` (all T steps
@@ -64,6 +67,8 @@ CALIBRATION = 500
 FRAMEWORKS = ("snncc", "spikingjelly", "snntorch")
 PEERS = ("spikingjelly", "snntorch")
 BASELINE = "snncc-baseline"  # snncc's child under --with-baseline's Python
+#: glibc's tunables for runtime/torch_memory.py's mallopt setting (no mmap per block, freed memory kept).
+KEEP_FREED_MEMORY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -208,6 +213,8 @@ def child(args: argparse.Namespace) -> dict:
 def _spawn(python: str, framework: str, T: int, args: argparse.Namespace) -> dict:
     threads = str(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    if framework in PEERS and args.peers_keep_freed_memory:
+        env["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY
     child = "snncc" if framework == BASELINE else framework
     argv = [python, __file__, "--child", child, "--timesteps", str(T), "--threads", threads, "--data",
             str(args.data), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
@@ -252,6 +259,9 @@ def markdown(report: dict) -> str:
              ""]
     if report.get("note"):
         lines += [report["note"], ""]
+    if report.get("peers_keep_freed_memory"):
+        lines += [f"The peers ran with `GLIBC_TUNABLES={KEEP_FREED_MEMORY}`: glibc keeping freed memory, as snncc's "
+                  "training sets it (runtime/torch_memory.py).", ""]
     header = "| T | " + " | ".join(f"{f} (images/s)" for f in report["frameworks"]) + " | snncc / faster peer |"
     lines += [header, "|" + "---:|" * (len(report["frameworks"]) + 2)]
     for T, row in report["results"].items():
@@ -286,6 +296,8 @@ def main() -> None:
     parser.add_argument("--with-baseline", default=None,
                         help="a Python whose installed snncc is an earlier version, run as snncc-baseline")
     parser.add_argument("--note", default="", help="a sentence put above the table (e.g. what else ran)")
+    parser.add_argument("--peers-keep-freed-memory", action="store_true",
+                        help="run the peers with glibc keeping freed memory, as snncc's training does")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "finetune-speed.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "docs" / "finetune-speed.md")
     parser.add_argument("--render", action="store_true",
@@ -317,6 +329,7 @@ def main() -> None:
     results = {T: {f: _median_run(runs[T, f]) for f in frameworks} for T in timesteps}
     report = {"schema_version": 2, "batch_size": args.batch_size, "steps": args.steps, "threads": args.threads,
               "repeats": args.repeats, "frameworks": frameworks, "machine": _machine(), "note": args.note,
+              "peers_keep_freed_memory": args.peers_keep_freed_memory,
               "results": results}
     sys.path.insert(0, str(REPO))
     from snncc import fileio

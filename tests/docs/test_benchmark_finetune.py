@@ -41,3 +41,12 @@ def test_markdown_ratio_is_to_the_faster_peer(script):
     assert "| 8 | 12.0 | 3.0 | 4.0 | 5.0 | 2.40x |" in text  # 12 / max(4, 5), the baseline not a peer
     assert "median of 2 runs" in text and "snncc 12.0/13.0" in text
     assert "snntorch 2.0-3.0" in text  # the load average before and after
+
+
+def test_markdown_says_when_the_peers_kept_freed_memory(script):
+    results = {8: {f: script._median_run([_run(v)]) for f, v in {"snncc": 6.0, "snntorch": 5.0}.items()}}
+    report = {"batch_size": 64, "steps": 8, "threads": 2, "repeats": 1, "frameworks": ["snncc", "snntorch"],
+              "note": "", "machine": {"cpu": "cpu", "instruction_sets": [], "cores": 2}, "results": results}
+    assert "GLIBC_TUNABLES" not in script.markdown(report)
+    report["peers_keep_freed_memory"] = True
+    assert f"GLIBC_TUNABLES={script.KEEP_FREED_MEMORY}" in script.markdown(report)

@@ -245,3 +245,84 @@ def test_spiking_max_pool_equals_its_composition_of_torch_ops(kernel, stride, pa
     assert torch.equal(pooled, ours)
     (pooled * weights).sum().backward()
     assert torch.equal(channels_last.grad, steps.grad)
+
+
+@pytest.mark.skipif(_train_kernels() is None, reason="runtime/_train_kernels not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel,stride,padding", [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (1, 1), (1, 0, 2, 1)),
+                                                   ((3, 2), (2, 3), (0, 1, 1, 0)), ((1, 1), (2, 2), (0, 0, 0, 0))])
+def test_compiled_spiking_max_pool_equals_the_torch_form(kernel, stride, padding, dtype):
+    """The compiled pooling (one pass each way, the window's position saved as a byte) against SpikingMaxPool
+    (cumsum, max_pool2d with its int64 indices, the reverse running sum in torch): identical outputs and argmax
+    routing, so identical gradients where windows do not overlap and equal to rounding where they do (the sums over
+    windows and time run in another order); in the layout of the steps, for contiguous and channels-last steps
+    and a gradient arriving in the other layout; non-integer steps too (counts are summed in time order)."""
+    from snncc.runtime.torch_fused import CompiledSpikingMaxPool, SpikingMaxPool
+
+    rng = np.random.default_rng(5)
+    spikes = (rng.uniform(size=(T, BATCH, 3, 7, 8)) < 0.4) * rng.choice([1.0, 0.5, 1.25], size=(T, BATCH, 3, 7, 8))
+    steps = torch.tensor(spikes, dtype=dtype)
+    expected = SpikingMaxPool.apply(steps.clone().requires_grad_(True), kernel, stride, padding)
+    weights = torch.tensor(rng.normal(size=tuple(expected.shape)), dtype=dtype)
+    overlap = kernel[0] > stride[0] or kernel[1] > stride[1]
+    for layout in (lambda x: x, _channels_last_steps):
+        leaf = steps.clone().requires_grad_(True)
+        reference = SpikingMaxPool.apply(leaf, kernel, stride, padding)
+        (reference * weights).sum().backward()
+        ours_leaf = layout(steps.clone()).requires_grad_(True)
+        ours = CompiledSpikingMaxPool.apply(ours_leaf, kernel, stride, padding)
+        assert torch.equal(ours, reference)
+        assert ours.stride() == layout(torch.empty_like(reference)).stride()  # the steps' layout kept
+        (ours * _channels_last_steps(weights)).sum().backward()  # the gradient in the other layout
+        assert ours_leaf.grad.stride() == ours_leaf.stride()
+        assert leaf.grad.abs().sum() > 0
+        if overlap:
+            torch.testing.assert_close(ours_leaf.grad, leaf.grad, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                                       atol=1e-5 if dtype == torch.float32 else 1e-12)
+        else:
+            assert torch.equal(ours_leaf.grad, leaf.grad)
+
+
+@pytest.mark.parametrize("compiled", FORMS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+@pytest.mark.parametrize("name", ["if-subtract", "if-zero", "lif-zero-per-channel"])
+def test_a_constant_current_given_once_equals_its_expansion_over_time(name, layout, compiled):
+    """``membrane_steps(..., timesteps=T)`` on a (B, *shape) current (the lowering's first layer): the spikes of
+    the expanded (T, B, *shape) current exactly, and the gradient of the current, which the compiled backward sums
+    over time itself (t = T..1) where autograd's expand sums the (T, B, *shape) gradient, equal to rounding; on a
+    population of several kernel blocks and two threads."""
+    shape, batch = (3, 21, 11), 4
+    neuron = NEURONS[name]
+    rng = np.random.default_rng(8)
+    image = torch.tensor(rng.normal(0.3, 0.6, (batch,) + shape), dtype=torch.float32)
+    if layout == "channels-last":
+        image = image.contiguous(memory_format=torch.channels_last)
+    weights = torch.tensor(rng.normal(0, 1, (T, batch) + shape), dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for once in (True, False):
+            record = dynamics_of(neuron).parameters(neuron, shape, np)
+            fields = {n: torch.tensor(np.asarray(getattr(record, n), np.float32), requires_grad=n != "v_init")
+                      for n in ("threshold", "decay", "v_init") if getattr(record, n) is not None}
+            params = dataclasses.replace(record, **fields)
+            leaf = image.clone().requires_grad_(True)
+            spike = Surrogate("arctan", 0.5)
+            if once:
+                out = membrane_steps(params, leaf, spike, compiled=compiled, timesteps=T)
+            else:
+                out = membrane_steps(params, leaf.unsqueeze(0).expand((T,) + tuple(leaf.shape)), spike,
+                                     compiled=compiled)
+            (out * weights).sum().backward()
+            assert leaf.grad.shape == leaf.shape
+            results.append((out.detach(), [leaf.grad] + [fields[n].grad for n in ("threshold", "decay")
+                                                          if n in fields]))
+    finally:
+        torch.set_num_threads(threads)
+    (spikes, grads), (expected_spikes, expected_grads) = results
+    assert 0 < float(spikes.mean()) < 1
+    assert torch.equal(spikes, expected_spikes)
+    for ours, expected in zip(grads, expected_grads):
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)

@@ -130,6 +130,25 @@ def test_a_readout_loss_reaches_every_parameter():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+def test_training_spike_counts_are_summed_when_read_and_carry_gradients():
+    """In a training forward the spike counts are summed where they are read (SpikeCounts, lazy): the same counts
+    as the evaluation forward's, in population order, and a spike-count penalty reaches every population's
+    threshold."""
+    graph = every_op_graph()
+    module = lower(graph)
+    x = torch.as_tensor(_dyadic_inputs(8))
+    with torch.no_grad():
+        expected = module(x, 12).spikes
+    result = module(x, 12)
+    assert result.spikes.lazy and not expected.lazy
+    assert list(result.spikes) == list(expected) == module.populations
+    for name in expected:
+        assert torch.equal(result.spikes[name].detach(), expected[name]), name
+    sum(s.sum() for s in result.spikes.values()).backward()
+    for node in module.populations:
+        assert module.parameters_of(node)["threshold"].grad is not None, node
+
+
 def test_the_shared_weight_gradient_is_the_sum_over_its_operands():
     """One parameter for the shared-weight Linear; its gradient equals that of explicit per-operand copies
     ``W * g_i`` (each a leaf of its own), each copy's gradient scaled back by its gain and summed."""
