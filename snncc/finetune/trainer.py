@@ -42,8 +42,9 @@ from snncc.finetune.checkpoint import Checkpoint, check_matches, data_sha256, gr
     save_checkpoint
 from snncc.finetune.methods import Method
 from snncc.finetune.options import FinetuneOptions
-from snncc.ir import LIF, Graph, ops
+from snncc.ir import Graph, ops
 from snncc.runtime.analog import check_input
+from snncc.runtime.dynamics import is_logic_gate
 from snncc.runtime.torch_lowering import LoweredGraph, LoweredTemporalGraph, lower
 
 #: Smallest threshold a trained population keeps: thresholds must stay positive (the IR refuses others).
@@ -120,8 +121,7 @@ def freeze_logic_gates(graph: Graph, module: LoweredGraph) -> list[str]:
     which skips them, so checkpoints keep their layout). Returns the frozen nodes."""
     frozen = []
     for node in graph.find(ops.Population):
-        neuron = graph.op(node).neuron
-        if isinstance(neuron, LIF) and neuron.tau_mem == 0:
+        if is_logic_gate(graph.op(node).neuron):
             for parameter in module.parameters_of(node).values():
                 parameter.requires_grad_(False)
             frozen.append(node)
