@@ -113,6 +113,10 @@ def _logistic(u: Array) -> Array:
     return s * (1 - s)
 
 
+def _rectangle(u: Array) -> Array:
+    return 0.5 * as_float(abs(u) <= 1, u)
+
+
 #: Surrogate derivatives by name: ``F'(u)`` of a smooth step ``F`` from 0 to 1 (so each integrates to 1, as the
 #: derivative of the Heaviside function, a Dirac delta, does). With width ``w`` the surrogate derivative of
 #: ``H(v - theta)`` is ``F'((v - theta) / w) / w``.
@@ -126,8 +130,12 @@ def _logistic(u: Array) -> Array:
 #:   2016; Bellec et al., "Long short-term memory and learning-to-learn in networks of spiking neurons", NeurIPS
 #:   2018): ``F'(u) = max(0, 1 - |u|)``.
 #: - ``logistic``: ``F = sigmoid``, ``F'(u) = sigmoid(u) (1 - sigmoid(u))``; the derivative the FS/AMOS fits use.
+#: - ``rectangle`` (Wu, Deng, Li, Zhu & Shi, "Spatio-temporal backpropagation for training high-performance spiking
+#:   neural networks", Frontiers in Neuroscience 2018): ``F'(u) = 1/2`` for ``|u| <= 1``, else 0; the derivative of
+#:   ``F(u) = clip((u + 1) / 2, 0, 1)``. It is the logic gates' surrogate (:data:`GATE_SURROGATE`).
 SURROGATES: dict[str, Callable[[Array], Array]] = {
-    "fast-sigmoid": _fast_sigmoid, "arctan": _arctan, "triangle": _triangle, "logistic": _logistic}
+    "fast-sigmoid": _fast_sigmoid, "arctan": _arctan, "triangle": _triangle, "logistic": _logistic,
+    "rectangle": _rectangle}
 
 
 _SURROGATE_FUNCTION = None
@@ -188,6 +196,23 @@ class Surrogate(SpikeFunction):
         if _is_numpy(v):
             return HEAVISIDE(v, threshold)
         return _surrogate_function().apply(v, threshold, SURROGATES[self.shape], self.width)
+
+
+def is_logic_gate(neuron: NeuronModel) -> bool:
+    """Whether ``neuron`` is a memoryless threshold gate (``LIF`` with ``tau_mem = 0``: ``s(t) = [I(t) >= theta]``),
+    the neuron of the SEW connect functions AND and IAND (``passes/sew.py``)."""
+    return isinstance(neuron, LIF) and np.all(np.asarray(neuron.tau_mem) == 0)
+
+
+#: The surrogate spike of a logic gate, whatever the lowering's surrogate is. A gate of binary inputs ``a, b`` has
+#: integer input levels and a threshold halfway between two of them (AND: ``a + b >= 1.5``, IAND: ``b - a >= 0.5``),
+#: where it equals ``clip(I - theta + 1/2, 0, 1)`` exactly: AND ``= clip(a + b - 1, 0, 1) = a b``, IAND ``=
+#: clip(b - a, 0, 1) = (1 - a) b``. The rectangle of width 1/2 is that function's derivative, 1 on the two levels
+#: next to the threshold and 0 beyond: the gradient passes a gate unattenuated, as through the product of Fang et
+#: al. ("Deep residual learning in spiking neural networks", NeurIPS 2021), ``d((1 - a) b)/db = 1 - a``. A smooth
+#: surrogate would scale it by ``F'(1/(2w))/w`` per gate (fast-sigmoid, ``w = 1/2``: 1/4, and 1/16 at the
+#: far level), so that the gradient reaching the early blocks of a deep AND/IAND network vanished.
+GATE_SURROGATE = Surrogate("rectangle", 0.5)
 
 
 @dataclass(frozen=True, eq=False)

@@ -57,7 +57,7 @@ from torch import nn
 from snncc.errors import SimulationError, SnnccError
 from snncc.ir import IF, LIF, CubaLIF, Graph, ops
 from snncc.ir.neurons import Amos, FewSpike, NeuronModel
-from snncc.runtime.dynamics import Surrogate, Window, dynamics_of
+from snncc.runtime.dynamics import GATE_SURROGATE, Surrogate, Window, dynamics_of, is_logic_gate
 from snncc.runtime.kernels import fan_outs
 from snncc.runtime.reference import _CHUNK_VALUES, BatchResult
 from snncc.runtime.temporal import TemporalSimulator, is_temporal
@@ -325,7 +325,7 @@ class _Population(nn.Module):
     def __init__(self, op: ops.Population, shape: tuple[int, ...], spike: Surrogate, device: torch.device) -> None:
         super().__init__()
         self.dynamics = dynamics_of(op.neuron, stepped=True)
-        self.spike = spike
+        self.spike = GATE_SURROGATE if is_logic_gate(op.neuron) else spike  # a SEW gate: its exact derivative
         record = self.dynamics.parameters(op.neuron, shape, np)
         self._record = record
         self._tensor_fields = []

@@ -8,8 +8,9 @@ T fine-tune it with ``--method`` (the first ``--train-images + --val-images`` tr
 ``--val-images`` held back) and evaluate the fine-tuned ``.snn`` the same way. A temporally coded graph (FS) has
 one T, its latency (``--timesteps`` is ignored). ``--init SNN`` starts the fine-tuning from an earlier fine-tuned
 ``.snn`` of the same compilation (a second stage, e.g. ``surrogate`` after ``proxy``); the "converted" column stays
-the compiled graph's and the JSON records the file and its own fine-tuning record. The training and evaluation wall
-times are recorded with the load average of the (shared) machine before and after the training. Writes
+the compiled graph's and the JSON records the file and its own fine-tuning record. ``--checkpoint DIR``
+checkpoints each run after every epoch (in ``DIR/<model>-<pipeline>-<label>-<method>-T<T>``) and the same command
+started again resumes from it. The training and evaluation wall times are recorded with the load average of the (shared) machine before and after the training. Writes
 ``docs/results/finetune-<model>-<label>.json`` after every T (partial runs keep what they measured) and rebuilds the
 section between the markers of ``docs/finetune.md`` from every ``docs/results/finetune-*.json`` (so runs of other
 sizes, with other labels, are kept side by side; ``--markdown-only`` rebuilds it without training).
@@ -20,7 +21,7 @@ held-back training images alone (``finetune-sweep-<model>-<label>.json``; the te
 
     python docs/scripts/finetune_results.py [--models vgg-fmnist] [--pipeline rate|fs8|sew-add|sew-iand]
         [--method surrogate|proxy] [--timesteps 4,8] [--train-images 6000] [--val-images 1000] [--epochs 1]
-        [--lr 3e-4] [--batch-size 32] [--init SNN] [--threads N] [--sweep LR,LR] [--torch-eval] [--limit N]
+        [--lr 3e-4] [--batch-size 32] [--init SNN] [--checkpoint DIR] [--threads N] [--sweep LR,LR] [--torch-eval] [--limit N]
         [--label NAME] [--data ../shared/data] [--markdown-only]
 """
 
@@ -143,6 +144,16 @@ def run_sweep(name: str, args: argparse.Namespace) -> dict:
     return record
 
 
+def checkpointing(args: argparse.Namespace, run: str) -> dict:
+    """The checkpoint options of one run under ``--checkpoint DIR``: the directory ``DIR/<run>`` is written after
+    every epoch, and a run started again with the same arguments resumes from the checkpoint it finds there (the
+    same final weights as an uninterrupted run; the training wall time then counts only the resumed epochs)."""
+    if args.checkpoint is None:
+        return {}
+    directory = args.checkpoint / run
+    return {"resume": directory} if (directory / "state.json").is_file() else {"checkpoint": directory}
+
+
 def run_model(name: str, args: argparse.Namespace) -> dict:
     model, scaling, calibration, x_test, y_test = load_model_data(name, args.data, CALIBRATION_IMAGES, args.limit)
     work = Path(args.work)
@@ -164,7 +175,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
                "eval_backend": converted["eval_backend"], "runs": []}
     for t in timesteps:
         options = FinetuneOptions(timesteps=t, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                  seed=0, limit=args.train_images + args.val_images, val_limit=args.val_images)
+                                  seed=0, limit=args.train_images + args.val_images, val_limit=args.val_images,
+                                  **checkpointing(args, f"{name}-{args.pipeline}-{args.label}-{args.method}-T{t}"))
         load_before = os.getloadavg()
         start = time.perf_counter()
         tuned = finetune(start_graph, train, args.method, options, progress=True)
@@ -300,6 +312,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
     parser.add_argument("--work", default="/tmp/snncc-finetune-results", help="where the .snn files go")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint every run after each epoch under this directory; a rerun resumes there")
     parser.add_argument("--label", default="short", help="names this run's JSON files (finetune-MODEL-LABEL.json)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch's threads for the training (on a loaded shared machine 1 is fastest)")

@@ -51,7 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
                    "same .snn, data and options; it keeps being updated unless --checkpoint names another)")
     p.add_argument("--device", default=defaults.device, help="cpu or cuda")
     p.add_argument("--surrogate", default=defaults.surrogate, help="surrogate derivative of the spikes: "
-                   "fast-sigmoid, arctan, triangle or logistic")
+                   "fast-sigmoid, arctan, triangle, logistic or rectangle (SEW "
+                   "gates always use their own, GATE_SURROGATE)")
     p.add_argument("--width", type=float, default=defaults.width, help="surrogate width in membrane units")
     p.set_defaults(func=run)
     return p

@@ -42,8 +42,9 @@ from snncc.finetune.checkpoint import Checkpoint, check_matches, data_sha256, gr
     save_checkpoint
 from snncc.finetune.methods import Method
 from snncc.finetune.options import FinetuneOptions
-from snncc.ir import LIF, Graph, ops
+from snncc.ir import Graph, ops
 from snncc.runtime.analog import check_input
+from snncc.runtime.dynamics import is_logic_gate
 from snncc.runtime.torch_lowering import LoweredGraph, LoweredTemporalGraph, lower
 
 #: Smallest threshold a trained population keeps: thresholds must stay positive (the IR refuses others).
@@ -124,7 +125,7 @@ def freeze_logic_gates(graph: Graph, module: LoweredGraph) -> list[str]:
     frozen = []
     for node in graph.topological_order():
         op = graph.op(node)
-        gate = isinstance(op, ops.Population) and isinstance(op.neuron, LIF) and op.neuron.tau_mem == 0
+        gate = isinstance(op, ops.Population) and is_logic_gate(op.neuron)
         if gate or (op.synaptic and "or_gate_of" in graph.meta.get(node, {})):
             for parameter in module.parameters_of(node).values():
                 parameter.requires_grad_(False)
