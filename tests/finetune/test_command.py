@@ -15,18 +15,8 @@ from snncc.finetune import trainer  # noqa: E402
 from snncc.ir import IF, SNN, Graph, load, ops, save  # noqa: E402
 from snncc.ir.neurons import FewSpike  # noqa: E402
 from tests.conftest import small_cnn  # noqa: E402
-from tests.finetune.tiny import converted_cnn, training_set  # noqa: E402
 
 RUN = ["--timesteps", "2", "--epochs", "1", "--limit", "48", "--val-limit", "16", "--batch-size", "16", "--quiet"]
-
-
-@pytest.fixture
-def files(tmp_path):
-    snn = save(converted_cnn(), tmp_path / "tiny.snn")
-    x, y = training_set()
-    data = tmp_path / "train.npz"
-    np.savez(data, x=x.astype(np.uint8), y=y)
-    return snn, data
 
 
 def test_finetune_then_eval_end_to_end(files, tmp_path, capsys):

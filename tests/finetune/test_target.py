@@ -27,15 +27,6 @@ from tests.runtime.test_torch_lowering import MAX_FLIP_RATE  # noqa: E402
 RUN = ["--timesteps", "4", "--epochs", "1", "--limit", "48", "--val-limit", "16", "--batch-size", "16", "--quiet"]
 
 
-@pytest.fixture
-def files(tmp_path):
-    snn = save(converted_cnn(), tmp_path / "tiny.snn")
-    x, y = training_set()
-    data = tmp_path / "train.npz"
-    np.savez(data, x=x.astype(np.uint8), y=y)
-    return snn, data
-
-
 def _gates(graph):
     """The OR gates of a float form: (gather, gate) pairs."""
     return [(graph.inputs(n)[0], n) for n in graph.find(ops.Population) if graph.meta[n].get("or_gate")]
