@@ -219,8 +219,8 @@ def markdown(reports: dict[str, dict]) -> str:
                       "the spikes thin out from block to block (the last AND block fires over a hundred times less "
                       "than its branch neuron). IAND passes the shortcut only where the branch is silent, which "
                       "the classifier, trained on `ReLU(branch + shortcut)`, cannot read. Both forms are "
-                      "starting points for the surrogate-gradient fine-tuning of a later issue (Fang et al. train "
-                      "them from scratch)."]
+                      "starting points for surrogate-gradient fine-tuning (Fang et al. train them from scratch); "
+                      "docs/finetune.md has the trained figures."]
         lines += ["", "| form | neurons | synapses | spikes/image at the largest T | synaptic ops/image |",
                   "|---|---:|---:|---:|---:|"]
         for k in rates + sew_keys:
