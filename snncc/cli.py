@@ -17,6 +17,7 @@ from snncc import __version__
 from snncc.data import InputScaling, load_dataset
 from snncc.data.loader import SUPPORTED as DATA_FORMATS
 from snncc.data.scaling import SYNTAX as SCALING_SYNTAX
+from snncc import distributed
 from snncc.distributed import World
 from snncc.errors import SnnccError, SnnccWarning
 from snncc.finetune.command import add_parser as add_finetune_parser
@@ -269,14 +270,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning, formatter = _format_warning, warnings.formatwarning
+    finished = False
     try:
         if os.environ.get("RANK", "0") != "0":
             # Under torchrun only rank 0 reports: the other ranks keep stderr (their errors) but print nothing
             # and show no progress bars.
             args.quiet = True
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-                return args.func(args)
-        return args.func(args)
+                status = args.func(args)
+        else:
+            status = args.func(args)
+        finished = True
+        return status
     except SnnccError as exc:
         if getattr(args, "debug", False):
             raise
@@ -292,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
     finally:
+        distributed.leave(finished)  # under torchrun: leave the process group before the interpreter shuts down
         warnings.formatwarning = formatter
 
 
