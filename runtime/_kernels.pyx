@@ -28,6 +28,7 @@ the reference rounds the product before the addition.
 
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 import numpy as np
@@ -159,78 +160,183 @@ cdef extern from *:
     /* FS neurons and AMOS units, a block of SNNCC_UNIT_BLOCK at a time with GCC/Clang vector extensions: each lane
        is one neuron, with exactly the scalar arithmetic in step order; where a neuron does not fire, a bit-select
        keeps its old membrane / output (no +0.0 is added, so every value is the specification's bit for bit).
-       spikes[t * SNNCC_UNIT_BLOCK + i] is 1 where neuron i fired at step t. Inputs of lanes i >= m are 0. */
+       Inputs of lanes i >= m are 0 (those lanes are computed, never stored or counted).
+
+       What a block reports of its spikes: with `spikes`, spikes[t * SNNCC_UNIT_BLOCK + i] is 1 where neuron i
+       fired at step t; with `counts` (snncc_unit_counts), per lane i: steps[t * B + i] += 1 where it fired at t,
+       ops[(f * k + t) * B + i] += fan_out[f * stride + i] (the synapses its spike drives in operand f),
+       most[i] = max(most[i], its spikes in the window; AMOS: 1 if any of the unit's neurons fired). The counts are
+       int32 lanes that the caller moves into int64 totals before they could overflow; they are kept as vector
+       masks, never narrowed to bytes (narrowing costs a scalar extract per lane with AVX2).
+
+       The vectors are as wide as the variant's registers (SNNCC_UNIT_LANES: 16 floats with AVX-512, 8 with AVX,
+       4 otherwise) and a block is SNNCC_UNIT_BLOCK / SNNCC_UNIT_LANES of them: GCC lowers the comparisons of a
+       vector wider than the hardware's into one scalar compare per lane, which made the AVX2 and baseline builds'
+       FS units several times slower. */
     #define SNNCC_UNIT_BLOCK 16
+    #if defined(__AVX512F__)
+    #define SNNCC_UNIT_LANES 16
+    #elif defined(__AVX__)
+    #define SNNCC_UNIT_LANES 8
+    #else
+    #define SNNCC_UNIT_LANES 4
+    #endif
+    typedef struct {
+        Py_ssize_t f_count, stride;
+        const int32_t* fan_out;
+        int32_t* steps;
+        int32_t* ops;
+        int32_t* most;
+    } snncc_unit_counts;
+    /* The block's inputs, zero past m. */
+    #define SNNCC_UNIT_INPUTS(in, x, m) float in[SNNCC_UNIT_BLOCK] = {0}; \
+        memcpy(in, (x), (size_t)((m) < SNNCC_UNIT_BLOCK ? (m) : SNNCC_UNIT_BLOCK) * sizeof(float))
     #if defined(__GNUC__) || defined(__clang__)
-    typedef float snncc_unit_vf __attribute__((vector_size(64)));
-    typedef int32_t snncc_unit_vi __attribute__((vector_size(64)));
-    typedef uint8_t snncc_unit_vb __attribute__((vector_size(16)));
+    typedef float snncc_unit_vf __attribute__((vector_size(SNNCC_UNIT_LANES * 4)));
+    typedef int32_t snncc_unit_vi __attribute__((vector_size(SNNCC_UNIT_LANES * 4)));
+    typedef uint8_t snncc_unit_vb __attribute__((vector_size(SNNCC_UNIT_LANES)));
     #define SNNCC_SELECT(mask, a, b) ((snncc_unit_vf)(((snncc_unit_vi)(a) & (mask)) | ((snncc_unit_vi)(b) & ~(mask))))
-    #define SNNCC_UNIT_LOAD(v, x, m) memcpy(&(v), (x), (size_t)((m) < SNNCC_UNIT_BLOCK ? (m) : SNNCC_UNIT_BLOCK) * sizeof(float))
-    static inline void snncc_fs_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
-                                      const float* weight, Py_ssize_t k, float* value, uint8_t* spikes) {
-        snncc_unit_vf v = {0}, acc = {0};
-        SNNCC_UNIT_LOAD(v, x, m);
-        Py_ssize_t t;
-        for (t = 0; t < k; ++t) {
-            snncc_unit_vi fired = v >= threshold[t];
-            v = SNNCC_SELECT(fired, v - height[t], v);
-            acc = SNNCC_SELECT(fired, acc + weight[t], acc);
-            snncc_unit_vb z = __builtin_convertvector(fired & 1, snncc_unit_vb);
-            memcpy(spikes + t * SNNCC_UNIT_BLOCK, &z, sizeof(z));
-        }
-        memcpy(value, &acc, sizeof(acc));
+    /* Lanes h.. of the block that hold neurons (i < m), as a mask. */
+    static inline snncc_unit_vi snncc_unit_valid(Py_ssize_t h, Py_ssize_t m) {
+        snncc_unit_vi lane;
+        int32_t i;
+        for (i = 0; i < SNNCC_UNIT_LANES; ++i) lane[i] = (int32_t)h + i;
+        return lane < (int32_t)m;
     }
+    static inline void snncc_unit_add(int32_t* dst, snncc_unit_vi x) {
+        snncc_unit_vi d;
+        memcpy(&d, dst, sizeof(d));
+        d += x;
+        memcpy(dst, &d, sizeof(d));
+    }
+    /* Report the lanes h.. that fired (a mask) at step t: spike bytes and / or counts. */
+    static inline void snncc_unit_fired(snncc_unit_vi fired, Py_ssize_t t, Py_ssize_t h, Py_ssize_t k,
+                                        uint8_t* spikes, const snncc_unit_counts* counts, snncc_unit_vi* per) {
+        if (spikes) {
+            snncc_unit_vb z = __builtin_convertvector(fired & 1, snncc_unit_vb);
+            memcpy(spikes + t * SNNCC_UNIT_BLOCK + h, &z, sizeof(z));
+        }
+        if (counts) {
+            Py_ssize_t f;
+            snncc_unit_add(counts->steps + t * SNNCC_UNIT_BLOCK + h, fired & 1);
+            *per += fired & 1;
+            for (f = 0; f < counts->f_count; ++f) {
+                snncc_unit_vi synapses;
+                memcpy(&synapses, counts->fan_out + f * counts->stride + h, sizeof(synapses));
+                snncc_unit_add(counts->ops + (f * k + t) * SNNCC_UNIT_BLOCK + h, synapses & fired);
+            }
+        }
+    }
+    static inline void snncc_unit_most(const snncc_unit_counts* counts, Py_ssize_t h, snncc_unit_vi per, int amos) {
+        snncc_unit_vi most;
+        if (!counts) return;
+        if (amos) per = -(per > 0);
+        memcpy(&most, counts->most + h, sizeof(most));
+        snncc_unit_vi more = per > most;
+        most = (per & more) | (most & ~more);
+        memcpy(counts->most + h, &most, sizeof(most));
+    }
+    static inline void snncc_fs_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
+                                      const float* weight, Py_ssize_t k, float* value, uint8_t* spikes,
+                                      const snncc_unit_counts* counts) {
+        SNNCC_UNIT_INPUTS(in, x, m);
+        Py_ssize_t h, t;
+        for (h = 0; h < SNNCC_UNIT_BLOCK; h += SNNCC_UNIT_LANES) {
+            snncc_unit_vf v, acc = {0};
+            snncc_unit_vi per = {0}, valid = snncc_unit_valid(h, m);
+            memcpy(&v, in + h, sizeof(v));
+            for (t = 0; t < k; ++t) {
+                snncc_unit_vi fired = v >= threshold[t];
+                v = SNNCC_SELECT(fired, v - height[t], v);
+                acc = SNNCC_SELECT(fired, acc + weight[t], acc);
+                snncc_unit_fired(fired & valid, t, h, k, spikes, counts, &per);
+            }
+            snncc_unit_most(counts, h, per, 0);
+            memcpy(value + h, &acc, sizeof(acc));
+        }
+    }
+    /* AMOS units of more than 64 neurons read the masks of neurons 64.. back from `spikes`: give it then. */
     static inline void snncc_amos_block(const float* x, Py_ssize_t m, const float* threshold, const float* gain,
                                         const float* weight, const float* inhibition, Py_ssize_t k, float* value,
-                                        uint8_t* spikes) {
-        snncc_unit_vf x_ = {0}, acc = {0};
-        SNNCC_UNIT_LOAD(x_, x, m);
+                                        uint8_t* spikes, const snncc_unit_counts* counts) {
+        SNNCC_UNIT_INPUTS(in, x, m);
         snncc_unit_vi fired[64];
-        Py_ssize_t j, t;
-        for (j = 0; j < k; ++j) {
-            snncc_unit_vf u = x_ * gain[j];
-            for (t = 0; t < j; ++t) {
-                snncc_unit_vi earlier;
-                if (t < 64) earlier = fired[t];
-                else { snncc_unit_vb z; memcpy(&z, spikes + t * SNNCC_UNIT_BLOCK, sizeof(z));
-                       earlier = -__builtin_convertvector(z, snncc_unit_vi); }
-                u = SNNCC_SELECT(earlier, u - inhibition[j * k + t], u);
+        Py_ssize_t h, j, t;
+        for (h = 0; h < SNNCC_UNIT_BLOCK; h += SNNCC_UNIT_LANES) {
+            snncc_unit_vf x_, acc = {0};
+            snncc_unit_vi per = {0}, valid = snncc_unit_valid(h, m);
+            memcpy(&x_, in + h, sizeof(x_));
+            for (j = 0; j < k; ++j) {
+                snncc_unit_vf u = x_ * gain[j];
+                for (t = 0; t < j; ++t) {
+                    snncc_unit_vi earlier;
+                    if (t < 64) earlier = fired[t];
+                    else { snncc_unit_vb z; memcpy(&z, spikes + t * SNNCC_UNIT_BLOCK + h, sizeof(z));
+                           earlier = -__builtin_convertvector(z, snncc_unit_vi); }
+                    u = SNNCC_SELECT(earlier, u - inhibition[j * k + t], u);
+                }
+                snncc_unit_vi now = u >= threshold[j];
+                if (j < 64) fired[j] = now;
+                acc = SNNCC_SELECT(now, acc + weight[j], acc);
+                snncc_unit_fired(now & valid, j, h, k, spikes, counts, &per);
             }
-            snncc_unit_vi now = u >= threshold[j];
-            if (j < 64) fired[j] = now;
-            acc = SNNCC_SELECT(now, acc + weight[j], acc);
-            snncc_unit_vb z = __builtin_convertvector(now & 1, snncc_unit_vb);
-            memcpy(spikes + j * SNNCC_UNIT_BLOCK, &z, sizeof(z));
+            snncc_unit_most(counts, h, per, 1);
+            memcpy(value + h, &acc, sizeof(acc));
         }
-        memcpy(value, &acc, sizeof(acc));
     }
     #else
+    static inline void snncc_unit_fired_scalar(int fired, Py_ssize_t t, Py_ssize_t i, Py_ssize_t k, uint8_t* spikes,
+                                               const snncc_unit_counts* counts, int32_t* per) {
+        Py_ssize_t f;
+        if (spikes) spikes[t * SNNCC_UNIT_BLOCK + i] = (uint8_t)fired;
+        if (counts && fired) {
+            counts->steps[t * SNNCC_UNIT_BLOCK + i] += 1;
+            *per += 1;
+            for (f = 0; f < counts->f_count; ++f)
+                counts->ops[(f * k + t) * SNNCC_UNIT_BLOCK + i] += counts->fan_out[f * counts->stride + i];
+        }
+    }
+    static inline void snncc_unit_most_scalar(const snncc_unit_counts* counts, Py_ssize_t i, int32_t per, int amos) {
+        if (!counts) return;
+        if (amos) per = per > 0;
+        if (per > counts->most[i]) counts->most[i] = per;
+    }
     static inline void snncc_fs_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
-                                      const float* weight, Py_ssize_t k, float* value, uint8_t* spikes) {
+                                      const float* weight, Py_ssize_t k, float* value, uint8_t* spikes,
+                                      const snncc_unit_counts* counts) {
         Py_ssize_t i, t;
         for (i = 0; i < SNNCC_UNIT_BLOCK; ++i) {
             float v = i < m ? x[i] : 0.0f, acc = 0.0f;
+            int32_t per = 0;
             for (t = 0; t < k; ++t) {
                 int fired = v >= threshold[t];
                 if (fired) { v = v - height[t]; acc = acc + weight[t]; }
-                spikes[t * SNNCC_UNIT_BLOCK + i] = (uint8_t)fired;
+                snncc_unit_fired_scalar(fired && i < m, t, i, k, spikes, counts, &per);
             }
+            snncc_unit_most_scalar(counts, i, per, 0);
             value[i] = acc;
         }
     }
     static inline void snncc_amos_block(const float* x, Py_ssize_t m, const float* threshold, const float* gain,
                                         const float* weight, const float* inhibition, Py_ssize_t k, float* value,
-                                        uint8_t* spikes) {
+                                        uint8_t* spikes, const snncc_unit_counts* counts) {
         Py_ssize_t i, j, t;
+        uint8_t own[64];
         for (i = 0; i < SNNCC_UNIT_BLOCK; ++i) {
             float xi = i < m ? x[i] : 0.0f, acc = 0.0f;
+            int32_t per = 0;
             for (j = 0; j < k; ++j) {
                 float u = xi * gain[j];
-                for (t = 0; t < j; ++t) if (spikes[t * SNNCC_UNIT_BLOCK + i]) u = u - inhibition[j * k + t];
-                spikes[j * SNNCC_UNIT_BLOCK + i] = (uint8_t)(u >= threshold[j]);
-                if (u >= threshold[j]) acc = acc + weight[j];
+                for (t = 0; t < j; ++t) {
+                    int earlier = t < 64 ? own[t] : spikes[t * SNNCC_UNIT_BLOCK + i];
+                    if (earlier) u = u - inhibition[j * k + t];
+                }
+                int now = u >= threshold[j];
+                if (j < 64) own[j] = (uint8_t)now;
+                snncc_unit_fired_scalar(now && i < m, j, i, k, spikes, counts, &per);
+                if (now) acc = acc + weight[j];
             }
+            snncc_unit_most_scalar(counts, i, per, 1);
             value[i] = acc;
         }
     }
@@ -247,11 +353,18 @@ cdef extern from *:
                             Py_ssize_t stride, Py_ssize_t n) nogil
     void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) nogil
     enum: SNNCC_UNIT_BLOCK
+    ctypedef struct snncc_unit_counts:
+        Py_ssize_t f_count, stride
+        const int32_t* fan_out
+        int32_t* steps
+        int32_t* ops
+        int32_t* most
     void snncc_fs_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
-                        const float* weight, Py_ssize_t k, float* value, uint8_t* spikes) nogil
+                        const float* weight, Py_ssize_t k, float* value, uint8_t* spikes,
+                        const snncc_unit_counts* counts) nogil
     void snncc_amos_block(const float* x, Py_ssize_t m, const float* threshold, const float* gain,
                           const float* weight, const float* inhibition, Py_ssize_t k, float* value,
-                          uint8_t* spikes) nogil
+                          uint8_t* spikes, const snncc_unit_counts* counts) nogil
 
     # Pointers the compiler may assume do not alias: the vector loops need no run-time overlap checks.
     ctypedef float* float_rp "float * __restrict__"
@@ -388,16 +501,18 @@ UNIT_BLOCK = SNNCC_UNIT_BLOCK
 
 cdef inline void _temporal_block(const float* x, Py_ssize_t m, const float* threshold, const float* height,
                                  const float* weight, const float* gain, const float* inhibition, Py_ssize_t k,
-                                 float offset, bint amos, float* out, uint8_t* spikes) noexcept nogil:
+                                 float offset, bint amos, float* out, uint8_t* spikes,
+                                 const snncc_unit_counts* counts) noexcept nogil:
     """``m <= UNIT_BLOCK`` FS neurons or AMOS units with gate inputs ``x[:m]``: their output values to ``out[:m]``
-    and their spikes to ``spikes[t * UNIT_BLOCK + i]`` (the arithmetic of :func:`temporal_units`, which documents
-    it; ``inhibition`` is (K, K)). The offset is added last, where it is non-zero, as the specification adds it."""
+    and their spikes to ``spikes[t * UNIT_BLOCK + i]`` (where ``spikes`` is not NULL) and / or into ``counts``
+    (where not NULL; see ``snncc_unit_counts``), with the arithmetic of :func:`temporal_units`, which documents
+    it; ``inhibition`` is (K, K). The offset is added last, where it is non-zero, as the specification adds it."""
     cdef float value[SNNCC_UNIT_BLOCK]
     cdef Py_ssize_t i
     if amos:
-        snncc_amos_block(x, m, threshold, gain, weight, inhibition, k, value, spikes)
+        snncc_amos_block(x, m, threshold, gain, weight, inhibition, k, value, spikes, counts)
     else:
-        snncc_fs_block(x, m, threshold, height, weight, k, value, spikes)
+        snncc_fs_block(x, m, threshold, height, weight, k, value, spikes, counts)
     for i in range(m):
         out[i] = value[i] + offset if offset != 0 else value[i]
 
@@ -433,7 +548,7 @@ def temporal_units(const float[::1] x, const float[::1] threshold, const float[:
         z = &scratch[threadid(), 0]
         m = min(SNNCC_UNIT_BLOCK, n - start)
         _temporal_block(&x[start], m, &threshold[0], &height[0], &weight[0], &gain[0], &inhibition[0, 0], k,
-                        offset, amos, &out[start], z)
+                        offset, amos, &out[start], z, NULL)
         for t in range(k):
             for i in range(m):
                 spikes[t, start + i] = z[t * SNNCC_UNIT_BLOCK + i]
@@ -442,75 +557,87 @@ def temporal_units(const float[::1] x, const float[::1] threshold, const float[:
 def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, const float[::1] height,
                            const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition,
                            float offset, bint amos, float[:, ::1] out, int64_t[:, ::1] counts, int64_t[::1] peak,
-                           const double[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1):
+                           const int32_t[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1):
     """:func:`temporal_units` on a batch ``x`` (B, n) that counts instead of storing the spike trains.
 
     Writes the output values ``out`` (B, n) and, per sample ``b`` and step ``t`` of the window, the spikes
-    ``counts[b, t]`` and, for each of the ``F`` synaptic operands the population feeds (``fan_out`` (F, n), the
-    synapses leaving each neuron), ``synops[b, f, t] = sum over the neurons i that spiked at t of fan_out[f, i]``;
-    ``peak[b]`` is the most spikes of one neuron of sample ``b`` (FS: over the window; AMOS: each of a unit's K
-    neurons fires at most once, so 1 if any did). Every count is an integer sum, exact in any order (the synaptic
-    operations in float64, as the reference's float64 product sums them). The values are the same float32
-    arithmetic as :func:`temporal_units` (one function computes both).
+    ``counts[b, t]`` and, for each of the ``F`` synaptic operands the population feeds (``fan_out`` (F, n'), the
+    synapses leaving each neuron, zero-padded to ``n'``, ``n`` rounded up to a multiple of :data:`UNIT_BLOCK`),
+    ``synops[b, f, t] = sum over the neurons i that spiked at t of fan_out[f, i]``; ``peak[b]`` is the most spikes
+    of one neuron of sample ``b`` (FS: over the window; AMOS: each of a unit's K neurons fires at most once, so 1
+    if any did). Every count is an integer sum, exact in any order: int32 lanes per block of neurons, moved into
+    int64 totals before any lane could pass ``2^31 - 1``, the synaptic operations then as float64 (the integers the
+    reference's float64 product sums). The values are the same float32 arithmetic as :func:`temporal_units` (one
+    function computes both).
     """
     cdef Py_ssize_t batch = x.shape[0], n = x.shape[1], k = threshold.shape[0], f_count = fan_out.shape[0]
-    cdef Py_ssize_t b, i, t, f, block, start, m
-    cdef int64_t most, fired
+    cdef Py_ssize_t blocks = (n + SNNCC_UNIT_BLOCK - 1) // SNNCC_UNIT_BLOCK, lanes = SNNCC_UNIT_BLOCK
+    cdef Py_ssize_t b, i, t, f, block, start, m, since_flush, flush_every
+    cdef int64_t most
     cdef uint8_t* z
-    cdef int64_t* count
-    cdef int64_t* per_neuron
-    cdef double* ops
-    cdef double total
+    cdef int32_t* steps
+    cdef int64_t* totals
     _check_shape("temporal unit output", (batch, n), (out.shape[0], out.shape[1]))
     _check_shape("temporal unit counts", (batch, k), (counts.shape[0], counts.shape[1]))
     _check_shape("temporal unit peaks", (batch,), (peak.shape[0],))
-    _check_shape("temporal unit fan-outs", (f_count, n), (fan_out.shape[0], fan_out.shape[1]))
+    _check_shape("temporal unit fan-outs", (f_count, blocks * lanes), (fan_out.shape[0], fan_out.shape[1]))
     _check_shape("temporal unit synaptic operations", (batch, f_count, k),
                  (synops.shape[0], synops.shape[1], synops.shape[2]))
     _check_temporal_parameters(k, height, weight, gain, inhibition)
     if k == 0:
         raise ValueError("temporal units need a window of at least one step")
-    cdef uint8_t[:, ::1] spike_scratch = _scratch(threads, k * SNNCC_UNIT_BLOCK, np.uint8)
-    cdef int64_t[:, ::1] count_scratch = _scratch(threads, k + UNIT_BLOCK, np.int64)
-    cdef double[:, ::1] ops_scratch = _scratch(threads, f_count * k, np.float64)
+    largest = int(np.max(fan_out, initial=0)) if f_count else 0
+    if f_count and int(np.min(fan_out, initial=0)) < 0:
+        raise ValueError("fan-outs are synapse counts: they cannot be negative")
+    # A lane gains at most one neuron's fan-out (and one spike per step) per block.
+    flush_every = max(1, min(blocks, (2 ** 31 - 1) // max(1, largest)))
+    cdef Py_ssize_t lane_values = (k + f_count * k + 1) * lanes
+    cdef bint keep_spikes = amos and k > 64  # AMOS units of more than 64 neurons read their spikes back
+    cdef uint8_t[:, ::1] spike_scratch = _scratch(threads, k * lanes, np.uint8)
+    cdef int32_t[:, ::1] lane_scratch = _scratch(threads, lane_values, np.int32)
+    cdef int64_t[:, ::1] total_scratch = _scratch(threads, k + f_count * k, np.int64)
+    cdef snncc_unit_counts* tally
+    cdef snncc_unit_counts* tallies = <snncc_unit_counts*> malloc(max(1, threads) * sizeof(snncc_unit_counts))
+    if tallies == NULL:
+        raise MemoryError()
     for b in prange(batch, nogil=True, num_threads=max(1, threads), schedule="static"):
-        z = &spike_scratch[threadid(), 0]
-        count = &count_scratch[threadid(), 0]
-        per_neuron = count + k
-        ops = &ops_scratch[threadid(), 0]
-        most = 0
-        for t in range(k):
-            count[t] = 0
-        for f in range(f_count * k):
-            ops[f] = 0.0
-        for block in range((n + SNNCC_UNIT_BLOCK - 1) // SNNCC_UNIT_BLOCK):
-            start = block * SNNCC_UNIT_BLOCK
-            m = min(SNNCC_UNIT_BLOCK, n - start)
+        z = &spike_scratch[threadid(), 0] if keep_spikes else NULL
+        steps = &lane_scratch[threadid(), 0]
+        totals = &total_scratch[threadid(), 0]
+        tally = &tallies[threadid()]
+        tally.f_count = f_count
+        tally.stride = fan_out.shape[1]
+        tally.steps = steps
+        tally.ops = steps + k * lanes
+        tally.most = steps + (k + f_count * k) * lanes
+        for i in range(lane_values):
+            steps[i] = 0
+        for i in range(k + f_count * k):
+            totals[i] = 0
+        since_flush = 0
+        for block in range(blocks):
+            start = block * lanes
+            m = min(lanes, n - start)
+            tally.fan_out = &fan_out[0, start] if f_count else NULL
             _temporal_block(&x[b, start], m, &threshold[0], &height[0], &weight[0], &gain[0], &inhibition[0, 0],
-                            k, offset, amos, &out[b, start], z)
-            for i in range(SNNCC_UNIT_BLOCK):
-                per_neuron[i] = 0
-            for t in range(k):
-                fired = 0
-                for i in range(m):
-                    fired = fired + z[t * SNNCC_UNIT_BLOCK + i]
-                    per_neuron[i] = per_neuron[i] + z[t * SNNCC_UNIT_BLOCK + i]
-                count[t] = count[t] + fired
-                if fired:
-                    for f in range(f_count):
-                        total = 0.0
-                        for i in range(m):
-                            total = total + fan_out[f, start + i] * z[t * SNNCC_UNIT_BLOCK + i]  # 0/1: exact
-                        ops[f * k + t] = ops[f * k + t] + total
-            for i in range(m):
-                fired = 1 if amos and per_neuron[i] > 1 else per_neuron[i]
-                if fired > most:
-                    most = fired
+                            k, offset, amos, &out[b, start], z, tally)
+            since_flush = since_flush + 1
+            if since_flush == flush_every or block == blocks - 1:
+                for t in range((1 + f_count) * k):
+                    for i in range(lanes):
+                        totals[t] = totals[t] + steps[t * lanes + i]
+                        steps[t * lanes + i] = 0
+                since_flush = 0
+        most = 0
+        for i in range(lanes):
+            if tally.most[i] > most:
+                most = tally.most[i]
         for t in range(k):
-            counts[b, t] = count[t]
+            counts[b, t] = totals[t]
             for f in range(f_count):
-                synops[b, f, t] = ops[f * k + t]
+                synops[b, f, t] = <double>totals[k + f * k + t]
         peak[b] = most
+    free(tallies)
 
 
 def signed_population_steps(const float[:, :, ::1] current, float[:, ::1] v, float[:, ::1] net,

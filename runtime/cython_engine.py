@@ -1024,8 +1024,17 @@ class CythonTemporalSimulator(TemporalSimulator):
             self._fan_out_rows.append(None if source is None else len(rows[source]))
             if source is not None:
                 rows[source].append(weights)
-        self._fan_outs = {node: np.ascontiguousarray(np.array(arrays, dtype=np.float64).reshape(
-            len(arrays), self.types[node].size)) for node, arrays in rows.items()}
+        # int32 synapse counts, each row zero-padded to whole blocks of units (what the counting kernel reads).
+        self._fan_outs = {}
+        for node, arrays in rows.items():
+            size = self.types[node].size
+            padded = np.zeros((len(arrays), -(-size // _kernels.UNIT_BLOCK) * _kernels.UNIT_BLOCK), np.int32)
+            for row, weights in enumerate(arrays):
+                if weights.max(initial=0) > np.iinfo(np.int32).max:
+                    raise SimulationError(f"{node!r}: a neuron has {int(weights.max()):,} synapses, more than "
+                                          "the compiled runtime counts (2^31 - 1); use the reference backend")
+                padded[row, :size] = weights
+            self._fan_outs[node] = padded
 
     def _events(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
         steps, batch = x.shape[:2]

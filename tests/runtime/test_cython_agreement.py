@@ -106,13 +106,14 @@ def _built_variants() -> list[str]:
 
     names = []
     for name in ("portable", "avx2", "avx512"):
+        if not _kernels.cpu_supports(name):  # before the import: a variant's module may not even load elsewhere
+            continue
         module = "snncc.runtime._kernels" + ("" if name == "portable" else f"_{name}")
         try:
             importlib.import_module(module)
         except ImportError:
             continue
-        if _kernels.cpu_supports(name):
-            names.append(name)
+        names.append(name)
     return names
 
 

@@ -54,23 +54,27 @@ def _parameters(neuron: FewSpike | Amos) -> tuple:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(k=st.sampled_from([1, 2, 5, 8, 12, 70]), batch=st.integers(1, 5), n=st.integers(1, 50),
-       fan_outs=st.integers(0, 3), amos=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
-def test_counting_units_are_the_window_functions(variant, k, batch, n, fan_outs, amos, threads, seed):
+       fan_outs=st.integers(0, 3), amos=st.booleans(), threads=st.sampled_from([1, 2]),
+       largest=st.sampled_from([30, 2**30, 2**31 - 1]), seed=st.integers(0, 2**31))
+def test_counting_units_are_the_window_functions(variant, k, batch, n, fan_outs, amos, threads, largest, seed):
     """temporal_units_counted: the values of dynamics.run_window bit for bit, and the spikes per step, the most
     spikes of a neuron and the synaptic operations of each fed operand as the reference counts them from the
-    trains. Inputs include 0, -0, thresholds exactly, infinities and NaN; n is rarely a multiple of the block."""
+    trains. Inputs include 0, -0, thresholds exactly, infinities and NaN; n is rarely a multiple of the block.
+    Fan-outs up to 2^31 - 1 make the kernel's int32 lanes move into their int64 totals after every block."""
     rng = np.random.default_rng(seed)
     neuron = _neuron(rng, k, amos)
     x = rng.normal(0.5, 1.5, (batch, n)).astype(np.float32)
     specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, *neuron.threshold], dtype=np.float32)
     mask = rng.random(x.shape) < 0.2
     x[mask] = rng.choice(specials, mask.sum())
-    fan_out = rng.integers(0, 30, (fan_outs, n)).astype(np.float64)
+    fan_out = rng.integers(0, largest, (fan_outs, n), endpoint=True).astype(np.float64)
+    padded = np.zeros((fan_outs, -(-n // variant.UNIT_BLOCK) * variant.UNIT_BLOCK), np.int32)
+    padded[:, :n] = fan_out
     value, trains = run_window(neuron, x)  # trains (K, B, n)
     out = np.empty_like(x)
     counts, peak = np.empty((batch, k), np.int64), np.empty(batch, np.int64)
     synops = np.empty((batch, fan_outs, k))
-    variant.temporal_units_counted(x, *_parameters(neuron), out, counts, peak, fan_out, synops, threads)
+    variant.temporal_units_counted(x, *_parameters(neuron), out, counts, peak, padded, synops, threads)
     np.testing.assert_array_equal(out.view(np.uint32), value.view(np.uint32))  # -0 and NaN bits too
     np.testing.assert_array_equal(counts, trains.sum(axis=2).T)
     per_neuron = np.minimum(trains.sum(axis=0), 1) if amos else trains.sum(axis=0)
