@@ -913,7 +913,7 @@ def im2col(const float[:, :, :, ::1] x, float[:, :, :, :, :, ::1] cols, Py_ssize
     cdef Py_ssize_t kh = cols.shape[0], kw = cols.shape[1], cg = cols.shape[2], n = cols.shape[3]
     cdef Py_ssize_t ho = cols.shape[4], wo = cols.shape[5], height = x.shape[2], width = x.shape[3]
     cdef Py_ssize_t sy = stride[0], sx = stride[1], pt = padding[0], pl = padding[1], dy = dilation[0]
-    cdef Py_ssize_t dx = dilation[1], plane, plane_index, i, j, c, m, oy, ox, iy, lo, hi
+    cdef Py_ssize_t dx = dilation[1], plane, plane_index, i, j, c, m, oy, ox, iy, lo, hi, shift
     cdef float pad
     cdef float* dst
     cdef const float* src
@@ -949,8 +949,10 @@ def im2col(const float[:, :, :, ::1] x, float[:, :, :, :, :, ::1] cols, Py_ssize
                 src = &x[m, first_channel + c, iy, 0]
                 for ox in range(lo):
                     dst[ox] = pad
-                if sx == 1:
-                    memcpy(dst + lo, src + lo - pl + j * dx, (hi - lo) * sizeof(float))
+                if sx == 1:  # a plain loop: rows are short (7-28 values), where a memcpy call costs more than the copy
+                    shift = j * dx - pl
+                    for ox in range(lo, hi):
+                        dst[ox] = src[ox + shift]
                 else:
                     for ox in range(lo, hi):
                         dst[ox] = src[ox * sx - pl + j * dx]
