@@ -121,34 +121,64 @@ cdef extern from *:
         }
     }
     #endif
-    /* dst[j * dst_stride + i] = src[i * src_stride + j] for a 16 x 16 block: four rounds of pairwise zips of rows
-       i and i + 8 (a perfect shuffle) transpose it in registers; only copies, so exact. */
-    #if defined(__clang__)
-    #define SNNCC_ZIP_LO(a, b) __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
-    #define SNNCC_ZIP_HI(a, b) __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, \
-                                                       15, 31)
-    #define SNNCC_HAVE_ZIP 1
-    #elif defined(__GNUC__)
-    typedef int32_t snncc_v16i __attribute__((vector_size(64)));
-    #define SNNCC_ZIP_LO(a, b) __builtin_shuffle(a, b, (snncc_v16i){0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, \
-                                                                    7, 23})
-    #define SNNCC_ZIP_HI(a, b) __builtin_shuffle(a, b, (snncc_v16i){8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, \
-                                                                    14, 30, 15, 31})
-    #define SNNCC_HAVE_ZIP 1
+    /* The floats of the variant's vector registers: 16 with AVX-512, 8 with AVX, 4 otherwise. Vectors wider than
+       the hardware's are split by the compiler, but GCC lowers their comparisons to one scalar compare per lane,
+       so the kernels that compare use vectors of this width. */
+    #if defined(__AVX512F__)
+    #define SNNCC_LANES 16
+    #elif defined(__AVX__)
+    #define SNNCC_LANES 8
+    #else
+    #define SNNCC_LANES 4
     #endif
-    #ifdef SNNCC_HAVE_ZIP
-    static inline void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) {
-        snncc_v16 r[16], z[16];
-        int i, round;
-        for (i = 0; i < 16; ++i) r[i] = *(const snncc_v16*)(src + i * src_stride);
-        for (round = 0; round < 4; ++round) {
-            for (i = 0; i < 8; ++i) {
-                z[2 * i] = SNNCC_ZIP_LO(r[i], r[i + 8]);
-                z[2 * i + 1] = SNNCC_ZIP_HI(r[i], r[i + 8]);
+    /* dst[j * dst_stride + i] = src[i * src_stride + j] for a 16 x 16 block, in tiles of SNNCC_TILE x SNNCC_TILE:
+       log2(SNNCC_TILE) rounds of pairwise zips of rows i and i + SNNCC_TILE / 2 (a perfect shuffle) transpose a
+       tile in registers; only copies, so exact. SNNCC_TILE is 16 with AVX-512 and 4 otherwise: GCC lowered the
+       16-lane zips to 654 scalar moves per block on AVX2 (160 ns a block), and 8-lane zips cross the AVX2
+       registers' 128-bit halves (38 ns) where 4-lane ones do not (24 ns; an AVX2 EPYC). */
+    #if defined(__AVX512F__)
+    #define SNNCC_TILE 16
+    #else
+    #define SNNCC_TILE 4
+    #endif
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef float snncc_vt __attribute__((vector_size(SNNCC_TILE * 4), aligned(4), may_alias));
+    typedef int32_t snncc_vti __attribute__((vector_size(SNNCC_TILE * 4)));
+    #if SNNCC_TILE == 16
+    #define SNNCC_ZIP_LO_LANES 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+    #define SNNCC_ZIP_HI_LANES 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+    #define SNNCC_ZIP_ROUNDS 4
+    #else
+    #define SNNCC_ZIP_LO_LANES 0, 4, 1, 5
+    #define SNNCC_ZIP_HI_LANES 2, 6, 3, 7
+    #define SNNCC_ZIP_ROUNDS 2
+    #endif
+    #if defined(__clang__)
+    #define SNNCC_ZIP_LO(a, b) __builtin_shufflevector(a, b, SNNCC_ZIP_LO_LANES)
+    #define SNNCC_ZIP_HI(a, b) __builtin_shufflevector(a, b, SNNCC_ZIP_HI_LANES)
+    #else
+    #define SNNCC_ZIP_LO(a, b) __builtin_shuffle(a, b, (snncc_vti){SNNCC_ZIP_LO_LANES})
+    #define SNNCC_ZIP_HI(a, b) __builtin_shuffle(a, b, (snncc_vti){SNNCC_ZIP_HI_LANES})
+    #endif
+    static inline void snncc_transpose_tile(const float* src, Py_ssize_t src_stride, float* dst,
+                                            Py_ssize_t dst_stride) {
+        snncc_vt r[SNNCC_TILE], z[SNNCC_TILE];
+        int i, round, half = SNNCC_TILE / 2;
+        for (i = 0; i < SNNCC_TILE; ++i) r[i] = *(const snncc_vt*)(src + i * src_stride);
+        for (round = 0; round < SNNCC_ZIP_ROUNDS; ++round) {
+            for (i = 0; i < half; ++i) {
+                z[2 * i] = SNNCC_ZIP_LO(r[i], r[i + half]);
+                z[2 * i + 1] = SNNCC_ZIP_HI(r[i], r[i + half]);
             }
-            for (i = 0; i < 16; ++i) r[i] = z[i];
+            for (i = 0; i < SNNCC_TILE; ++i) r[i] = z[i];
         }
-        for (i = 0; i < 16; ++i) *(snncc_v16*)(dst + i * dst_stride) = r[i];
+        for (i = 0; i < SNNCC_TILE; ++i) *(snncc_vt*)(dst + i * dst_stride) = r[i];
+    }
+    static inline void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) {
+        int i, j;
+        for (i = 0; i < 16; i += SNNCC_TILE)
+            for (j = 0; j < 16; j += SNNCC_TILE)
+                snncc_transpose_tile(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
     }
     #else
     static inline void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) {
@@ -169,18 +199,11 @@ cdef extern from *:
        int32 lanes that the caller moves into int64 totals before they could overflow; they are kept as vector
        masks, never narrowed to bytes (narrowing costs a scalar extract per lane with AVX2).
 
-       The vectors are as wide as the variant's registers (SNNCC_UNIT_LANES: 16 floats with AVX-512, 8 with AVX,
-       4 otherwise) and a block is SNNCC_UNIT_BLOCK / SNNCC_UNIT_LANES of them: GCC lowers the comparisons of a
-       vector wider than the hardware's into one scalar compare per lane, which made the AVX2 and baseline builds'
-       FS units several times slower. */
+       The vectors are as wide as the variant's registers (SNNCC_LANES) and a block is SNNCC_UNIT_BLOCK /
+       SNNCC_LANES of them: with 16-lane vectors GCC compared lane by lane on AVX2 and baseline builds, and the
+       FS units ran several times slower. */
     #define SNNCC_UNIT_BLOCK 16
-    #if defined(__AVX512F__)
-    #define SNNCC_UNIT_LANES 16
-    #elif defined(__AVX__)
-    #define SNNCC_UNIT_LANES 8
-    #else
-    #define SNNCC_UNIT_LANES 4
-    #endif
+    #define SNNCC_UNIT_LANES SNNCC_LANES
     typedef struct {
         Py_ssize_t f_count, stride;
         const int32_t* fan_out;
