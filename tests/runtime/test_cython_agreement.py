@@ -107,12 +107,13 @@ def _built_variants() -> list[str]:
     names = []
     for name in ("portable", "avx2", "avx512"):
         module = "snncc.runtime._kernels" + ("" if name == "portable" else f"_{name}")
+        if not _kernels.cpu_supports(name):  # importing a module built for a wider instruction set can crash
+            continue                         # (SIGILL in its initialization on a CPU without AVX-512)
         try:
             importlib.import_module(module)
         except ImportError:
             continue
-        if _kernels.cpu_supports(name):
-            names.append(name)
+        names.append(name)
     return names
 
 
