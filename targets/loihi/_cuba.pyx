@@ -156,7 +156,8 @@ def population_window(const float[:, :, :] sums, int weight_exp, const int32_t[:
                       int64_t bias, int64_t threshold, bint subtract, uint8_t[:, :, ::1] spikes,
                       float[:, ::1] counts, int threads=1):
     """A population's window of chip steps (module docstring): ``sums`` (T, B, N) float32 integers (the last axis
-    contiguous: a block's channels of its group's sums), or (1, B, N) when the same at every step (the graded input's sums); ``layer_bias`` (C,) int32 in membrane units, the
+    contiguous: a block's channels of its group's sums), or (1, B, N) when the same at every step (the graded
+    input's sums); ``layer_bias`` (C,) int32 in membrane units, the
     channel of neuron ``i`` being ``i // (N / C)``, or None; ``u0``, ``v0`` (N,) the state at the window's start
     (the same for every sample); the record's ``current_decay = du + 1``, ``voltage_decay = dv``, ``bias`` and
     ``threshold``. Writes ``spikes`` (T, B, N) (0/1) and adds each step's and sample's spike count to ``counts``

@@ -149,7 +149,8 @@ def fusable(neuron: CubaLIF) -> bool:
 def population_window(pending: PendingSums, neuron: CubaLIF, start: la.CubaState, timesteps: int,
                       counts: np.ndarray, threads: int) -> np.ndarray:
     """The population's spikes (T, batch, N) uint8 over its window from the state ``start`` (the same for every
-    sample, int64 of the population's shape), its spike counts added to ``counts`` (T, batch): ``_cuba.population_window``."""
+    sample, int64 of the population's shape), its spike counts added to ``counts`` (T, batch):
+    ``_cuba.population_window``."""
     from snncc.targets.loihi import _cuba
 
     sums = pending.sums

@@ -49,7 +49,8 @@ def test_the_population_kernel_gives_cuba_windows_integers(seed):
     bias = int(rng.integers(-min(current >> 3, 1 << 20), min(current >> 3, 1 << 20))) if seed % 5 else 0
     if seed == 7:
         bias = (1 << 24) + 64  # beyond the 32-bit loop's bound: the int64 loop
-    layer_bias = (rng.integers(-min(current >> 2, 1 << 30), min(current >> 2, 1 << 30), channels)).astype(np.int32) if seed % 2 else None
+    limit = min(current >> 2, 1 << 30)
+    layer_bias = rng.integers(-limit, limit, channels).astype(np.int32) if seed % 2 else None
     threshold = la.record_threshold(int(rng.integers(1, int(np.clip(current >> 6, 2, (1 << 17) - 1)))))
     neuron = CubaLIF(threshold=threshold, current_decay=la.DECAY_UNIT if memoryless else int(rng.integers(1, 4097)),
                      voltage_decay=0 if memoryless else int(rng.integers(0, 4096)), decay_unit=la.DECAY_UNIT,
