@@ -141,6 +141,9 @@ def _extensions() -> list[Extension]:
     # module, built with the same flags (OpenMP, -ffp-contract=off).
     extensions.append(Extension("snncc.runtime._train_kernels", [str(Path("runtime") / "_train_kernels.pyx")],
                                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]))
+    # The Loihi emulator's integer population step (targets/loihi/_cuba.pyx, used by targets/loihi/compiled.py).
+    extensions.append(Extension("snncc.targets.loihi._cuba", [str(Path("targets") / "loihi" / "_cuba.pyx")],
+                                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]))
     return cythonize(extensions, compiler_directives={"language_level": 3}, quiet=True)
 
 

@@ -30,6 +30,13 @@ Arithmetic: the integer sums are computed by float32 kernels on integer values (
 synapses where it is built, else :mod:`snncc.runtime.kernels`), which is exact while every partial sum stays
 below ``2^24``: checked per layer from its largest weight, fan-in and input, and refused otherwise. The input's
 payload is the same at every step, so the first layer's product is computed once.
+
+Two paths give the same integers: the numpy path below (the specification, and the fallback where nothing is
+compiled: :func:`~snncc.targets.loihi.arithmetic.synaptic_input`, the layer bias and
+:func:`~snncc.targets.loihi.arithmetic.cuba_window` as numpy passes), and the compiled path of
+:mod:`snncc.targets.loihi.compiled` (one event-driven sum per group of channel blocks of one source, and one
+compiled pass per population for the shift, bias and CUBA step: ``targets/loihi/_cuba.pyx``), used where it is
+built (``compiled=None``; ``True`` requires it, ``False`` runs numpy).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from snncc.runtime import Backend, register_backend
 from snncc.runtime.kernels import apply, fan_outs
 from snncc.runtime.reference import BatchResult
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi import compiled as lc
 
 _EXACT_FLOAT32 = 1 << 24
 _CHUNK_VALUES = 1 << 23
@@ -115,7 +123,7 @@ class LoihiEmulator:
     """Run a Loihi hw-level graph for ``timesteps`` answer steps (chip steps ``D .. D + T - 1``), one batch at a
     time."""
 
-    def __init__(self, graph: Graph, timesteps: int, variant: str) -> None:
+    def __init__(self, graph: Graph, timesteps: int, variant: str, compiled: bool | None = None) -> None:
         if graph.level != HW or graph.attrs.get("loihi", {}).get("variant") != variant:
             raise SimulationError(f"the {variant} emulator runs hw-level graphs legalized for {variant} (snncc emit "
                                   f"--target {variant}); this graph is at the {graph.level} level"
@@ -148,14 +156,32 @@ class LoihiEmulator:
                 self.fan_outs[node] = fan_outs(op, self.types[src].shape)[0].ravel()
             elif isinstance(op, ops.Population) and not isinstance(op.neuron, CubaLIF):
                 raise SimulationError(f"{node!r}: {op.neuron.kind} neurons are not Loihi neurons (CubaLIF)")
-        self._event_plans = self._compiled_synapses()
         self._populations = {n: self.types[n].size for n in self.order if isinstance(graph.op(n), ops.Population)}
+        built, why = lc.available()
+        if compiled and not built:
+            raise SimulationError(f"the compiled Loihi emulator is not available: {why}")
+        self.compiled = built if compiled is None else bool(compiled)
+        self._starts: dict[str, la.CubaState] = {}
+        if self.compiled:
+            from snncc.runtime.cython_engine import default_threads
+
+            self._threads = default_threads()
+            self._synapses = lc.Synapses(graph, self.float_ops, self.types, self.fan_outs, self._threads,
+                                         self.constant)
+            # Synaptic nodes whose only consumer is a population the compiled step takes: their sums go to it as
+            # they are (PendingSums), the shift, bias and CUBA step in one pass.
+            self._fused = {n for n in self.float_ops if self._fuses(n)}
+        else:
+            self._synapses, self._fused = None, set()
         largest = max(t.size for t in self.types.values())
         self._samples_per_chunk = max(1, _CHUNK_VALUES // (largest * timesteps))
 
-    def _compiled_synapses(self) -> dict:
-        spike_fed = {n: op for n, op in self.float_ops.items() if self.graph.inputs(n)[0] not in self.constant}
-        return compiled_synapses(self.graph, spike_fed, self.types, self.fan_outs)
+    def _fuses(self, node: str) -> bool:
+        consumers = self.graph.users(node)
+        if len(consumers) != 1 or node in self.graph.outputs:
+            return False
+        op = self.graph.op(consumers[0][0])
+        return isinstance(op, ops.Population) and isinstance(op.neuron, CubaLIF) and lc.fusable(op.neuron)
 
     def _sum_bound(self, op: ops.Op, src: str) -> int:
         payload = 255 if src in self.constant else 1
@@ -182,13 +208,20 @@ class LoihiEmulator:
         values: dict[str, np.ndarray] = {}
         spikes = {n: np.zeros((T, batch), np.float32) for n in self._populations}
         synops = np.zeros((T, batch), np.float64)
+        group_sums: dict = {}  # the compiled path's sums of each group of blocks, for this chunk
         for node in self.order:
             op = graph.op(node)
             args = [values[u] for u in graph.inputs(node)]
             if isinstance(op, ops.Input):
                 values[node] = payload.astype(np.float32)  # the same at every step: (batch, *shape)
+            elif op.synaptic and node in self._fused:
+                values[node] = self._pending_sums(node, op, args[0], batch, synops, group_sums)
             elif op.synaptic:
-                values[node] = self._synaptic(node, op, args[0], batch, synops)
+                values[node] = self._synaptic(node, op, args[0], batch, synops, group_sums)
+            elif isinstance(op, ops.Population) and isinstance(args[0], lc.PendingSums):
+                start = self._window_start(node, op.neuron)
+                out = lc.population_window(args[0], op.neuron, start, T, spikes[node], self._threads)
+                values[node] = out.reshape((T, batch) + self.types[node].shape)
             elif isinstance(op, ops.Population):
                 out = self._population(node, op.neuron, args[0])
                 spikes[node] += out.reshape(T, batch, -1).sum(axis=2)
@@ -210,7 +243,21 @@ class LoihiEmulator:
                    for o in graph.outputs]
         return BatchResult(outputs, spikes, synops)
 
-    def _synaptic(self, node: str, op: ops.Op, x: np.ndarray, batch: int, synops: np.ndarray) -> np.ndarray:
+    def _pending_sums(self, node: str, op: ops.Op, x: np.ndarray, batch: int, synops: np.ndarray,
+                      group_sums: dict) -> lc.PendingSums:
+        """The compiled path's synaptic node: its sums ``sum q s`` as float32 integers, (T, batch, N), or (1, batch,
+        N) for the graded input (the same at every step), for its population's compiled step to shift and bias."""
+        src = self.graph.inputs(node)[0]
+        weight_exp = int(self.graph.meta[node].get("weight_exp", 0))
+        la.shift_by_exponent(np.zeros(0, np.int64), weight_exp)  # the exponent's range check
+        bias = None if op.bias is None else np.asarray(op.bias)
+        if src in self.constant:
+            return lc.PendingSums(self._synapses.sums(node, x, group_sums, synops), weight_exp, bias)
+        return lc.PendingSums(self._spike_sums(node, self.float_ops[node], x, batch, synops, group_sums)
+                              .reshape(self.timesteps, batch, -1), weight_exp, bias)
+
+    def _synaptic(self, node: str, op: ops.Op, x: np.ndarray, batch: int, synops: np.ndarray,
+                  group_sums: dict | None = None) -> np.ndarray:
         """The population's input in membrane units over its window: the sums of the source's window (one step
         earlier on the chip), shifted, plus the layer's bias (on from the window's first step)."""
         src = self.graph.inputs(node)[0]
@@ -223,7 +270,7 @@ class LoihiEmulator:
             sums = np.rint(apply(float_op, x)).astype(np.int64)
             out = np.broadcast_to(la.synaptic_input(sums, weight_exp), (T, batch) + out_shape)
         else:
-            sums = self._spike_sums(node, float_op, x, batch, synops).reshape((T, batch) + out_shape)
+            sums = self._spike_sums(node, float_op, x, batch, synops, group_sums).reshape((T, batch) + out_shape)
             if weight_exp == 0:  # exact integers in float32, and << 6 is exact there too: one conversion
                 out = (sums * np.float32(1 << la.ACTIVATION_SHIFT)).astype(np.int64)
             else:
@@ -233,17 +280,25 @@ class LoihiEmulator:
         return out
 
     def _spike_sums(self, node: str, float_op: ops.Op, spikes: np.ndarray, batch: int,
-                    synops: np.ndarray) -> np.ndarray:
+                    synops: np.ndarray, group_sums: dict | None = None) -> np.ndarray:
         """``sum q s`` over binary spikes (T, batch, *shape) as float32 (sums of integers, exact below 2^24), and
-        the synaptic operations they cost added to ``synops`` (T, batch): the compiled event-driven kernels where
-        they are built, else the numpy kernel."""
-        return binary_sums(self._event_plans.get(node), float_op, self.fan_outs[node], spikes, synops)
+        the synaptic operations they cost added to ``synops`` (T, batch): on the compiled path the event-driven
+        kernel of the node's group of blocks (:class:`~snncc.targets.loihi.compiled.Synapses`), else the numpy
+        kernel."""
+        if self._synapses is not None and node in self._synapses:
+            return self._synapses.sums(node, spikes, group_sums, synops)
+        return binary_sums(None, float_op, self.fan_outs[node], spikes, synops)
 
-    def _population(self, node: str, neuron: CubaLIF, current: np.ndarray) -> np.ndarray:
+    def _window_start(self, node: str, neuron: CubaLIF) -> la.CubaState:
+        """The population's state at its window's first chip step, the same for every sample (population shape):
+        ``depth`` chip steps of :func:`~snncc.targets.loihi.arithmetic.cuba_step` without input (only the record's
+        bias); refused if a neuron fires in them."""
+        if node in self._starts:
+            return self._starts[node]
         if neuron.decay_unit != la.DECAY_UNIT:
             raise SimulationError(f"{node!r}: CubaLIF decay_unit is {neuron.decay_unit}; Loihi's decays are in "
                                   f"units of {la.DECAY_UNIT}")
-        shape = current.shape[1:]
+        shape = self.types[node].shape
         subtract = neuron.reset == "subtract"
         state = la.CubaState(np.zeros(shape, np.int64), np.full(shape, neuron.initial_voltage, np.int64))
         for _ in range(self.depth[node]):  # the chip steps before its first input: only the record's bias
@@ -252,8 +307,17 @@ class LoihiEmulator:
             if s.any():
                 raise SimulationError(f"{node!r}: fires before its first input arrives (initial voltage or bias "
                                       "at the threshold); the emulator's time alignment does not hold")
+        self._starts[node] = state
+        return state
+
+    def _population(self, node: str, neuron: CubaLIF, current: np.ndarray) -> np.ndarray:
+        """The numpy path's population: :func:`~snncc.targets.loihi.arithmetic.cuba_window` over its window,
+        from the state of :meth:`_window_start` (the same for every sample: computed once, broadcast)."""
+        start = self._window_start(node, neuron)
+        shape = current.shape[1:]
+        state = la.CubaState(np.broadcast_to(start.u, shape).copy(), np.broadcast_to(start.v, shape).copy())
         _, out = la.cuba_window(state, current, neuron.current_decay, neuron.voltage_decay, neuron.bias,
-                                neuron.threshold, subtract=subtract)
+                                neuron.threshold, subtract=neuron.reset == "subtract")
         return out
 
 

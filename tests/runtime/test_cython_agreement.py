@@ -109,6 +109,8 @@ def _built_variants() -> list[str]:
         if not _kernels.cpu_supports(name):  # before the import: a variant's module may not even load elsewhere
             continue
         module = "snncc.runtime._kernels" + ("" if name == "portable" else f"_{name}")
+        if not _kernels.cpu_supports(name):  # importing a module built for a wider instruction set can crash
+            continue                         # (SIGILL in its initialization on a CPU without AVX-512)
         try:
             importlib.import_module(module)
         except ImportError:

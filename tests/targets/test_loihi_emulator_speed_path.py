@@ -64,9 +64,9 @@ def test_lenet5s_legalized_graph_gives_the_same_spikes_as_the_step_loop(variant,
     scaling = InputScaling.from_json(json.loads((MODELS / "lenet5-mnist.json").read_text())["input_scaling"])
     graph = compile_model(model, calibration=calibration, input_scaling=scaling)
     hw = run_pipeline(graph, get_target(variant).pipeline)
-    fast = emulator.LoihiEmulator(hw, 32, variant).run_batch(x)
+    fast = emulator.LoihiEmulator(hw, 32, variant, compiled=False).run_batch(x)
     monkeypatch.setattr(la, "cuba_window", stepwise)
-    slow = emulator.LoihiEmulator(hw, 32, variant).run_batch(x)
+    slow = emulator.LoihiEmulator(hw, 32, variant, compiled=False).run_batch(x)
     assert fast.spikes.keys() == slow.spikes.keys() and sum(float(s.sum()) for s in slow.spikes.values()) > 10_000
     for node in slow.spikes:
         np.testing.assert_array_equal(fast.spikes[node], slow.spikes[node], err_msg=node)
