@@ -106,11 +106,9 @@ def _built_variants() -> list[str]:
 
     names = []
     for name in ("portable", "avx2", "avx512"):
-        if not _kernels.cpu_supports(name):  # before the import: a variant's module may not even load elsewhere
+        if not _kernels.cpu_supports(name):  # before the import: a module built for a wider instruction set dies of SIGILL on import
             continue
         module = "snncc.runtime._kernels" + ("" if name == "portable" else f"_{name}")
-        if not _kernels.cpu_supports(name):  # importing a module built for a wider instruction set can crash
-            continue                         # (SIGILL in its initialization on a CPU without AVX-512)
         try:
             importlib.import_module(module)
         except ImportError:
