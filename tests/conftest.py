@@ -50,6 +50,19 @@ def _simulation_backend(monkeypatch: pytest.MonkeyPatch) -> str:
     return TEST_BACKEND
 
 
+def assert_same_results(expected, got, peaks: bool = False) -> None:
+    """Two engines' :class:`~snncc.runtime.reference.BatchResult` of one batch are identical: spikes per population
+    and step, outputs, synaptic operations (and the most spikes of one neuron, with ``peaks``)."""
+    assert got.spikes.keys() == expected.spikes.keys()
+    for name in expected.spikes:
+        np.testing.assert_array_equal(got.spikes[name], expected.spikes[name], err_msg=name)
+    for a, b in zip(expected.outputs, got.outputs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got.synops, expected.synops)
+    if peaks:
+        assert got.max_spikes_per_neuron == expected.max_spikes_per_neuron
+
+
 def data_dir(name: str) -> Path:
     path = DATA / name
     if not path.is_dir():

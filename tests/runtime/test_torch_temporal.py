@@ -14,6 +14,7 @@ from snncc.passes.fs_fit import relu_closed_form  # noqa: E402
 from snncc.runtime import Simulator, TemporalSimulator, reference  # noqa: E402
 from snncc.runtime.kernels import fan_outs  # noqa: E402
 from snncc.runtime.torch_lowering import LoweredTemporalGraph, TorchSimulator, lower  # noqa: E402
+from tests.conftest import assert_same_results  # noqa: E402
 from tests.runtime.test_torch_lowering import _dyadic, _dyadic_inputs, every_op_graph  # noqa: E402
 
 
@@ -53,16 +54,6 @@ def temporal_graph(seed: int = 0) -> Graph:
     return g
 
 
-def _assert_same(ref, low) -> None:
-    assert ref.spikes.keys() == low.spikes.keys()
-    for name in ref.spikes:
-        np.testing.assert_array_equal(ref.spikes[name], low.spikes[name], err_msg=name)
-    for a, b in zip(ref.outputs, low.outputs):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(ref.synops, low.synops)
-    assert ref.max_spikes_per_neuron == low.max_spikes_per_neuron
-
-
 @pytest.mark.parametrize("extra", [0, 3, -2])  # T at, past and before the latency
 def test_the_temporal_graph_is_bit_identical_to_the_temporal_simulator(extra):
     graph = temporal_graph()
@@ -74,7 +65,7 @@ def test_the_temporal_graph_is_bit_identical_to_the_temporal_simulator(extra):
     # every population fires, and the FS units more than once per neuron somewhere (else the test would prove little)
     assert all(s.sum() > 0 for s in ref.spikes.values()) or extra < 0
     assert ref.max_spikes_per_neuron["fs_relu"] > 1 and ref.max_spikes_per_neuron["amos"] == 1
-    _assert_same(ref, low)
+    assert_same_results(ref, low, peaks=True)
 
 
 def test_the_backend_runs_temporal_graphs_through_the_simulator():

@@ -17,6 +17,7 @@ from snncc.ir.neurons import CubaLIF
 from snncc.targets.loihi import arithmetic as la
 from snncc.targets.loihi import compiled as lc
 from snncc.targets.loihi import emulator
+from tests.conftest import assert_same_results
 
 pytestmark = pytest.mark.skipif(not lc.available()[0], reason="the compiled Loihi emulator is not built")
 
@@ -110,15 +111,6 @@ def random_hw_graph(seed: int) -> Graph:
     return g
 
 
-def assert_same_run(fast, slow):
-    assert fast.spikes.keys() == slow.spikes.keys()
-    for node in slow.spikes:
-        np.testing.assert_array_equal(fast.spikes[node], slow.spikes[node], err_msg=node)
-    for a, b in zip(fast.outputs, slow.outputs):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(fast.synops, slow.synops)
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_compiled_and_numpy_emulators_agree_on_random_hw_graphs(seed):
     g = random_hw_graph(seed)
@@ -128,7 +120,7 @@ def test_compiled_and_numpy_emulators_agree_on_random_hw_graphs(seed):
     assert len(compiled._synapses.plans) == 4 and len(compiled._fused) == 7
     fast = compiled.run_batch(x)
     slow = emulator.LoihiEmulator(g, 12, "loihi2", compiled=False).run_batch(x)
-    assert_same_run(fast, slow)
+    assert_same_results(slow, fast)
     assert sum(float(s.sum()) for s in slow.spikes.values()) > 0 and slow.synops.sum() > 0
 
 
@@ -160,4 +152,4 @@ def test_compiled_and_numpy_emulators_agree_on_the_shipped_models(name, variant,
     fast = emulator.LoihiEmulator(hw, 32, variant, compiled=True).run_batch(x)
     slow = emulator.LoihiEmulator(hw, 32, variant, compiled=False).run_batch(x)
     assert sum(float(s.sum()) for s in slow.spikes.values()) > 1000
-    assert_same_run(fast, slow)
+    assert_same_results(slow, fast)
