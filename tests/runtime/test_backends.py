@@ -35,6 +35,11 @@ class _Silent(ReferenceSimulator):
 
 @pytest.fixture
 def registry(monkeypatch):
+    # The targets register their emulators when they are first imported: import them before the copy, or an import
+    # during the test would register them into the copy alone and later tests would miss them ("unknown backend").
+    from snncc.targets.base import load_targets
+
+    load_targets()
     monkeypatch.setattr(runtime, "BACKENDS", dict(BACKENDS))
     monkeypatch.setattr(runtime, "_warned_fallback", False)
     return runtime.BACKENDS
