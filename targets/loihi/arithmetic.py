@@ -86,10 +86,16 @@ def saturate24(x: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(x, dtype=np.int64), -(STATE_LIMIT - 1), STATE_LIMIT - 1)
 
 
-def shift_by_exponent(accumulated: np.ndarray, weight_exp: int) -> np.ndarray:
-    """The synapse's shift of an accumulated integer sum by the weight exponent (arithmetic: floor for e < 0)."""
+def check_weight_exponent(weight_exp: int) -> int:
+    """``weight_exp``, refused unless it lies in Loihi's range ``[-8, 7]``."""
     if not WEIGHT_EXP_RANGE[0] <= weight_exp <= WEIGHT_EXP_RANGE[1]:
         raise SimulationError(f"weight exponent {weight_exp} lies outside Loihi's range {list(WEIGHT_EXP_RANGE)}")
+    return weight_exp
+
+
+def shift_by_exponent(accumulated: np.ndarray, weight_exp: int) -> np.ndarray:
+    """The synapse's shift of an accumulated integer sum by the weight exponent (arithmetic: floor for e < 0)."""
+    check_weight_exponent(weight_exp)
     a = np.asarray(accumulated, dtype=np.int64)
     if weight_exp == 0:
         return a

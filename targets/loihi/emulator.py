@@ -248,8 +248,7 @@ class LoihiEmulator:
         """The compiled path's synaptic node: its sums ``sum q s`` as float32 integers, (T, batch, N), or (1, batch,
         N) for the graded input (the same at every step), for its population's compiled step to shift and bias."""
         src = self.graph.inputs(node)[0]
-        weight_exp = int(self.graph.meta[node].get("weight_exp", 0))
-        la.shift_by_exponent(np.zeros(0, np.int64), weight_exp)  # the exponent's range check
+        weight_exp = la.check_weight_exponent(int(self.graph.meta[node].get("weight_exp", 0)))
         bias = None if op.bias is None else np.asarray(op.bias)
         if src in self.constant:
             return lc.PendingSums(self._synapses.sums(node, x, group_sums, synops), weight_exp, bias)
