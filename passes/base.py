@@ -158,11 +158,14 @@ def pipeline_notes(pipeline: str | list[Pass]) -> list[str]:
 
 
 def run_pipeline(graph: Graph, pipeline: str | list[Pass], context: PassContext | None = None) -> Graph:
-    """Run every pass in order; the pipeline string is recorded in ``graph.attrs['pipeline']``."""
+    """Run every pass in order. ``graph.attrs['pipeline']`` records how the graph was made: the pipeline it came
+    with (if any), then this one's passes, so that a graph compiled, then legalized or put in a chip's float form,
+    still says how it was compiled."""
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    before = graph.attrs.get("pipeline", "")
     done: list[Pass] = []
     for p in passes:
         graph, _ = p.apply(graph, context, before=pipeline_text(done))
         done.append(p)
-    graph.attrs["pipeline"] = pipeline_text(passes)
+    graph.attrs["pipeline"] = ",".join(text for text in (before, pipeline_text(passes)) if text)
     return graph

@@ -127,9 +127,7 @@ class Target:
         self.require_fits(graph)
         if graph.attrs.get("target_form") == self.name:
             return graph
-        before = graph.attrs.get("pipeline", "")
         out = run_pipeline(graph, self.float_pipeline)
-        out.attrs["pipeline"] = ",".join(p for p in (before, self.float_pipeline) if p)  # keep how it was compiled
         out.attrs["target_form"] = self.name
         return out
 

@@ -44,6 +44,15 @@ def test_failures_name_the_pass_and_what_ran_before(cnn):
         run_pipeline(cnn, "canonicalize,convert-rate")
 
 
+def test_the_record_of_the_pipeline_keeps_what_ran_before(cnn, inputs):
+    """A graph compiled, then legalized, says how it was compiled as well as how it was legalized."""
+    compiled = run_pipeline(cnn, "canonicalize,normalize", PassContext(calibration=inputs))
+    assert compiled.attrs["pipeline"] == "canonicalize,normalize"
+    converted = run_pipeline(compiled, "convert-rate")
+    assert converted.attrs["pipeline"] == "canonicalize,normalize,convert-rate"
+    assert parse_pipeline(converted.attrs["pipeline"])  # the record is itself a pipeline
+
+
 def test_normalize_without_calibration_data_says_what_to_pass(cnn):
     with pytest.raises(PassError, match="--calib"):
         run_pipeline(cnn, "normalize", PassContext())
