@@ -122,15 +122,15 @@ class Synapses:
 
         block = self.blocks[node]
         plan, merged, fan, out_shape = self.plans[block.group]
-        if self.sources[block.group] in self.constant:  # the payload (batch, *shape), the same at every step
-            T, batch = 1, spikes.shape[0]
-            if block.group not in cache:
-                synops += (spikes != 0).reshape(batch, -1).astype(np.float32) @ fan.astype(np.float32)
-                cache[block.group] = apply(merged, spikes).reshape((T, batch) + out_shape)
-        else:
-            T, batch = spikes.shape[:2]
+        constant = self.sources[block.group] in self.constant  # the payload (batch, *shape), the same every step
+        T, batch = (1, spikes.shape[0]) if constant else spikes.shape[:2]
         if block.group not in cache:
-            cache[block.group] = binary_sums(plan, merged, fan, spikes, synops).reshape((T, batch) + out_shape)
+            if constant:
+                synops += (spikes != 0).reshape(batch, -1).astype(np.float32) @ fan.astype(np.float32)
+                sums = apply(merged, spikes)
+            else:
+                sums = binary_sums(plan, merged, fan, spikes, synops)
+            cache[block.group] = sums.reshape((T, batch) + out_shape)
         total = cache[block.group]
         plane = int(np.prod(total.shape[3:], dtype=np.int64))
         flat = total.reshape(T, batch, -1)
