@@ -107,16 +107,17 @@ def ann_channel_means(graph: Graph, x: np.ndarray, nodes: list[str], batch_size:
     return {n: sums[n] / len(x) for n in nodes}
 
 
-def rate_probe(graph: Graph, nodes: list[str]) -> Graph:
+def rate_probe(graph: Graph, nodes: list[str], per_channel: bool = True) -> Graph:
     """The part of ``graph`` that the populations ``nodes`` depend on, with one output per population: a readout of
     its spikes averaged over positions (GlobalAvgPool for (C, H, W) populations), whose value after ``T`` steps is
-    each channel's mean rate ``n(T) / T``. Nothing after the last of ``nodes`` is simulated."""
+    each channel's mean rate ``n(T) / T``; with ``per_channel=False`` a readout of every neuron's spikes, its rate
+    ``n(T) / T``. Nothing after the last of ``nodes`` is simulated."""
     probe = graph.clone()
     types = probe.types()
     probe.outputs = []
     for node in nodes:
         source = node
-        if len(types[node].shape) == 3:
+        if per_channel and len(types[node].shape) == 3:
             source = probe.add(ops.GlobalAvgPool(), [node], name=f"{node}.rate_mean", created_by="calibrate")
         probe.outputs.append(probe.add(ops.Readout(), [source], name=f"{node}.rate", created_by="calibrate"))
     probe.remove_dead()
