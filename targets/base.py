@@ -24,6 +24,7 @@ Adding a target (NIR, SpiNNaker, BrainScaleS-2) is writing one subclass and call
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,17 @@ class Target:
     energy_per_synop_j: float | None = None
     energy_source: str = ""
 
+    @property
+    def form_name(self) -> str:
+        """The name ``trainable_form`` marks its graphs with: the target's name, or what every system of the same
+        chip shares (a Loihi 1 model fine-tuned for one chip is fine-tuned for 32 of them)."""
+        return self.name
+
+    def with_options(self, options: dict[str, str]) -> Target:
+        """This target with the options of a ``name{key=value,...}`` spec (:func:`get_target`)."""
+        raise TargetError(f"target {self.name!r} takes no options (got {', '.join(sorted(options))}); name it "
+                          "alone")
+
     def check(self, graph: Graph) -> list[Violation]:
         """Every violation of the target's constraints by ``graph`` (an snn-level graph), all at once."""
         raise NotImplementedError
@@ -125,10 +137,10 @@ class Target:
             raise TargetError(f"target {self.name!r} has no float form to fine-tune for; fine-tune without "
                               "--target, or choose a target that has one (snncc targets)")
         self.require_fits(graph)
-        if graph.attrs.get("target_form") == self.name:
+        if graph.attrs.get("target_form") == self.form_name:
             return graph
         out = run_pipeline(graph, self.float_pipeline)
-        out.attrs["target_form"] = self.name
+        out.attrs["target_form"] = self.form_name
         return out
 
     def require_fits(self, graph: Graph) -> None:
@@ -199,12 +211,27 @@ def load_targets() -> None:
         importlib.import_module(module)
 
 
+_SPEC = re.compile(r"^\s*([a-z][a-z0-9-]*)\s*(?:\{([^{}]*)\})?\s*$")
+
+
 def get_target(name: str) -> Target:
-    """The registered target ``name``; raises TargetError listing the known ones."""
+    """The target a spec names: a registered name (``loihi1``), or one with options, ``name{key=value,...}``
+    (``loihi1{chips=32}``: a system of 32 chips), which the target interprets (:meth:`Target.with_options`).
+    Raises TargetError listing the known targets, or naming the option it does not take."""
     load_targets()
-    if name not in TARGETS:
+    match = _SPEC.match(name)
+    base = match.group(1) if match else name
+    if base not in TARGETS:
         raise TargetError(f"unknown target {name!r}; known targets: {', '.join(sorted(TARGETS))}")
-    return TARGETS[name]
+    if match is None or not match.group(2):
+        return TARGETS[base]
+    options = {}
+    for item in filter(None, (part.strip() for part in match.group(2).split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise TargetError(f"target {name!r}: option {item!r} is not key=value")
+        options[key.strip()] = value.strip()
+    return TARGETS[base].with_options(options)
 
 
 def all_targets() -> dict[str, Target]:

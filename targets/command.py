@@ -83,12 +83,14 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
     p = sub.add_parser("check", parents=[common], help="list every way a .snn model does not fit a target")
     p.add_argument("snn", type=Path, help=".snn file written by compile")
-    p.add_argument("--target", required=True, help="target name (snncc targets lists them)")
+    p.add_argument("--target", required=True, help="target name (snncc targets lists them); loihi1{chips=N} / "
+                   "loihi2{chips=N}: a system of N chips")
     p.set_defaults(func=run_check)
 
     p = sub.add_parser("emit", parents=[common], help="legalize a .snn model for a target and write its bundle")
     p.add_argument("snn", type=Path, help=".snn file written by compile")
-    p.add_argument("--target", required=True, help="target name (snncc targets lists them)")
+    p.add_argument("--target", required=True, help="target name (snncc targets lists them); loihi1{chips=N} / "
+                   "loihi2{chips=N}: a system of N chips")
     p.add_argument("-o", "--output", type=Path, required=True, help="bundle directory (written atomically)")
     p.add_argument("--timesteps", type=positive_int, default=32, help="answer steps of the rate-coded model (32)")
     p.add_argument("--data", type=Path, default=None,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -52,9 +53,15 @@ DEFAULT_CONFIGS = ("lenet5-mnist:rate:loihi2,lenet5-mnist:rate:loihi1,vgg-fmnist
                    "vgg-avg-fmnist:rate:loihi2")
 
 
+def file_stem(variant: str) -> str:
+    """A target spec as a file name part: ``loihi1{chips=9}`` -> ``loihi1-chips9``."""
+    return re.sub(r"[{}=,]+", "-", variant).replace("-chips-", "-chips").strip("-")
+
+
 def result_path(name: str, method: str, variant: str, compensated: bool = False) -> Path:
     """``loihi-MODEL-VARIANT.json`` for rate coding (the names of earlier sessions), ``loihi-MODEL-fs-VARIANT.json``;
     ``-compensated`` when Loihi 1's thresholds were calibrated for the reset to zero."""
+    variant = file_stem(variant)
     stem = f"loihi-{name}-{variant}" if method == "rate" else f"loihi-{name}-{method}-{variant}"
     return DOCS / "results" / f"{stem}{'-compensated' if compensated else ''}.json"
 
@@ -71,7 +78,7 @@ def run(name: str, method: str, variant: str, data: Path, calib: int, limit: int
     if method != "rate":
         timesteps = TemporalSimulator(graph).latency
     calibrate_s = None
-    if variant == "loihi1" and compensate:  # thresholds for the reset to zero, on training images
+    if variant.startswith("loihi1") and compensate:  # thresholds for the reset to zero, on training images
         start = time.perf_counter()
         factors = calibrate_reset_to_zero(graph, calibration[:compensate], timesteps)
         calibrate_s = time.perf_counter() - start
@@ -103,7 +110,7 @@ def run(name: str, method: str, variant: str, data: Path, calib: int, limit: int
 
 
 def tuned_path(name: str, variant: str, method: str) -> Path:
-    return DOCS / "results" / f"chip-finetune-{name}-{variant}-{method}.json"
+    return DOCS / "results" / f"chip-finetune-{name}-{file_stem(variant)}-{method}.json"
 
 
 def run_tuned(name: str, variant: str, method: str, data: Path, calib: int, limit: int | None, timesteps: int,
@@ -132,7 +139,7 @@ def run_tuned(name: str, variant: str, method: str, data: Path, calib: int, limi
     if keep is not None:  # the fine-tuned .snn, to emit or verify again without training
         from snncc.ir import save
 
-        save(tuned, Path(keep) / f"{name}-{variant}-{method}.snn")
+        save(tuned, Path(keep) / f"{name}-{file_stem(variant)}-{method}.snn")
     form = for_target(graph, variant)
     form_accuracy = Simulator(form, timesteps).run(x).accuracy(y, timesteps)
     with tempfile.TemporaryDirectory() as tmp:

@@ -472,9 +472,13 @@ class LoihiPartition(Pass):
     name = "loihi-partition"
     requires_level = HW
     variant: str = "loihi2"
+    #: Chips of the system (a multi-chip board: Kapoho Bay 2, Nahuku 8 or 32 Loihi 1 chips); cores fill chip 0 first.
+    chips: int = 1
 
     def __post_init__(self) -> None:
         _check_variant(self.variant)
+        if self.chips < 1:
+            raise PassError(f"chips must be at least 1, got {self.chips}")
 
     def run(self, graph: Graph, context: PassContext) -> bool:
         c = CONSTRAINTS[self.variant]
@@ -512,7 +516,9 @@ class LoihiPartition(Pass):
                 graph.place(node, placement)
         core = max(cores, default=0)
         chips = core // c.cores_per_chip + 1
-        if c.chips is not None and chips > c.chips:
+        if chips > self.chips:
             raise PassError(f"the model needs {core + 1} {self.variant} cores ({chips} chips), more than the "
-                            f"{c.chips * c.cores_per_chip} of {c.chips} chips")
+                            f"{self.chips * c.cores_per_chip} of {self.chips} chip{'s' if self.chips > 1 else ''}; "
+                            f"run loihi-partition{{variant={self.variant},chips={chips}}} (a system of {chips} "
+                            "chips)")
         return changed

@@ -14,12 +14,17 @@ Limits, with their sources:
   graded spikes with an integer payload (the input's pixels). The brief publishes no energy per synaptic
   operation; the manifest gives Loihi 1's figure as an upper estimate and says so.
 
-Multi-chip systems (Nahuku, Pohoiki) are not modelled: ``chips`` is 1 for the check, and a model that needs more
-cores than one chip has is a violation naming by how much.
+Multi-chip systems: ``loihi1{chips=N}`` (``loihi2{chips=N}``) is the same chip in a system of ``N`` (Kapoho Bay: 2
+Loihi 1 chips, Nahuku: 8 or 32, Pohoiki Beach: 64). The cores fill chip 0 first, then chip 1, ...; each chip's
+cores, neurons and synapses are in the manifest. The arithmetic, and so the emulator, is the same whatever the
+number of chips; what is not modelled is the time spikes take between chips (the emulator's steps are algorithmic
+steps, not wall-clock time). A model that needs more cores than the system has is a violation naming by how much
+and how many chips it needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +34,7 @@ from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF, FewSpike
 from snncc.ir.ops import SNN
 from snncc.passes import run_pipeline
-from snncc.targets.base import PackageContext, Target, Violation, register_target
+from snncc.targets.base import PackageContext, Target, TargetError, Violation, register_target
 from snncc.targets.loihi.constraints import CONSTRAINTS
 from snncc.targets.loihi.emulator import synaptic_depth  # importing it registers the loihi1/loihi2 backends
 from snncc.targets.loihi.legalize import core_limits, plan_blocks
@@ -49,11 +54,13 @@ _REMEDIES = {
 class LoihiTarget(Target):
     energy_per_synop_j = 23.6e-12
 
-    def __init__(self, variant: str) -> None:
-        self.name = variant
-        self.constraints = CONSTRAINTS[variant]
+    def __init__(self, variant: str, chips: int = 1) -> None:
+        self.variant, self.chips = variant, chips
+        self.name = variant if chips == 1 else f"{variant}{{chips={chips}}}"
+        self.constraints = dataclasses.replace(CONSTRAINTS[variant], chips=chips)
         self.backend = variant
-        self.pipeline = f"loihi-fold,loihi-quantize{{variant={variant}}},loihi-partition{{variant={variant}}}"
+        partition = f"variant={variant}" + (f",chips={chips}" if chips > 1 else "")
+        self.pipeline = f"loihi-fold,loihi-quantize{{variant={variant}}},loihi-partition{{{partition}}}"
         # The float form fine-tuning trains (legalize.py): the OR gates and the chip's reset; the exact folds wait.
         self.float_pipeline = "loihi-gates" + (",loihi-reset{variant=loihi1}" if variant == "loihi1" else "")
         self.description = {"loihi1": "Intel Loihi 1 (reset to zero, binary spikes, 1,024 compartments per core)",
@@ -63,17 +70,35 @@ class LoihiTarget(Target):
                               + ("" if variant == "loihi1" else "; Loihi 2 publishes no per-operation figure, so "
                                  "this is Loihi 1's, an upper estimate"))
 
+    @property
+    def form_name(self) -> str:
+        return self.variant  # the float form (gates, reset) is the chip's, however many chips the system has
+
+    def with_options(self, options: dict[str, str]) -> LoihiTarget:
+        unknown = sorted(set(options) - {"chips"})
+        if unknown:
+            raise TargetError(f"target {self.variant!r} has no option {unknown[0]!r} (options: chips, the chips of a "
+                             f"multi-chip system, e.g. {self.variant}{{chips=32}})")
+        try:
+            chips = int(options["chips"])
+        except ValueError:
+            chips = 0
+        if chips < 1:
+            raise TargetError(f"target {self.variant!r}: chips={options['chips']!r} is not a number of chips (1 or "
+                             "more)")
+        return LoihiTarget(self.variant, chips)
+
     def check(self, graph: Graph) -> list[Violation]:
         if graph.level != SNN:
             return [Violation("graph", "the Loihi legalization starts from an snn-level graph", graph.level,
                               "compile the model first (snncc compile)")]
         violations = []
         form = graph.attrs.get("target_form")  # the float form of a target (snncc finetune --target)
-        if form is not None and form != self.name:
-            violations.append(Violation("graph", f"the converted SNN or {self.name}'s float form",
+        if form is not None and form != self.form_name:
+            violations.append(Violation("graph", f"the converted SNN or {self.form_name}'s float form",
                                         f"{form}'s float form (its reset and gates, fine-tuned for {form})",
                                         f"emit it with --target {form}, or fine-tune the converted .snn with "
-                                        f"--target {self.name}"))
+                                        f"--target {self.form_name}"))
         for node in graph.topological_order():
             op = graph.op(node)
             if isinstance(op, ops.Population) and graph.meta.get(node, {}).get("or_gate") \
@@ -109,7 +134,7 @@ class LoihiTarget(Target):
                               "lowered)")]
         if neuron.signed:
             remedy = ("Loihi 1 has only binary spikes: compile without convert-rate{signed=true}"
-                      if self.name == "loihi1" else
+                      if self.variant == "loihi1" else
                       "signed spikes through graded payloads are not lowered yet: compile without "
                       "convert-rate{signed=true}")
             return [Violation(node, "unsigned spikes", "signed IF (negative spikes)", remedy)]
@@ -119,7 +144,7 @@ class LoihiTarget(Target):
         from snncc.targets.loihi.legalize import LoihiFold, LoihiQuantize
 
         try:
-            hw = run_pipeline(graph, [LoihiFold(), LoihiQuantize(variant=self.name)])
+            hw = run_pipeline(graph, [LoihiFold(), LoihiQuantize(variant=self.variant)])
         except SnnccError as exc:
             return [Violation("graph", "quantizable to Loihi's formats", "failed", str(exc))]
         limits = core_limits(self.constraints)
@@ -133,11 +158,14 @@ class LoihiTarget(Target):
                                             "make the layer smaller (fewer channels or a smaller kernel)"))
             else:
                 cores += len(blocks)
-        capacity = self.constraints.cores_per_chip * (self.constraints.chips or 1)
-        if cores > capacity:
-            violations.append(Violation("graph", f"{capacity} cores ({self.constraints.chips} chip)",
-                                        f"{cores} cores (at least), {cores - capacity} too many",
-                                        "use a smaller model or Loihi 2 (8,192 neurons per core)"))
+        per_chip = self.constraints.cores_per_chip
+        if cores > per_chip * self.chips:
+            needed = -(-cores // per_chip)
+            violations.append(Violation("graph", f"{per_chip * self.chips} cores ({self.chips} chip"
+                                        f"{'s' if self.chips > 1 else ''})",
+                                        f"{cores} cores (at least), {cores - per_chip * self.chips} too many",
+                                        f"a system of at least {needed} chips (--target {self.variant}{{chips="
+                                        f"{needed}}}), a smaller model, or Loihi 2 (8,192 neurons per core)"))
         return violations
 
     def resources(self, graph: Graph) -> dict:
@@ -173,7 +201,7 @@ class LoihiTarget(Target):
             return self._few_spike_io_spec(graph)
         depth = synaptic_depth(graph)
         encoding = ("graded events from the host, payload = the stored value (uint8 pixel), at every step"
-                    if self.name == "loihi2" else
+                    if self.variant == "loihi2" else
                     "Loihi 1 has no graded spikes: the host computes the first layer's synaptic sums of the stored "
                     "values (uint8 pixels) and writes them as that layer's per-neuron biases (the same integers)")
         return {"input_encoding": encoding, "latency_steps": max(depth.values()),
@@ -214,7 +242,7 @@ class LoihiTarget(Target):
         from snncc.targets.loihi.legalize import LoihiFold, LoihiQuantize
         from snncc.targets.loihi.netx import write_netx
 
-        layers = run_pipeline(context.source, [LoihiFold(), LoihiQuantize(variant=self.name)])
+        layers = run_pipeline(context.source, [LoihiFold(), LoihiQuantize(variant=self.variant)])
         layers.attrs["timesteps"] = graph.attrs.get("timesteps")
         few_spike = layers.attrs["loihi"].get("coding") == "fs"  # FS biases act at the window boundary instead
         return write_netx(layers, directory, depth=None if few_spike else synaptic_depth(layers))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from snncc.errors import FormatError
+from snncc.errors import FormatError, PassError
 from snncc.ir import SNN, Graph, ops, verify
 from snncc.ir.neurons import LIF, CubaLIF
 from snncc.runtime import Simulator
@@ -242,6 +242,81 @@ def test_partitioning_splits_rows_and_channels_without_changing_a_spike():
     for pop in ("s1", "s2"):
         parts = [n for n in split_result.spikes if n.startswith(f"{pop}.b")] or [pop]
         np.testing.assert_array_equal(sum(split_result.spikes[n] for n in parts), whole_result.spikes[pop])
+
+
+def _two_chip_snn() -> Graph:
+    """100 channels of 40 x 40 IF neurons (160,000: 157 Loihi 1 cores), then a 1x1 convolution whose output rows
+    each fill a core's 4,096 input axons (100 x 40): more than the 128 cores of one Loihi 1 chip."""
+    from snncc.data import InputScaling
+    from snncc.ir import IF
+
+    rng = np.random.default_rng(8)
+    g = Graph(level=SNN)
+    x = g.add(ops.Input(shape=(1, 40, 40), name="x"), name="x")
+    conv = g.add(ops.Conv2d(weight=rng.normal(0, 0.5, (100, 1, 3, 3)).astype(np.float32),
+                            bias=rng.normal(0.1, 0.05, 100).astype(np.float32), padding=(1, 1, 1, 1)), [x],
+                 name="conv")
+    s1 = g.add(ops.Population(neuron=IF()), [conv], name="s1")
+    conv2 = g.add(ops.Conv2d(weight=rng.normal(0, 0.1, (1, 100, 1, 1)).astype(np.float32)), [s1], name="conv2")
+    s2 = g.add(ops.Population(neuron=IF()), [conv2], name="s2")
+    flat = g.add(ops.Flatten(), [s2], name="flat")
+    fc = g.add(ops.Linear(weight=rng.normal(0, 0.1, (3, 1600)).astype(np.float32)), [flat], name="fc")
+    g.outputs = [g.add(ops.Readout(), [fc], name="r")]
+    g.attrs["input_scaling"] = InputScaling(scale=1 / 255).to_json()
+    return g
+
+
+def test_a_multi_chip_system_holds_what_one_chip_cannot_and_computes_the_same(tmp_path):
+    from snncc.passes import run_pipeline
+    from snncc.targets.loihi.legalize import LoihiQuantize
+
+    g = _two_chip_snn()
+    (violation,) = get_target("loihi1").check(g)
+    assert violation.limit == "128 cores (1 chip)" and "--target loihi1{chips=2}" in violation.remedy
+    target = get_target("loihi1{chips=2}")
+    assert (target.name, target.variant, target.backend, target.constraints.chips) == ("loihi1{chips=2}", "loihi1",
+                                                                                      "loihi1", 2)
+    assert target.pipeline.endswith("loihi-partition{variant=loihi1,chips=2}")
+    assert target.check(g) == []
+    hw = target.legalize(g)
+    resources = target.resources(hw)
+    assert resources["chips"] == 2 and [c["chip"] for c in resources["per_chip"]] == [0, 1]
+    assert all(c["cores"] <= 128 for c in resources["per_chip"])
+    assert sum(c["cores"] for c in resources["per_chip"]) == resources["cores"] > 128
+    # The same integers as the population unsplit: the chips change where neurons are, not what they compute.
+    unsplit = run_pipeline(g, [LoihiFold(), LoihiQuantize(variant="loihi1")])
+    x = np.random.default_rng(9).integers(0, 256, (2, 1, 40, 40))
+    np.testing.assert_array_equal(Simulator(hw, 6, backend="loihi1").run(x).outputs,
+                                  Simulator(unsplit, 6, backend="loihi1").run(x).outputs)
+    with pytest.raises(PassError, match=r"more than the 128 of 1 chip; run loihi-partition\{variant=loihi1,chips=2"):
+        run_pipeline(unsplit, "loihi-partition{variant=loihi1}")
+    # The bundle names the system, and verify rebuilds that target from the manifest.
+    manifest = emit(g, "loihi1{chips=2}", tmp_path / "bundle", timesteps=6, activity_data=x[:1])
+    assert manifest["target"] == "loihi1{chips=2}" and manifest["resources"]["chips"] == 2
+    report = verify_bundle(tmp_path / "bundle", x, np.zeros(len(x), int))
+    assert report["target"] == "loihi1{chips=2}" and report["images"] == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("loihi1{chips=0}", "not a number of chips"),
+    ("loihi1{chips=many}", "not a number of chips"),
+    ("loihi1{cores=4}", "has no option 'cores'"),
+    ("loihi1{chips}", "not key=value"),
+    ("nir{chips=2}", "takes no options"),
+    ("loihi3{chips=2}", "unknown target"),
+])
+def test_target_specs_with_bad_options_are_refused_by_name(spec, message):
+    with pytest.raises(TargetError, match=message):
+        get_target(spec)
+
+
+def test_a_model_tuned_for_a_chip_fits_a_system_of_those_chips(snn):
+    """The float form is the chip's (its gates and reset), whatever the number of chips."""
+    form = get_target("loihi1").trainable_form(snn)
+    assert form.attrs["target_form"] == "loihi1"
+    assert get_target("loihi1{chips=4}").check(form) == []
+    assert get_target("loihi1{chips=4}").trainable_form(form) is form
+    assert "loihi1's float form" in str(get_target("loihi2").check(form)[0])
 
 
 def test_fold_is_idempotent(snn):
