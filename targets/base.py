@@ -110,6 +110,9 @@ class Target:
         chip shares (a Loihi 1 model fine-tuned for one chip is fine-tuned for 32 of them)."""
         return self.name
 
+    #: What ``describe`` says of the target's options (empty: none).
+    options_text: str = ""
+
     def with_options(self, options: dict[str, str]) -> Target:
         """This target with the options of a ``name{key=value,...}`` spec (:func:`get_target`)."""
         raise TargetError(f"target {self.name!r} takes no options (got {', '.join(sorted(options))}); name it "
@@ -178,7 +181,7 @@ class Target:
         lines = [f"{self.name}: {self.description}",
                  f"  weights {c.weight_format}, state {c.state_format}, neurons/core {c.neurons_per_core}, "
                  f"fan-in {c.fan_in}, fan-out {c.fan_out}, synaptic memory/core {c.synaptic_memory_bits} bits, "
-                 f"cores/chip {c.cores_per_chip}, chips {c.chips}",
+                 f"cores/chip {c.cores_per_chip}, chips {c.chips}" + self.options_text,
                  f"  neuron models {', '.join(c.neuron_models)}; resets {', '.join(c.resets)}; codings "
                  f"{', '.join(c.codings)}; graded spikes {'yes' if c.graded_spikes else 'no'}",
                  f"  pipeline: {self.pipeline or '(none)'}; emulator: {self.backend or 'none'}"]

@@ -53,6 +53,7 @@ _REMEDIES = {
 
 class LoihiTarget(Target):
     energy_per_synop_j = 23.6e-12
+    options_text = " (a system of N chips: NAME{chips=N})"
 
     def __init__(self, variant: str, chips: int = 1) -> None:
         self.variant, self.chips = variant, chips
