@@ -3,8 +3,10 @@
 A target's partitioner first splits the populations that exceed a core into blocks (the target's own rules:
 :func:`snncc.targets.loihi.legalize.plan_blocks`); every block, its synaptic node and its neurons, is a *unit*
 that must stay on one core. This module chooses the core of every unit. It is target-independent: a unit uses
-``neurons`` and ``synapses`` of its core, and a core holds at most ``CoreLimits.neurons`` and
-``CoreLimits.synapses``.
+``neurons``, ``synapses`` and ``axons`` (the input neurons it reads) of its core, and a core holds at most
+``CoreLimits.neurons``, ``CoreLimits.synapses`` and ``CoreLimits.fan_in`` input axons. The axons of a core are
+counted as the sum of its units' (an upper bound of the distinct ones: two units that read the same neurons need
+them once), so a placement never exceeds the limit, at the price of a core more where two blocks share inputs.
 
 Traffic. ``w(u, v)`` is the number of neurons of unit ``u`` with at least one synapse onto a neuron of unit ``v``
 (found by tracing neuron ids through the graph's rearrangements: slices, concatenations, padding, flattening, and
@@ -53,6 +55,13 @@ class Unit:
     neurons_node: str
     neurons: int
     synapses: int
+    #: Input axons: the distinct input neurons (or host inputs) the unit's synapses read.
+    axons: int = 0
+
+
+def _fits(limits: CoreLimits, neurons: int, synapses: int, axons: int) -> bool:
+    return neurons <= limits.neurons and synapses <= limits.synapses and \
+        (limits.fan_in is None or axons <= limits.fan_in)
 
 
 def routes(graph: Graph, units: list[Unit]) -> dict[tuple[int, int], int]:
@@ -106,12 +115,13 @@ def cut(weights: dict[tuple[int, int], int], cores: list[int]) -> int:
 
 def first_fit(units: list[Unit], limits: CoreLimits) -> list[int]:
     """Cores in the units' order: a unit joins the current core while it fits, else opens the next one."""
-    cores, core, neurons, synapses = [], -1, limits.neurons, limits.synapses
+    cores, core, used = [], -1, None
     for u in units:
-        if neurons + u.neurons > limits.neurons or synapses + u.synapses > limits.synapses:
-            core, neurons, synapses = core + 1, 0, 0
-        neurons += u.neurons
-        synapses += u.synapses
+        if used is None or not _fits(limits, used[0] + u.neurons, used[1] + u.synapses, used[2] + u.axons):
+            core, used = core + 1, [0, 0, 0]
+        used[0] += u.neurons
+        used[1] += u.synapses
+        used[2] += u.axons
         cores.append(core)
     return cores
 
@@ -122,10 +132,11 @@ def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLi
     if not units:
         return cores
     count = max(cores) + 1
-    load_n, load_s = np.zeros(count, np.int64), np.zeros(count, np.int64)
+    load_n, load_s, load_a = (np.zeros(count, np.int64) for _ in range(3))
     for u, c in zip(units, cores):
         load_n[c] += u.neurons
         load_s[c] += u.synapses
+        load_a[c] += u.axons
     adjacency: list[dict[int, int]] = [{} for _ in units]
     for (u, v), w in weights.items():
         adjacency[u][v] = adjacency[u].get(v, 0) + w
@@ -141,7 +152,8 @@ def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLi
     def fits(c: int, add: Unit, remove: Unit | None = None) -> bool:
         n = load_n[c] + add.neurons - (remove.neurons if remove else 0)
         s = load_s[c] + add.synapses - (remove.synapses if remove else 0)
-        return n <= limits.neurons and s <= limits.synapses
+        a = load_a[c] + add.axons - (remove.axons if remove else 0)
+        return _fits(limits, int(n), int(s), int(a))
 
     while True:
         best_gain, best = 0, None
@@ -169,8 +181,10 @@ def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLi
         for unit, source, target in ((units[u], a, b),) + (((units[x], b, a),) if x is not None else ()):
             load_n[source] -= unit.neurons
             load_s[source] -= unit.synapses
+            load_a[source] -= unit.axons
             load_n[target] += unit.neurons
             load_s[target] += unit.synapses
+            load_a[target] += unit.axons
         cores[u] = b
         if x is not None:
             cores[x] = a

@@ -503,7 +503,9 @@ class LoihiPartition(Pass):
             pairs.append((graph.inputs(readout)[0], readout))
         types = graph.types()
         order = {n: i for i, n in enumerate(graph.topological_order())}
-        units = [Unit(syn, pop, types[pop].size, types[pop].size * synapses_per_neuron(graph.op(syn)))
+        # A unit's input axons: the neurons its synaptic node reads (a block of rows reads its slice of the input).
+        units = [Unit(syn, pop, types[pop].size, types[pop].size * synapses_per_neuron(graph.op(syn)),
+                      sum(types[src].size for src in graph.inputs(syn)))
                  for syn, pop in sorted(pairs, key=lambda p: order[p[1]])]
         weights = routes(graph, units)
         cores = place(units, weights, limits)

@@ -44,14 +44,26 @@ def test_a_swap_undoes_first_fits_split_of_two_talking_pairs():
     assert cut(weights, cores) == 0 and sorted(np.bincount(cores)) == [2, 2]
 
 
+def test_units_whose_inputs_together_exceed_a_cores_axons_get_cores_of_their_own():
+    # Each unit reads 3,000 input neurons: two fit a Loihi 1 core's compartments and synapses, not its 4,096 axons.
+    units = [Unit(f"s{i}", f"p{i}", 10, 10, 3000) for i in range(3)]
+    weights = {(0, 1): 9, (1, 2): 9}  # the cut would gain from sharing a core
+    limits = CoreLimits(neurons=1024, synapses=131072, fan_in=4096)
+    assert first_fit(units, limits) == [0, 1, 2]
+    assert sorted(place(units, weights, limits)) == [0, 1, 2]
+    assert first_fit(units, CoreLimits(neurons=1024, synapses=131072)) == [0, 0, 0]
+
+
 @st.composite
 def problems(draw):
     n = draw(st.integers(1, 7))
-    units = [Unit(f"s{i}", f"p{i}", draw(st.integers(1, 6)), draw(st.integers(0, 30))) for i in range(n)]
+    units = [Unit(f"s{i}", f"p{i}", draw(st.integers(1, 6)), draw(st.integers(0, 30)), draw(st.integers(0, 20)))
+             for i in range(n)]
     pairs = [(u, v) for u in range(n) for v in range(n) if u != v]
     chosen = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs))) if pairs else []
     weights = {p: draw(st.integers(1, 9)) for p in chosen}
-    limits = CoreLimits(neurons=draw(st.integers(6, 14)), synapses=draw(st.integers(30, 80)))
+    limits = CoreLimits(neurons=draw(st.integers(6, 14)), synapses=draw(st.integers(30, 80)),
+                        fan_in=draw(st.one_of(st.none(), st.integers(20, 50))))
     return units, weights, limits
 
 
@@ -59,6 +71,8 @@ def _feasible(units, cores, limits):
     for c in set(cores):
         members = [u for u, k in zip(units, cores) if k == c]
         if sum(u.neurons for u in members) > limits.neurons or sum(u.synapses for u in members) > limits.synapses:
+            return False
+        if limits.fan_in is not None and sum(u.axons for u in members) > limits.fan_in:
             return False
     return True
 
