@@ -483,6 +483,29 @@ class LoihiPartition(Pass):
     def run(self, graph: Graph, context: PassContext) -> bool:
         c = CONSTRAINTS[self.variant]
         limits = core_limits(c)
+        units, changed = self.split(graph)
+        weights = routes(graph, units)
+        cores = place(units, weights, limits)
+        graph.attrs["loihi"] = dict(graph.attrs.get("loihi", {}), inter_core_routes={
+            "first_fit": cut(weights, first_fit(units, limits)), "placed": cut(weights, cores)})
+        for unit, core in zip(units, cores):
+            placement = Placement(chip=core // c.cores_per_chip, core=core % c.cores_per_chip)
+            for node in (unit.synapse, unit.neurons_node):
+                changed |= graph.placement(node) != placement
+                graph.place(node, placement)
+        core = max(cores, default=0)
+        chips = core // c.cores_per_chip + 1
+        if chips > self.chips:
+            raise PassError(f"the model needs {core + 1} {self.variant} cores ({chips} chips), more than the "
+                            f"{self.chips * c.cores_per_chip} of {self.chips} chip{'s' if self.chips > 1 else ''}; "
+                            f"run loihi-partition{{variant={self.variant},chips={chips}}} (a system of {chips} "
+                            "chips)")
+        return changed
+
+    def split(self, graph: Graph) -> tuple[list[Unit], bool]:
+        """Split (in place) every population of ``graph`` that exceeds a core into blocks (:func:`plan_blocks`);
+        returns the units to place, in topological order, and whether the graph changed."""
+        limits = core_limits(CONSTRAINTS[self.variant])
         types = graph.types()
         plans = []  # planned on the unsplit graph, then split
         for pop in graph.find(ops.Population):
@@ -507,20 +530,4 @@ class LoihiPartition(Pass):
         units = [Unit(syn, pop, types[pop].size, types[pop].size * synapses_per_neuron(graph.op(syn)),
                       sum(types[src].size for src in graph.inputs(syn)))
                  for syn, pop in sorted(pairs, key=lambda p: order[p[1]])]
-        weights = routes(graph, units)
-        cores = place(units, weights, limits)
-        graph.attrs["loihi"] = dict(graph.attrs.get("loihi", {}), inter_core_routes={
-            "first_fit": cut(weights, first_fit(units, limits)), "placed": cut(weights, cores)})
-        for unit, core in zip(units, cores):
-            placement = Placement(chip=core // c.cores_per_chip, core=core % c.cores_per_chip)
-            for node in (unit.synapse, unit.neurons_node):
-                changed |= graph.placement(node) != placement
-                graph.place(node, placement)
-        core = max(cores, default=0)
-        chips = core // c.cores_per_chip + 1
-        if chips > self.chips:
-            raise PassError(f"the model needs {core + 1} {self.variant} cores ({chips} chips), more than the "
-                            f"{self.chips * c.cores_per_chip} of {self.chips} chip{'s' if self.chips > 1 else ''}; "
-                            f"run loihi-partition{{variant={self.variant},chips={chips}}} (a system of {chips} "
-                            "chips)")
-        return changed
+        return units, changed

@@ -142,7 +142,8 @@ class LoihiTarget(Target):
         return []
 
     def _check_resources(self, graph: Graph) -> list[Violation]:
-        from snncc.targets.loihi.legalize import LoihiFold, LoihiQuantize
+        from snncc.targets.loihi.legalize import LoihiFold, LoihiPartition, LoihiQuantize
+        from snncc.targets.partition import first_fit
 
         try:
             hw = run_pipeline(graph, [LoihiFold(), LoihiQuantize(variant=self.variant)])
@@ -150,7 +151,7 @@ class LoihiTarget(Target):
             return [Violation("graph", "quantizable to Loihi's formats", "failed", str(exc))]
         limits = core_limits(self.constraints)
         types = hw.types()
-        violations, cores = [], 0
+        violations, blocks_total = [], 0
         for pop in hw.find(ops.Population):
             (syn,) = hw.inputs(pop)
             blocks = plan_blocks(hw.op(syn), types[hw.inputs(syn)[0]].shape, types[pop].shape, limits)
@@ -158,13 +159,18 @@ class LoihiTarget(Target):
                 violations.append(Violation(pop, f"a {self.name} core", blocks,
                                             "make the layer smaller (fewer channels or a smaller kernel)"))
             else:
-                cores += len(blocks)
+                blocks_total += len(blocks)
+        if violations:  # the layers that fit, a block per core: what the rest would need
+            cores, counted = blocks_total, "one per block of the layers that fit"
+        else:  # first-fit over the split blocks: the placement's local search never uses more cores
+            units, _ = LoihiPartition(variant=self.variant).split(hw)
+            cores, counted = max(first_fit(units, limits), default=-1) + 1, "first-fit"
         per_chip = self.constraints.cores_per_chip
         if cores > per_chip * self.chips:
             needed = -(-cores // per_chip)
             violations.append(Violation("graph", f"{per_chip * self.chips} cores ({self.chips} chip"
                                         f"{'s' if self.chips > 1 else ''})",
-                                        f"{cores} cores (at least), {cores - per_chip * self.chips} too many",
+                                        f"{cores} cores ({counted}), {cores - per_chip * self.chips} too many",
                                         f"a system of at least {needed} chips (--target {self.variant}{{chips="
                                         f"{needed}}}), a smaller model, or Loihi 2 (8,192 neurons per core)"))
         return violations

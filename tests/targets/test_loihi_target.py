@@ -147,7 +147,7 @@ def test_a_model_that_does_not_fit_says_what_and_by_how_much():
     g.outputs = [g.add(ops.Readout(), [out], name="r")]
     text = "\n".join(str(v) for v in get_target("loihi1").check(g))
     assert "s2: a loihi1 core; actual one neuron has 204800 synapses, a core holds 131072" in text
-    assert "graph: 128 cores (1 chip); actual 200 cores (at least), 72 too many" in text
+    assert "graph: 128 cores (1 chip); actual 200 cores (one per block of the layers that fit), 72 too many" in text
     assert get_target("loihi2").check(g) == []  # 8,192 neurons per core: 25 cores
 
 
