@@ -104,14 +104,14 @@ class Target:
     energy_per_synop_j: float | None = None
     energy_source: str = ""
 
+    #: What ``describe`` says of the target's options (empty: none).
+    options_text: str = ""
+
     @property
     def form_name(self) -> str:
         """The name ``trainable_form`` marks its graphs with: the target's name, or what every system of the same
         chip shares (a Loihi 1 model fine-tuned for one chip is fine-tuned for 32 of them)."""
         return self.name
-
-    #: What ``describe`` says of the target's options (empty: none).
-    options_text: str = ""
 
     def with_options(self, options: dict[str, str]) -> Target:
         """This target with the options of a ``name{key=value,...}`` spec (:func:`get_target`)."""
@@ -234,7 +234,7 @@ def get_target(name: str) -> Target:
         if not sep or not key.strip() or not value.strip():
             raise TargetError(f"target {name!r}: option {item!r} is not key=value")
         options[key.strip()] = value.strip()
-    return TARGETS[base].with_options(options)
+    return TARGETS[base].with_options(options) if options else TARGETS[base]
 
 
 def all_targets() -> dict[str, Target]:

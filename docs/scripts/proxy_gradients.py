@@ -88,7 +88,7 @@ def compare(first: list[dict], second: list[dict], nodes: list[str]) -> dict[str
     return out
 
 
-def rate_errors(graph, module, x: np.ndarray, timesteps: int, populations: list[str], batch: int):
+def relative_rate_errors(graph, module, x: np.ndarray, timesteps: int, populations: list[str], batch: int):
     """Per population: ``sum |r - a| / sum a`` and ``sum (r - a) / sum a`` (over images and neurons) of the SNN's
     rates ``r = n(T) / T`` after ``timesteps`` steps against the ANN's activations ``a`` on the same images."""
     probe = lower(rate_probe(graph, populations, per_channel=False))
@@ -135,7 +135,7 @@ def measure(args: argparse.Namespace) -> dict:
                                args.batch_size, layers)
         rows[str(T)] = {"proxy_vs_bptt": compare(proxy, bptt, layers), "proxy_vs_ann": compare(proxy, ann, layers),
                         "ann_vs_bptt": compare(ann, bptt, layers),
-                        "rate_errors": rate_errors(graph, module, x, T, populations, 128),
+                        "rate_errors": relative_rate_errors(graph, module, x, T, populations, 128),
                         "seconds": time.perf_counter() - t0}
         first, last = layers[0], layers[-1]
         print(f"T={T}: cos(proxy, BPTT) {first} {rows[str(T)]['proxy_vs_bptt'][first]['full']:.3f} ... {last} "

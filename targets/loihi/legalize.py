@@ -472,7 +472,8 @@ class LoihiPartition(Pass):
     name = "loihi-partition"
     requires_level = HW
     variant: str = "loihi2"
-    #: Chips of the system (a multi-chip board: Kapoho Bay 2, Nahuku 8 or 32 Loihi 1 chips); cores fill chip 0 first.
+    #: Chips of the system (a multi-chip board: Kapoho Bay 2, Nahuku 8 or 32 Loihi 1 chips); core k is on chip
+    #: k // cores_per_chip.
     chips: int = 1
 
     def __post_init__(self) -> None:

@@ -15,8 +15,9 @@ Limits, with their sources:
   operation; the manifest gives Loihi 1's figure as an upper estimate and says so.
 
 Multi-chip systems: ``loihi1{chips=N}`` (``loihi2{chips=N}``) is the same chip in a system of ``N`` (Kapoho Bay: 2
-Loihi 1 chips, Nahuku: 8 or 32, Pohoiki Beach: 64). The cores fill chip 0 first, then chip 1, ...; each chip's
-cores, neurons and synapses are in the manifest. The arithmetic, and so the emulator, is the same whatever the
+Loihi 1 chips, Nahuku: 8 or 32, Pohoiki Beach: 64). The placement's cores are numbered over the chips in order
+(core ``k`` on chip ``k // 128``; the local search may leave a number unused); each chip's cores, neurons and
+synapses are in the manifest. The arithmetic, and so the emulator, is the same whatever the
 number of chips; what is not modelled is the time spikes take between chips (the emulator's steps are algorithmic
 steps, not wall-clock time). A model that needs more cores than the system has is a violation naming by how much
 and how many chips it needs.

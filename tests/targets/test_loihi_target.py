@@ -310,6 +310,10 @@ def test_target_specs_with_bad_options_are_refused_by_name(spec, message):
         get_target(spec)
 
 
+def test_a_spec_without_options_is_the_registered_target():
+    assert get_target("loihi1{}") is get_target("loihi1") is get_target(" loihi1{ } ")
+
+
 def test_a_model_tuned_for_a_chip_fits_a_system_of_those_chips(snn):
     """The float form is the chip's (its gates and reset), whatever the number of chips."""
     form = get_target("loihi1").trainable_form(snn)
