@@ -44,6 +44,8 @@ from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
+from snncc.runtime.graded_convolution import (Convolution, MeasuredConv2d, OneDNNConv2d,
+                                              check_convolution)
 from snncc.runtime.kernels import apply, conv2d
 from snncc.runtime.reference import STATEFUL, BatchResult, ReferenceSimulator
 from snncc.runtime.temporal import TemporalSimulator
@@ -981,11 +983,15 @@ class CythonTemporalSimulator(TemporalSimulator):
     (they act on decoded values, where BLAS is the fast path), and the units in :func:`_kernels.temporal_units`,
     which reproduce the window functions of :mod:`snncc.runtime.dynamics` bit for bit.
 
+    Convolutions (``convolution``, :mod:`snncc.runtime.graded_convolution`): ``"reference"`` builds the
+    reference's im2col matrix with the compiled copy loop and multiplies it with the same BLAS product, in blocks of
+    samples that stay in the cache, on ``threads`` threads (:class:`_BlockedConv2d`: the same values), in arrays
+    kept from batch to batch; ``"onednn"`` runs torch's CPU convolution (faster, values within float rounding of
+    the reference's); ``"measured"`` (the default) times both per layer on the first batch of each size and keeps
+    the faster (:attr:`convolution_choices`).
+
     More compiled pieces, all exact:
 
-    - convolutions build the reference's im2col matrix with the compiled copy loop and multiply it with the same
-      BLAS product, in blocks of samples that stay in the cache, on ``threads`` threads (:class:`_BlockedConv2d`:
-      the same values), in arrays kept from batch to batch;
     - :meth:`run_batch` counts instead of storing spike trains: :func:`_kernels.temporal_units_counted` computes a
       population's values with the same per-neuron function as :func:`_kernels.temporal_units` and, in the same
       pass, its spikes per step, its most spikes per neuron and the synaptic operations of its spikes in every
@@ -998,12 +1004,14 @@ class CythonTemporalSimulator(TemporalSimulator):
     One instance reuses its arrays from batch to batch: it must not run two batches at the same time.
     """
 
-    def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None,
+                 convolution: str | None = None) -> None:
         super().__init__(graph, timesteps)
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
-        self._convs: dict[str, _BlockedConv2d] = {}
+        self.convolution = check_convolution(convolution)
+        self._convs: dict[str, Convolution] = {}
         self._unit_buffers = _Buffers()  # outputs of populations and convolutions, kept from batch to batch
         self._params = {}
         for node in self.populations():
@@ -1057,11 +1065,35 @@ class CythonTemporalSimulator(TemporalSimulator):
             return False
         conv = self._convs.get(node)
         if conv is None:
-            conv = self._convs[node] = _BlockedConv2d(op, value.shape[1:], self.types[node].shape, self.threads)
+            conv = self._convs[node] = self._new_convolution(op, value.shape[1:], self.types[node].shape)
         shape = (value.shape[0],) + self.types[node].shape
         out = self._unit_buffers.get(node, shape, np.float32) if keep_output else np.empty(shape, np.float32)
         values[node] = conv(value, out)
         return True
+
+    def _new_convolution(self, op: ops.Conv2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+                         ) -> Convolution:
+        """The implementation of ``self.convolution`` for one layer (see :mod:`snncc.runtime.graded_convolution`)."""
+        reference = _BlockedConv2d(op, in_shape, out_shape, self.threads)
+        if self.convolution == "reference":
+            return reference
+        onednn = OneDNNConv2d(op, in_shape, out_shape, self.threads)
+        if self.convolution == "onednn":
+            return onednn
+        return MeasuredConv2d({"reference": reference, "onednn": onednn})
+
+    @property
+    def convolution_choices(self) -> dict[str, str]:
+        """The implementation that runs each convolution node built so far; where measured, the one chosen for the
+        largest batch size run ("unmeasured" before the first batch)."""
+        names = {_BlockedConv2d: "reference", OneDNNConv2d: "onednn"}
+        choices = {}
+        for node, conv in self._convs.items():
+            if isinstance(conv, MeasuredConv2d):
+                choices[node] = conv.choices[max(conv.choices)][0] if conv.choices else "unmeasured"
+            else:
+                choices[node] = names[type(conv)]
+        return choices
 
     def _unit_inputs(self, node: str, values: dict[str, np.ndarray]) -> np.ndarray:
         (src,) = self.graph.inputs(node)

@@ -141,7 +141,7 @@ def _assert_same_results(graph: Graph, x: np.ndarray, threads: int = 2) -> None:
     expected = TemporalSimulator(graph).run_batch(x)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cython_engine, "BLOCK_VALUES", kernels._IM2COL_BUDGET)
-        engine = cython_engine.CythonTemporalSimulator(graph, threads=threads)
+        engine = cython_engine.CythonTemporalSimulator(graph, threads=threads, convolution="reference")
         _compare(engine, x, expected)
 
 
