@@ -1,11 +1,14 @@
-"""Keeping freed memory in the process for reuse while training on a CPU.
+"""Keeping freed memory in the process for reuse while torch runs on a CPU (training; the temporal runtime's
+oneDNN convolutions, :mod:`snncc.runtime.graded_convolution`).
 
 Why: torch's CPU allocator is glibc's ``malloc``, which serves every block larger than its mmap threshold (at most
 32 MiB on 64-bit glibc) with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step of a
 lowered SNN allocates its activations anew every step, and at ``T * batch = 8 * 64`` a layer's (T, B, 32, 28, 28)
 float32 tensor is 51 MB: above the threshold, so each step the kernel maps and zeroes every such page again (the VGG
 took 130,000 minor page faults a step at T=8 against 20,000 at T=4, whose tensors lie under the threshold and are
-reused; that is much of why T=8 cost 2.5 times T=4, not 2). CUDA's caching allocator keeps freed blocks for the
+reused; that is much of why T=8 cost 2.5 times T=4, not 2). Inference pays the same: a 16-channel 28x28
+convolution of 100 samples took 3-4x its time once glibc's threshold had moved (after ``import networkx``, whose
+allocations move it), its output and oneDNN's reordered copies page-faulting on every call. CUDA's caching allocator keeps freed blocks for the
 next step; this does the same for glibc: ``mallopt(M_MMAP_MAX, 0)`` serves every block from the heap, and
 ``mallopt(M_TRIM_THRESHOLD, 1 GiB)`` keeps freed heap memory unless a gigabyte lies free at its top. After the
 first step a training step then page-faults no more; the process's resident memory stays at its peak instead of

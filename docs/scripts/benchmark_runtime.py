@@ -125,7 +125,9 @@ def child_snn(args: argparse.Namespace) -> dict:
     return {"seconds": best, "images": len(xs), "images_per_second": len(xs) / best, "batch": args.batch,
             "steps": steps, "accuracy": float((predictions == y).mean()),
             "spikes_per_image": result.spikes_per_image(steps), "synops_per_image": result.synops_per_image(steps),
-            "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": baseline, "predictions_sha": _digest(predictions)}
+            "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": baseline, "predictions_sha": _digest(predictions),
+            # The temporal runtime's implementation of each convolution (measured per layer, graded_convolution).
+            "convolutions": getattr(simulator._engine, "convolution_choices", None)}
 
 
 def child_ort(args: argparse.Namespace) -> dict:
@@ -378,9 +380,12 @@ def markdown(results: dict, meta: dict) -> str:
         lines += ["## FS and AMOS", "",
                   f"Each runs for its latency (K steps per layer). Acceptance (issue 16): Cython time per image at "
                   f"most {TEMPORAL_OVER_ORT:g} x one onnxruntime pass of the ANN.", "",
+                  "The convolutions column: how many of the model's convolutions ran on oneDNN and how many on the "
+                  "reference's im2col product, chosen per layer by measured time (runtime/graded_convolution.py; "
+                  "`-` where the run predates the choice: all on the reference's product).", "",
                   "| model | coding | steps | Cython img/s | ORT img/s | Cython / ORT | reference img/s | SNN accuracy "
-                  "| ANN accuracy | spikes / image | verdict |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  "| ANN accuracy | spikes / image | convolutions oneDNN / reference | verdict |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for name, result in temporal.items():
             for T, row in result["timesteps"].items():
                 s = result["summary"][int(T)]
@@ -390,7 +395,7 @@ def markdown(results: dict, meta: dict) -> str:
                 lines.append(f"| {result.get('title', name)} | {result.get('label')} | {cy['steps']} | "
                              f"{cy['images_per_second']:.1f} | {s['ort_images_per_second']:.0f} | {ratio:.2f} | "
                              f"{ref} | {100 * cy['accuracy']:.2f} % | {100 * row['ort']['accuracy']:.2f} % | "
-                             f"{cy['spikes_per_image']:.0f} | "
+                             f"{cy['spikes_per_image']:.0f} | {_convolution_counts(cy)} | "
                              f"{'met' if ratio <= TEMPORAL_OVER_ORT else 'NOT met'} |")
         lines.append("")
     latency = {n: r for n, r in results.items() if r.get("batch1")}
@@ -410,6 +415,11 @@ def markdown(results: dict, meta: dict) -> str:
         lines.append("")
     lines += peer_markdown(results, meta)
     return "\n".join(lines)
+
+
+def _convolution_counts(run: dict) -> str:
+    choices = list((run.get("convolutions") or {}).values())
+    return f"{choices.count('onednn')} / {choices.count('reference')}" if choices else "-"
 
 
 PEER_TITLES = {"spikingjelly": "SpikingJelly", "sinabs": "sinabs"}
