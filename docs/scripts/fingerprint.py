@@ -12,7 +12,9 @@ same. ``--write FILE`` records them; ``--check FILE`` compares and exits non-zer
 The figures scripts (rate_results.py, temporal_results.py, residual_results.py) compute their accuracies and spike
 counts from exactly these simulated values, on more images; equal fingerprints on the same code path mean that the
 figures reproduce. The default is the reference simulator (the specification); ``--backend cython`` checks the
-compiled runtime the same way.
+compiled runtime the same way, with the temporal runtime's convolutions on the reference's im2col product
+(``convolution="reference"``: the measured choice of oneDNN, the default, sums in another order, so its hashes
+would depend on which implementation was faster on the day; runtime/graded_convolution.py).
 
 The hashes include the last bits of BLAS products, whose summation order depends on the CPU and the BLAS kernel, so
 compare fingerprints taken on the same machine: write the baseline on the old code, then check the new code there.
@@ -85,6 +87,9 @@ def main() -> int:
     parser.add_argument("--calib", type=int, default=500)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--backend", default="reference")
+    from snncc.runtime import graded_convolution
+
+    graded_convolution.DEFAULT_CONVOLUTION = "reference"  # the reference's sums (module docstring)
     parser.add_argument("--only", default="", help="comma-separated configuration names")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(CONFIGS)
