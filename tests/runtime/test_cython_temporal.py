@@ -192,14 +192,18 @@ def test_random_temporal_networks_give_the_references_results(case, threads):
     _assert_same_results(graph, x, threads)
 
 
-@pytest.mark.parametrize("model, dataset, pipeline", [
+#: The shipped models in FS and AMOS form that the whole-network tests run.
+ZOO_TEMPORAL = [
     ("lenet5-mnist", "mnist", "convert-fs{steps=8}"),
     ("lenet5-mnist", "mnist", "convert-amos{steps=8}"),
     ("vgg-fmnist", "fashion-mnist", "convert-fs{steps=6}"),
     ("resnet-fmnist", "fashion-mnist", "convert-fs{steps=8}"),
-])
-def test_zoo_models_give_the_references_results(model, dataset, pipeline):
-    """The shipped models, FS and AMOS, on a few real images: the reference's values, spikes and operations."""
+]
+
+
+def compiled_zoo_model(model: str, dataset: str, pipeline: str, images: int) -> tuple[Graph, np.ndarray]:
+    """A shipped model compiled with ``pipeline`` (calibration on 100 training images) and its first ``images``
+    test images, scaled; skips where the model is not built."""
     from snncc.api import compile_model
     from snncc.data import InputScaling, load_dataset
 
@@ -207,8 +211,14 @@ def test_zoo_models_give_the_references_results(model, dataset, pipeline):
     if not path.is_file():
         pytest.skip(f"{path} is not built yet")
     calibration, _ = load_dataset(data_dir(dataset), split="train", limit=100)
-    x, _ = load_dataset(data_dir(dataset), split="test", limit=6)
+    x, _ = load_dataset(data_dir(dataset), split="test", limit=images)
     scaling = InputScaling(scale=1 / 255)
     graph = compile_model(path, calibration=calibration, pipeline=f"canonicalize,normalize,{pipeline}",
                           input_scaling=scaling)
-    _assert_same_results(graph, scaling.apply(x).astype(np.float32))
+    return graph, scaling.apply(x).astype(np.float32)
+
+
+@pytest.mark.parametrize("model, dataset, pipeline", ZOO_TEMPORAL)
+def test_zoo_models_give_the_references_results(model, dataset, pipeline):
+    """The shipped models, FS and AMOS, on a few real images: the reference's values, spikes and operations."""
+    _assert_same_results(*compiled_zoo_model(model, dataset, pipeline, images=6))

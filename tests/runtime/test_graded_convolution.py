@@ -15,7 +15,7 @@ from snncc.errors import SimulationError
 from snncc.ir import ops
 from snncc.runtime import TemporalSimulator, cython_available, kernels
 from snncc.runtime.graded_convolution import MeasuredConv2d, OneDNNConv2d, check_convolution
-from tests.conftest import MODELS, data_dir
+from tests.runtime.test_cython_temporal import ZOO_TEMPORAL
 
 
 def _eighths(rng: np.random.Generator, shape: tuple[int, ...], high: int, low: int | None = None) -> np.ndarray:
@@ -91,30 +91,16 @@ def test_an_unknown_convolution_is_refused_with_the_choices():
 
 
 @pytest.mark.skipif(not cython_available()[0], reason="the Cython runtime is not built")
-@pytest.mark.parametrize("model, dataset, pipeline", [
-    ("lenet5-mnist", "mnist", "convert-fs{steps=8}"),
-    ("lenet5-mnist", "mnist", "convert-amos{steps=8}"),
-    ("vgg-fmnist", "fashion-mnist", "convert-fs{steps=6}"),
-    ("resnet-fmnist", "fashion-mnist", "convert-fs{steps=8}"),
-])
+@pytest.mark.parametrize("model, dataset, pipeline", ZOO_TEMPORAL)
 def test_zoo_models_on_onednn_are_the_references_within_rounding(model, dataset, pipeline):
     """The shipped models, FS and AMOS, on 20 real images, every convolution on oneDNN: the spikes per step and
     population within 1e-3 of the reference's in total absolute difference (a unit flips where its input lies
     within float rounding of a threshold; measured: 0 on the LeNet-5, 8e-5 on the ResNet-14), the outputs within
     1% of their largest magnitude, the same predictions, and synaptic operations within 1e-3."""
-    from snncc.api import compile_model
-    from snncc.data import InputScaling, load_dataset
     from snncc.runtime.cython_engine import CythonTemporalSimulator
+    from tests.runtime.test_cython_temporal import compiled_zoo_model
 
-    path = MODELS / f"{model}.onnx"
-    if not path.is_file():
-        pytest.skip(f"{path} is not built yet")
-    calibration, _ = load_dataset(data_dir(dataset), split="train", limit=100)
-    x, _ = load_dataset(data_dir(dataset), split="test", limit=20)
-    scaling = InputScaling(scale=1 / 255)
-    graph = compile_model(path, calibration=calibration, pipeline=f"canonicalize,normalize,{pipeline}",
-                          input_scaling=scaling)
-    x = scaling.apply(x).astype(np.float32)
+    graph, x = compiled_zoo_model(model, dataset, pipeline, images=20)
     expected = TemporalSimulator(graph).run_batch(x)
     engine = CythonTemporalSimulator(graph, threads=2, convolution="onednn")
     got = engine.run_batch(x)
@@ -126,4 +112,3 @@ def test_zoo_models_on_onednn_are_the_references_within_rounding(model, dataset,
     np.testing.assert_allclose(b, a, rtol=0, atol=0.01 * np.abs(a).max())
     np.testing.assert_array_equal(b[-1].argmax(axis=1), a[-1].argmax(axis=1))
     np.testing.assert_allclose(got.synops.sum(), expected.synops.sum(), rtol=1e-3)  # as the spikes
-    print(f"{model} {pipeline}: {flips:.0f} of {total:.0f} spikes moved")
