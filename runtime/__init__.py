@@ -47,6 +47,8 @@ _warned_fallback = False
 
 
 KERNEL_VARIANTS = ("avx512", "avx2", "portable")  # widest first
+#: Iterations an idle OpenMP thread spins before it sleeps (see load_kernels).
+SPIN_COUNT = 10_000
 
 
 def load_kernels():
@@ -56,14 +58,21 @@ def load_kernels():
     the CPU supports, or the one named by ``SNNCC_KERNELS=portable|avx2|avx512``. The spikes are the same in every
     variant: the arithmetic is element-wise IEEE float32 everywhere.
 
-    OpenMP threads that wait passively (sleep instead of spinning between parallel regions) cost a few microseconds
-    per region, but spinning workers take the cores from everything else: on a 2-core machine shared with other
-    work, two spinning threads ran LeNet-5 2.6x slower than two passive ones. libgomp reads the policy once, when
-    the extension loads it, so it is set (unless the user set it) before the first import.
+    How OpenMP's idle threads wait: libgomp's default spins for about 300,000 iterations (a millisecond or so)
+    before sleeping, and spinning workers take the cores from everything else: on a 2-core machine shared with
+    other work, two such threads ran LeNet-5 2.6x slower than two that sleep at once (``OMP_WAIT_POLICY=PASSIVE``).
+    Sleeping at once costs a wake-up at every parallel region, which the temporal runtime pays between each
+    oneDNN convolution and each population kernel: FS on the ResNet-14 ran at 2,416-2,478 images/s so (2
+    threads) against 2,890-3,104 with a short spin, the LeNet-5 at 44,000-52,000 against 59,000-64,000, while the
+    rate-coded LeNet-5, its average-pooling variant and the VGG stayed within noise (docs/benchmark.md, same
+    machine, one session). So idle threads spin for :data:`SPIN_COUNT` iterations (tens of microseconds) and then
+    sleep, unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``. libgomp reads these once, when the
+    extension loads it, so they are set before the first import.
     """
     import importlib
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     from snncc.runtime import _kernels
 
     wanted = os.environ.get("SNNCC_KERNELS", "auto")
