@@ -44,6 +44,7 @@ from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
+from snncc.runtime.blas_threads import BlasThreads, engine_blas_threads
 from snncc.runtime.graded_convolution import (Convolution, MeasuredConv2d, OneDNNConv2d,
                                               check_convolution)
 from snncc.runtime.kernels import apply, conv2d
@@ -653,8 +654,9 @@ def _constant_conv2d(op: ops.Conv2d, x: np.ndarray, threads: int, buffers: _Buff
 class CythonSimulator(ReferenceSimulator):
     """Simulate an SNN-level graph for ``timesteps`` steps with the compiled kernels, one batch at a time.
 
-    ``threads``: OpenMP threads of the kernels (default: OpenMP's default). The dense BLAS products use numpy's
-    BLAS threads, set with ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` before numpy is imported.
+    ``threads``: OpenMP threads of the kernels (default: OpenMP's default). The dense BLAS products run on one of
+    numpy's BLAS threads during a batch, unless ``OPENBLAS_NUM_THREADS`` says otherwise
+    (:mod:`snncc.runtime.blas_threads`: OpenBLAS's idle threads spin on the cores the kernels use).
     """
 
     def __init__(self, graph: Graph, timesteps: int, threads: int | None = None) -> None:
@@ -662,6 +664,7 @@ class CythonSimulator(ReferenceSimulator):
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
+        self.blas_threads = engine_blas_threads()
         graph = self.graph
         self._fan_outs64 = {n: [f.astype(np.float64) for f in fs] for n, fs in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
@@ -714,6 +717,10 @@ class CythonSimulator(ReferenceSimulator):
                 for n, p in synapses.items() if isinstance(p, _EventSynapse)}
 
     def run_batch(self, x: np.ndarray) -> BatchResult:
+        with BlasThreads(self.blas_threads):
+            return self._run_batch(x)
+
+    def _run_batch(self, x: np.ndarray) -> BatchResult:
         graph, T, types = self.graph, self.timesteps, self.types
         x = np.ascontiguousarray(x, dtype=np.float32)
         batch = x.shape[0]
@@ -1001,7 +1008,9 @@ class CythonTemporalSimulator(TemporalSimulator):
       :func:`_kernels.count_events` (integers summed in float64, as the reference's float64 product sums them).
 
     :meth:`run_stream` keeps the reference's bookkeeping on spike trains (with the compiled units and convolutions).
-    One instance reuses its arrays from batch to batch: it must not run two batches at the same time.
+    numpy's BLAS runs on one thread during a batch unless ``OPENBLAS_NUM_THREADS`` says otherwise, as in
+    :class:`CythonSimulator`. One instance reuses its arrays from batch to batch: it must not run two batches at
+    the same time.
     """
 
     def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None,
@@ -1010,6 +1019,7 @@ class CythonTemporalSimulator(TemporalSimulator):
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
+        self.blas_threads = engine_blas_threads()  # see CythonSimulator
         self.convolution = check_convolution(convolution)
         self._convs: dict[str, Convolution] = {}
         self._unit_buffers = _Buffers()  # outputs of populations and convolutions, kept from batch to batch
@@ -1133,9 +1143,17 @@ class CythonTemporalSimulator(TemporalSimulator):
         values[node] = out
         return _WindowCounts(counts, peak, synops)
 
+    def run_stream(self, x: np.ndarray) -> tuple[BatchResult, list[int]]:
+        with BlasThreads(self.blas_threads):
+            return super().run_stream(x)
+
     def run_batch(self, x: np.ndarray) -> BatchResult:
         """The reference's :meth:`~TemporalSimulator.run_batch` and :meth:`~TemporalSimulator._result` with the
         populations counted in their kernel (same values, spikes, synaptic operations and peaks)."""
+        with BlasThreads(self.blas_threads):
+            return self._run_batch(x)
+
+    def _run_batch(self, x: np.ndarray) -> BatchResult:
         batch = x.shape[0]
         values: dict[str, np.ndarray] = {}
         counted: dict[str, _WindowCounts] = {}

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "a CUDA device, see --device); --backend cython without the build falls back to the reference with a warning")
         p.add_argument("--threads", type=positive_int, default=None,
                        help="threads of the Cython runtime (default: OMP_NUM_THREADS or all cores); numpy's BLAS "
-                            "follows OPENBLAS_NUM_THREADS")
+                            "runs on one thread during its batches unless OPENBLAS_NUM_THREADS is set")
         p.add_argument("--device", default=None, metavar="DEVICE",
                        help="where the torch backend runs: cpu (its default) or cuda (needs a CUDA device that torch "
                             "sees); only with --backend torch")

@@ -1,0 +1,91 @@
+"""numpy's BLAS threads while the compiled runtimes run a batch.
+
+The Cython runtimes spread their work over OpenMP threads themselves (samples, time-folded rows, blocks of a
+convolution on Python threads). numpy's OpenBLAS, left at its default, starts as many threads of its own for every
+product large enough, and after the product those threads keep spinning (OpenBLAS's ``THREAD_TIMEOUT``, by
+default 2^28 cycles, about 0.1 s) on the cores the OpenMP workers need. Measured on the 2-core development machine
+(batch 100, ``OMP_NUM_THREADS=2``): FS on the ResNet-14 ran at 761 images/s with OpenBLAS's default of 2 threads
+against 2,500 with one; rate coding at T=32 at 342 against 487 (VGG) and 3,249 against 6,436 (LeNet-5).
+
+So the compiled engines run numpy's BLAS on one thread for the duration of each batch and restore the previous
+setting after (:class:`BlasThreads`), unless the user chose a number with ``OPENBLAS_NUM_THREADS``
+(:func:`engine_blas_threads`). The control goes through OpenBLAS's own ``openblas_set_num_threads`` on the
+library numpy has loaded (found in ``/proc/self/maps``); where that is not available (another BLAS, another
+operating system) nothing changes. The number of threads never changes a product's values: OpenBLAS splits the
+output matrix among its threads, each element is the same sum.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import lru_cache
+from pathlib import Path
+
+#: The symbol names of OpenBLAS's thread control, as (get, set), in the builds numpy ships: scipy-openblas
+#: (numpy 2: prefix ``scipy_``, 64-bit integer suffix ``64_``), numpy 1.x's ``openblas64_`` and a system OpenBLAS.
+_SYMBOLS = [(f"{prefix}openblas_get_num_threads{suffix}", f"{prefix}openblas_set_num_threads{suffix}")
+            for prefix in ("scipy_", "") for suffix in ("64_", "")]
+
+
+@lru_cache(maxsize=1)
+def _controls() -> tuple[object, object] | None:
+    """(get, set) of the OpenBLAS that this process has loaded, or None where there is none to control."""
+    import numpy  # noqa: F401  (loads numpy's BLAS)
+
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = sorted({line.split(None, 5)[5] for line in maps.splitlines()
+                    if len(line.split(None, 5)) == 6 and "openblas" in Path(line.split(None, 5)[5]).name.lower()})
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # the loaded copy, never a new one
+        except (OSError, AttributeError):
+            continue
+        for get_name, set_name in _SYMBOLS:
+            get, set_ = getattr(library, get_name, None), getattr(library, set_name, None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return get, set_
+    return None
+
+
+def current_blas_threads() -> int | None:
+    """How many threads numpy's OpenBLAS uses now; None where it cannot be controlled."""
+    controls = _controls()
+    return None if controls is None else int(controls[0]())
+
+
+def engine_blas_threads() -> int | None:
+    """The BLAS threads the compiled engines run with: one, or None (leave as is) where the user set
+    ``OPENBLAS_NUM_THREADS``."""
+    return None if "OPENBLAS_NUM_THREADS" in os.environ else 1
+
+
+class BlasThreads:
+    """Context manager: numpy's OpenBLAS on ``threads`` threads inside, the previous number restored on exit.
+    ``threads=None``, or no OpenBLAS to control, changes nothing. The setting is process-wide: one engine runs a
+    batch at a time (as the engines require anyway)."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+        self._saved: int | None = None
+
+    def __enter__(self) -> BlasThreads:
+        controls = _controls() if self.threads is not None else None
+        if controls is not None:
+            self._saved = int(controls[0]())
+            if self._saved != self.threads:
+                controls[1](self.threads)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is not None and self._saved != self.threads:
+            _controls()[1](self._saved)
+        self._saved = None
+
+
+__all__ = ["BlasThreads", "current_blas_threads", "engine_blas_threads"]
