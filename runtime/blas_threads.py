@@ -1,18 +1,24 @@
-"""numpy's BLAS threads while the compiled runtimes run a batch.
+"""numpy's BLAS threads while a simulator runs a batch.
 
-The Cython runtimes spread their work over OpenMP threads themselves (samples, time-folded rows, blocks of a
-convolution on Python threads). numpy's OpenBLAS, left at its default, starts as many threads of its own for every
-product large enough, and after the product those threads keep spinning (OpenBLAS's ``THREAD_TIMEOUT``, by
-default 2^28 cycles, about 0.1 s) on the cores the OpenMP workers need. Measured on the 2-core development machine
-(batch 100, ``OMP_NUM_THREADS=2``): FS on the ResNet-14 ran at 761 images/s with OpenBLAS's default of 2 threads
-against 2,500 with one; rate coding at T=32 at 342 against 487 (VGG) and 3,249 against 6,436 (LeNet-5).
+Two reasons to set them rather than leave OpenBLAS's default (one thread per core):
 
-So the compiled engines run numpy's BLAS on one thread for the duration of each batch and restore the previous
-setting after (:class:`BlasThreads`), unless the user chose a number with ``OPENBLAS_NUM_THREADS``
-(:func:`engine_blas_threads`). The control goes through OpenBLAS's own ``openblas_set_num_threads`` on the
-library numpy has loaded (found in ``/proc/self/maps``); where that is not available (another BLAS, another
-operating system) nothing changes. The number of threads never changes a product's values: OpenBLAS splits the
-output matrix among its threads, each element is the same sum.
+- **Reproducible sums.** OpenBLAS's float32 products depend on its number of threads: on the development machine
+  (scipy-openblas 0.3.31, Zen kernels) a (16, 144) x (144, 4704) product, a ResNet-14 convolution of 6 images,
+  differs in the last bits in 64 % of its elements between one thread and two. The reference simulators are the
+  specification of the spikes, so their values must not depend on the machine's number of cores, and the compiled
+  runtime's "reference" convolutions reproduce them only with the same setting.
+- **Speed of the compiled runtimes.** They spread their work over OpenMP threads themselves (samples, time-folded
+  rows, blocks of a convolution on Python threads). OpenBLAS's own workers, started by a product, keep spinning
+  after it (its ``THREAD_TIMEOUT``, by default 2^28 cycles, about 0.1 s) on the cores the OpenMP workers need.
+  Measured on the 2-core development machine (batch 100, ``OMP_NUM_THREADS=2``): FS on the ResNet-14 ran at 761
+  images/s with OpenBLAS's default of 2 threads against 2,500 with one; rate coding at T=32 at 342 against 487
+  (VGG) and 3,249 against 6,436 (LeNet-5).
+
+So every simulator (the numpy references and the Cython runtimes) runs numpy's BLAS on one thread for the duration
+of each batch and restores the previous setting after (:class:`BlasThreads`), unless the user chose a number with
+``OPENBLAS_NUM_THREADS`` (:func:`engine_blas_threads`), which then holds for all of them alike. The control goes
+through OpenBLAS's own ``openblas_set_num_threads`` on the library numpy has loaded (found in ``/proc/self/maps``);
+where that is not available (another BLAS, another operating system) nothing changes.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def current_blas_threads() -> int | None:
 
 
 def engine_blas_threads() -> int | None:
-    """The BLAS threads the compiled engines run with: one, or None (leave as is) where the user set
+    """The BLAS threads every simulator runs its batches with: one, or None (leave as is) where the user set
     ``OPENBLAS_NUM_THREADS``."""
     return None if "OPENBLAS_NUM_THREADS" in os.environ else 1
 

@@ -44,7 +44,6 @@ from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import IF, LIF, Amos
 from snncc.runtime import load_kernels
-from snncc.runtime.blas_threads import BlasThreads, engine_blas_threads
 from snncc.runtime.graded_convolution import (Convolution, MeasuredConv2d, OneDNNConv2d,
                                               check_convolution)
 from snncc.runtime.kernels import apply, conv2d
@@ -655,7 +654,7 @@ class CythonSimulator(ReferenceSimulator):
     """Simulate an SNN-level graph for ``timesteps`` steps with the compiled kernels, one batch at a time.
 
     ``threads``: OpenMP threads of the kernels (default: OpenMP's default). The dense BLAS products run on one of
-    numpy's BLAS threads during a batch, unless ``OPENBLAS_NUM_THREADS`` says otherwise
+    numpy's BLAS threads during a batch, as in the reference, unless ``OPENBLAS_NUM_THREADS`` says otherwise
     (:mod:`snncc.runtime.blas_threads`: OpenBLAS's idle threads spin on the cores the kernels use).
     """
 
@@ -664,7 +663,6 @@ class CythonSimulator(ReferenceSimulator):
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
-        self.blas_threads = engine_blas_threads()
         graph = self.graph
         self._fan_outs64 = {n: [f.astype(np.float64) for f in fs] for n, fs in self.fan_outs.items()}
         self.binary: dict[str, bool] = {}
@@ -715,10 +713,6 @@ class CythonSimulator(ReferenceSimulator):
                 synapses.update({f"{n}[{i}]": s for i, s in enumerate(p.synapses) if s is not None})
         return {n: {**p.chunks, "density": p.events / p.inputs if p.inputs else 0.0}
                 for n, p in synapses.items() if isinstance(p, _EventSynapse)}
-
-    def run_batch(self, x: np.ndarray) -> BatchResult:
-        with BlasThreads(self.blas_threads):
-            return self._run_batch(x)
 
     def _run_batch(self, x: np.ndarray) -> BatchResult:
         graph, T, types = self.graph, self.timesteps, self.types
@@ -1005,12 +999,14 @@ class CythonTemporalSimulator(TemporalSimulator):
       layer it feeds (each spike adds its fan-out: integer sums, exact in any order). The K spike trains of a
       population (K bytes per neuron) never go through memory;
     - synaptic operations of graded inputs (the analog input, pooled values) are counted with
-      :func:`_kernels.count_events` (integers summed in float64, as the reference's float64 product sums them).
+      :func:`_kernels.count_events` (integers summed in float64, as the reference's float64 product sums them);
+    - in :meth:`run_batch`, Affine and Add of float32 values (residual junctions) run
+      :func:`_kernels.affine_steps` and :func:`_kernels.add_steps` (numpy's two roundings) into kept arrays.
 
     :meth:`run_stream` keeps the reference's bookkeeping on spike trains (with the compiled units and convolutions).
-    numpy's BLAS runs on one thread during a batch unless ``OPENBLAS_NUM_THREADS`` says otherwise, as in
-    :class:`CythonSimulator`. One instance reuses its arrays from batch to batch: it must not run two batches at
-    the same time.
+    numpy's BLAS runs on one thread during a batch unless ``OPENBLAS_NUM_THREADS`` says otherwise, as in the
+    reference (:mod:`snncc.runtime.blas_threads`). One instance reuses its arrays from batch to batch: it must not
+    run two batches at the same time.
     """
 
     def __init__(self, graph: Graph, timesteps: int | None = None, threads: int | None = None,
@@ -1019,10 +1015,10 @@ class CythonTemporalSimulator(TemporalSimulator):
         if threads is not None and threads < 1:
             raise SimulationError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
-        self.blas_threads = engine_blas_threads()  # see CythonSimulator
         self.convolution = check_convolution(convolution)
         self._convs: dict[str, Convolution] = {}
-        self._unit_buffers = _Buffers()  # outputs of populations and convolutions, kept from batch to batch
+        self._unit_buffers = _Buffers()  # outputs of populations, convolutions, Affine and Add, kept
+        self._affine: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # scale and shift per Affine, full shape
         self._params = {}
         for node in self.populations():
             neuron = self.graph.op(node).neuron
@@ -1105,6 +1101,30 @@ class CythonTemporalSimulator(TemporalSimulator):
                 choices[node] = names[type(conv)]
         return choices
 
+    def _elementwise(self, node: str, values: dict[str, np.ndarray]) -> bool:
+        """Affine and Add of float32 values (a residual junction's rescalings and its sum) in the compiled
+        element-wise kernels, with the reference's roundings, into arrays kept from batch to batch; whether it did.
+        (numpy's fresh temporaries page-fault on every batch, as in the rate runtime's junctions.)"""
+        op = self.graph.op(node)
+        if not isinstance(op, (ops.Affine, ops.Add)):
+            return False
+        args = [values[u] for u in self.graph.inputs(node)]
+        if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in args):
+            return False
+        batch = args[0].shape[0]
+        out = self._unit_buffers.get(node, (batch,) + self.types[node].shape, np.float32)
+        rows = [a.reshape(batch, -1) for a in args]
+        threads = _threads(self.threads, out.size)
+        if isinstance(op, ops.Affine):
+            scale, shift = self._affine.get(node) or self._affine.setdefault(node, tuple(
+                np.ascontiguousarray(np.broadcast_to(a, self.types[node].shape), np.float32).reshape(-1)
+                for a in (op.scale, op.shift)))
+            _kernels.affine_steps(rows[0], scale, shift, out.reshape(batch, -1), threads)
+        else:
+            _kernels.add_steps(rows[0], rows[1], out.reshape(batch, -1), threads)
+        values[node] = out
+        return True
+
     def _unit_inputs(self, node: str, values: dict[str, np.ndarray]) -> np.ndarray:
         (src,) = self.graph.inputs(node)
         return np.ascontiguousarray(values[src], dtype=np.float32)
@@ -1143,24 +1163,17 @@ class CythonTemporalSimulator(TemporalSimulator):
         values[node] = out
         return _WindowCounts(counts, peak, synops)
 
-    def run_stream(self, x: np.ndarray) -> tuple[BatchResult, list[int]]:
-        with BlasThreads(self.blas_threads):
-            return super().run_stream(x)
-
-    def run_batch(self, x: np.ndarray) -> BatchResult:
+    def _run_batch(self, x: np.ndarray) -> BatchResult:
         """The reference's :meth:`~TemporalSimulator.run_batch` and :meth:`~TemporalSimulator._result` with the
         populations counted in their kernel (same values, spikes, synaptic operations and peaks)."""
-        with BlasThreads(self.blas_threads):
-            return self._run_batch(x)
-
-    def _run_batch(self, x: np.ndarray) -> BatchResult:
         batch = x.shape[0]
         values: dict[str, np.ndarray] = {}
         counted: dict[str, _WindowCounts] = {}
         for node in self.order:
             if node in self._params:
                 counted[node] = self._count_window(node, values)
-            elif not self._convolve(node, values, keep_output=True):  # outputs are copied out below
+            elif not (self._convolve(node, values, keep_output=True)  # outputs are copied out below
+                      or self._elementwise(node, values)):
                 TemporalSimulator._evaluate(self, node, x, values, {})
         T = self.timesteps
         spikes = {n: np.zeros((T, batch), dtype=np.float32) for n in self.populations()}

@@ -23,6 +23,7 @@ import numpy as np
 
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
+from snncc.runtime.blas_threads import BlasThreads, engine_blas_threads
 from snncc.runtime.dynamics import dynamics_of
 from snncc.runtime.kernels import _pad_spatial, _pool_reduce, apply, fan_outs
 
@@ -101,6 +102,7 @@ class ReferenceSimulator:
         if timesteps < 1:
             raise SimulationError(f"timesteps must be at least 1, got {timesteps}")
         self.graph, self.timesteps = graph, timesteps
+        self.blas_threads = engine_blas_threads()
         self.order = graph.topological_order()
         self.types = graph.types()
         # Per synaptic node, one fan-out per operand (a shared-weight layer has several, see ops._SharedWeights).
@@ -123,6 +125,12 @@ class ReferenceSimulator:
         return dict(self._populations)
 
     def run_batch(self, x: np.ndarray) -> BatchResult:
+        """Simulate one batch ``x`` (B, *input shape), numpy's BLAS on :attr:`blas_threads`
+        (:mod:`snncc.runtime.blas_threads`: OpenBLAS's sums depend on its number of threads)."""
+        with BlasThreads(self.blas_threads):
+            return self._run_batch(x)
+
+    def _run_batch(self, x: np.ndarray) -> BatchResult:
         graph, T = self.graph, self.timesteps
         batch = x.shape[0]
         tc_max = max(1, min(T, self._chunk_budget // batch))

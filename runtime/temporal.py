@@ -32,6 +32,7 @@ import numpy as np
 from snncc.errors import SimulationError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import TEMPORAL_NEURONS
+from snncc.runtime.blas_threads import BlasThreads, engine_blas_threads
 from snncc.runtime.dynamics import run_window
 from snncc.runtime.kernels import apply, fan_outs
 from snncc.runtime.reference import BatchResult
@@ -50,6 +51,7 @@ class TemporalSimulator:
             raise SimulationError(f"the simulator executes SNN-level graphs; this graph is at the {graph.level} "
                                   "level (convert it first, e.g. with the convert-fs pass)")
         self.graph = graph
+        self.blas_threads = engine_blas_threads()
         self.order = graph.topological_order()
         self.types = graph.types()
         mixed = [n for n in graph.find(ops.Population) if not isinstance(graph.op(n).neuron, TEMPORAL_NEURONS)]
@@ -109,6 +111,12 @@ class TemporalSimulator:
             values[node] = apply(op, *args)
 
     def run_batch(self, x: np.ndarray) -> BatchResult:
+        """Simulate one batch ``x`` (B, *input shape), numpy's BLAS on :attr:`blas_threads`
+        (:mod:`snncc.runtime.blas_threads`: OpenBLAS's sums depend on its number of threads)."""
+        with BlasThreads(self.blas_threads):
+            return self._run_batch(x)
+
+    def _run_batch(self, x: np.ndarray) -> BatchResult:
         batch = x.shape[0]
         values: dict[str, np.ndarray] = {}
         spike_trains: dict[str, np.ndarray] = {}
@@ -166,6 +174,10 @@ class TemporalSimulator:
         whose end its answer is complete. With one window length ``K`` and ``D`` stages, input ``i`` is answered at
         step ``(i + D) K``: one input every ``K`` steps once the pipeline is full.
         """
+        with BlasThreads(self.blas_threads):
+            return self._run_stream(x)
+
+    def _run_stream(self, x: np.ndarray) -> tuple[BatchResult, list[int]]:
         windows = {self.graph.op(n).neuron.steps for n in self.populations()}
         if len(windows) != 1:
             raise SimulationError(f"pipelined streaming needs one window length; populations use {sorted(windows)}")

@@ -1,5 +1,6 @@
-"""numpy's BLAS threads during the compiled runtimes' batches: one (OpenBLAS's idle threads would spin on the
-kernels' cores) unless OPENBLAS_NUM_THREADS says otherwise, and the caller's setting restored after."""
+"""numpy's BLAS threads during every simulator's batches: one (OpenBLAS's sums depend on its threads, and its idle
+threads would spin on the kernels' cores) unless OPENBLAS_NUM_THREADS says otherwise, the caller's setting restored
+after."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ def test_blas_threads_are_set_inside_and_restored_after():
         assert current_blas_threads() == 2
         with BlasThreads(1):
             assert current_blas_threads() == 1
-            a = np.arange(200 * 300, dtype=np.float64).reshape(200, 300) / 7
+            a = np.random.default_rng(0).normal(size=(200, 300)).astype(np.float32)
             product = a @ a.T  # the products still run, on one thread
+            np.testing.assert_array_equal(product, a @ a.T)  # one setting, the same sums
         assert current_blas_threads() == 2
-        np.testing.assert_array_equal(product, a @ a.T)  # thread counts never change the sums
         with BlasThreads(None):
             assert current_blas_threads() == 2
     assert current_blas_threads() == before
@@ -109,3 +110,32 @@ def test_rate_engine_batches_run_on_one_blas_thread_unless_the_user_chose(monkey
             engine.run_batch(x)
             assert current_blas_threads() == 2
         assert seen and set(seen) == {expected}
+
+
+@controllable
+@pytest.mark.parametrize("module", ["reference", "temporal"])
+def test_reference_simulators_run_on_one_blas_thread(module, monkeypatch):
+    """The specification's sums do not depend on the machine's cores: the references run BLAS as the engines do."""
+    import importlib
+
+    from tests.runtime.test_cython_agreement import _pooled_network
+
+    simulators = importlib.import_module(f"snncc.runtime.{module}")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    seen = []
+    apply = simulators.apply
+    monkeypatch.setattr(simulators, "apply", lambda *a: (seen.append(current_blas_threads()), apply(*a))[1])
+    if module == "reference":
+        simulator = simulators.ReferenceSimulator(
+            _pooled_network(np.random.default_rng(1), quantized=True, global_pool=False), timesteps=3)
+        x = np.random.default_rng(2).uniform(0, 1, (2, 2, 12, 13)).astype(np.float32)
+        runs = [simulator.run_batch]
+    else:
+        simulator = simulators.TemporalSimulator(_fs_graph())
+        x = np.random.default_rng(2).uniform(0, 1, (2, 20)).astype(np.float32)
+        runs = [simulator.run_batch, simulator.run_stream]
+    for run in runs:
+        with BlasThreads(2):
+            run(x)
+            assert current_blas_threads() == 2
+    assert seen and set(seen) == {1}

@@ -161,7 +161,8 @@ def _compare(engine, x: np.ndarray, expected) -> None:
 @st.composite
 def temporal_cnns(draw):
     """Input -> Conv2d -> population -> [max pool] -> Conv2d (a population's spikes feed it) -> population ->
-    Flatten -> Linear -> population -> Linear -> Readout, FS or AMOS units of random parameters and windows."""
+    [residual junction: Conv2d + Affine shortcut -> Add -> Affine -> population] -> Flatten -> Linear ->
+    population -> Linear -> Readout, FS or AMOS units of random parameters and windows."""
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     amos = draw(st.booleans())
     channels, size = draw(st.integers(1, 3)), draw(st.integers(6, 10))
@@ -177,6 +178,15 @@ def temporal_cnns(draw):
         size //= 2
     h = g.add(ops.Conv2d(weight=rng.normal(0, 0.6, (width, width, 3, 3)), padding=(1, 1, 1, 1)), [h], name="conv2")
     h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop2")
+    if draw(st.booleans()):  # a residual junction: conv + rescaled shortcut, rescaled sum, population
+        shape = (width, size, size)
+        branch = g.add(ops.Conv2d(weight=rng.normal(0, 0.6, (width, width, 3, 3)), padding=(1, 1, 1, 1)), [h],
+                       name="conv3")
+        shortcut = g.add(ops.Affine(scale=rng.uniform(0.5, 1.5, shape), shift=np.float32(0)), [h], name="rescale")
+        h = g.add(ops.Add(), [branch, shortcut], name="add")
+        h = g.add(ops.Affine(scale=rng.uniform(0.5, 1.5, (width, 1, 1)), shift=rng.normal(0, 0.1, shape)), [h],
+                  name="rescale_sum")
+        h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop_res")
     h = g.add(ops.Flatten(), [h])
     h = g.add(ops.Linear(weight=rng.normal(0, 0.3, (7, width * size * size))), [h], name="fc1")
     h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop3")
