@@ -18,6 +18,10 @@ would depend on which implementation was faster on the day; runtime/graded_convo
 
 The hashes include the last bits of BLAS products, whose summation order depends on the CPU and the BLAS kernel, so
 compare fingerprints taken on the same machine: write the baseline on the old code, then check the new code there.
+It also depends on OpenBLAS's number of threads; since session 24 every simulator runs numpy's BLAS on one thread
+(runtime/blas_threads.py) unless ``OPENBLAS_NUM_THREADS`` is set, and baselines written before that (with
+OpenBLAS's default, one thread per core) differ from later checks in the last bits: on the 2-core AMD machine 13 of
+the 16 configurations hashed differently, with the same accuracies and at most 0.3 spikes per image apart.
 ``docs/results/fingerprint-{reference,cython}.json`` are the baselines of issue 13 (code 47515c1, 2-core Intel
 machine with AVX-512); the code after issue 13 printed ``same`` for all 16 configurations against both.
 """

@@ -53,7 +53,7 @@ def _parameters(neuron: FewSpike | Amos) -> tuple:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
-@given(k=st.sampled_from([1, 2, 5, 8, 12, 70]), batch=st.integers(1, 5), n=st.integers(1, 50),
+@given(k=st.sampled_from([1, 2, 5, 8, 12, 70]), batch=st.integers(1, 5), n=st.integers(1, 200),
        fan_outs=st.integers(0, 3), amos=st.booleans(), threads=st.sampled_from([1, 2]),
        largest=st.sampled_from([30, 2**30, 2**31 - 1]), seed=st.integers(0, 2**31))
 def test_counting_units_are_the_window_functions(variant, k, batch, n, fan_outs, amos, threads, largest, seed):
