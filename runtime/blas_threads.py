@@ -35,17 +35,20 @@ _SYMBOLS = [(f"{prefix}openblas_get_num_threads{suffix}", f"{prefix}openblas_set
 
 
 @lru_cache(maxsize=1)
-def _controls() -> tuple[object, object] | None:
-    """(get, set) of the OpenBLAS that this process has loaded, or None where there is none to control."""
-    import numpy  # noqa: F401  (loads numpy's BLAS)
+def _controls() -> list[tuple[object, object]]:
+    """(get, set) of every OpenBLAS this process has loaded, numpy's first (other packages may bring their own, as
+    torch does on some platforms); empty where there is none to control."""
+    import numpy
 
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return None
-    paths = sorted({line.split(None, 5)[5] for line in maps.splitlines()
-                    if len(line.split(None, 5)) == 6 and "openblas" in Path(line.split(None, 5)[5]).name.lower()})
-    for path in paths:
+        return []
+    paths = {fields[5] for fields in (line.split(None, 5) for line in maps.splitlines())
+             if len(fields) == 6 and "openblas" in Path(fields[5]).name.lower()}
+    numpy_libs = str(Path(numpy.__file__).parent) + ".libs"  # where numpy's wheels keep their OpenBLAS
+    controls = []
+    for path in sorted(paths, key=lambda p: (not p.startswith(numpy_libs), p)):
         try:
             library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # the loaded copy, never a new one
         except (OSError, AttributeError):
@@ -55,14 +58,15 @@ def _controls() -> tuple[object, object] | None:
             if get is not None and set_ is not None:
                 get.restype, get.argtypes = ctypes.c_int, []
                 set_.restype, set_.argtypes = None, [ctypes.c_int]
-                return get, set_
-    return None
+                controls.append((get, set_))
+                break
+    return controls
 
 
 def current_blas_threads() -> int | None:
     """How many threads numpy's OpenBLAS uses now; None where it cannot be controlled."""
     controls = _controls()
-    return None if controls is None else int(controls[0]())
+    return int(controls[0][0]()) if controls else None
 
 
 def engine_blas_threads() -> int | None:
@@ -72,26 +76,26 @@ def engine_blas_threads() -> int | None:
 
 
 class BlasThreads:
-    """Context manager: numpy's OpenBLAS on ``threads`` threads inside, the previous number restored on exit.
-    ``threads=None``, or no OpenBLAS to control, changes nothing. The setting is process-wide: one engine runs a
-    batch at a time (as the engines require anyway)."""
+    """Context manager: numpy's OpenBLAS (and any other OpenBLAS loaded) on ``threads`` threads inside, the
+    previous numbers restored on exit. ``threads=None``, or no OpenBLAS to control, changes nothing. The setting is
+    process-wide: one engine runs a batch at a time (as the engines require anyway)."""
 
     def __init__(self, threads: int | None) -> None:
         self.threads = threads
-        self._saved: int | None = None
+        self._saved: list[tuple[object, int]] = []
 
     def __enter__(self) -> BlasThreads:
-        controls = _controls() if self.threads is not None else None
-        if controls is not None:
-            self._saved = int(controls[0]())
-            if self._saved != self.threads:
-                controls[1](self.threads)
+        for get, set_ in _controls() if self.threads is not None else []:
+            saved = int(get())
+            if saved != self.threads:
+                set_(self.threads)
+                self._saved.append((set_, saved))
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._saved is not None and self._saved != self.threads:
-            _controls()[1](self._saved)
-        self._saved = None
+        for set_, saved in self._saved:
+            set_(saved)
+        self._saved = []
 
 
 __all__ = ["BlasThreads", "current_blas_threads", "engine_blas_threads"]
