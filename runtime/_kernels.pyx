@@ -1309,36 +1309,6 @@ def add_steps(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out, i
             out[r, i] = a[r, i] + b[r, i]
 
 
-def pool_values(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, int sh, int sw, bint average,
-                int threads=1):
-    """Max or average pooling without padding of float32 planes ``x`` (P, H, W) into ``out`` (P, Ho, Wo), with the
-    reference's arithmetic (runtime/kernels.py ``_pool_reduce``): each window's values combined in the order of the
-    window's rows and columns, starting from its first, ``m = (m >= v or m is NaN) ? m : v`` as numpy's
-    ``maximum`` (so NaN and the sign of zero come out the same), or ``s = s + v`` then ``s / (kh kw)``."""
-    cdef Py_ssize_t planes = x.shape[0], height = x.shape[1], width = x.shape[2]
-    cdef Py_ssize_t ho = out.shape[1], wo = out.shape[2], p, r, c, i, j
-    cdef float m, v
-    cdef float divisor = <float> (kh * kw)
-    if kh < 1 or kw < 1 or sh < 1 or sw < 1:
-        raise ValueError("pooling windows and strides must be positive")
-    _check_shape("pooled planes", (planes, (height - kh) // sh + 1, (width - kw) // sw + 1),
-                 (out.shape[0], ho, wo))
-    for p in prange(planes, nogil=True, num_threads=max(1, threads), schedule="static"):
-        for r in range(ho):
-            for c in range(wo):
-                m = x[p, r * sh, c * sw]
-                for i in range(kh):
-                    for j in range(kw):
-                        if i == 0 and j == 0:
-                            continue
-                        v = x[p, r * sh + i, c * sw + j]
-                        if average:
-                            m = m + v
-                        elif not (m >= v or m != m):
-                            m = v
-                out[p, r, c] = m / divisor if average else m
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Spiking max pooling
 # --------------------------------------------------------------------------------------------------------------

@@ -1001,8 +1001,7 @@ class CythonTemporalSimulator(TemporalSimulator):
     - synaptic operations of graded inputs (the analog input, pooled values) are counted with
       :func:`_kernels.count_events` (integers summed in float64, as the reference's float64 product sums them);
     - in :meth:`run_batch`, Affine and Add of float32 values (residual junctions) run
-      :func:`_kernels.affine_steps` and :func:`_kernels.add_steps` (numpy's two roundings), max and average
-      pooling of decoded values without padding :func:`_kernels.pool_values`, into kept arrays.
+      :func:`_kernels.affine_steps` and :func:`_kernels.add_steps` (numpy's two roundings) into kept arrays.
 
     :meth:`run_stream` keeps the reference's bookkeeping on spike trains (with the compiled units and convolutions).
     numpy's BLAS runs on one thread during a batch unless ``OPENBLAS_NUM_THREADS`` says otherwise, as in the
@@ -1104,12 +1103,10 @@ class CythonTemporalSimulator(TemporalSimulator):
 
     def _elementwise(self, node: str, values: dict[str, np.ndarray]) -> bool:
         """Affine and Add of float32 values (a residual junction's rescalings and its sum) in the compiled
-        element-wise kernels, and max and average pooling without padding in :func:`_kernels.pool_values`, with the
-        reference's roundings, into arrays kept from batch to batch; whether it did. (numpy's fresh temporaries
-        page-fault on every batch, as in the rate runtime's junctions.)"""
+        element-wise kernels, with the reference's roundings, into arrays kept from batch to batch; whether it did.
+        (numpy's fresh temporaries page-fault on every batch, as in the rate runtime's junctions.)"""
         op = self.graph.op(node)
-        pool = isinstance(op, (ops.MaxPool2d, ops.AvgPool2d)) and not any(op.padding)
-        if not (pool or isinstance(op, (ops.Affine, ops.Add))):
+        if not isinstance(op, (ops.Affine, ops.Add)):
             return False
         args = [values[u] for u in self.graph.inputs(node)]
         if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in args):
@@ -1118,11 +1115,7 @@ class CythonTemporalSimulator(TemporalSimulator):
         out = self._unit_buffers.get(node, (batch,) + self.types[node].shape, np.float32)
         rows = [a.reshape(batch, -1) for a in args]
         threads = _threads(self.threads, out.size)
-        if pool:
-            planes = args[0].shape[0] * args[0].shape[1]
-            _kernels.pool_values(args[0].reshape((planes,) + args[0].shape[2:]), out.reshape((planes,) + out.shape[2:]),
-                                 *op.kernel, *op.stride, isinstance(op, ops.AvgPool2d), threads)
-        elif isinstance(op, ops.Affine):
+        if isinstance(op, ops.Affine):
             scale, shift = self._affine.get(node) or self._affine.setdefault(node, tuple(
                 np.ascontiguousarray(np.broadcast_to(a, self.types[node].shape), np.float32).reshape(-1)
                 for a in (op.scale, op.shift)))
