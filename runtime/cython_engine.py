@@ -405,6 +405,13 @@ class _PoolFold(_Plan):
 
 
 
+def _affine_operands(op: ops.Affine, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """An Affine's scale and shift broadcast to its per-sample ``shape`` and flattened, float32: the operands of
+    :func:`_kernels.affine_steps`."""
+    return tuple(np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)
+                 for a in (op.scale, op.shift))
+
+
 class _Affine(_Plan):
     """Affine (``x * scale + shift``) of a time-varying chunk, e.g. the rescaling of a residual junction's shortcut
     spikes or of its sum: :func:`_kernels.affine_steps` on the bytes or floats themselves, into a buffer kept from
@@ -412,8 +419,7 @@ class _Affine(_Plan):
 
     def __init__(self, op: ops.Affine, shape: tuple[int, ...], threads: int) -> None:
         self.op, self.shape, self.threads = op, shape, threads
-        f32 = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)  # noqa: E731
-        self.scale, self.shift = f32(op.scale), f32(op.shift)
+        self.scale, self.shift = _affine_operands(op, shape)
         self.buffers = _Buffers()
 
     def run(self, chunk: _Chunk, node: str, args: list[_Signal]) -> _Signal:
@@ -1018,7 +1024,7 @@ class CythonTemporalSimulator(TemporalSimulator):
         self.convolution = check_convolution(convolution)
         self._convs: dict[str, Convolution] = {}
         self._unit_buffers = _Buffers()  # outputs of populations, convolutions, Affine and Add, kept
-        self._affine: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # scale and shift per Affine, full shape
+        self._affine = {n: _affine_operands(self.graph.op(n), self.types[n].shape) for n in graph.find(ops.Affine)}
         self._params = {}
         for node in self.populations():
             neuron = self.graph.op(node).neuron
@@ -1116,10 +1122,7 @@ class CythonTemporalSimulator(TemporalSimulator):
         rows = [a.reshape(batch, -1) for a in args]
         threads = _threads(self.threads, out.size)
         if isinstance(op, ops.Affine):
-            scale, shift = self._affine.get(node) or self._affine.setdefault(node, tuple(
-                np.ascontiguousarray(np.broadcast_to(a, self.types[node].shape), np.float32).reshape(-1)
-                for a in (op.scale, op.shift)))
-            _kernels.affine_steps(rows[0], scale, shift, out.reshape(batch, -1), threads)
+            _kernels.affine_steps(rows[0], *self._affine[node], out.reshape(batch, -1), threads)
         else:
             _kernels.add_steps(rows[0], rows[1], out.reshape(batch, -1), threads)
         values[node] = out
