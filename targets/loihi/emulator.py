@@ -34,7 +34,7 @@ payload is the same at every step, so the first layer's product is computed once
 Two paths give the same integers: the numpy path below (the specification, and the fallback where nothing is
 compiled: :func:`~snncc.targets.loihi.arithmetic.synaptic_input`, the layer bias and
 :func:`~snncc.targets.loihi.arithmetic.cuba_window` as numpy passes), and the compiled path of
-:mod:`snncc.targets.loihi.compiled` (one event-driven sum per group of channel blocks of one source, and one
+:mod:`snncc.targets.loihi.compiled` (one event-driven sum per group of channel or row blocks of one source, and one
 compiled pass per population for the shift, bias and CUBA step: ``targets/loihi/_cuba.pyx``), used where it is
 built (``compiled=None``; ``True`` requires it, ``False`` runs numpy).
 """
@@ -171,8 +171,9 @@ class LoihiEmulator:
             # Synaptic nodes whose only consumer is a population the compiled step takes: their sums go to it as
             # they are (PendingSums), the shift, bias and CUBA step in one pass.
             self._fused = {n for n in self.float_ops if self._fuses(n)}
+            self._bypassed = self._synapses.bypassed
         else:
-            self._synapses, self._fused = None, set()
+            self._synapses, self._fused, self._bypassed = None, set(), set()
         largest = max(t.size for t in self.types.values())
         self._samples_per_chunk = max(1, _CHUNK_VALUES // (largest * timesteps))
 
@@ -210,8 +211,12 @@ class LoihiEmulator:
         synops = np.zeros((T, batch), np.float64)
         group_sums: dict = {}  # the compiled path's sums of each group of blocks, for this chunk
         for node in self.order:
+            if node in self._bypassed:  # a slice of rows that only row blocks read: they take its source
+                continue
             op = graph.op(node)
-            args = [values[u] for u in graph.inputs(node)]
+            inputs = [self._synapses.source(node)] if self._synapses is not None and node in self._synapses \
+                else graph.inputs(node)
+            args = [values[u] for u in inputs]
             if isinstance(op, ops.Input):
                 values[node] = payload.astype(np.float32)  # the same at every step: (batch, *shape)
             elif op.synaptic and node in self._fused:

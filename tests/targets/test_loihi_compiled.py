@@ -124,6 +124,64 @@ def test_compiled_and_numpy_emulators_agree_on_random_hw_graphs(seed):
     assert sum(float(s.sum()) for s in slow.spikes.values()) > 0 and slow.synops.sum() > 0
 
 
+def row_block_hw_graph(seed: int) -> Graph:
+    """Input 2x9x7 -> conv 3x3 (one block) -> CubaLIF -> conv 3x3 split by the legalization's ``_split`` into
+    blocks of output rows of one channel (Loihi 1's split of a channel too large for a core: each block a Slice of
+    the input rows under it), padding 1 (seed odd: stride 2, one block a channel of its own rows) -> CubaLIF ->
+    the Concats -> flatten -> linear -> readout."""
+    from snncc.targets.loihi.legalize import Block, _split
+
+    rng = np.random.default_rng(seed)
+    g = Graph(level="hw")
+    x = g.add(ops.Input(shape=(2, 9, 7), name="x", dtype="uint8"), name="x")
+
+    def neuron() -> CubaLIF:
+        return CubaLIF(threshold=la.record_threshold(int(rng.integers(20, 400))), current_decay=la.DECAY_UNIT,
+                       voltage_decay=0, decay_unit=la.DECAY_UNIT, bias=int(rng.integers(-20, 20)) << 6,
+                       reset="subtract" if seed % 2 else "zero", initial_voltage=0)
+
+    def weights(shape):
+        return (rng.integers(-128, 128, shape) * 2).astype(np.int16)
+
+    c1 = g.add(ops.Conv2d(weight=weights((4, 2, 3, 3)), padding=(1, 1, 1, 1)), [x], name="c1", weight_exp=-3)
+    s1 = g.add(ops.Population(neuron=neuron()), [c1], name="s1")
+    stride = 2 if seed % 2 else 1
+    c2 = g.add(ops.Conv2d(weight=weights((3, 4, 3, 3)), bias=(rng.integers(-200, 200, 3) * 64).astype(np.int32),
+                          stride=(stride, stride), padding=(1, 1, 1, 1)), [s1], name="c2", weight_exp=1)
+    s2 = g.add(ops.Population(neuron=neuron()), [c2], name="s2")
+    flat = g.add(ops.Flatten(), [s2], name="flat")
+    out = g.add(ops.Linear(weight=weights((3, g.types()["flat"].shape[0]))), [flat], name="out")
+    g.outputs = [g.add(ops.Readout(), [out], name="readout")]
+    height = g.types()["s2"].shape[1]
+    rows = 2 if stride == 1 else 3
+    blocks = [Block(c, c + 1, r, min(height, r + rows)) for c in range(3) for r in range(0, height, rows)]
+    if seed % 2:  # a channel in one block of all its rows beside the row blocks
+        blocks = [Block(0, 1)] + [b for b in blocks if b.c0 > 0]
+    _split(g, "c2", "s2", blocks, g.types()["s1"].shape)
+    g.attrs["loihi"] = {"variant": "loihi1", "membrane_scale": {}, "reset": "subtract"}
+    return g
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_row_blocks_take_one_convolution_over_the_whole_source(seed):
+    """Blocks of output rows (each a convolution over a Slice of its input rows) are rows of one convolution over
+    the whole source: the compiled path computes that one, never their slices, and gives the numpy path's
+    integers (which runs every block on its own slice)."""
+    g = row_block_hw_graph(seed)
+    x = np.random.default_rng(200 + seed).integers(0, 256, (4, 2, 9, 7)).astype(np.uint8)
+    compiled = emulator.LoihiEmulator(g, 10, "loihi1", compiled=True)
+    slices = {n for n in g.topological_order() if isinstance(g.op(n), ops.Slice)}
+    row_blocks = [n for n, b in compiled._synapses.blocks.items() if b.rows is not None]
+    assert len(slices) >= 4 and compiled._bypassed == slices and len(row_blocks) == len(slices)
+    assert len(compiled._synapses.plans) == (4 if seed % 2 else 3)  # c1, the rows of c2, (c2's whole channel), out
+    rows_plan = compiled._synapses.plans[compiled._synapses.blocks[row_blocks[0]].group]
+    assert rows_plan[1].weight.shape[0] == (2 if seed % 2 else 3)  # each channel's weights once
+    fast = compiled.run_batch(x)
+    slow = emulator.LoihiEmulator(g, 10, "loihi1", compiled=False).run_batch(x)
+    assert_same_results(slow, fast)
+    assert sum(float(s.sum()) for n, s in slow.spikes.items() if n.startswith("s2.")) > 0 and slow.synops.sum() > 0
+
+
 def test_compiled_true_without_the_build_says_how_to_build_it(monkeypatch):
     monkeypatch.setattr(lc, "available", lambda: (False, "not built here"))
     with pytest.raises(SimulationError, match="compiled Loihi emulator is not available: not built here"):
