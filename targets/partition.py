@@ -30,6 +30,7 @@ problem is NP-hard) on at most the first-fit's number of cores, and never worse 
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,9 @@ def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLi
         load_n[c] += u.neurons
         load_s[c] += u.synapses
         load_a[c] += u.axons
+    on_core: list[list[int]] = [[] for _ in range(count)]  # the units of every core, ascending
+    for u, c in enumerate(cores):
+        on_core[c].append(u)
     adjacency: list[dict[int, int]] = [{} for _ in units]
     for (u, v), w in weights.items():
         adjacency[u][v] = adjacency[u].get(v, 0) + w
@@ -169,8 +173,7 @@ def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLi
                 gain = int(pulls[u][b] - pulls[u][a])
                 if gain > best_gain and fits(b, unit):
                     best_gain, best = gain, (u, b, None)
-                for x in np.flatnonzero(np.asarray(cores) == b):
-                    x = int(x)
+                for x in on_core[b]:
                     swap = gain + int(pulls[x][a] - pulls[x][b]) - 2 * adjacency[u].get(x, 0)
                     if swap > best_gain and fits(b, unit, units[x]) and fits(a, units[x], unit):
                         best_gain, best = swap, (u, b, x)
@@ -178,16 +181,16 @@ def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLi
             return cores
         u, b, x = best
         a = cores[u]
-        for unit, source, target in ((units[u], a, b),) + (((units[x], b, a),) if x is not None else ()):
+        for index, source, target in ((u, a, b),) + (((x, b, a),) if x is not None else ()):
+            unit = units[index]
             load_n[source] -= unit.neurons
             load_s[source] -= unit.synapses
             load_a[source] -= unit.axons
             load_n[target] += unit.neurons
             load_s[target] += unit.synapses
             load_a[target] += unit.axons
-        cores[u] = b
-        if x is not None:
-            cores[x] = a
-
+            cores[index] = target
+            on_core[source].remove(index)
+            bisect.insort(on_core[target], index)
 
 __all__ = ["CoreLimits", "Unit", "cut", "first_fit", "place", "routes"]
