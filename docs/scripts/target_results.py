@@ -114,8 +114,10 @@ def tuned_path(name: str, variant: str, method: str) -> Path:
 
 
 def run_tuned(name: str, variant: str, method: str, data: Path, calib: int, limit: int | None, timesteps: int,
-              note: str, train: int, lr: float, keep: Path | None = None) -> dict:
-    """Fine-tune the converted SNN for ``variant`` by ``method``, emit and verify it (module docstring)."""
+              note: str, train: int, lr: float, keep: Path | None = None, reuse: bool = False) -> dict:
+    """Fine-tune the converted SNN for ``variant`` by ``method``, emit and verify it (module docstring); with
+    ``reuse``, verify the fine-tuned .snn an earlier run wrote into ``keep`` instead of training again (its
+    training time is the one its record holds)."""
     from snncc.data import load_dataset
     from snncc.finetune import FinetuneOptions, finetune, for_target
     from snncc.finetune.methods import CALIBRATION_IMAGES
@@ -131,15 +133,25 @@ def run_tuned(name: str, variant: str, method: str, data: Path, calib: int, limi
     training = load_dataset(data / DATASETS[name], split="train", limit=train)
     options = FinetuneOptions(timesteps=timesteps, lr=lr, limit=train if method != "calibrate" else
                               min(train, CALIBRATION_IMAGES), val_limit=1000 if method != "calibrate" else 0)
+    kept = None if keep is None else Path(keep) / f"{name}-{file_stem(variant)}-{method}.snn"
     load_before = os.getloadavg()
-    start = time.perf_counter()
-    tuned = finetune(graph, training, method, options, progress=False, target=variant)
-    train_s = time.perf_counter() - start
-    load_trained = os.getloadavg()
-    if keep is not None:  # the fine-tuned .snn, to emit or verify again without training
+    if reuse:
+        from snncc.ir import load
+
+        if kept is None or not kept.is_file():
+            raise SystemExit(f"--reuse needs the fine-tuned .snn of an earlier run with --keep: {kept} is missing")
+        tuned = load(kept)
+        train_s = sum(epoch["seconds"] for epoch in tuned.attrs["finetune"]["history"])
+        load_trained = None
+    else:
+        start = time.perf_counter()
+        tuned = finetune(graph, training, method, options, progress=False, target=variant)
+        train_s = time.perf_counter() - start
+        load_trained = os.getloadavg()
+    if kept is not None and not reuse:  # the fine-tuned .snn, to emit or verify again without training
         from snncc.ir import save
 
-        save(tuned, Path(keep) / f"{name}-{file_stem(variant)}-{method}.snn")
+        save(tuned, kept)
     form = for_target(graph, variant)
     form_accuracy = Simulator(form, timesteps).run(x).accuracy(y, timesteps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,8 +170,9 @@ def run_tuned(name: str, variant: str, method: str, data: Path, calib: int, limi
               "options": record["options"], "training_images": record["data"]["images"] - record["data"]["val_limit"],
               "val_images": record["data"]["val_limit"], "history": record["history"], "train_seconds": train_s,
               "verify_seconds": verify_s, "load_average_before": list(load_before),
-              "load_average_trained": list(load_trained), "load_average_after": list(os.getloadavg()),
-              "wall_time_note": note}
+              "load_average_trained": None if load_trained is None else list(load_trained),
+              "load_average_after": list(os.getloadavg()), "wall_time_note": note,
+              "trained_in_an_earlier_run": reuse}
     print(f"{name} {variant} {method}: converted float {before['float_accuracy']:.4f} chip "
           f"{before['target_accuracy']:.4f}; form {form_accuracy:.4f}; tuned float {report['float_accuracy']:.4f} "
           f"chip {report['target_accuracy']:.4f} (train {train_s:.0f} s, verify {verify_s:.0f} s)", flush=True)
@@ -252,6 +265,8 @@ def main() -> None:
                         "held back for validation)")
     parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of --tuned surrogate")
     parser.add_argument("--keep", type=Path, default=None, help="write each fine-tuned .snn into this directory")
+    parser.add_argument("--reuse", action="store_true", help="--tuned: verify the .snn an earlier run wrote into "
+                        "--keep instead of training again")
     parser.add_argument("--resources-only", action="store_true", help="place every measured row again with the "
                         "current legalization and update its resources only (no verify)")
     args = parser.parse_args()
@@ -264,7 +279,8 @@ def main() -> None:
         for config in args.tuned.split(","):
             name, variant, method = config.split(":")
             write_json(run_tuned(name, variant, method, args.data, args.calib, args.limit, args.timesteps,
-                                 args.note, args.train, args.lr, args.keep), tuned_path(name, variant, method))
+                                 args.note, args.train, args.lr, args.keep, args.reuse),
+                       tuned_path(name, variant, method))
         write_page()
         return
     for config in args.configs.split(","):
