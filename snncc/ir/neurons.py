@@ -24,6 +24,9 @@ class NeuronModel:
     kind = "neuron"
     #: The parameters a chip stores as integers: at the hw level each must be an integer (or a tuple of them).
     hw_integer_fields: ClassVar[tuple[str, ...]] = ("threshold",)
+    #: Whether a population of these (besides the temporal models) emits the few-spike code: a hw-level circuit
+    #: of an FS graph, such as the Loihi 2 FS max pooling's max neuron.
+    emits_few_spike_code: ClassVar[bool] = False
 
     @property
     def neurons_per_unit(self) -> int:

@@ -780,7 +780,8 @@ class Population(Op):
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         self.neuron.check_input_shape(inputs[0].shape)
-        coding = FewSpikeCode() if isinstance(self.neuron, TEMPORAL_NEURONS) else Rate()
+        temporal = isinstance(self.neuron, TEMPORAL_NEURONS) or self.neuron.emits_few_spike_code
+        coding = FewSpikeCode() if temporal else Rate()
         return TensorType(inputs[0].shape, coding)
 
 

@@ -60,6 +60,7 @@ from snncc.errors import IRError, PassError
 from snncc.ir import Graph, ops
 from snncc.ir.neurons import NEURON_MODELS, FewSpike
 from snncc.targets.loihi import arithmetic as la
+from snncc.targets.loihi.fs_maxpool import LoihiFewSpikeMax, pool_few_spike_trains, quantize_gather
 
 #: Membrane units per float unit of every FS layer (and of the readout): 2^16, leaving 7 bits above 1.0.
 MEMBRANE_SCALE = float(1 << 16)
@@ -183,10 +184,15 @@ def quantize_few_spike(graph: Graph, variant: str) -> None:
     if variant != "loihi2":
         raise PassError("FS populations need graded spikes, which Loihi 1 does not have; use --target loihi2 "
                         "(or --method rate for Loihi 1)")
+    pool_few_spike_trains(graph)  # max pooling of the currents: a bit-serial max of the trains (fs_maxpool.py)
     payload_scales: dict[str, float] = {}
     steps = set()
     for pop in graph.find(ops.Population):
         neuron = graph.op(pop).neuron
+        if isinstance(neuron, LoihiFewSpikeMax):  # its FS layer's payloads
+            steps.add(neuron.steps)
+            payload_scales[pop] = payload_scale(neuron.weight, payload_bits(neuron.steps))
+            continue
         if not isinstance(neuron, FewSpike):
             raise PassError(f"{pop!r}: {neuron.kind} neurons in an FS graph; Loihi 2 lowers FS populations only "
                             "here (convert the whole graph with one method)")
@@ -203,6 +209,10 @@ def quantize_few_spike(graph: Graph, variant: str) -> None:
         if not isinstance(op, (ops.Conv2d, ops.Linear)) or op.input_gains is not None:
             raise PassError(f"{node!r}: {op.kind} has no Loihi form (run loihi-fold first; shared-weight layers "
                             "are not lowered)")
+        if graph.meta[node].get("fs_max_gather"):
+            (population, _), = graph.users(node)
+            quantize_gather(graph, node, population, payload_scales[population])
+            continue
         source = spike_source(graph, graph.inputs(node)[0])
         src_op = graph.op(source)
         if isinstance(src_op, ops.Input):

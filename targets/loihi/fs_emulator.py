@@ -11,7 +11,9 @@ changes nothing for one input, so the emulator runs the layers one after the oth
 - the boundary: ``v = sat(acc + bias)``;
 - the window: ``z(t) = v >= T(t)``, ``v = sat(v - h(t) z(t))``, ``t = 0 .. K-1``;
 - the first layer reads the stored pixels as one graded event each; the readout integrates its input (never
-  fires), and its value divided by the membrane scale is the float SNN's readout, up to the integers.
+  fires), and its value divided by the membrane scale is the float SNN's readout, up to the integers;
+- an FS max pooling (:mod:`snncc.targets.loihi.fs_maxpool`): its gather's per-step input ``(p(t) m(t)) << 6``, the
+  max neuron's bitmask ``m(t)`` read back from it and the online lexicographic max of the window's trains.
 
 The outputs follow the float simulator's clock (:mod:`snncc.runtime.temporal`): zero before the latency ``L K``,
 the answer from then on; spikes are placed at the steps of each population's window there (on the chip every
@@ -30,6 +32,7 @@ from snncc.runtime.reference import BatchResult
 from snncc.targets.loihi import arithmetic as la
 from snncc.targets.loihi.emulator import binary_sums, compiled_synapses, stored_pixels
 from snncc.targets.loihi.fewspike import STATE_MAX, LoihiFewSpike
+from snncc.targets.loihi.fs_maxpool import LoihiFewSpikeMax, masks, max_trains
 
 _EXACT_FLOAT32 = 1 << 24
 
@@ -69,8 +72,13 @@ class FewSpikeEmulator:
                                       "one-phase schedule runs sequential FS graphs (no delay lines)")
             self.start[node] = ready[0] if ready else 0
             self.end[node] = self.start[node] + (self.steps if isinstance(op, ops.Population) else 0)
-            if isinstance(op, ops.Population) and not isinstance(op.neuron, LoihiFewSpike):
-                raise SimulationError(f"{node!r}: {op.neuron.kind} neurons in a Loihi 2 FS graph (LoihiFS only)")
+            if isinstance(op, ops.Population) and isinstance(op.neuron, LoihiFewSpikeMax):
+                # The pooled train answers in its FS layer's window (on the chip one step later: fs_maxpool.py).
+                layer = self._population(graph.inputs(graph.inputs(node)[0])[0])
+                self.start[node], self.end[node] = self.start[layer], self.end[layer]
+            elif isinstance(op, ops.Population) and not isinstance(op.neuron, LoihiFewSpike):
+                raise SimulationError(f"{node!r}: {op.neuron.kind} neurons in a Loihi 2 FS graph (LoihiFS and "
+                                      "LoihiFSMax only)")
         self.latency = max(max(self.end[o] for o in graph.outputs), 1)
         self.timesteps = self.latency if timesteps is None else int(timesteps)
         if self.timesteps < 1:
@@ -82,6 +90,9 @@ class FewSpikeEmulator:
                 n = op.neuron
                 if n.steps != self.steps:
                     raise SimulationError(f"{node!r}: {n.steps} steps; the graph's FS windows have {self.steps}")
+                if isinstance(n, LoihiFewSpikeMax):
+                    self.neurons[node] = (None, None, _integers(n.weight, node, "payloads"))
+                    continue
                 self.neurons[node] = (_integers(n.threshold, node, "thresholds"),
                                       _integers(n.height, node, "heights"), _integers(n.weight, node, "payloads"))
         self.float_ops, self.fan_outs = {}, {}
@@ -99,6 +110,10 @@ class FewSpikeEmulator:
                     fields["pad_value"] = op.pad_value.astype(np.float32)
                 self.float_ops[node] = op.replace(**fields)
                 self.fan_outs[node] = fan_outs(op, self.types[src].shape)[0].ravel().astype(np.float64)
+        # The gathers of FS max poolings: synaptic nodes that feed a max neuron (their sums are read per step).
+        self.gathers = {n for n in self.float_ops if any(
+            isinstance(graph.op(u).neuron, LoihiFewSpikeMax) for u, _ in graph.users(n)
+            if isinstance(graph.op(u), ops.Population))}
         spike_fed = {n: op for n, op in self.float_ops.items() if not self._constant(graph.inputs(n)[0])}
         self.plans = compiled_synapses(graph, spike_fed, self.types, self.fan_outs)
 
@@ -123,10 +138,13 @@ class FewSpikeEmulator:
             args = [values[u] for u in graph.inputs(node)]
             if isinstance(op, ops.Input):
                 values[node] = pixels.astype(np.float32)
+            elif op.synaptic and node in self.gathers:
+                values[node] = self._gather(node, args[0], batch, synops)
             elif op.synaptic:
                 values[node] = self._integrate(node, op, args[0], batch, synops)
             elif isinstance(op, ops.Population):
-                trains = self._fire(node, args[0])
+                trains = max_trains(args[0], op.neuron.inputs) if isinstance(op.neuron, LoihiFewSpikeMax) \
+                    else self._fire(node, args[0])
                 self._place(spikes[node], self.start[node], trains.reshape(K, batch, -1).sum(axis=2))
                 values[node] = trains
             elif isinstance(op, ops.Readout):
@@ -169,6 +187,21 @@ class FewSpikeEmulator:
         if op.bias is not None:
             acc = _sat(acc + op.bias.astype(np.int64).reshape((1, -1) + (1,) * (len(shape) - 1)))
         return acc
+
+    def _gather(self, node: str, x: np.ndarray, batch: int, synops: np.ndarray) -> np.ndarray:
+        """A max pooling's gather: per step ``t`` the synaptic input ``(p(t) sum_j 2^j z_j(t)) << 6`` of its max
+        neurons, and the bitmask ``m(t)`` they read from it (int64, (K, B, *shape)); no accumulation."""
+        src = self.graph.inputs(node)[0]
+        layer = self._population(src)
+        K = self.steps
+        counted = np.zeros((K, batch), np.float64)
+        binary = binary_sums(self.plans.get(node), self.float_ops[node], self.fan_outs[node], x, counted)
+        binary = np.rint(binary).astype(np.int64).reshape((K, batch) + self.types[node].shape)
+        payloads = self.neurons[layer][2].reshape((K,) + (1,) * (binary.ndim - 1))
+        a = la.synaptic_input(payloads * binary, int(self.graph.meta[node].get("weight_exp", 0)))
+        self._place(synops, self.start[layer], counted)
+        (pop, _), = self.graph.users(node)
+        return masks(a, self.neurons[pop][2])
 
     def _population(self, node: str) -> str:
         while not isinstance(self.graph.op(node), ops.Population):

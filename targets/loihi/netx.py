@@ -33,6 +33,10 @@ Extensions netx does not read (its loader ignores datasets it does not ask for),
   ``gradedSpike`` true, ``snnccSteps`` (K), ``snnccThreshold``, ``snnccHeight`` and ``snnccPayload`` (K integers
   each: ``T(t)``, ``h(t)`` in membrane units, the payloads ``p(t)``); the layer's bias is ``snnccBias`` (24-bit
   membrane units, added once at the window boundary) instead of netx's ``bias`` mantissa;
+- FS max poolings (Loihi 2, :mod:`snncc.targets.loihi.fs_maxpool`): the gather, a depthwise ``conv`` layer with
+  weights ``2^j`` and ``snnccRole`` ``fs-max-pool``, whose ``neuron/type`` is ``snnccFewSpikeMax`` with
+  ``gradedSpike`` true, ``snnccSteps`` (K), ``snnccPayload`` (the K payloads ``p(t)``) and ``snnccInputs`` (the
+  window's inputs, the bits of the neuron's state) (schema version 2; version 1 files, without it, still read);
 - ``/snncc/{format, schema_version, node_ids}``: this file's own version and the hw-graph node of each layer.
 
 The file is written from the hw graph before partitioning (one layer per population); the placement of the
@@ -51,10 +55,13 @@ from snncc.ir import Graph, ops
 from snncc.targets.base import TargetError
 from snncc.targets.loihi import arithmetic as la
 from snncc.targets.loihi.fewspike import LoihiFewSpike
+from snncc.targets.loihi.fs_maxpool import LoihiFewSpikeMax
 
 FILENAME = "network.net"
 FORMAT = "snncc-netx"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The versions :func:`read_netx` reads: 2 added the FS max pooling's layers to 1.
+READABLE_VERSIONS = (1, 2)
 _MAX_VTH = (1 << la.THRESHOLD_MANTISSA_BITS) - 1
 
 
@@ -82,9 +89,22 @@ def _few_spike_neuron(group, neuron: LoihiFewSpike) -> None:
     n.create_dataset("snnccPayload", data=np.asarray(neuron.weight, np.int32))
 
 
+def _few_spike_max_neuron(group, neuron: LoihiFewSpikeMax) -> None:
+    """An FS max pooling's max neuron (extension ``snnccFewSpikeMax``: the Loihi 2 program of fs_maxpool.py)."""
+    n = group.create_group("neuron")
+    _text(n, "type", "snnccFewSpikeMax")
+    n.create_dataset("gradedSpike", data=True)
+    n.create_dataset("snnccSteps", data=int(neuron.steps))
+    n.create_dataset("snnccPayload", data=np.asarray(neuron.weight, np.int32))
+    n.create_dataset("snnccInputs", data=int(neuron.inputs))
+
+
 def _neuron(group, neuron, role: str, graded: bool) -> None:
     if isinstance(neuron, LoihiFewSpike):
         _few_spike_neuron(group, neuron)
+        return
+    if isinstance(neuron, LoihiFewSpikeMax):
+        _few_spike_max_neuron(group, neuron)
         return
     n = group.create_group("neuron")
     _text(n, "type", "CUBA")
@@ -130,7 +150,9 @@ def write_netx(graph: Graph, directory: Path, filename: str = FILENAME, depth: d
             if pop is None and not all(isinstance(graph.op(u), ops.Readout) for u in users):
                 raise TargetError(f"{node!r}: netx layers are a synaptic op and its neurons; {node!r} feeds "
                                   f"{[graph.op(u).kind for u in users]}")
-            role = "readout" if pop is None else ("or-gate" if graph.meta.get(pop, {}).get("or_gate") else "neurons")
+            role = "readout" if pop is None else ("or-gate" if graph.meta.get(pop, {}).get("or_gate") else
+                                                  "fs-max-pool" if graph.meta.get(node, {}).get("fs_max_gather")
+                                                  else "neurons")
             layers.append(("conv" if isinstance(op, ops.Conv2d) else "dense", node, pop, role))
         elif not isinstance(op, (ops.Population, ops.Readout)):
             raise TargetError(f"{node!r}: {op.kind} has no netx layer")
@@ -194,8 +216,9 @@ def read_netx(path: str | Path) -> list[dict]:
     with f:
         if "snncc" in f:
             version = int(f["snncc/schema_version"][()])
-            if version != SCHEMA_VERSION:
-                raise FormatError(f"{path}: netx extension schema {version}; this snncc reads {SCHEMA_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise FormatError(f"{path}: netx extension schema {version}; this snncc reads "
+                                  f"{', '.join(map(str, READABLE_VERSIONS))}")
         if "layer" not in f:
             raise FormatError(f"{path}: no /layer group; not a netx network")
         layers = []

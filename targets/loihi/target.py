@@ -38,6 +38,7 @@ from snncc.passes import run_pipeline
 from snncc.targets.base import PackageContext, Target, TargetError, Violation, register_target
 from snncc.targets.loihi.constraints import CONSTRAINTS
 from snncc.targets.loihi.emulator import synaptic_depth  # importing it registers the loihi1/loihi2 backends
+from snncc.targets.loihi.fs_maxpool import MAX_WINDOW, LoihiFewSpikeMax, pooled_population
 from snncc.targets.loihi.legalize import core_limits, plan_blocks
 
 #: The ops the Loihi lowering has a construct for (the rest are violations with a remedy).
@@ -47,8 +48,9 @@ _REMEDIES = {
     ops.Add: "residual networks are not lowered to Loihi yet; use a sequential model",
     ops.Concat: "concatenations are not lowered to Loihi yet; use a sequential model",
     ops.GlobalAvgPool: "global average pooling is not folded yet; flatten into the classifier instead",
-    ops.MaxPool2d: "FS max pooling (of the currents, before the neurons) has no chip form; use an average-pooling "
-                   "model (models/lenet5-avg-mnist.onnx, models/vgg-avg-fmnist.onnx, folded exactly) or rate coding",
+    ops.MaxPool2d: "FS max pooling (of the currents, before the neurons) runs on Loihi 2 as a bit-serial max of "
+                   "the FS trains, which needs graded spikes: use --target loihi2, an average-pooling model "
+                   "(models/lenet5-avg-mnist.onnx, models/vgg-avg-fmnist.onnx, folded exactly) or rate coding",
 }
 
 
@@ -106,6 +108,14 @@ class LoihiTarget(Target):
             if isinstance(op, ops.Population) and graph.meta.get(node, {}).get("or_gate") \
                     and isinstance(op.neuron, LIF) and op.neuron.tau_mem == 0:
                 continue  # a max pooling that loihi-fold already made an OR gate (a graph in the float form)
+            if isinstance(op, ops.MaxPool2d) and self.constraints.graded_spikes:
+                found = pooled_population(graph, node)  # FS max pooling: the max of the trains (fs_maxpool.py)
+                if isinstance(found, str):
+                    violations.append(Violation(node, "an FS max pooling of one convolution's currents into FS "
+                                                f"neurons, windows of at most {MAX_WINDOW} inputs", found,
+                                                "pool 2x2 between a convolution and its FS neurons, or use an "
+                                                "average-pooling model"))
+                continue
             if not isinstance(op, _SUPPORTED):
                 violations.append(Violation(node, f"{self.name} lowers {', '.join(c.__name__ for c in _SUPPORTED)}",
                                             op.kind, _REMEDIES.get(type(op), "rewrite the model without it")))
@@ -227,22 +237,34 @@ class LoihiTarget(Target):
     def _few_spike_io_spec(graph: Graph) -> dict:
         info = graph.attrs["loihi"]
         k = info["steps"]
-        fs_layers = max(synaptic_depth(graph).values()) - 1  # the synaptic layers before the readout's
+        # The synaptic layers before the readout's, less the max poolings' gathers (a pooling takes one step).
+        pools: dict[str, int] = {}
+        for node in graph.topological_order():
+            op = graph.op(node)
+            pools[node] = max((pools[u] for u in graph.inputs(node)), default=0) + int(
+                isinstance(op, ops.Population) and isinstance(op.neuron, LoihiFewSpikeMax))
+        pooling = max(pools[o] for o in graph.outputs)
+        fs_layers = max(synaptic_depth(graph).values()) - 1 - pooling
+        latency = fs_layers * k + pooling + 1
+        after = f", {pooling} max poolings of one step each" if pooling else ""
         return {"input_encoding": "one graded event per pixel from the host, payload = the stored value (uint8), "
                                   f"at chip step i*{k} for input i",
-                "latency_steps": fs_layers * k + 1,
+                "latency_steps": latency,
                 "timing": f"FS coding, K = {k} steps per layer: input i enters at chip step i*{k}; its answer is read "
-                          f"{fs_layers * k + 1} chip steps later ({fs_layers} FS layers of {k} steps, plus one: "
-                          "targets/loihi/fs_emulator.py); one answer per input, not a rate over answer steps.",
+                          f"{latency} chip steps later ({fs_layers} FS layers of {k} steps{after}, plus one: "
+                          "targets/loihi/fs_emulator.py, fs_maxpool.py); one answer per input, not a rate over "
+                          "answer steps.",
                 "readout": "the integrated input of the output compartments over the last window (never "
                            "thresholded), divided by the membrane scale 2^16; the class is its argmax",
                 "files": {"network.net": "the network in lava-dl's netx HDF5 layout with FS layers as the "
-                                         "snnccFewSpike extension neuron (netx.py's docstring)"},
+                                         "snnccFewSpike extension neuron and FS max poolings as "
+                                         "snnccFewSpikeMax (netx.py's docstring)"},
                 "details": {"coding": "fs", "steps": k, "reset": info["reset"],
                             "membrane_scale": info["membrane_scale"], "payload_scale": info["payload_scale"],
                             "payload_bits": info["payload_bits"],
-                            "schedule": f"one phase: every layer latches at chip steps s with s mod {k} = 1; one "
-                                        f"input every {k} steps (targets/loihi/fewspike.py)"}}
+                            "schedule": f"every layer latches at chip steps s with s mod {k} = 1 + P, P the max "
+                                        f"poolings before it (its step counter's phase); one input every {k} steps "
+                                        "(targets/loihi/fewspike.py, fs_maxpool.py)"}}
 
     def package(self, graph: Graph, directory: Path, context: PackageContext) -> list[str]:
         """netx HDF5 of the graph before partitioning (one layer per population; the blocks are in the

@@ -155,12 +155,13 @@ def test_fs_bundle_readme_states_the_fs_timing(tmp_path):
     assert "answer steps; the answer of step t" not in readme
 
 
-def test_check_refuses_fs_on_loihi1_and_fs_max_pooling():
+def test_check_refuses_fs_on_loihi1():
     violations = get_target("loihi1").check(small_fs_cnn())
     assert {v.node for v in violations} == {"s1", "s2"}
     assert all("--target loihi2" in v.remedy and "binary spikes" in v.limit for v in violations)
-    (pool,) = get_target("loihi2").check(small_fs_cnn(pool=ops.MaxPool2d))
-    assert pool.node == "pool" and "average-pooling model" in pool.remedy
+    # FS max pooling needs graded spikes too (test_loihi_fs_maxpool.py: on Loihi 2 it is lowered)
+    pool = [v for v in get_target("loihi1").check(small_fs_cnn(pool=ops.MaxPool2d)) if v.node == "pool"]
+    assert len(pool) == 1 and "--target loihi2" in pool[0].remedy
 
 
 def test_check_refuses_fs_windows_of_different_lengths():
