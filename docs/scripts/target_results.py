@@ -22,6 +22,9 @@ same images). JSON in ``docs/results/chip-finetune-MODEL-VARIANT-METHOD.json``:
 
     python docs/scripts/target_results.py --tuned lenet5-mnist:loihi1:surrogate,lenet5-mnist:loihi2:surrogate \
         --train 30000 --lr 1e-4
+
+With ``--keep DIR`` the fine-tuned .snn is written there; ``--reuse`` (with the same ``--keep``) verifies it again
+without training (after a change to the emulator, say), the training time taken from the .snn's record.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ DOCS = REPO / "docs"
 
 
 DEFAULT_CONFIGS = ("lenet5-mnist:rate:loihi2,lenet5-mnist:rate:loihi1,vgg-fmnist:rate:loihi2,vgg-fmnist:rate:loihi1,"
+                   "vgg-fmnist:rate:loihi1{chips=9},lenet5-mnist:fs:loihi2,vgg-fmnist:fs:loihi2,"
                    "lenet5-avg-mnist:fs:loihi2,lenet5-avg-mnist:fs:loihi1,vgg-avg-fmnist:fs:loihi2,"
                    "vgg-avg-fmnist:rate:loihi2")
 
