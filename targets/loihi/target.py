@@ -68,8 +68,8 @@ class LoihiTarget(Target):
         # The float form fine-tuning trains (legalize.py): the OR gates and the chip's reset; the exact folds wait.
         self.float_pipeline = "loihi-gates" + (",loihi-reset{variant=loihi1}" if variant == "loihi1" else "")
         self.description = {"loihi1": "Intel Loihi 1 (reset to zero, binary spikes, 1,024 compartments per core)",
-                            "loihi2": "Intel Loihi 2 (reset by subtraction and FS neurons in microcode, graded spikes, "
-                                      "8,192 neurons per core)"}[variant]
+                            "loihi2": "Intel Loihi 2 (reset by subtraction, FS neurons and FS max pooling in "
+                                      "microcode, graded spikes, 8,192 neurons per core)"}[variant]
         self.energy_source = ("Davies et al., IEEE Micro 38(1), 2018: 23.6 pJ per synaptic spike operation (Loihi 1)"
                               + ("" if variant == "loihi1" else "; Loihi 2 publishes no per-operation figure, so "
                                  "this is Loihi 1's, an upper estimate"))
