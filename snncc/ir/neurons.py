@@ -403,6 +403,12 @@ NEURON_MODELS: dict[str, type[NeuronModel]] = {m.kind: m for m in (IF, LIF, Cuba
 def neuron_from_json(data: dict) -> NeuronModel:
     kind = data.get("kind")
     if kind not in NEURON_MODELS:
+        # The hw-level records of a target (LoihiFS, LoihiFSMax) register when the target loads, so that a hw.snn
+        # of a bundle loads without importing the target first (as the pass and backend registries do).
+        from snncc.targets.base import load_targets
+
+        load_targets()
+    if kind not in NEURON_MODELS:
         raise IRError(f"unknown neuron model {kind!r}; known: {sorted(NEURON_MODELS)}")
     cls = NEURON_MODELS[kind]
     names = {f.name for f in fields(cls)}

@@ -164,3 +164,17 @@ def test_the_shipped_max_pooling_lenet5_fs_runs_on_loihi2():
     float_ = Simulator(g, None).run(x)
     agree = (chip.outputs[-1].reshape(64, -1).argmax(1) == float_.outputs[-1].reshape(64, -1).argmax(1)).mean()
     assert agree >= 62 / 64 and (chip.outputs[-1].reshape(64, -1).argmax(1) == y).mean() > 0.95
+
+
+def test_a_bundles_hw_graph_loads_without_importing_the_target_first(tmp_path):
+    """hw.snn holds the target's own neuron records (LoihiFS, LoihiFSMax); ``snncc.ir.load`` in a fresh process
+    loads them (the registry loads the targets on an unknown kind, as the pass and backend registries do)."""
+    import subprocess
+    import sys
+
+    emit(small_fs_cnn(pool=ops.MaxPool2d), "loihi2", tmp_path / "b", timesteps=6)
+    code = ("import sys; from snncc.ir import load; g = load(sys.argv[1]); "
+            "print(sorted({g.op(n).neuron.kind for n in g.topological_order() if getattr(g.op(n), 'neuron', None)}))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b" / "hw.snn")], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "['LoihiFS', 'LoihiFSMax']"
