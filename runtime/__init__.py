@@ -306,7 +306,7 @@ class Simulator:
             x = InputScaling.from_json(self.graph.attrs.get("input_scaling", {})).apply(np.asarray(x))
         x = check_input(self.graph, x)
         parts = []
-        for start in tqdm(range(0, len(x), self.batch_size), desc=f"simulating T={self.timesteps}",
+        for start in tqdm(range(0, len(x), self.batch_size), desc=f"simulating T={self.timesteps} ({self.backend})",
                           unit="batch", disable=not progress, leave=False):
             parts.append(self._engine.run_batch(x[start:start + self.batch_size]))
         if not parts:

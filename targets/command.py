@@ -64,7 +64,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from snncc.targets.emit import resource_table, verify
 
     x, y = _data(args, args.limit)
-    report = verify(args.bundle, x, y, backend_float=args.backend)
+    report = verify(args.bundle, x, y, backend_float=args.backend, progress=True)  # the float SNN, then the chip
     print(f"bundle {args.bundle}: every file matches its sha256")
     print(f"{report['images']} images, T={report['timesteps']}: float_accuracy {report['float_accuracy']:.4f}, "
           f"target_accuracy {report['target_accuracy']:.4f}, prediction_agreement "

@@ -21,10 +21,11 @@ from snncc.targets.bundle import read_bundle, write_bundle
 DEFAULT_TIMESTEPS = 32
 
 
-def _simulate(graph: Graph, x: np.ndarray, timesteps: int, backend: str, batch_size: int = 100):
+def _simulate(graph: Graph, x: np.ndarray, timesteps: int, backend: str, batch_size: int = 100,
+              progress: bool = False):
     from snncc.runtime import Simulator
 
-    return Simulator(graph, timesteps, backend=backend, batch_size=batch_size).run(x)
+    return Simulator(graph, timesteps, backend=backend, batch_size=batch_size).run(x, progress=progress)
 
 
 def rate_timing(timesteps: int, latency_steps: int) -> str:
@@ -109,16 +110,18 @@ def emit(graph: Graph, target_name: str, directory: str | Path, timesteps: int =
     return read_bundle(directory).manifest
 
 
-def verify(directory: str | Path, x: np.ndarray, y: np.ndarray, backend_float: str | None = None) -> dict:
-    """Check the bundle's hashes, run the float SNN and the target's emulator on ``(x, y)`` and compare."""
+def verify(directory: str | Path, x: np.ndarray, y: np.ndarray, backend_float: str | None = None,
+           progress: bool = False) -> dict:
+    """Check the bundle's hashes, run the float SNN and the target's emulator on ``(x, y)`` and compare (with
+    ``progress``, a progress bar for each run: minutes on a full test set)."""
     bundle = read_bundle(directory)
     target = get_target(bundle.manifest["target"])
     if target.backend is None:
         raise TargetError(f"target {target.name} has no emulator; verify can only check the hashes")
     timesteps = int(bundle.manifest["timesteps"])
     source, hw = bundle.source_graph(), bundle.hw_graph()
-    reference = _simulate(source, x, timesteps, backend_float)
-    emulated = _simulate(hw, x, timesteps, target.backend)
+    reference = _simulate(source, x, timesteps, backend_float, progress=progress)
+    emulated = _simulate(hw, x, timesteps, target.backend, progress=progress)
     float_pred = reference.outputs[timesteps - 1].reshape(len(x), -1).argmax(axis=1)
     target_pred = emulated.outputs[timesteps - 1].reshape(len(x), -1).argmax(axis=1)
     synops = emulated.synops_per_image(timesteps)
