@@ -193,4 +193,5 @@ def place(units: list[Unit], weights: dict[tuple[int, int], int], limits: CoreLi
             on_core[source].remove(index)
             bisect.insort(on_core[target], index)
 
+
 __all__ = ["CoreLimits", "Unit", "cut", "first_fit", "place", "routes"]

@@ -24,8 +24,8 @@ class NeuronModel:
     kind = "neuron"
     #: The parameters a chip stores as integers: at the hw level each must be an integer (or a tuple of them).
     hw_integer_fields: ClassVar[tuple[str, ...]] = ("threshold",)
-    #: Whether a population of these (besides the temporal models) emits the few-spike code: a hw-level circuit
-    #: of an FS graph, such as the Loihi 2 FS max pooling's max neuron.
+    #: Whether a population of these emits the few-spike code (the temporal models, and hw-level circuits of an
+    #: FS graph such as the Loihi 2 FS max pooling's max neuron) rather than rate-coded trains.
     emits_few_spike_code: ClassVar[bool] = False
 
     @property
@@ -326,6 +326,7 @@ class FewSpike(NeuronModel):
     """
 
     kind = "FS"
+    emits_few_spike_code: ClassVar[bool] = True
     threshold: tuple[float, ...] = (0.5,)
     height: tuple[float, ...] = (0.5,)
     weight: tuple[float, ...] = (0.5,)
@@ -359,6 +360,7 @@ class Amos(NeuronModel):
     """
 
     kind = "AMOS"
+    emits_few_spike_code: ClassVar[bool] = True
     threshold: tuple[float, ...] = (0.5,)
     weight: tuple[float, ...] = (0.5,)
     gain: tuple[float, ...] = (1.0,)

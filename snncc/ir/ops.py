@@ -29,7 +29,7 @@ import numpy as np
 from snncc.errors import IRError
 from snncc.ir import functions
 from snncc.ir.codings import Analog, Coding, FewSpikeCode, Rate
-from snncc.ir.neurons import TEMPORAL_NEURONS, NeuronModel
+from snncc.ir.neurons import NeuronModel
 from snncc.ir.types import DEFAULT_DTYPE, TensorType, check_format
 
 ANN, SNN, HW = "ann", "snn", "hw"
@@ -780,8 +780,7 @@ class Population(Op):
 
     def infer(self, inputs: list[TensorType]) -> TensorType:
         self.neuron.check_input_shape(inputs[0].shape)
-        temporal = isinstance(self.neuron, TEMPORAL_NEURONS) or self.neuron.emits_few_spike_code
-        coding = FewSpikeCode() if temporal else Rate()
+        coding = FewSpikeCode() if self.neuron.emits_few_spike_code else Rate()
         return TensorType(inputs[0].shape, coding)
 
 

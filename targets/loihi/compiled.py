@@ -207,8 +207,6 @@ class Synapses:
     def _add_group(self, members: list[str], src: str, float_ops: dict[str, ops.Op], types: dict,
                    fan_out: dict[str, np.ndarray], threads: int) -> None:
         """Blocks of channels of one source, side by side."""
-        from snncc.runtime.cython_engine import _EventSynapse
-
         index = len(self.plans)
         weights, start = [], 0
         for node in members:
@@ -218,24 +216,25 @@ class Synapses:
             start += channels
         merged = float_ops[members[0]].replace(weight=np.concatenate(weights), bias=None)
         out_shape = (start,) + tuple(types[members[0]].shape[1:])
-        fan = np.sum([fan_out[n] for n in members], axis=0)
-        plan = _EventSynapse(merged, tuple(types[src].shape), out_shape, fan, threads) \
-            if src not in self.constant and _EventSynapse.supports(merged) else None
-        self.plans.append((plan, merged, fan, out_shape))
-        self.sources.append(src)
+        self._add_plan(merged, src, out_shape, np.sum([fan_out[n] for n in members], axis=0), types, threads)
 
     def _add_rows(self, members: list[str], whole: tuple, rows: dict[str, RowBlock], types: dict,
                   fan_out: dict[str, np.ndarray], threads: int) -> None:
         """Blocks of rows of one source: one convolution over all of it (:func:`_whole_layer`)."""
-        from snncc.runtime.cython_engine import _EventSynapse
-
         merged, out_shape, layout = whole
         src = rows[members[0]].source
         for node, ((start, stop), span) in layout.items():
             self.blocks[node] = Block(len(self.plans), start, stop, span)
         fan = _source_fan_out(members, fan_out, rows, tuple(types[src].shape))
+        self._add_plan(merged, src, out_shape, fan, types, threads)
+
+    def _add_plan(self, merged: ops.Op, src: str, out_shape: tuple[int, ...], fan: np.ndarray, types: dict,
+                  threads: int) -> None:
+        """A group's kernel: event-driven for spike-fed sources the Cython kernel takes, else the numpy kernel."""
+        from snncc.runtime.cython_engine import _EventSynapse
+
         plan = _EventSynapse(merged, tuple(types[src].shape), out_shape, fan, threads) \
-            if _EventSynapse.supports(merged) else None
+            if src not in self.constant and _EventSynapse.supports(merged) else None
         self.plans.append((plan, merged, fan, out_shape))
         self.sources.append(src)
 
