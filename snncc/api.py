@@ -118,6 +118,13 @@ def _onnx_source(model: object, example_input: object,
 
 def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
     """Top-1 accuracy of the original ONNX model under onnxruntime (``x`` already scaled)."""
+    logits = ann_logits(model, x, batch_size)
+    return float((logits.argmax(axis=1) == np.asarray(y)).mean()) if len(x) else 0.0
+
+
+def ann_logits(model: str | Path, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """The original ONNX model's first output under onnxruntime, (N, outputs) float32, on model inputs ``x``
+    (already scaled); a clear error where the data do not fit the model's input."""
     import onnxruntime as ort
 
     load_model(model)  # the same clear errors as compile for a bad file
@@ -130,14 +137,12 @@ def ann_accuracy(model: str | Path, x: np.ndarray, y: np.ndarray, batch_size: in
     if min(shape[1:], default=1) > 0 and sample != int(np.prod(shape[1:])):
         raise DataError(f"input data of shape {tuple(x.shape[1:])} per sample does not fit the ONNX model input "
                         f"{meta.name!r} of shape {tuple(shape[1:])} ({model}); check the data set")
-    fixed_batch = shape[0] == 1
-    correct = 0
-    step = 1 if fixed_batch else batch_size
+    step = 1 if shape[0] == 1 else batch_size  # a model exported with a fixed batch of one
+    outputs = []
     for start in range(0, len(x), step):
-        batch = x[start:start + step].reshape([-1] + shape[1:])
-        logits = session.run(None, {meta.name: batch})[0]
-        correct += int((logits.reshape(len(batch), -1).argmax(axis=1) == y[start:start + step]).sum())
-    return correct / len(x)
+        batch = np.ascontiguousarray(x[start:start + step], dtype=np.float32).reshape([-1] + shape[1:])
+        outputs.append(session.run(None, {meta.name: batch})[0].reshape(len(batch), -1))
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
 def _synapses(graph: Graph) -> int:

@@ -176,6 +176,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     for t in timesteps:
         options = FinetuneOptions(timesteps=t, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                   seed=0, limit=args.train_images + args.val_images, val_limit=args.val_images,
+                                  distill=args.distill, temperature=args.temperature,
                                   **checkpointing(args, f"{name}-{args.pipeline}-{args.label}-{args.method}-T{t}"))
         load_before = os.getloadavg()
         start = time.perf_counter()
@@ -310,6 +311,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="weight of distillation from the ANN's logits (snncc finetune --distill)")
+    parser.add_argument("--temperature", type=float, default=4.0, help="its softmax temperature")
     parser.add_argument("--limit", type=int, default=None, help="test images (default: the full test set)")
     parser.add_argument("--work", default="/tmp/snncc-finetune-results", help="where the .snn files go")
     parser.add_argument("--checkpoint", type=Path, default=None,

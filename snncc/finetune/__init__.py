@@ -53,7 +53,7 @@ def for_target(graph: Graph, target: str) -> Graph:
 
 
 def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOptions | None = None,
-             progress: bool = False, world=None, target: str | None = None) -> Graph:
+             progress: bool = False, world=None, target: str | None = None, teacher=None) -> Graph:
     """Fine-tune ``graph`` on ``data`` (stored training images and labels) by ``method``; returns the new graph.
 
     Its ``attrs["finetune"]`` records the method, the options, the data (path where known, SHA-256 of the arrays,
@@ -62,10 +62,26 @@ def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOpt
     ``world`` (:class:`snncc.distributed.World`): the data-parallel processes under torchrun, every rank passing
     the same data (:mod:`snncc.finetune.trainer`). ``target``: fine-tune the target's float form of the graph
     (:func:`for_target`) instead, recorded as ``attrs["finetune"]["target"]``; ``snncc emit --target`` takes the
-    result and refuses it for another target."""
+    result and refuses it for another target. ``teacher``: with ``options.distill > 0``, a function from model
+    inputs to the ANN's logits to distil from (:mod:`snncc.finetune.distill`; default: the ONNX file of
+    ``options.teacher``, else the model the graph was compiled from, recorded as ``attrs["finetune"]["teacher"]``)."""
     options = options or FinetuneOptions()
     chosen: Method = method_of(method)
     check_graph(graph)
+    teacher_record = None
+    if options.distill > 0:
+        if not chosen.trains:
+            raise SnnccError(f"--distill trains against the ANN's logits; method {chosen.name!r} does not train "
+                             "(it is training-free); drop --distill or use --method surrogate")
+        if teacher is None:  # resolved before any data are read: a missing ANN fails at once
+            from snncc.api import sha256_file
+            from snncc.finetune.distill import onnx_teacher, teacher_file
+
+            path = teacher_file(graph, options.teacher)
+            teacher = onnx_teacher(path)
+            teacher_record = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+        else:
+            teacher_record = {"path": None, "sha256": None}
     source = graph
     if target is not None:
         graph = for_target(graph, target)
@@ -84,7 +100,7 @@ def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOpt
     else:
         from snncc.finetune.trainer import train
 
-        result = train(graph, x, y, chosen, options, progress=progress, world=world)
+        result = train(graph, x, y, chosen, options, progress=progress, world=world, teacher=teacher)
         tuned, history, data_hash = result.graph, result.history, result.data_sha256
     if data_hash is None:
         from snncc.finetune.checkpoint import data_sha256
@@ -96,6 +112,8 @@ def finetune(graph: Graph, data, method: str = "surrogate", options: FinetuneOpt
                        "limit": options.limit, "val_limit": options.val_limit if chosen.trains else 0},
               "epochs": len(history), "history": history,
               "val_accuracy": [e.get("val_accuracy") for e in history], "seconds": time.perf_counter() - start}
+    if teacher_record is not None:
+        record["teacher"] = teacher_record
     if "finetune" in graph.attrs:
         record["previous"] = graph.attrs["finetune"]
     tuned.attrs["finetune"] = record

@@ -54,6 +54,13 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
                    "fast-sigmoid, arctan, triangle, logistic or rectangle (SEW "
                    "gates always use their own, GATE_SURROGATE)")
     p.add_argument("--width", type=float, default=defaults.width, help="surrogate width in membrane units")
+    p.add_argument("--distill", type=float, default=defaults.distill, metavar="ALPHA",
+                   help="weight (0-1) of knowledge distillation from the ANN's logits (Hinton et al. 2015): the loss "
+                        "is (1 - ALPHA) x the method's + ALPHA x the distillation term (default 0: labels only)")
+    p.add_argument("--temperature", type=float, default=defaults.temperature,
+                   help=f"softmax temperature of the distillation term (default {defaults.temperature:g})")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="ONNX file of the ANN to distil from (default: the model the .snn was compiled from)")
     p.set_defaults(func=run)
     return p
 
@@ -68,10 +75,15 @@ def run(args: argparse.Namespace) -> int:
     options = FinetuneOptions(timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                               optimizer=args.optimizer, schedule=args.schedule, seed=args.seed, limit=args.limit,
                               val_limit=args.val_limit, checkpoint=args.checkpoint, resume=args.resume,
-                              device=args.device, surrogate=args.surrogate, width=args.width)
+                              device=args.device, surrogate=args.surrogate, width=args.width,
+                              distill=args.distill, temperature=args.temperature, teacher=args.teacher)
     method_of(args.method)
     graph = load(args.snn)
     check_graph(graph, str(args.snn))
+    if options.distill > 0 and method_of(args.method).trains:  # the teacher ANN found before any data are read
+        from snncc.finetune.distill import teacher_file
+
+        teacher_file(graph, options.teacher)
     form = graph
     if args.target is not None:  # the chip's float form, before any data are read: a refusal costs nothing
         from snncc.finetune import for_target

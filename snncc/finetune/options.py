@@ -12,7 +12,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "none")
 #: The options that decide the trained weights: a checkpoint resumes only under the same values of these.
 RESULT_OPTIONS = ("timesteps", "epochs", "lr", "batch_size", "optimizer", "schedule", "seed", "limit", "val_limit",
-                  "surrogate", "width", "momentum")
+                  "surrogate", "width", "momentum", "distill", "temperature")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class FinetuneOptions:
     surrogate: str = "fast-sigmoid"
     width: float = 0.5
     momentum: float = 0.9
+    distill: float = 0.0
+    temperature: float = 4.0
+    teacher: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("timesteps", "epochs", "batch_size"):
@@ -61,11 +64,18 @@ class FinetuneOptions:
             raise SnnccError(f"unknown learning-rate schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise SnnccError(f"device must be cpu or cuda (cuda:N), got {self.device!r}")
-        for name in ("checkpoint", "resume"):
+        if not (isinstance(self.distill, (int, float)) and 0 <= self.distill <= 1):
+            raise SnnccError(f"distill (--distill) is the weight of the distillation loss, between 0 and 1; got "
+                             f"{self.distill!r}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise SnnccError(f"temperature (--temperature) must be a positive number, got {self.temperature!r}")
+        for name in ("checkpoint", "resume", "teacher"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "lr", float(self.lr))
         object.__setattr__(self, "width", float(self.width))
+        object.__setattr__(self, "distill", float(self.distill))
+        object.__setattr__(self, "temperature", float(self.temperature))
 
     def replace(self, **changes: object) -> FinetuneOptions:
         return dataclasses.replace(self, **changes)

@@ -16,6 +16,10 @@ uninterrupted run on the same machine and thread count.
 The data are the images as stored (pixels, say); the input scaling recorded in the graph is applied first, as
 ``snncc eval`` and :meth:`snncc.runtime.Simulator.run` apply it.
 
+Distillation (``options.distill`` = alpha > 0, :mod:`snncc.finetune.distill`): the ANN's logits on every training
+image are computed once before the first epoch; each batch's loss is then ``(1 - alpha)`` times the method's plus
+``alpha`` times the distillation term on the logits the method returned.
+
 Many processes (``torchrun``, :class:`snncc.distributed.World`): every rank visits the same global batches in the
 same order and works on its contiguous block of each (:meth:`World.shard`); its loss is scaled by its share of the
 global batch, and after the backward pass the gradients are summed over the ranks (one all-reduce of all gradients),
@@ -40,6 +44,7 @@ from snncc.distributed import World
 from snncc.errors import DataError, SnnccError
 from snncc.finetune.checkpoint import Checkpoint, check_matches, data_sha256, graph_sha256, load_checkpoint, \
     save_checkpoint
+from snncc.finetune.distill import Teacher, distillation_loss, source_teacher, teacher_logits
 from snncc.finetune.methods import Method
 from snncc.finetune.options import FinetuneOptions
 from snncc.ir import Graph, ops
@@ -202,14 +207,19 @@ def _restore(module: LoweredGraph, optimizer: torch.optim.Optimizer, checkpoint:
 
 
 def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: FinetuneOptions,
-          progress: bool = True, world: World | None = None) -> TrainingResult:
+          progress: bool = True, world: World | None = None, teacher: Teacher | None = None) -> TrainingResult:
     """Fine-tune ``graph`` on the stored training images ``x`` (N, ...) with labels ``y`` by the gradient method
     ``method``; returns the graph with the trained parameters written back and the per-epoch history. ``world``:
-    the data-parallel processes under torchrun (every rank passes the same data)."""
+    the data-parallel processes under torchrun (every rank passes the same data). ``teacher``: the ANN to distil
+    from when ``options.distill > 0`` (default :func:`~snncc.finetune.distill.source_teacher`)."""
     world = world or World()
     graph_hash, data_hash = graph_sha256(graph), data_sha256(x, y)
     inputs = model_inputs(graph, x)
     x_train, y_train, x_val, y_val = split_training_data(inputs, np.asarray(y, dtype=np.int64), options.val_limit)
+    soft = None
+    if options.distill > 0:
+        classes = graph.types()[graph.outputs[0]].size
+        soft = teacher_logits(teacher or source_teacher(graph, options.teacher), x_train, classes)
     torch.manual_seed(options.seed)
     module = lower(graph, surrogate=options.surrogate, width=options.width, device=options.device)
     check_temporal(module, method, options)
@@ -229,7 +239,7 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
     for epoch in range(first_epoch, options.epochs):
         order = np.random.default_rng([options.seed, epoch]).permutation(len(x_train))
         record = _train_epoch(module, optimizer, method, options, x_train[order], y_train[order], epoch, step,
-                              steps_per_epoch, device, progress, world)
+                              steps_per_epoch, device, progress, world, None if soft is None else soft[order])
         step += steps_per_epoch
         if len(x_val):  # under torchrun each rank classifies its block of the held-back images
             part = world.shard(len(x_val))
@@ -249,9 +259,10 @@ def train(graph: Graph, x: np.ndarray, y: np.ndarray, method: Method, options: F
 
 def _train_epoch(module: LoweredGraph, optimizer: torch.optim.Optimizer, method: Method, options: FinetuneOptions,
                  x: np.ndarray, y: np.ndarray, epoch: int, step: int, steps_per_epoch: int, device: torch.device,
-                 progress: bool, world: World) -> dict:
+                 progress: bool, world: World, soft: np.ndarray | None = None) -> dict:
     """One pass over ``x`` (already in this epoch's order); returns its mean loss, training accuracy, time. Under
-    torchrun this rank trains on its block of every global batch and the gradients are summed over the ranks."""
+    torchrun this rank trains on its block of every global batch and the gradients are summed over the ranks.
+    ``soft``: the teacher's logits of ``x`` (same order) when distilling."""
     total_loss = correct = seen = 0
     start = time.perf_counter()
     bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
@@ -266,6 +277,10 @@ def _train_epoch(module: LoweredGraph, optimizer: torch.optim.Optimizer, method:
         optimizer.zero_grad(set_to_none=True)
         if len(yb):  # a rank may get no image of a last batch smaller than the world
             loss, logits = method.loss(module, xb, yb, options.timesteps)
+            if soft is not None:
+                target = torch.as_tensor(soft[batch][share], device=device)
+                loss = (1 - options.distill) * loss + options.distill * distillation_loss(logits, target,
+                                                                                          options.temperature)
             (loss * (len(yb) / (batch.stop - batch.start))).backward()
             total_loss += float(loss.detach()) * len(yb)
             correct += int((logits.detach().argmax(dim=1) == yb).sum())
