@@ -402,6 +402,54 @@ cdef extern from *:
         }
     }
     #endif
+
+    /* numpy's maximum(m, v) of float32: m where m >= v or m is NaN, else v (so NaN and the sign of zero come out
+       as numpy's), as a bit blend: with a branch, random data mispredict half the comparisons (measured 3x
+       slower), and the blend lets the loops below vectorize. It keeps the first of the operands that attain the
+       max (a NaN counting as the max), so combining a window's values in any grouping that keeps their order
+       gives the same bits as one after the other. */
+    static inline float snncc_max_keep(float m, float v) {
+        uint32_t mb, vb, keep = -(uint32_t)((m >= v) | (m != m));
+        memcpy(&mb, &m, 4);
+        memcpy(&vb, &v, 4);
+        mb = (mb & keep) | (vb & ~keep);
+        memcpy(&m, &mb, 4);
+        return m;
+    }
+
+    /* Max pooling without padding of planes x (C, H, W) into out (C, Ho, Wo), windows kh x kw, strides sh, sw,
+       the window's values combined in its row-major order (the reference's _pool_reduce). 2x2 windows of stride
+       2 on an even width: the max of each horizontal pair over the covered rows (one contiguous pass, which
+       vectorizes), then of each vertical pair of those: (a, b), (c, d) -> ((a, b), (c, d)), the same bits as
+       (((a, b), c), d) (see snncc_max_keep). `pairs` holds Ho * 2 * Wo values. */
+    static void snncc_max_pool_values(const float* x, float* out, float* pairs, Py_ssize_t channels,
+                                      Py_ssize_t height, Py_ssize_t width, Py_ssize_t kh, Py_ssize_t kw,
+                                      Py_ssize_t sh, Py_ssize_t sw) {
+        Py_ssize_t ho = (height - kh) / sh + 1, wo = (width - kw) / sw + 1, c, oy, ox, i, j;
+        for (c = 0; c < channels; ++c) {
+            const float* plane = x + c * height * width;
+            float* dst = out + c * ho * wo;
+            if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && width % 2 == 0) {
+                Py_ssize_t n = ho * 2 * wo;
+                for (i = 0; i < n; ++i)
+                    pairs[i] = snncc_max_keep(plane[2 * i], plane[2 * i + 1]);
+                for (oy = 0; oy < ho; ++oy)
+                    for (ox = 0; ox < wo; ++ox)
+                        dst[oy * wo + ox] = snncc_max_keep(pairs[2 * oy * wo + ox], pairs[(2 * oy + 1) * wo + ox]);
+                continue;
+            }
+            for (oy = 0; oy < ho; ++oy)
+                for (ox = 0; ox < wo; ++ox) {
+                    const float* window = plane + oy * sh * width + ox * sw;
+                    float m = window[0];
+                    for (i = 0; i < kh; ++i)
+                        for (j = 0; j < kw; ++j)
+                            if (i || j)
+                                m = snncc_max_keep(m, window[i * width + j]);
+                    dst[oy * wo + ox] = m;
+                }
+        }
+    }
     """
     int snncc_openmp() nogil
     int snncc_max_threads() nogil
@@ -413,6 +461,8 @@ cdef extern from *:
     void snncc_add_channels(float* dst, const float* weight, const int32_t* channels, Py_ssize_t m,
                             Py_ssize_t stride, Py_ssize_t n) nogil
     void snncc_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride) nogil
+    void snncc_max_pool_values(const float* x, float* out, float* pairs, Py_ssize_t channels, Py_ssize_t height,
+                               Py_ssize_t width, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw) nogil
     enum: SNNCC_UNIT_BLOCK
     ctypedef struct snncc_unit_counts:
         Py_ssize_t f_count, stride
@@ -615,10 +665,14 @@ def temporal_units(const float[::1] x, const float[::1] threshold, const float[:
                 spikes[t, start + i] = z[t * SNNCC_UNIT_BLOCK + i]
 
 
+cdef struct ValuePool:
+    Py_ssize_t channels, height, width, out_height, out_width, kh, kw, sh, sw
+
+
 def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, const float[::1] height,
                            const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition,
                            float offset, bint amos, float[:, ::1] out, int64_t[:, ::1] counts, int64_t[::1] peak,
-                           const int32_t[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1):
+                           const int32_t[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1, pool=None):
     """:func:`temporal_units` on a batch ``x`` (B, n) that counts instead of storing the spike trains.
 
     Writes the output values ``out`` (B, n) and, per sample ``b`` and step ``t`` of the window, the spikes
@@ -630,15 +684,20 @@ def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, co
     int64 totals before any lane could pass ``2^31 - 1``, the synaptic operations then as float64 (the integers the
     reference's float64 product sums). The values are the same float32 arithmetic as :func:`temporal_units` (one
     function computes both).
+
+    With ``pool`` = ((C, H, W), kernel, stride), the input is a max pooling without padding of ``x`` (B, C H W),
+    the population's only operand, computed in the same pass: each sample's planes are pooled into a row of
+    ``n = C Ho Wo`` values in cache (the reference's arithmetic and NaN rule, ``snncc_max_pool_values``), then
+    the units run on it. The pooled current never goes through memory.
     """
-    cdef Py_ssize_t batch = x.shape[0], n = x.shape[1], k = threshold.shape[0], f_count = fan_out.shape[0]
+    cdef Py_ssize_t batch = x.shape[0], n = out.shape[1], k = threshold.shape[0], f_count = fan_out.shape[0]
     cdef Py_ssize_t blocks = (n + SNNCC_UNIT_BLOCK - 1) // SNNCC_UNIT_BLOCK, lanes = SNNCC_UNIT_BLOCK
     cdef Py_ssize_t b, i, t, f, block, start, m, since_flush, flush_every
     cdef int64_t most
     cdef uint8_t* z
     cdef int32_t* steps
     cdef int64_t* totals
-    _check_shape("temporal unit output", (batch, n), (out.shape[0], out.shape[1]))
+    _check_shape("temporal unit output", (batch,), (out.shape[0],))
     _check_shape("temporal unit counts", (batch, k), (counts.shape[0], counts.shape[1]))
     _check_shape("temporal unit peaks", (batch,), (peak.shape[0],))
     _check_shape("temporal unit fan-outs", (f_count, blocks * lanes), (fan_out.shape[0], fan_out.shape[1]))
@@ -647,6 +706,23 @@ def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, co
     _check_temporal_parameters(k, height, weight, gain, inhibition)
     if k == 0:
         raise ValueError("temporal units need a window of at least one step")
+    cdef ValuePool vp
+    cdef bint pooling = pool is not None
+    if pooling:
+        (vp.channels, vp.height, vp.width), (vp.kh, vp.kw), (vp.sh, vp.sw) = pool
+        if vp.kh < 1 or vp.kw < 1 or vp.sh < 1 or vp.sw < 1 or vp.kh > vp.height or vp.kw > vp.width:
+            raise ValueError(f"temporal units: pooling windows {pool[1]}, strides {pool[2]} on planes {pool[0]}")
+        vp.out_height, vp.out_width = (vp.height - vp.kh) // vp.sh + 1, (vp.width - vp.kw) // vp.sw + 1
+        _check_shape("temporal unit input planes", (batch, vp.channels * vp.height * vp.width),
+                     (x.shape[0], x.shape[1]))
+        _check_shape("pooled temporal units", (vp.channels * vp.out_height * vp.out_width,), (n,))
+    else:
+        vp.channels = vp.out_height = vp.out_width = vp.kh = vp.kw = vp.sh = vp.sw = vp.height = vp.width = 0
+        _check_shape("temporal unit input", (batch, n), (x.shape[0], x.shape[1]))
+    cdef float[:, ::1] pool_scratch = _scratch(threads, n if pooling else 1, np.float32)
+    cdef float[:, ::1] pair_scratch = _scratch(threads, 2 * vp.out_height * vp.out_width if pooling else 1,
+                                               np.float32)
+    cdef const float* row
     largest = int(np.max(fan_out, initial=0)) if f_count else 0
     if f_count and int(np.min(fan_out, initial=0)) < 0:
         raise ValueError("fan-outs are synapse counts: they cannot be negative")
@@ -676,11 +752,17 @@ def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, co
         for i in range(k + f_count * k):
             totals[i] = 0
         since_flush = 0
+        if pooling:
+            row = &pool_scratch[threadid(), 0]
+            snncc_max_pool_values(&x[b, 0], &pool_scratch[threadid(), 0], &pair_scratch[threadid(), 0],
+                                  vp.channels, vp.height, vp.width, vp.kh, vp.kw, vp.sh, vp.sw)
+        else:
+            row = &x[b, 0]
         for block in range(blocks):
             start = block * lanes
             m = min(lanes, n - start)
             tally.fan_out = &fan_out[0, start] if f_count else NULL
-            _temporal_block(&x[b, start], m, &threshold[0], &height[0], &weight[0], &gain[0], &inhibition[0, 0],
+            _temporal_block(row + start, m, &threshold[0], &height[0], &weight[0], &gain[0], &inhibition[0, 0],
                             k, offset, amos, &out[b, start], z, tally)
             since_flush = since_flush + 1
             if since_flush == flush_every or block == blocks - 1:

@@ -985,6 +985,11 @@ class _WindowCounts:
     synops: np.ndarray
 
 
+def _values_pool(op: ops.Op) -> bool:
+    """Whether ``op`` is a max pooling of values that the temporal units' kernel computes (no padding)."""
+    return isinstance(op, ops.MaxPool2d) and not any(op.padding)
+
+
 class CythonTemporalSimulator(TemporalSimulator):
     """The temporal (FS/AMOS) simulator with compiled units: the same schedule and numpy kernels for the linear ops
     (they act on decoded values, where BLAS is the fast path), and the units in :func:`_kernels.temporal_units`,
@@ -1004,6 +1009,9 @@ class CythonTemporalSimulator(TemporalSimulator):
       pass, its spikes per step, its most spikes per neuron and the synaptic operations of its spikes in every
       layer it feeds (each spike adds its fan-out: integer sums, exact in any order). The K spike trains of a
       population (K bytes per neuron) never go through memory;
+    - a max pooling without padding read only by a population (the FS and AMOS conversions pool the currents)
+      runs in that population's kernel, sample by sample, the pooled current kept in cache (the reference's order
+      and NaN rule; :func:`_kernels.temporal_units_counted`);
     - synaptic operations of graded inputs (the analog input, pooled values) are counted with
       :func:`_kernels.count_events` (integers summed in float64, as the reference's float64 product sums them);
     - in :meth:`run_batch`, Affine and Add of float32 values (residual junctions) run
@@ -1055,6 +1063,15 @@ class CythonTemporalSimulator(TemporalSimulator):
                                           "the compiled runtime counts (2^31 - 1); use the reference backend")
                 padded[row, :size] = weights
             self._fan_outs[node] = padded
+        # A max pooling without padding read only by a population (the FS and AMOS conversions pool the currents)
+        # runs in the population's kernel, sample by sample, its output in cache: population -> its pooling.
+        self._pools: dict[str, str] = {}
+        for node in self._params:
+            (pool,) = graph.inputs(node)
+            readers = [n for n in self.order if pool in graph.inputs(n)]
+            if readers == [node] and pool not in graph.outputs and _values_pool(graph.op(pool)):
+                self._pools[node] = pool
+        self._pooled = set(self._pools.values())
 
     def _events(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
         steps, batch = x.shape[:2]
@@ -1068,10 +1085,10 @@ class CythonTemporalSimulator(TemporalSimulator):
 
     def _convolve(self, node: str, values: dict[str, np.ndarray], keep_output: bool) -> bool:
         """The compiled-im2col convolution of ``node`` into ``values`` where it applies; whether it did."""
-        op = self.graph.op(node)
+        op = self.ops[node]
         if not isinstance(op, ops.Conv2d) or op.input_gains is not None:
             return False
-        (src,) = self.graph.inputs(node)
+        (src,) = self.operands[node]
         value = values[src]
         if value.dtype != np.float32 or not value.flags.c_contiguous:
             return False
@@ -1111,10 +1128,10 @@ class CythonTemporalSimulator(TemporalSimulator):
         """Affine and Add of float32 values (a residual junction's rescalings and its sum) in the compiled
         element-wise kernels, with the reference's roundings, into arrays kept from batch to batch; whether it did.
         (numpy's fresh temporaries page-fault on every batch, as in the rate runtime's junctions.)"""
-        op = self.graph.op(node)
+        op = self.ops[node]
         if not isinstance(op, (ops.Affine, ops.Add)):
             return False
-        args = [values[u] for u in self.graph.inputs(node)]
+        args = [values[u] for u in self.operands[node]]
         if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in args):
             return False
         batch = args[0].shape[0]
@@ -1129,7 +1146,7 @@ class CythonTemporalSimulator(TemporalSimulator):
         return True
 
     def _unit_inputs(self, node: str, values: dict[str, np.ndarray]) -> np.ndarray:
-        (src,) = self.graph.inputs(node)
+        (src,) = self.operands[node]
         return np.ascontiguousarray(values[src], dtype=np.float32)
 
     def _evaluate(self, node: str, x: np.ndarray, values: dict[str, np.ndarray],
@@ -1152,17 +1169,22 @@ class CythonTemporalSimulator(TemporalSimulator):
     def _count_window(self, node: str, values: dict[str, np.ndarray]) -> _WindowCounts:
         """Run population ``node`` on its input with :func:`_kernels.temporal_units_counted` (its value into
         ``values``, in an array kept from batch to batch) and return what it counted."""
-        current = self._unit_inputs(node, values)
+        pool = self._pools.get(node)
+        current = self._unit_inputs(pool or node, values)
         batch = current.shape[0]
         threshold, height, weight, gain, inhibition, offset, is_amos = self._params[node]
         fan_outs = self._fan_outs[node]
-        out = self._unit_buffers.get(node, current.shape, np.float32)
+        out = self._unit_buffers.get(node, (batch,) + self.types[node].shape, np.float32)
         counts = np.empty((batch, len(threshold)), dtype=np.int64)
         peak = np.empty(batch, dtype=np.int64)
         synops = np.empty((batch, len(fan_outs), len(threshold)), dtype=np.float64)
+        geometry = None
+        if pool is not None:  # the population's operand, pooled in its kernel
+            op = self.ops[pool]
+            geometry = (current.shape[1:], op.kernel, op.stride)
         _kernels.temporal_units_counted(current.reshape(batch, -1), threshold, height, weight, gain, inhibition,
                                         offset, is_amos, out.reshape(batch, -1), counts, peak, fan_outs, synops,
-                                        _threads(self.threads, current.size))
+                                        _threads(self.threads, current.size), geometry)
         values[node] = out
         return _WindowCounts(counts, peak, synops)
 
@@ -1175,6 +1197,8 @@ class CythonTemporalSimulator(TemporalSimulator):
         for node in self.order:
             if node in self._params:
                 counted[node] = self._count_window(node, values)
+            elif node in self._pooled:
+                continue  # computed in its population's kernel
             elif not (self._convolve(node, values, keep_output=True)  # outputs are copied out below
                       or self._elementwise(node, values)):
                 TemporalSimulator._evaluate(self, node, x, values, {})

@@ -54,6 +54,9 @@ class TemporalSimulator:
         self.blas_threads = engine_blas_threads()
         self.order = graph.topological_order()
         self.types = graph.types()
+        # Looked up once: the graph's lookups go through networkx, which per batch costs as much as a small layer.
+        self.ops = {n: graph.op(n) for n in self.order}
+        self.operands = {n: graph.inputs(n) for n in self.order}
         mixed = [n for n in graph.find(ops.Population) if not isinstance(graph.op(n).neuron, TEMPORAL_NEURONS)]
         if mixed:
             raise SimulationError(f"populations {mixed} are rate-coded but the graph also has few-spike populations; "
@@ -86,8 +89,8 @@ class TemporalSimulator:
 
     def populations(self) -> dict[str, int]:
         """Number of neurons of every population (an AMOS unit counts its K neurons)."""
-        return {n: self.types[n].size * self.graph.op(n).neuron.neurons_per_unit
-                for n in self.order if isinstance(self.graph.op(n), ops.Population)}
+        return {n: self.types[n].size * op.neuron.neurons_per_unit
+                for n, op in self.ops.items() if isinstance(op, ops.Population)}
 
     def stages(self) -> dict[str, int]:
         """Pipeline stage of every node: the index of the window at whose end its value is complete."""
@@ -99,8 +102,8 @@ class TemporalSimulator:
 
     def _evaluate(self, node: str, x: np.ndarray, values: dict[str, np.ndarray],
                   spikes: dict[str, np.ndarray]) -> None:
-        op = self.graph.op(node)
-        args = [values[u] for u in self.graph.inputs(node)]
+        op = self.ops[node]
+        args = [values[u] for u in self.operands[node]]
         if isinstance(op, ops.Input):
             values[node] = x
         elif isinstance(op, ops.Population):

@@ -88,6 +88,45 @@ def test_counting_units_are_the_window_functions(variant, k, batch, n, fan_outs,
     np.testing.assert_array_equal(flat_trains, trains.reshape(k, -1))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(k=st.sampled_from([1, 3, 8]), batch=st.integers(1, 4), channels=st.integers(1, 5), height=st.integers(1, 13),
+       width=st.integers(1, 13), window=st.sampled_from([(2, 2, 2, 2), (3, 3, 2, 2), (2, 3, 1, 2), (1, 1, 1, 1),
+                                                         (3, 2, 3, 1)]),
+       amos=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
+def test_counting_units_pool_their_input_as_the_reference(variant, k, batch, channels, height, width, window, amos,
+                                                          threads, seed):
+    """temporal_units_counted with a max pooling of its input (the population's only operand, pooled in its
+    kernel): the values, counts, peaks and synaptic operations of the plain kernel on kernels.apply's MaxPool2d of
+    the input, bit for bit, on odd sizes (windows that leave the last rows out) and inputs with zeros of both signs,
+    infinities and NaN (which the pooling must pass on as numpy's maximum does)."""
+    kh, kw, sh, sw = window
+    if kh > height or kw > width:
+        return
+    rng = np.random.default_rng(seed)
+    neuron = _neuron(rng, k, amos)
+    x = rng.normal(0.5, 1.5, (batch, channels * height * width)).astype(np.float32)
+    mask = rng.random(x.shape) < 0.15
+    x[mask] = rng.choice(np.array([0.0, -0.0, np.inf, -np.inf, np.nan, *neuron.threshold], np.float32), mask.sum())
+    op = ops.MaxPool2d(kernel=(kh, kw), stride=(sh, sw))
+    pooled = np.ascontiguousarray(kernels.apply(op, x.reshape(batch, channels, height, width)).reshape(batch, -1))
+    n = pooled.shape[1]
+    padded = np.zeros((1, -(-n // variant.UNIT_BLOCK) * variant.UNIT_BLOCK), np.int32)
+    padded[0, :n] = rng.integers(0, 50, n)
+    results = []
+    for inputs, geometry in ((pooled, None), (x, ((channels, height, width), (kh, kw), (sh, sw)))):
+        out = np.empty((batch, n), np.float32)
+        counts, peak, synops = np.empty((batch, k), np.int64), np.empty(batch, np.int64), np.empty((batch, 1, k))
+        variant.temporal_units_counted(inputs, *_parameters(neuron), out, counts, peak, padded, synops, threads,
+                                       geometry)
+        results.append((out.view(np.uint32), counts, peak, synops))
+    for expected, got in zip(*results):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="temporal unit input planes"):
+        variant.temporal_units_counted(x, *_parameters(neuron), out, counts, peak, padded, synops, threads,
+                                       ((channels, height + 1, width), (kh, kw), (sh, sw)))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, 24), channels=st.integers(1, 6), size=st.integers(3, 12), out_ch=st.integers(1, 40),
@@ -173,9 +212,10 @@ def temporal_cnns(draw):
     h = g.add(ops.Conv2d(weight=rng.normal(0, 0.6, (width, channels, 3, 3)), bias=rng.normal(0, 0.2, width),
                          padding=(1, 1, 1, 1)), [h], name="conv1")
     h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop1")
-    if draw(st.booleans()):
-        h = g.add(ops.MaxPool2d(kernel=(2, 2), stride=(2, 2)), [h], name="pool")
-        size //= 2
+    if draw(st.booleans()):  # pooled in the population's kernel (its only reader), 2x2/2 or another window
+        k, stride = draw(st.sampled_from([(2, 2), (2, 2), (3, 3), (3, 2), (2, 1)]))
+        h = g.add(ops.MaxPool2d(kernel=(k, k), stride=(stride, stride)), [h], name="pool")
+        size = (size - k) // stride + 1
     h = g.add(ops.Conv2d(weight=rng.normal(0, 0.6, (width, width, 3, 3)), padding=(1, 1, 1, 1)), [h], name="conv2")
     h = g.add(ops.Population(neuron=_neuron(rng, draw(st.integers(1, 8)), amos)), [h], name="pop2")
     if draw(st.booleans()):  # a residual junction: conv + rescaled shortcut, rescaled sum, population
