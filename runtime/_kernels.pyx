@@ -669,10 +669,37 @@ cdef struct ValuePool:
     Py_ssize_t channels, height, width, out_height, out_width, kh, kw, sh, sw
 
 
+cdef const float* _float_pointer(const float[::1] values):
+    return &values[0]
+
+
+cdef inline void _junction_row(const float* x, const float* y, const float** scales, float* out,
+                               Py_ssize_t n) noexcept nogil:
+    """``out = (x + (y * scales[0] + scales[1])) * scales[2] + scales[3]``, each rescaling left out where its
+    pointers are NULL, every product and sum rounded to float32 (numpy's Affine and Add, -ffp-contract=off)."""
+    cdef Py_ssize_t i
+    cdef float v, product
+    for i in range(n):
+        v = y[i]
+        if scales[0] != NULL:
+            product = v * scales[0][i]
+            v = product
+        if scales[1] != NULL:
+            v = v + scales[1][i]
+        v = x[i] + v
+        if scales[2] != NULL:
+            product = v * scales[2][i]
+            v = product
+        if scales[3] != NULL:
+            v = v + scales[3][i]
+        out[i] = v
+
+
 def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, const float[::1] height,
                            const float[::1] weight, const float[::1] gain, const float[:, ::1] inhibition,
                            float offset, bint amos, float[:, ::1] out, int64_t[:, ::1] counts, int64_t[::1] peak,
-                           const int32_t[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1, pool=None):
+                           const int32_t[:, ::1] fan_out, double[:, :, ::1] synops, int threads=1, pool=None,
+                           junction=None):
     """:func:`temporal_units` on a batch ``x`` (B, n) that counts instead of storing the spike trains.
 
     Writes the output values ``out`` (B, n) and, per sample ``b`` and step ``t`` of the window, the spikes
@@ -689,6 +716,12 @@ def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, co
     the population's only operand, computed in the same pass: each sample's planes are pooled into a row of
     ``n = C Ho Wo`` values in cache (the reference's arithmetic and NaN rule, ``snncc_max_pool_values``), then
     the units run on it. The pooled current never goes through memory.
+
+    With ``junction`` = (y, scale_y, shift_y, scale, shift), the input is a residual junction's
+    ``((x + (y * scale_y + shift_y)) * scale + shift)``, ``y`` (B, n) and the four (n) float32 or None (the
+    rescaling left out): each product and sum rounded to float32 in this order, as numpy computes the Affine,
+    Add, Affine nodes it replaces (``x + v`` equals ``v + x`` in IEEE arithmetic, so the Add's operand order does
+    not matter). The sum is formed sample by sample in cache, like the pooled current.
     """
     cdef Py_ssize_t batch = x.shape[0], n = out.shape[1], k = threshold.shape[0], f_count = fan_out.shape[0]
     cdef Py_ssize_t blocks = (n + SNNCC_UNIT_BLOCK - 1) // SNNCC_UNIT_BLOCK, lanes = SNNCC_UNIT_BLOCK
@@ -719,7 +752,21 @@ def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, co
     else:
         vp.channels = vp.out_height = vp.out_width = vp.kh = vp.kw = vp.sh = vp.sw = vp.height = vp.width = 0
         _check_shape("temporal unit input", (batch, n), (x.shape[0], x.shape[1]))
-    cdef float[:, ::1] pool_scratch = _scratch(threads, n if pooling else 1, np.float32)
+    cdef bint joining = junction is not None
+    cdef const float[:, ::1] other
+    cdef const float* scales[4]
+    cdef Py_ssize_t a
+    if pooling and joining:
+        raise ValueError("temporal units: a pooled input or a junction, not both")
+    if joining:
+        other = junction[0]
+        _check_shape("junction operand", (batch, n), (other.shape[0], other.shape[1]))
+        for a in range(4):
+            scales[a] = NULL
+            if junction[a + 1] is not None:
+                _check_shape("junction rescaling", (n,), (junction[a + 1].shape[0],))
+                scales[a] = _float_pointer(junction[a + 1])
+    cdef float[:, ::1] pool_scratch = _scratch(threads, n if (pooling or joining) else 1, np.float32)
     cdef float[:, ::1] pair_scratch = _scratch(threads, 2 * vp.out_height * vp.out_width if pooling else 1,
                                                np.float32)
     cdef const float* row
@@ -756,6 +803,9 @@ def temporal_units_counted(const float[:, ::1] x, const float[::1] threshold, co
             row = &pool_scratch[threadid(), 0]
             snncc_max_pool_values(&x[b, 0], &pool_scratch[threadid(), 0], &pair_scratch[threadid(), 0],
                                   vp.channels, vp.height, vp.width, vp.kh, vp.kw, vp.sh, vp.sw)
+        elif joining:
+            row = &pool_scratch[threadid(), 0]
+            _junction_row(&x[b, 0], &other[b, 0], scales, &pool_scratch[threadid(), 0], n)
         else:
             row = &x[b, 0]
         for block in range(blocks):

@@ -1012,6 +1012,8 @@ class CythonTemporalSimulator(TemporalSimulator):
     - a max pooling without padding read only by a population (the FS and AMOS conversions pool the currents)
       runs in that population's kernel, sample by sample, the pooled current kept in cache (the reference's order
       and NaN rule; :func:`_kernels.temporal_units_counted`);
+    - so does a residual junction read only by a population, ``[Affine ->] Add(x, [Affine(y)])`` (the FS and
+      AMOS conversions' ResNet blocks), its sum formed sample by sample with numpy's roundings;
     - synaptic operations of graded inputs (the analog input, pooled values) are counted with
       :func:`_kernels.count_events` (integers summed in float64, as the reference's float64 product sums them);
     - in :meth:`run_batch`, Affine and Add of float32 values (residual junctions) run
@@ -1065,13 +1067,57 @@ class CythonTemporalSimulator(TemporalSimulator):
             self._fan_outs[node] = padded
         # A max pooling without padding read only by a population (the FS and AMOS conversions pool the currents)
         # runs in the population's kernel, sample by sample, its output in cache: population -> its pooling.
+        readers_of: dict[str, list[str]] = {n: [] for n in self.order}
+        for n in self.order:
+            for u in self.operands[n]:
+                readers_of[u].append(n)
         self._pools: dict[str, str] = {}
         for node in self._params:
-            (pool,) = graph.inputs(node)
-            readers = [n for n in self.order if pool in graph.inputs(n)]
-            if readers == [node] and pool not in graph.outputs and _values_pool(graph.op(pool)):
+            (pool,) = self.operands[node]
+            if readers_of[pool] == [node] and pool not in graph.outputs and _values_pool(self.ops[pool]):
                 self._pools[node] = pool
-        self._pooled = set(self._pools.values())
+        # A residual junction read only by a population, [Affine ->] Add(x, [Affine(y)]), runs in its kernel too:
+        # population -> (Add, x, y, the shortcut's Affine or None, the sum's Affine or None).
+        self._junctions: dict[str, tuple[str, str, str, str | None, str | None]] = {}
+        for node in self._params:
+            if node not in self._pools:
+                junction = self._junction(node, readers_of)
+                if junction is not None:
+                    self._junctions[node] = junction
+        self._pooled = set(self._pools.values()) | {
+            n for add, _, _, shortcut, rescale in self._junctions.values() for n in (add, shortcut, rescale) if n}
+
+    def _junction(self, population: str, readers_of: dict[str, list[str]]
+                  ) -> tuple[str, str, str, str | None, str | None] | None:
+        """The residual junction feeding ``population`` only, [Affine ->] Add(x, [Affine(y)]) with every node read
+        by the next alone, as (Add, x, y, the shortcut's Affine or None, the sum's Affine or None); else None."""
+        def only_for(node: str, reader: str) -> bool:
+            return readers_of[node] == [reader] and node not in self.graph.outputs
+
+        (node,) = self.operands[population]
+        rescale = None
+        if isinstance(self.ops[node], ops.Affine) and only_for(node, population):
+            rescale, (node,) = node, self.operands[node]
+        if not isinstance(self.ops[node], ops.Add) or not only_for(node, rescale or population) \
+                or len(self.operands[node]) != 2:
+            return None
+        first, second = self.operands[node]
+        for x, y in ((first, second), (second, first)):
+            if isinstance(self.ops[y], ops.Affine) and only_for(y, node) and x != y:
+                return node, x, self.operands[y][0], y, rescale
+        return node, first, second, None, rescale
+
+    def _junction_inputs(self, population: str, values: dict[str, np.ndarray]) -> tuple | None:
+        """The operands of ``population``'s junction kernel, or None where an operand is not float32 in C order
+        (then the junction's nodes run one by one, as the reference's numpy computes them)."""
+        add, x, y, shortcut, rescale = self._junctions[population]
+        operands = [values[x], values[y]]
+        if any(v.dtype != np.float32 or not v.flags.c_contiguous for v in operands):
+            return None
+        batch = operands[0].shape[0]
+        scales = [*(self._affine[shortcut] if shortcut else (None, None)),
+                  *(self._affine[rescale] if rescale else (None, None))]
+        return operands[0].reshape(batch, -1), (operands[1].reshape(batch, -1), *scales)
 
     def _events(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
         steps, batch = x.shape[:2]
@@ -1169,8 +1215,18 @@ class CythonTemporalSimulator(TemporalSimulator):
     def _count_window(self, node: str, values: dict[str, np.ndarray]) -> _WindowCounts:
         """Run population ``node`` on its input with :func:`_kernels.temporal_units_counted` (its value into
         ``values``, in an array kept from batch to batch) and return what it counted."""
-        pool = self._pools.get(node)
-        current = self._unit_inputs(pool or node, values)
+        pool, junction = self._pools.get(node), None
+        if node in self._junctions:
+            fused = self._junction_inputs(node, values)
+            if fused is None:  # the junction's nodes one by one, then the plain kernel
+                add, _, _, shortcut, rescale = self._junctions[node]
+                for part in (shortcut, add, rescale):
+                    if part is not None and not self._elementwise(part, values):
+                        TemporalSimulator._evaluate(self, part, None, values, {})
+            else:
+                current, junction = fused
+        if junction is None:
+            current = self._unit_inputs(pool or node, values)
         batch = current.shape[0]
         threshold, height, weight, gain, inhibition, offset, is_amos = self._params[node]
         fan_outs = self._fan_outs[node]
@@ -1184,7 +1240,7 @@ class CythonTemporalSimulator(TemporalSimulator):
             geometry = (current.shape[1:], op.kernel, op.stride)
         _kernels.temporal_units_counted(current.reshape(batch, -1), threshold, height, weight, gain, inhibition,
                                         offset, is_amos, out.reshape(batch, -1), counts, peak, fan_outs, synops,
-                                        _threads(self.threads, current.size), geometry)
+                                        _threads(self.threads, current.size), geometry, junction)
         values[node] = out
         return _WindowCounts(counts, peak, synops)
 
@@ -1198,7 +1254,7 @@ class CythonTemporalSimulator(TemporalSimulator):
             if node in self._params:
                 counted[node] = self._count_window(node, values)
             elif node in self._pooled:
-                continue  # computed in its population's kernel
+                continue  # computed in its population's kernel (a pooling or a junction)
             elif not (self._convolve(node, values, keep_output=True)  # outputs are copied out below
                       or self._elementwise(node, values)):
                 TemporalSimulator._evaluate(self, node, x, values, {})

@@ -127,6 +127,42 @@ def test_counting_units_pool_their_input_as_the_reference(variant, k, batch, cha
                                        ((channels, height + 1, width), (kh, kw), (sh, sw)))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(k=st.sampled_from([1, 3, 8]), batch=st.integers(1, 4), n=st.integers(1, 150), shortcut=st.booleans(),
+       rescale=st.booleans(), amos=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
+def test_counting_units_form_a_junction_as_numpy(variant, k, batch, n, shortcut, rescale, amos, threads, seed):
+    """temporal_units_counted with a residual junction as its input, ``(x + (y * a + b)) * c + d`` with either
+    rescaling left out: the plain kernel's results on numpy's float32 Affine, Add, Affine of the same arrays, bit
+    for bit, inputs with zeros of both signs (a zero shift still turns -0 into +0), infinities and NaN."""
+    rng = np.random.default_rng(seed)
+    neuron = _neuron(rng, k, amos)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)
+    x, y = (rng.normal(0.3, 1.0, (batch, n)).astype(np.float32) for _ in range(2))
+    for values in (x, y):
+        mask = rng.random(values.shape) < 0.15
+        values[mask] = rng.choice(specials, mask.sum())
+    scales = [rng.normal(1, 0.5, n).astype(np.float32), rng.choice([0.0, 0.25], n).astype(np.float32)]
+    scales = (scales if shortcut else [None, None]) + \
+        ([rng.normal(1, 0.5, n).astype(np.float32), rng.normal(0, 0.1, n).astype(np.float32)] if rescale
+         else [None, None])
+    with np.errstate(invalid="ignore"):  # inf - inf
+        v = y if not shortcut else (y * scales[0] + scales[1]).astype(np.float32)
+        v = x + v
+        current = np.ascontiguousarray(v if not rescale else (v * scales[2] + scales[3]).astype(np.float32))
+    padded = np.zeros((1, -(-n // variant.UNIT_BLOCK) * variant.UNIT_BLOCK), np.int32)
+    padded[0, :n] = rng.integers(0, 50, n)
+    results = []
+    for inputs, junction in ((current, None), (x, (y, *scales))):
+        out = np.empty((batch, n), np.float32)
+        counts, peak, synops = np.empty((batch, k), np.int64), np.empty(batch, np.int64), np.empty((batch, 1, k))
+        variant.temporal_units_counted(inputs, *_parameters(neuron), out, counts, peak, padded, synops, threads,
+                                       None, junction)
+        results.append((out.view(np.uint32), counts, peak, synops))
+    for expected, got in zip(*results):
+        np.testing.assert_array_equal(got, expected)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, 24), channels=st.integers(1, 6), size=st.integers(3, 12), out_ch=st.integers(1, 40),
@@ -240,6 +276,17 @@ def temporal_cnns(draw):
 def test_random_temporal_networks_give_the_references_results(case, threads):
     graph, x = case
     _assert_same_results(graph, x, threads)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=temporal_cnns())
+def test_junctions_whose_operands_the_kernel_cannot_take_run_node_by_node(case):
+    """Where a junction's operands are not float32 in C order, its nodes run one by one (here forced): the same
+    results as the reference too."""
+    graph, x = case
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cython_engine.CythonTemporalSimulator, "_junction_inputs", lambda self, node, values: None)
+        _assert_same_results(graph, x, 2)
 
 
 #: The shipped models in FS and AMOS form that the whole-network tests run.
