@@ -214,11 +214,15 @@ def _load(run: dict) -> str:
 
 
 def _method(run: dict) -> str:
-    """The method, with the stage it started from (``--init``)."""
+    """The method, with the stage it started from (``--init``) and the distillation weight and temperature."""
+    options = run.get("options") or {}
+    method = run.get("method", "surrogate")
+    if options.get("distill"):
+        method += f" + distillation (α {options['distill']:g}, τ {options['temperature']:g})"
     init = run.get("init")
     if not init or not init.get("finetune"):
-        return run.get("method", "surrogate")
-    return f"{init['finetune']['method']} → {run['method']}"
+        return method
+    return f"{init['finetune']['method']} → {method}"
 
 
 def sweep_markdown(sweeps: list[dict]) -> list[str]:
