@@ -51,11 +51,15 @@ START, END = "<!-- finetune-results:start -->", "<!-- finetune-results:end -->"
 #: The conversions measured, by the name ``--pipeline`` takes: the compiler pipeline.
 PIPELINES = {"rate": "canonicalize,normalize,convert-rate", "fs8": "canonicalize,normalize,convert-fs{steps=8}",
              "sew-add": "canonicalize,normalize,convert-rate,sew{connect=add}",
-             "sew-iand": "canonicalize,normalize,convert-rate,sew{connect=iand}"}
+             "sew-iand": "canonicalize,normalize,convert-rate,sew{connect=iand}",
+             # IAND's output is a subset of its shortcut's spikes: a lower calibration percentile gives every
+             # population more spikes to start from (one epoch over 10,000 images: validation 72.6% against 67.9%)
+             "sew-iand-p95": "canonicalize,normalize{percentile=95},convert-rate,sew{connect=iand}"}
 #: Acceptance of issue 14: the largest allowed ANN - SNN gap (points), by (model, pipeline name) and T (None: any T,
 #: the temporal graph's latency; for the SEW forms "at some T <= 8").
 BOUNDS = {("vgg-fmnist", "rate"): {4: 1.0, 8: 0.5}, ("silu-fmnist", "fs8"): {None: 0.3},
-          ("resnet-fmnist", "sew-add"): {4: 1.5, 8: 1.5}, ("resnet-fmnist", "sew-iand"): {4: 1.5, 8: 1.5}}
+          ("resnet-fmnist", "sew-add"): {4: 1.5, 8: 1.5}, ("resnet-fmnist", "sew-iand"): {4: 1.5, 8: 1.5},
+          ("resnet-fmnist", "sew-iand-p95"): {4: 1.5, 8: 1.5}}
 CALIBRATION_IMAGES = 5000
 
 
@@ -252,7 +256,8 @@ def markdown(results: list[dict], sweeps: list[dict] = ()) -> str:
              "model is compiled with the pipeline named in its heading (`rate`: the defaults of "
              "[results.md](results.md), plain IF neurons, reset by subtraction, rate coding; `fs8`: FS conversion, "
              "K = 8, [temporal.md](temporal.md); `sew-add`, `sew-iand`: the SEW-ResNet forms of "
-             "[residual.md](residual.md)) and fine-tuned from the converted weights with the method of its row at "
+             "[residual.md](residual.md); `sew-iand-p95`: `sew-iand` calibrated at the 95th percentile, "
+             "`normalize{percentile=95}`) and fine-tuned from the converted weights with the method of its row at "
              "its T (an FS graph: its latency), one run per row; `a → b` is a second stage `b` started from the "
              "`.snn` of a run of `a`. Accuracy is measured on the full test set by the Cython runtime (`snncc "
              "eval`'s simulator), before and after. Wall times are on a 2-core machine shared with other jobs at the "
