@@ -88,6 +88,9 @@ def torch_eval(name: str, args: argparse.Namespace) -> None:
     results = json.loads(path.read_text(encoding="utf-8"))
     _, _, _, x_test, y_test = load_model_data(name, args.data, 1, args.limit)
     for run in results["runs"]:
+        if run.get("snn_file") is None:  # a run whose .snn was not kept (its JSON says why)
+            print(f"{name} T={run['timesteps']}: no .snn kept; skipped", flush=True)
+            continue
         report = evaluate(load(run["snn_file"]), x_test, y_test, [run["timesteps"]], backend="torch", progress=True)
         (row,) = report["snn"]
         run["after_torch"] = row
